@@ -1,0 +1,201 @@
+"""Per-request and per-step measurements, and the `Result` every runner returns.
+
+Engine, simulator and HTTP client all fill the same records, so one chart or table compares
+them; `Result.summary()` reports what `vllm bench serve` reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(slots=True)
+class RequestMetrics:
+    """Times are seconds from the start of the run (wall clock or virtual)."""
+
+    request_id: str
+    arrival_s: float
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    first_scheduled_s: float | None = None
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)  # one per output token, for ITL
+    status: str = "ok"  # "ok", "error" or "aborted"
+    finish_reason: str | None = None
+    error: str | None = None
+    retries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def queue_s(self) -> float | None:
+        if self.first_scheduled_s is None:
+            return None
+        return self.first_scheduled_s - self.arrival_s
+
+    @property
+    def ttft_s(self) -> float | None:
+        if self.first_token_s is None:
+            return None
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def e2e_s(self) -> float | None:
+        if self.finish_s is None:
+            return None
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time per output token after the first (vLLM's TPOT)."""
+        if self.finish_s is None or self.first_token_s is None or self.output_tokens < 2:
+            return None
+        return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+
+    @property
+    def itls_s(self) -> list[float]:
+        t = self.token_times_s
+        return [b - a for a, b in zip(t, t[1:])]
+
+    def shifted(self, offset_s: float) -> RequestMetrics:
+        """A copy with every time moved by `-offset_s` (to make times relative to a run start)."""
+
+        def sh(t):
+            return None if t is None else t - offset_s
+
+        return RequestMetrics(
+            request_id=self.request_id,
+            arrival_s=self.arrival_s - offset_s,
+            prompt_tokens=self.prompt_tokens,
+            output_tokens=self.output_tokens,
+            first_scheduled_s=sh(self.first_scheduled_s),
+            first_token_s=sh(self.first_token_s),
+            finish_s=sh(self.finish_s),
+            token_times_s=[t - offset_s for t in self.token_times_s],
+            status=self.status,
+            finish_reason=self.finish_reason,
+            error=self.error,
+            retries=self.retries,
+        )
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One engine (or simulated) step: what ran, and the state around it."""
+
+    step: int
+    start_s: float
+    duration_s: float
+    prefill_tokens: int  # tokens computed for sequences still in (or recomputing) their prompt
+    decode_seqs: int  # sequences that computed exactly one new token
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int
+    num_preempted: int = 0
+    num_finished: int = 0
+    context_tokens: int = 0  # total attended context over the batch (drives attention cost)
+    idle_slots: int = 0  # of max_num_seqs, slots that computed nothing this step
+    batch: list[tuple[str, int]] = field(default_factory=list)  # (request id, tokens computed)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.batch)
+
+
+def _stats(values: list[float], prefix: str) -> dict[str, float]:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if arr.size == 0:
+        out = {f"mean_{prefix}_ms": float("nan"), f"median_{prefix}_ms": float("nan")}
+        out.update({f"p{p}_{prefix}_ms": float("nan") for p in PERCENTILES if p != 50})
+        return out
+    out = {f"mean_{prefix}_ms": float(arr.mean() * 1e3), f"median_{prefix}_ms": float(np.median(arr) * 1e3)}
+    out.update({f"p{p}_{prefix}_ms": float(np.percentile(arr, p) * 1e3) for p in PERCENTILES if p != 50})
+    return out
+
+
+@dataclass(slots=True)
+class Result:
+    """What a runner measured: one `RequestMetrics` per request, and the step trace if it has one."""
+
+    requests: list[RequestMetrics]
+    steps: list[StepRecord] = field(default_factory=list)
+    duration_s: float | None = None
+    label: str = ""
+
+    @property
+    def completed(self) -> list[RequestMetrics]:
+        return [r for r in self.requests if r.ok]
+
+    @property
+    def span_s(self) -> float:
+        """Benchmark duration: given, or first arrival to last finish."""
+        if self.duration_s is not None:
+            return self.duration_s
+        finishes = [r.finish_s for r in self.requests if r.finish_s is not None]
+        if not finishes:
+            return 0.0
+        return max(finishes) - min(r.arrival_s for r in self.requests)
+
+    def summary(self, slo_ms: dict[str, float] | None = None) -> dict[str, float]:
+        """vLLM-bench-style summary. `slo_ms` maps "ttft" / "tpot" / "e2el" to limits for goodput."""
+        done = self.completed
+        span = self.span_s or float("nan")
+        out_tokens = sum(r.output_tokens for r in done)
+        in_tokens = sum(r.prompt_tokens for r in done)
+        s: dict[str, float] = {
+            "completed": len(done),
+            "failed": len(self.requests) - len(done),
+            "duration_s": span,
+            "total_input_tokens": in_tokens,
+            "total_output_tokens": out_tokens,
+            "request_throughput": len(done) / span,
+            "output_throughput": out_tokens / span,
+            "total_token_throughput": (in_tokens + out_tokens) / span,
+        }
+        s.update(_stats([r.ttft_s for r in done], "ttft"))
+        s.update(_stats([r.tpot_s for r in done], "tpot"))
+        s.update(_stats([i for r in done for i in r.itls_s], "itl"))
+        s.update(_stats([r.e2e_s for r in done], "e2el"))
+        if slo_ms:
+            unknown = set(slo_ms) - {"ttft", "tpot", "e2el"}
+            if unknown:
+                raise ValueError(f"slo_ms: unknown keys {sorted(unknown)}; allowed: ttft, tpot, e2el")
+            good = sum(1 for r in done if _meets(r, slo_ms))
+            s["goodput"] = good / span
+        if self.steps:
+            s["wasted_slot_steps"] = sum(min(st.idle_slots, st.num_waiting) for st in self.steps)
+        return s
+
+    def to_frame(self):
+        import pandas as pd
+
+        rows = []
+        for r in self.requests:
+            row = asdict(r)
+            row.pop("token_times_s")
+            row.update(ttft_s=r.ttft_s, tpot_s=r.tpot_s, e2e_s=r.e2e_s, queue_s=r.queue_s)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def steps_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(
+            [{k: v for k, v in asdict(s).items() if k != "batch"} | {"num_tokens": s.num_tokens} for s in self.steps]
+        )
+
+
+def _meets(r: RequestMetrics, slo_ms: dict[str, float]) -> bool:
+    measured = {"ttft": r.ttft_s, "tpot": r.tpot_s, "e2el": r.e2e_s}
+    for key, limit in slo_ms.items():
+        value = measured[key]
+        if value is not None and value * 1e3 > limit:
+            return False
+    return True
