@@ -1,0 +1,70 @@
+"""What a measured `Result` or a planned `Workload` costs under every provider in the price table.
+
+Tokens come from the run (completed requests only) or from the workload's prompt and output
+lengths; the answer is a pandas DataFrame, cheapest first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.cost.prices import DEFAULT_MARKET_CNY_PER_USD, PriceTable, default_prices, row_cost
+from lab.metrics import Result
+from lab.workload import Workload
+
+
+@dataclass(slots=True)
+class TokenCounts:
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def token_counts(run: Result | Workload) -> TokenCounts:
+    """Tokens a run used (completed requests of a Result) or will use (every request of a Workload)."""
+    if isinstance(run, Result):
+        done = run.completed
+        return TokenCounts(len(done), sum(r.prompt_tokens for r in done), sum(r.output_tokens for r in done))
+    if isinstance(run, Workload):
+        missing = [r.id for r in run.requests if r.prompt_len is None]
+        if missing:
+            raise ValueError(f"workload requests {missing[:5]} have no prompt_len; give prompt_len or "
+                             "prompt_token_ids (text prompts have no token count until tokenized)")
+        return TokenCounts(len(run), sum(r.prompt_len for r in run), sum(r.output_len for r in run))
+    raise TypeError(f"run must be a lab.metrics.Result or a lab.workload.Workload, got {type(run).__name__}")
+
+
+def cost_table(run: Result | Workload, cached_fraction: float = 0.0, batch: bool = False,
+               market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD, prices: PriceTable | None = None):
+    """One row per (provider, model): the USD the run costs there, cheapest first.
+
+    `cached_fraction` of the prompt tokens is billed at the cached-input price. With `batch=True`, rows
+    without a batch API get NaN and say so in `note`. Reseller rows use `market_cny_per_usd`.
+    """
+    import pandas as pd
+
+    if not 0.0 <= cached_fraction <= 1.0:
+        raise ValueError(f"cached_fraction must be in [0, 1], got {cached_fraction}")
+    counts = token_counts(run)
+    cached = round(counts.prompt_tokens * cached_fraction)
+    records = []
+    for row in (prices or default_prices()).rows:
+        note = "provider's claim, not verified" if row.verification == "provider_claim" else ""
+        if batch and not row.offers_batch:
+            cost, note = float("nan"), "no batch API"
+        else:
+            cost = row_cost(row, counts.prompt_tokens, counts.completion_tokens, cached, batch, market_cny_per_usd)
+        records.append({
+            "provider": row.provider,
+            "model": row.model,
+            "requests": counts.requests,
+            "prompt_tokens": counts.prompt_tokens,
+            "cached_tokens": cached,
+            "completion_tokens": counts.completion_tokens,
+            "cost_usd": cost,
+            "usd_per_1k_requests": cost / counts.requests * 1000 if counts.requests else float("nan"),
+            "verification": row.verification,
+            "note": note,
+        })
+    frame = pd.DataFrame.from_records(records)
+    return frame.sort_values(["cost_usd", "provider", "model"], na_position="last").reset_index(drop=True)

@@ -1,0 +1,138 @@
+"""What a token costs on a GPU you rent, and how much traffic it takes before renting beats an API.
+
+USD per million tokens = hourly price / (tokens per second x 3600 x utilisation) x 1e6. Throughput
+comes from a number or a measured/simulated `Result`; utilisation (the share of paid hours the GPU
+runs at that throughput) is always given explicitly.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from lab.cost.prices import PriceTableError, default_prices_path
+from lab.metrics import Result
+
+THROUGHPUT_KINDS = ("output", "total")  # output tokens/s, or prompt + output tokens/s
+HOURS_PER_MONTH = 730.0  # 365 x 24 / 12
+
+
+class UnknownGpuError(ValueError):
+    """A GPU name that is not in the GPU price table; the message lists the closest known names."""
+
+
+@dataclass(slots=True)
+class GpuPrice:
+    gpu: str
+    memory_gb: float
+    provider: str
+    offering: str
+    usd_per_gpu_hour: float
+    source_url: str
+    seen: date
+    notes: str = ""
+    line: int = 0
+
+
+def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
+    """Read and validate data/gpu_prices.csv (on-demand hourly prices, source and date per row)."""
+    path = Path(path) if path is not None else default_prices_path("gpu_prices.csv")
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for line, raw in enumerate(csv.DictReader(f), start=2):
+            where = f"{path.name} line {line} ({(raw.get('provider') or '?').strip()}/{(raw.get('gpu') or '?').strip()})"
+            try:
+                price = float(raw.get("usd_per_gpu_hour") or "")
+                memory = float(raw.get("memory_gb") or "")
+            except ValueError:
+                raise PriceTableError(f"{where}: usd_per_gpu_hour and memory_gb must be numbers") from None
+            if not (price > 0 and memory > 0):
+                raise PriceTableError(f"{where}: usd_per_gpu_hour and memory_gb must be > 0, got {price}, {memory}")
+            url = (raw.get("source_url") or "").strip()
+            if not url.startswith(("http://", "https://")):
+                raise PriceTableError(f"{where}: source_url must be an http(s) URL, got {url!r}")
+            try:
+                seen = date.fromisoformat((raw.get("seen") or "").strip())
+            except ValueError:
+                raise PriceTableError(f"{where}: seen must be a date YYYY-MM-DD, got {raw.get('seen')!r}") from None
+            rows.append(GpuPrice(raw["gpu"].strip(), memory, raw["provider"].strip().lower(),
+                                 (raw.get("offering") or "").strip(), price, url, seen,
+                                 (raw.get("notes") or "").strip(), line))
+    return rows
+
+
+def gpu_price(gpu: str, provider: str | None = None, path: str | Path | None = None) -> GpuPrice:
+    """The cheapest listed row for `gpu` (optionally from one provider)."""
+    rows = load_gpu_prices(path)
+    matches = [r for r in rows if r.gpu.lower() == gpu.strip().lower()
+               and (provider is None or r.provider == provider.lower())]
+    if not matches:
+        known = sorted({f"{r.gpu} ({r.provider})" for r in rows})
+        close = difflib.get_close_matches(gpu, sorted({r.gpu for r in rows}), n=3, cutoff=0.3)
+        raise UnknownGpuError(f"no price for gpu={gpu!r} provider={provider!r}; closest GPUs: "
+                              f"{', '.join(close) or '-'}; known: {', '.join(known)}")
+    return min(matches, key=lambda r: r.usd_per_gpu_hour)
+
+
+def tokens_per_second(throughput: float | Result, kind: str = "output") -> float:
+    """A throughput given as a number, or read from a Result's summary (`output` or `total` tokens)."""
+    if kind not in THROUGHPUT_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(THROUGHPUT_KINDS)}, got {kind!r}")
+    if isinstance(throughput, Result):
+        summary = throughput.summary()
+        value = summary["output_throughput" if kind == "output" else "total_token_throughput"]
+    else:
+        value = float(throughput)
+    if not value > 0:
+        raise ValueError(f"throughput must be > 0 tokens/s, got {value}")
+    return value
+
+
+def self_hosted_usd_per_mtok(gpu_usd_per_hour: float, throughput: float | Result, *, utilization: float,
+                             kind: str = "output", gpus: int = 1) -> float:
+    """USD per million tokens on `gpus` rented GPUs that produce `throughput` tokens/s while busy.
+
+    `utilization` is the share of paid hours spent at that throughput (1.0: busy every hour you pay for).
+    """
+    if not gpu_usd_per_hour > 0:
+        raise ValueError(f"gpu_usd_per_hour must be > 0, got {gpu_usd_per_hour}")
+    if not 0 < utilization <= 1:
+        raise ValueError(f"utilization must be in (0, 1], got {utilization}")
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    tokens_per_paid_hour = tokens_per_second(throughput, kind) * 3600 * utilization
+    return gpu_usd_per_hour * gpus / tokens_per_paid_hour * 1e6
+
+
+@dataclass(slots=True)
+class BreakEven:
+    api_usd_per_mtok: float
+    gpu_usd_per_month: float
+    break_even_mtok_per_month: float  # API spend equals the rent at this volume
+    capacity_mtok_per_month: float  # what the rented GPUs can do at full utilisation
+    break_even_utilization: float  # break-even volume / capacity; > 1 means renting never pays
+
+    @property
+    def renting_can_pay(self) -> bool:
+        return self.break_even_utilization <= 1.0
+
+
+def break_even(api_usd_per_mtok: float, gpu_usd_per_hour: float, throughput: float | Result, *,
+               kind: str = "output", gpus: int = 1, hours_per_month: float = HOURS_PER_MONTH) -> BreakEven:
+    """Monthly volume at which an API (priced per million tokens of `kind`) costs as much as renting.
+
+    Price the API on the same token basis as the throughput: for `kind="output"` use what the API
+    charges per million output tokens of your workload, prompts included (see docs/costs.md).
+    """
+    if not api_usd_per_mtok > 0:
+        raise ValueError(f"api_usd_per_mtok must be > 0, got {api_usd_per_mtok}")
+    if not gpu_usd_per_hour > 0 or not hours_per_month > 0 or gpus < 1:
+        raise ValueError("gpu_usd_per_hour and hours_per_month must be > 0 and gpus >= 1, got "
+                         f"{gpu_usd_per_hour}, {hours_per_month}, {gpus}")
+    rent = gpu_usd_per_hour * gpus * hours_per_month
+    capacity = tokens_per_second(throughput, kind) * 3600 * hours_per_month / 1e6
+    volume = rent / api_usd_per_mtok
+    return BreakEven(api_usd_per_mtok, rent, volume, capacity, volume / capacity)
