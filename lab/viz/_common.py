@@ -1,0 +1,120 @@
+"""Shared pieces of the figures: colours, units, argument checks and the empty-figure fallback.
+
+Colours are fixed per phase and assigned per label in order, so the same run keeps its colour
+across every figure built from the same list of results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+from lab.metrics import Result
+
+TEMPLATE = "plotly_white"
+
+PHASE_COLORS = {
+    "queued": "#B0B0B0",  # grey: nothing is happening for the request yet
+    "prefill": "#F58518",
+    "decode": "#4C78A8",
+    "idle": "#EAEAEA",
+    "failed": "#D62728",
+}
+STATUS_COLORS = {"ok": "#54A24B", "aborted": "#9467BD"}
+ERROR_COLORS = ["#D62728", "#FF7F0E", "#8C564B", "#E377C2", "#BCBD22", "#7F7F7F"]
+# Kept apart from the phase colours so a run's line is never mistaken for a phase.
+LABEL_COLORS = ["#1B9E77", "#7570B3", "#D95F02", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#666666"]
+
+
+def label_color(index: int) -> str:
+    return LABEL_COLORS[index % len(LABEL_COLORS)]
+
+
+def as_runs(results, arg: str = "results") -> list[tuple[str, Result]]:
+    """Normalise one Result, a sequence of them, or a {label: Result} mapping to (label, Result) pairs."""
+    if isinstance(results, Result):
+        results = [results]
+    if isinstance(results, Mapping):
+        pairs = [(str(k), v) for k, v in results.items()]
+    elif isinstance(results, Sequence) and not isinstance(results, str):
+        pairs = [(r.label if isinstance(r, Result) else "", r) for r in results]
+    else:
+        raise ValueError(f"{arg}: expected a Result, a list of Results or a dict of them; got {type(results).__name__}")
+    seen: dict[str, int] = {}
+    runs = []
+    for i, (label, r) in enumerate(pairs):
+        if not isinstance(r, Result):
+            raise ValueError(f"{arg}: item {i} is a {type(r).__name__}, not a Result")
+        label = label or f"run {i + 1}"
+        seen[label] = seen.get(label, 0) + 1
+        # Two runs with the same label would otherwise share a legend entry and hide each other.
+        runs.append((label if seen[label] == 1 else f"{label} ({seen[label]})", r))
+    return runs
+
+
+def check_choice(arg: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{arg}: {value!r} is not one of {sorted(allowed)}")
+
+
+def check_positive(arg: str, value) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{arg}: expected a positive number or None, got {value!r}")
+
+
+def unit_of(key: str) -> str:
+    """Unit of a `Result.summary()` key, for axis titles."""
+    if key.endswith("_ms"):
+        return "ms"
+    if key in ("request_throughput", "goodput"):
+        return "req/s"
+    if key.endswith("throughput"):
+        return "tok/s"
+    if key.endswith("_s"):
+        return "s"
+    if key.endswith("_tokens"):
+        return "tokens"
+    if key in ("completed", "failed"):
+        return "requests"
+    if key == "wasted_slot_steps":
+        return "slot-steps"
+    return ""
+
+
+def with_unit(key: str) -> str:
+    unit = unit_of(key)
+    return f"{key} ({unit})" if unit else key
+
+
+def styled(fig: go.Figure, title: str, **layout) -> go.Figure:
+    fig.update_layout(template=TEMPLATE, title=dict(text=title), **layout)
+    return fig
+
+
+def note(fig: go.Figure, text: str) -> go.Figure:
+    """A visible remark in the corner, for data we could not plot (so nothing disappears silently)."""
+    fig.add_annotation(
+        text=text, showarrow=False, xref="paper", yref="paper", x=1, y=1.02,
+        xanchor="right", yanchor="bottom", font=dict(size=11, color="#888"),
+    )
+    return fig
+
+
+def empty_figure(title: str, message: str) -> go.Figure:
+    """A figure that says why it is empty, instead of an exception in the middle of a notebook."""
+    fig = styled(go.Figure(), title, xaxis=dict(visible=False), yaxis=dict(visible=False))
+    fig.add_annotation(
+        text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5, font=dict(size=14, color="#666")
+    )
+    return fig
+
+
+def nice_step(span: float, buckets: int = 20) -> float:
+    """A round bucket width (1, 2 or 5 times a power of ten) giving about `buckets` buckets."""
+    if not span > 0:
+        return 1.0
+    raw = span / buckets
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)

@@ -1,0 +1,168 @@
+"""Figures that compare whole runs: throughput against latency across request rates, a side-by-side
+summary of several runs, and cost bars per provider and model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lab.metrics import Result
+from lab.viz._common import as_runs, empty_figure, label_color, note, styled, unit_of, with_unit
+
+DEFAULT_COMPARE = (
+    "request_throughput", "output_throughput", "mean_ttft_ms", "p99_ttft_ms", "mean_e2el_ms", "p99_e2el_ms",
+)
+
+
+def _check_columns(frame: pd.DataFrame, **named: str | None) -> None:
+    for arg, column in named.items():
+        if column is not None and column not in frame.columns:
+            raise ValueError(f"{arg}: no column {column!r}; the frame has {list(frame.columns)}")
+
+
+def _rate_frame(data) -> pd.DataFrame:
+    rows = []
+    for i, item in enumerate(data):
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Result)):
+            raise ValueError(f"data: item {i} should be a (request_rate, Result) pair, got {item!r:.80}")
+        rate, result = item
+        rows.append({"request_rate": float(rate), "label": result.label or ""} | result.summary())
+    return pd.DataFrame(rows)
+
+
+def throughput_vs_latency(
+    data,
+    *,
+    throughput: str = "output_throughput",
+    latency: str = "p99_e2el_ms",
+    rate: str = "request_rate",
+    label: str | None = "label",
+    title: str | None = None,
+) -> go.Figure:
+    """Throughput (x) against latency (y), one point per request rate, one line per label.
+
+    `data`: a list of (request_rate, Result) pairs, or a DataFrame of `Result.summary()` rows with a
+    `rate` column (and a `label` column, if present, to split the lines). The knee of the curve is
+    where the server saturates: throughput stops growing and latency takes off.
+    """
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    elif isinstance(data, Sequence) and not isinstance(data, str):
+        frame = _rate_frame(data)
+    else:
+        raise ValueError(f"data: expected a list of (rate, Result) pairs or a DataFrame, got {type(data).__name__}")
+    title = title or "Throughput against latency across request rates"
+    if frame.empty:
+        return empty_figure(title, "No runs to plot.")
+    _check_columns(frame, throughput=throughput, latency=latency, rate=rate)
+    groups = frame.groupby(label, sort=False) if label in frame.columns else [("", frame)]
+    fig = go.Figure()
+    for i, (name, group) in enumerate(groups):
+        group = group.sort_values(rate)
+        fig.add_trace(
+            go.Scatter(
+                name=str(name) or "run", x=group[throughput], y=group[latency], mode="lines+markers+text",
+                text=[_rate_text(v) for v in group[rate]], textposition="top left",
+                line=dict(color=label_color(i)), customdata=group[rate],
+                hovertemplate=(
+                    f"{name}<br>rate %{{customdata}} req/s<br>{throughput} %{{x:.1f}} {unit_of(throughput)}"
+                    f"<br>{latency} %{{y:.1f}} {unit_of(latency)}<extra></extra>"
+                ),
+            )
+        )
+    if frame[latency].isna().any():
+        note(fig, "Some rates have no completed request: their points are missing.")
+    return styled(fig, title, xaxis_title=with_unit(throughput), yaxis_title=with_unit(latency))
+
+
+def _rate_text(rate: float) -> str:
+    return "all at once" if math.isinf(rate) else f"{rate:g}/s"
+
+
+def compare(results, *, metrics: Sequence[str] = DEFAULT_COMPARE, title: str | None = None) -> go.Figure:
+    """Side by side `Result.summary()` numbers for several runs: one small bar chart per metric.
+
+    `results`: {label: Result}, a list of Results, or one. Each run keeps its colour in every panel.
+    """
+    runs = as_runs(results)
+    if isinstance(metrics, str) or not metrics:
+        raise ValueError(f"metrics: expected a non-empty list of summary keys, got {metrics!r}")
+    title = title or "Comparison"
+    if not runs:
+        return empty_figure(title, "No runs to compare.")
+    summaries = [r.summary() for _, r in runs]
+    unknown = [m for m in metrics if m not in summaries[0]]
+    if unknown:
+        raise ValueError(f"metrics: unknown {unknown}; allowed: {sorted(summaries[0])}")
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[with_unit(m) for m in metrics])
+    labels = [label for label, _ in runs]
+    for k, metric in enumerate(metrics):
+        values = [s[metric] for s in summaries]
+        fig.add_trace(
+            go.Bar(
+                name=metric, x=labels, y=values, showlegend=False,
+                marker_color=[label_color(i) for i in range(len(runs))],
+                text=[f"{v:.3g}" for v in values], textposition="auto",
+                hovertemplate=f"%{{x}}<br>{metric}: %{{y:.4g}} {unit_of(metric)}<extra></extra>",
+            ),
+            row=k // cols + 1, col=k % cols + 1,
+        )
+    styled(fig, title, height=260 * rows + 80)
+    idle = [label for label, r in runs if not r.completed]
+    if idle:
+        note(fig, f"No completed request in: {', '.join(idle)}")
+    return fig
+
+
+def cost_bars(
+    frame: pd.DataFrame,
+    *,
+    cost: str | None = None,
+    provider: str = "provider",
+    model: str | None = "model",
+    currency: str | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Cost per model, one colour per provider (the same model at two providers sits side by side).
+
+    `cost` defaults to the frame's "cost_usd" column, else "cost"; `currency` defaults to what the
+    column name ends with (cost_usd -> USD). Rows with the same provider and model are summed.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"frame: expected a pandas DataFrame, got {type(frame).__name__}")
+    if cost is None:
+        cost = next((c for c in ("cost_usd", "cost") if c in frame.columns), "cost_usd")
+    _check_columns(frame, cost=cost, provider=provider, model=model)
+    currency = currency or (cost.rsplit("_", 1)[1].upper() if "_" in cost else "")
+    title = title or "Cost per provider and model"
+    keys = [provider] + ([model] if model else [])
+    unpriced = frame[frame[cost].isna()]
+    totals = frame.dropna(subset=[cost]).groupby(keys, sort=False)[cost].agg(["sum", "size"]).reset_index()
+    if totals.empty:
+        return empty_figure(title, "No priced rows to plot.")
+    x_col = model or provider
+    order = totals.groupby(x_col)["sum"].min().sort_values().index.tolist()  # cheapest model first
+    fig = go.Figure()
+    for i, (name, group) in enumerate(totals.groupby(provider, sort=False)):
+        fig.add_trace(
+            go.Bar(
+                name=str(name), x=group[x_col], y=group["sum"], marker_color=label_color(i),
+                text=[f"{v:,.4g}" for v in group["sum"]], textposition="outside", customdata=group["size"],
+                hovertemplate=f"{name} · %{{x}}<br>%{{y:,.6g}} {currency}<br>%{{customdata}} row(s)<extra></extra>",
+            )
+        )
+    styled(
+        fig, title, barmode="group", xaxis=dict(title=x_col, categoryorder="array", categoryarray=order),
+        yaxis_title=f"cost ({currency})" if currency else "cost",
+    )
+    if not unpriced.empty:
+        missing = unpriced[keys].astype(str).agg(" · ".join, axis=1).tolist()
+        note(fig, f"No price for: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    return fig

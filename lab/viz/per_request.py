@@ -1,0 +1,207 @@
+"""Figures built from per-request measurements: the timeline of each request's phases, latency CDFs,
+and retries and errors over time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+import plotly.graph_objects as go
+
+from lab.metrics import RequestMetrics, Result
+from lab.viz._common import (
+    ERROR_COLORS,
+    PHASE_COLORS,
+    STATUS_COLORS,
+    as_runs,
+    check_choice,
+    check_positive,
+    empty_figure,
+    label_color,
+    nice_step,
+    note,
+    styled,
+)
+
+_PHASE_HOVER = (
+    "<b>%{customdata[0]}</b> · %{fullData.name}<br>"
+    "%{customdata[1]:.3f} s → %{customdata[2]:.3f} s (%{x:.3f} s)<br>"
+    "prompt %{customdata[3]} tok · output %{customdata[4]} tok · %{customdata[5]}<extra></extra>"
+)
+
+
+def _phases(r: RequestMetrics) -> dict[str, tuple[float, float]]:
+    """Start and end of each phase we can tell from the request's timestamps."""
+    out = {}
+    if r.first_scheduled_s is not None:
+        out["queued"] = (r.arrival_s, r.first_scheduled_s)
+    # Over HTTP the server's queue is invisible, so prefill then starts at arrival and includes it.
+    prefill_start = r.first_scheduled_s if r.first_scheduled_s is not None else r.arrival_s
+    if r.first_token_s is not None:
+        out["prefill"] = (prefill_start, r.first_token_s)
+        if r.finish_s is not None:
+            out["decode"] = (r.first_token_s, r.finish_s)
+    elif r.first_scheduled_s is not None and r.finish_s is not None:
+        out["prefill"] = (prefill_start, r.finish_s)  # failed or aborted before its first token
+    return out
+
+
+def _last_known_s(r: RequestMetrics) -> float:
+    for t in (r.finish_s, r.first_token_s, r.first_scheduled_s):
+        if t is not None:
+            return t
+    return r.arrival_s
+
+
+def request_timeline(result: Result, *, title: str | None = None) -> go.Figure:
+    """One horizontal bar per request, split into queued / prefill / decode; failures marked with ✕.
+
+    Requests are ordered by arrival, first at the top. One trace per phase (bars placed with `base=`),
+    so thousands of requests still render quickly.
+    """
+    if not isinstance(result, Result):
+        raise ValueError(f"result: expected a Result, got {type(result).__name__}")
+    title = title or f"Request timeline{' · ' + result.label if result.label else ''}"
+    if not result.requests:
+        return empty_figure(title, "No requests in this result.")
+    ordered = sorted(result.requests, key=lambda r: r.arrival_s)
+    fig = go.Figure()
+    for phase in ("queued", "prefill", "decode"):
+        ys, starts, lengths, data = [], [], [], []
+        for i, r in enumerate(ordered):
+            span = _phases(r).get(phase)
+            if span is None:
+                continue
+            ys.append(i)
+            starts.append(span[0])
+            lengths.append(span[1] - span[0])
+            data.append((r.request_id, span[0], span[1], r.prompt_tokens, r.output_tokens, _status_text(r)))
+        fig.add_trace(
+            go.Bar(
+                name=phase, orientation="h", y=ys, x=lengths, base=starts, customdata=data,
+                marker=dict(color=PHASE_COLORS[phase], line=dict(width=0)), hovertemplate=_PHASE_HOVER,
+            )
+        )
+    failed = [(i, r) for i, r in enumerate(ordered) if not r.ok]
+    fig.add_trace(
+        go.Scatter(
+            name="failed", mode="markers", y=[i for i, _ in failed], x=[_last_known_s(r) for _, r in failed],
+            marker=dict(symbol="x", size=9, color=PHASE_COLORS["failed"]),
+            customdata=[(r.request_id, _status_text(r)) for _, r in failed],
+            hovertemplate="<b>%{customdata[0]}</b> at %{x:.3f} s<br>%{customdata[1]}<extra></extra>",
+        )
+    )
+    yaxis = dict(title="request (by arrival)", autorange="reversed", showgrid=False)
+    if len(ordered) <= 40:  # few enough to name each row
+        yaxis.update(tickvals=list(range(len(ordered))), ticktext=[r.request_id for r in ordered])
+    styled(
+        fig, title, barmode="overlay", bargap=0.15, xaxis_title="time since start (s)", yaxis=yaxis,
+        height=min(900, 180 + 14 * len(ordered)), legend=dict(orientation="h", y=-0.15),
+    )
+    if not result.completed:
+        note(fig, "No request completed.")
+    return fig
+
+
+def _status_text(r: RequestMetrics) -> str:
+    text = r.status if r.ok else f"{r.status}: {r.error or 'no error message'}"
+    return text + (f" · {r.retries} retries" if r.retries else "")
+
+
+_METRICS = {
+    "ttft": ("TTFT", lambda r: [r.ttft_s]),
+    "tpot": ("TPOT", lambda r: [r.tpot_s]),
+    "itl": ("inter-token latency", lambda r: r.itls_s),
+    "e2e": ("end-to-end latency", lambda r: [r.e2e_s]),
+    "queue": ("queueing time", lambda r: [r.queue_s]),
+}
+
+
+def latency_cdf(results, *, metric: str = "ttft", title: str | None = None) -> go.Figure:
+    """Empirical CDF of a latency over completed requests, one line per run.
+
+    `results`: a Result, a list of them, or {label: Result}. `metric`: ttft, tpot, itl, e2e or queue.
+    The curve reaches 1 at the slowest completed request; failed requests are counted in the legend.
+    """
+    check_choice("metric", metric, _METRICS)
+    name, values_of = _METRICS[metric]
+    runs = as_runs(results)
+    title = title or f"{name} CDF"
+    fig = go.Figure()
+    for i, (label, r) in enumerate(runs):
+        values = [v for req in r.completed for v in values_of(req) if v is not None]
+        if not values:
+            continue
+        ms = np.sort(np.asarray(values, dtype=float)) * 1e3
+        frac = np.arange(1, ms.size + 1) / ms.size
+        failed = len(r.requests) - len(r.completed)
+        legend = f"{label} (n={ms.size}{f', {failed} failed' if failed else ''})"
+        fig.add_trace(
+            go.Scatter(
+                name=legend, x=ms, y=frac, mode="lines", line=dict(shape="hv", color=label_color(i)),
+                hovertemplate=f"{label}<br>%{{y:.0%}} of requests within %{{x:.1f}} ms<extra></extra>",
+            )
+        )
+    if not fig.data:
+        return empty_figure(title, f"No completed request has a {name} to plot.")
+    return styled(fig, title, xaxis_title=f"{name} (ms)", yaxis=dict(title="fraction of completed requests", range=[0, 1.02]))
+
+
+def _error_kind(r: RequestMetrics) -> str:
+    if r.ok:
+        return "ok"
+    # "RateLimitError: 429 ..." -> "RateLimitError": one bar colour per kind, not per message.
+    kind = (r.error or "").split(":", 1)[0].strip()[:40]
+    return f"{r.status}: {kind}" if kind else r.status
+
+
+def retries_and_errors(result: Result, *, bucket_s: float | None = None, title: str | None = None) -> go.Figure:
+    """Outcomes per time bucket (stacked: ok and each error kind) with the retries they needed.
+
+    A request counts in the bucket where it finished (or was last seen); `bucket_s` defaults to a
+    round width giving about 20 buckets.
+    """
+    if not isinstance(result, Result):
+        raise ValueError(f"result: expected a Result, got {type(result).__name__}")
+    check_positive("bucket_s", bucket_s)
+    title = title or "Outcomes and retries over time"
+    if not result.requests:
+        return empty_figure(title, "No requests in this result.")
+    times = [_last_known_s(r) for r in result.requests]
+    start = min(r.arrival_s for r in result.requests)
+    bucket_s = bucket_s or nice_step(max(times) - start)
+    counts: dict[str, Counter] = defaultdict(Counter)
+    retries: Counter = Counter()
+    for r, t in zip(result.requests, times, strict=True):
+        b = int((t - start) // bucket_s)
+        counts[_error_kind(r)][b] += 1
+        retries[b] += r.retries
+    buckets = range(max(b for c in counts.values() for b in c) + 1)
+    x = [start + (b + 0.5) * bucket_s for b in buckets]
+    fig = go.Figure()
+    kinds = sorted(counts, key=lambda k: (k != "ok", k.startswith("aborted"), -sum(counts[k].values())))
+    errors_seen = 0
+    for kind in kinds:
+        if kind == "ok" or kind.startswith("aborted"):
+            color = STATUS_COLORS["ok" if kind == "ok" else "aborted"]
+        else:
+            color = ERROR_COLORS[errors_seen % len(ERROR_COLORS)]
+            errors_seen += 1
+        fig.add_trace(
+            go.Bar(
+                name=kind, x=x, y=[counts[kind][b] for b in buckets], width=bucket_s * 0.9, marker_color=color,
+                hovertemplate=f"{kind}<br>%{{y}} requests finished around %{{x:.2f}} s<extra></extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            name="retries", x=x, y=[retries[b] for b in buckets], mode="lines+markers",
+            line=dict(color="#333", dash="dot"),
+            hovertemplate="%{y} retries by requests finishing around %{x:.2f} s<extra></extra>",
+        )
+    )
+    return styled(
+        fig, title, barmode="stack", xaxis_title=f"time since start (s), {bucket_s:g} s buckets",
+        yaxis_title="requests / retries",
+    )

@@ -1,0 +1,126 @@
+"""Figures built from the engine's (or simulator's) step trace: how full each batch was, and how
+many KV blocks were in use over time.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from lab.metrics import Result, StepRecord
+from lab.viz._common import (
+    PHASE_COLORS,
+    as_runs,
+    check_choice,
+    check_positive,
+    empty_figure,
+    label_color,
+    styled,
+)
+
+_X_AXES = {"step": "engine step", "time": "time since start (s)"}
+
+
+def _steps_of(steps, arg: str = "steps") -> list[StepRecord]:
+    if isinstance(steps, Result):
+        return steps.steps
+    if isinstance(steps, (list, tuple)) and all(isinstance(s, StepRecord) for s in steps):
+        return list(steps)
+    raise ValueError(f"{arg}: expected a Result or a list of StepRecord, got {type(steps).__name__}")
+
+
+def _slots(s: StepRecord) -> tuple[int, int]:
+    """(sequences that ran a prompt chunk, sequences that decoded one token) in this step."""
+    used = len(s.batch) if s.batch else s.num_running
+    decode = min(s.decode_seqs, used)
+    return used - decode, decode
+
+
+def batch_occupancy(
+    steps, *, max_num_seqs: int | None = None, x: str = "step", show_waiting: bool = True, title: str | None = None
+) -> go.Figure:
+    """Per step, the batch slots running prefill, running decode, and sitting idle (stacked bars).
+
+    `steps`: a Result or a list of StepRecord. `x`: "step" or "time" (bars as wide as the step took).
+    With `show_waiting`, a line shows the requests queued meanwhile: idle slots under a queue are waste.
+    """
+    check_choice("x", x, _X_AXES)
+    check_positive("max_num_seqs", max_num_seqs)
+    records = _steps_of(steps)
+    title = title or "Batch occupancy per step"
+    if not records:
+        return empty_figure(title, "No step trace: only the engine and the simulator record one.")
+    if x == "step":
+        xs, widths = [s.step for s in records], None
+    else:
+        xs, widths = [s.start_s + s.duration_s / 2 for s in records], [s.duration_s for s in records]
+    prefill, decode = zip(*(_slots(s) for s in records), strict=True)
+    columns = {"prefill": list(prefill), "decode": list(decode), "idle": [s.idle_slots for s in records]}
+    custom = [(s.step, s.start_s, s.duration_s * 1e3, s.prefill_tokens, s.num_waiting) for s in records]
+    fig = go.Figure()
+    for name, ys in columns.items():
+        fig.add_trace(
+            go.Bar(
+                name=f"{name} slots" if name == "idle" else f"{name} seqs", x=xs, y=ys, width=widths,
+                marker=dict(color=PHASE_COLORS[name], line=dict(width=0)), customdata=custom,
+                hovertemplate=(
+                    f"step %{{customdata[0]}} at %{{customdata[1]:.3f}} s (%{{customdata[2]:.1f}} ms)<br>"
+                    f"{name}: %{{y}}<br>prefill tokens %{{customdata[3]}} · waiting %{{customdata[4]}}<extra></extra>"
+                ),
+            )
+        )
+    if show_waiting:
+        fig.add_trace(
+            go.Scatter(
+                name="waiting requests", x=xs, y=[s.num_waiting for s in records], mode="lines",
+                line=dict(color="#555", dash="dot", shape="hv"), hovertemplate="%{y} waiting<extra></extra>",
+            )
+        )
+    if max_num_seqs:
+        fig.add_trace(
+            go.Scatter(
+                name=f"max_num_seqs = {max_num_seqs}", x=[xs[0], xs[-1]], y=[max_num_seqs] * 2, mode="lines",
+                line=dict(color="#000", dash="dash"), hoverinfo="skip",
+            )
+        )
+    return styled(fig, title, barmode="stack", bargap=0, xaxis_title=_X_AXES[x], yaxis_title="sequences (slots)")
+
+
+def kv_blocks(
+    results, *, capacity: int | None = None, block_size: int | None = None, x: str = "time", title: str | None = None
+) -> go.Figure:
+    """KV-cache blocks in use at each step, one line per run, with the pool's `capacity` if given.
+
+    `results`: a Result, a list of them, or {label: Result}. With `block_size`, hover also shows
+    how many tokens of context the blocks can hold.
+    """
+    check_choice("x", x, _X_AXES)
+    check_positive("capacity", capacity)
+    check_positive("block_size", block_size)
+    runs = as_runs(results)
+    title = title or "KV blocks in use"
+    fig = go.Figure()
+    xs_all = []
+    for i, (label, r) in enumerate(runs):
+        if not r.steps:
+            continue
+        xs = [s.step if x == "step" else s.start_s for s in r.steps]
+        xs_all += [xs[0], xs[-1]]
+        blocks = [s.kv_blocks_used for s in r.steps]
+        tokens_hover = f"<br>up to %{{customdata:,}} tokens ({block_size}/block)" if block_size else ""
+        fig.add_trace(
+            go.Scatter(
+                name=label, x=xs, y=blocks, mode="lines", line=dict(shape="hv", color=label_color(i)),
+                customdata=[b * block_size for b in blocks] if block_size else None,
+                hovertemplate=f"{label}<br>%{{y}} blocks at %{{x}}{tokens_hover}<extra></extra>",
+            )
+        )
+    if not fig.data:
+        return empty_figure(title, "No step trace: only the engine and the simulator record one.")
+    if capacity:
+        fig.add_trace(
+            go.Scatter(
+                name=f"capacity = {capacity}", x=[min(xs_all), max(xs_all)], y=[capacity] * 2, mode="lines",
+                line=dict(color="#000", dash="dash"), hoverinfo="skip",
+            )
+        )
+    return styled(fig, title, xaxis_title=_X_AXES[x], yaxis=dict(title="KV blocks in use", rangemode="tozero"))

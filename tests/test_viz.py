@@ -1,0 +1,331 @@
+"""lab.viz: each figure's traces carry the numbers we put in, and odd input degrades to a note or a clear error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from lab.metrics import RequestMetrics, Result, StepRecord
+from lab.viz import (
+    batch_occupancy,
+    compare,
+    cost_bars,
+    kv_blocks,
+    latency_cdf,
+    request_timeline,
+    retries_and_errors,
+    throughput_vs_latency,
+)
+
+
+def req(rid, arrival, scheduled, first, finish, out=4, **kw):
+    times = list(np.linspace(first, finish, out)) if first is not None and finish is not None else []
+    return RequestMetrics(
+        request_id=rid, arrival_s=arrival, first_scheduled_s=scheduled, first_token_s=first, finish_s=finish,
+        prompt_tokens=8, output_tokens=out, token_times_s=times, **kw,
+    )
+
+
+def ok_result(label="continuous", scale=1.0):
+    requests = [
+        req("a", 0.0, 0.1 * scale, 0.3 * scale, 1.0 * scale),
+        req("b", 0.2, 0.5 * scale, 0.6 * scale, 2.0 * scale),
+        req("c", 0.4, 0.4, 0.9 * scale, 1.5 * scale),
+    ]
+    steps = [
+        StepRecord(step=i, start_s=0.1 * i, duration_s=0.1, prefill_tokens=8 if i == 0 else 0, decode_seqs=i % 3,
+                   num_running=2, num_waiting=3 - i % 3, kv_blocks_used=2 + i, idle_slots=2,
+                   batch=[("a", 8 if i == 0 else 1), ("b", 1)])
+        for i in range(5)
+    ]
+    return Result(requests=requests, steps=steps, label=label)
+
+
+def failed_result():
+    return Result(
+        requests=[
+            req("x", 0.0, 0.1, None, 0.5, out=0, status="error", error="InternalServerError: boom", retries=2),
+            req("y", 0.3, None, None, None, out=0, status="aborted", error="cancelled"),
+        ],
+        label="faulty",
+    )
+
+
+def has_note(fig: go.Figure, text: str) -> bool:
+    return any(text in (a.text or "") for a in fig.layout.annotations)
+
+
+def trace(fig: go.Figure, name: str):
+    found = [t for t in fig.data if t.name == name]
+    assert found, f"no trace {name!r} in {[t.name for t in fig.data]}"
+    return found[0]
+
+
+# --- request timeline ------------------------------------------------------------------------------------
+
+
+def test_timeline_bars_are_the_phase_durations():
+    fig = request_timeline(ok_result())
+    assert [t.name for t in fig.data] == ["queued", "prefill", "decode", "failed"]
+    queued, prefill, decode = (trace(fig, n) for n in ("queued", "prefill", "decode"))
+    # rows by arrival: a=0, b=1, c=2; c was scheduled on arrival so its queued bar has length 0
+    assert list(queued.y) == [0, 1, 2]
+    assert list(queued.base) == pytest.approx([0.0, 0.2, 0.4])
+    assert list(queued.x) == pytest.approx([0.1, 0.3, 0.0])
+    assert list(prefill.base) == pytest.approx([0.1, 0.5, 0.4])
+    assert list(prefill.x) == pytest.approx([0.2, 0.1, 0.5])
+    assert list(decode.base) == pytest.approx([0.3, 0.6, 0.9])
+    assert list(decode.x) == pytest.approx([0.7, 1.4, 0.6])
+    assert len(trace(fig, "failed").x) == 0
+    assert fig.layout.barmode == "overlay"
+    assert "(s)" in fig.layout.xaxis.title.text
+
+
+def test_timeline_marks_failures_and_orders_by_arrival():
+    r = ok_result()
+    r.requests.insert(0, req("late-fail", 3.0, 3.1, None, 3.4, out=0, status="error", error="Timeout: 504"))
+    fig = request_timeline(r)
+    failed = trace(fig, "failed")
+    assert list(failed.y) == [3] and list(failed.x) == pytest.approx([3.4])
+    assert "504" in failed.customdata[0][1]
+    # failed after scheduling, before a token: its prefill runs until the failure, and it has no decode
+    prefill = trace(fig, "prefill")
+    assert prefill.x[-1] == pytest.approx(0.3) and 3 not in trace(fig, "decode").y
+
+
+def test_timeline_over_http_has_no_queue_phase():
+    r = Result(requests=[req("h", 1.0, None, 1.4, 2.0)])
+    fig = request_timeline(r)
+    assert len(trace(fig, "queued").x) == 0
+    assert list(trace(fig, "prefill").base) == pytest.approx([1.0])
+    assert list(trace(fig, "prefill").x) == pytest.approx([0.4])
+
+
+def test_timeline_of_many_requests_stays_one_trace_per_phase():
+    r = Result(requests=[req(f"r{i}", i * 0.01, i * 0.01 + 0.1, i * 0.01 + 0.2, i * 0.01 + 1) for i in range(2000)])
+    fig = request_timeline(r)
+    assert len(fig.data) == 4 and len(trace(fig, "decode").x) == 2000
+
+
+def test_timeline_empty_and_failed_only():
+    fig = request_timeline(Result(requests=[]))
+    assert not fig.data and has_note(fig, "No requests")
+    fig = request_timeline(failed_result())
+    assert len(trace(fig, "failed").x) == 2 and has_note(fig, "No request completed")
+
+
+def test_timeline_rejects_non_result():
+    with pytest.raises(ValueError, match="result"):
+        request_timeline([ok_result()])
+
+
+# --- latency CDFs ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["ttft", "e2e", "tpot", "itl", "queue"])
+def test_cdf_is_monotone_and_ends_at_one(metric):
+    fig = latency_cdf({"static": ok_result("s", scale=2.0), "continuous": ok_result("c")}, metric=metric)
+    assert len(fig.data) == 2
+    for t in fig.data:
+        x, y = np.asarray(t.x), np.asarray(t.y)
+        assert np.all(np.diff(x) >= 0) and np.all(np.diff(y) > 0)
+        assert y[-1] == pytest.approx(1.0) and y[0] > 0
+    assert "(ms)" in fig.layout.xaxis.title.text
+
+
+def test_cdf_values_in_ms_and_labels_kept():
+    fig = latency_cdf([ok_result("static"), ok_result("static")], metric="ttft")
+    assert list(fig.data[0].x) == pytest.approx([300.0, 400.0, 500.0])
+    assert fig.data[0].name.startswith("static (n=3") and fig.data[1].name.startswith("static (2)")
+    assert fig.data[0].line.color != fig.data[1].line.color
+
+
+def test_cdf_counts_failures_in_legend_and_handles_failed_only():
+    r = ok_result()
+    r.requests += failed_result().requests
+    assert "2 failed" in latency_cdf(r).data[0].name
+    fig = latency_cdf(failed_result())
+    assert not fig.data and has_note(fig, "No completed request")
+    assert has_note(latency_cdf([]), "No completed request")
+
+
+def test_cdf_bad_arguments():
+    with pytest.raises(ValueError, match="metric"):
+        latency_cdf(ok_result(), metric="p99")
+    with pytest.raises(ValueError, match="results"):
+        latency_cdf("static")
+    with pytest.raises(ValueError, match="results: item 1"):
+        latency_cdf([ok_result(), 3])
+
+
+# --- batch occupancy and KV blocks ----------------------------------------------------------------------------
+
+
+def test_occupancy_stacks_used_and_idle_slots():
+    r = ok_result()
+    fig = batch_occupancy(r, max_num_seqs=4)
+    assert [t.name for t in fig.data] == ["prefill seqs", "decode seqs", "idle slots", "waiting requests",
+                                          "max_num_seqs = 4"]
+    assert fig.layout.barmode == "stack"
+    prefill, decode, idle = fig.data[:3]
+    assert list(decode.y) == [0, 1, 2, 0, 1]
+    assert list(prefill.y) == [2, 1, 0, 2, 1]  # each step's batch has two sequences
+    assert list(idle.y) == [2] * 5
+    assert list(fig.data[3].y) == [s.num_waiting for s in r.steps]
+    assert list(fig.data[4].y) == [4, 4]
+
+
+def test_occupancy_over_time_uses_step_durations_as_widths():
+    fig = batch_occupancy(ok_result().steps, x="time", show_waiting=False)
+    assert len(fig.data) == 3
+    assert list(fig.data[0].width) == pytest.approx([0.1] * 5)
+    assert list(fig.data[0].x) == pytest.approx([0.05, 0.15, 0.25, 0.35, 0.45])
+
+
+def test_occupancy_empty_and_bad_arguments():
+    assert has_note(batch_occupancy(Result(requests=[])), "No step trace")
+    with pytest.raises(ValueError, match="x"):
+        batch_occupancy(ok_result(), x="seconds")
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        batch_occupancy(ok_result(), max_num_seqs=-1)
+    with pytest.raises(ValueError, match="steps"):
+        batch_occupancy({"a": ok_result()})
+
+
+def test_kv_blocks_overlays_runs_with_capacity():
+    fig = kv_blocks({"a": ok_result(), "b": ok_result(), "http": failed_result()}, capacity=10, block_size=16)
+    assert [t.name for t in fig.data] == ["a", "b", "capacity = 10"]  # "http" has no step trace
+    assert list(fig.data[0].y) == [2, 3, 4, 5, 6]
+    assert list(fig.data[0].x) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert list(fig.data[0].customdata) == [32, 48, 64, 80, 96]
+    assert list(fig.data[2].y) == [10, 10]
+
+
+def test_kv_blocks_empty_and_bad_arguments():
+    assert has_note(kv_blocks(failed_result()), "No step trace")
+    with pytest.raises(ValueError, match="capacity"):
+        kv_blocks(ok_result(), capacity=0)
+    with pytest.raises(ValueError, match="block_size"):
+        kv_blocks(ok_result(), block_size="16")
+
+
+# --- retries and errors -------------------------------------------------------------------------------------
+
+
+def test_retries_and_errors_buckets_outcomes():
+    r = ok_result()
+    r.requests += failed_result().requests
+    fig = retries_and_errors(r, bucket_s=1.0)
+    names = [t.name for t in fig.data]
+    assert names[0] == "ok" and "error: InternalServerError" in names and "aborted: cancelled" in names
+    assert names[-1] == "retries"
+    # finish times 1.0, 2.0, 1.5 (ok), 0.5 (error), aborted last seen at arrival 0.3; start is 0.0
+    assert list(trace(fig, "ok").y) == [0, 2, 1]
+    assert list(trace(fig, "error: InternalServerError").y) == [1, 0, 0]
+    assert list(trace(fig, "retries").y) == [2, 0, 0]
+    total = sum(sum(t.y) for t in fig.data if t.type == "bar")
+    assert total == len(r.requests)  # nothing lost
+
+
+def test_retries_and_errors_failed_only_empty_and_bad_bucket():
+    fig = retries_and_errors(failed_result())
+    assert sum(sum(t.y) for t in fig.data if t.type == "bar") == 2
+    assert has_note(retries_and_errors(Result(requests=[])), "No requests")
+    with pytest.raises(ValueError, match="bucket_s"):
+        retries_and_errors(ok_result(), bucket_s=0)
+
+
+# --- throughput against latency ---------------------------------------------------------------------------------
+
+
+def test_throughput_vs_latency_from_pairs():
+    pairs = [(4.0, ok_result("cont", 0.5)), (1.0, ok_result("cont")), (1.0, ok_result("static", 2.0))]
+    fig = throughput_vs_latency(pairs)
+    assert [t.name for t in fig.data] == ["cont", "static"]
+    cont = fig.data[0]
+    assert list(cont.customdata) == [1.0, 4.0]  # sorted by rate
+    assert list(cont.y) == pytest.approx([pairs[1][1].summary()["p99_e2el_ms"], pairs[0][1].summary()["p99_e2el_ms"]])
+    assert "tok/s" in fig.layout.xaxis.title.text and "ms" in fig.layout.yaxis.title.text
+
+
+def test_throughput_vs_latency_from_frame_and_bad_columns():
+    frame = pd.DataFrame({"request_rate": [1, 2, float("inf")], "output_throughput": [10, 20, 25],
+                          "mean_ttft_ms": [5, 9, 80]})
+    fig = throughput_vs_latency(frame, latency="mean_ttft_ms")
+    assert len(fig.data) == 1 and list(fig.data[0].text) == ["1/s", "2/s", "all at once"]
+    with pytest.raises(ValueError, match="latency: no column 'p99_e2el_ms'"):
+        throughput_vs_latency(frame)
+    with pytest.raises(ValueError, match="data: item 0"):
+        throughput_vs_latency([ok_result()])
+    assert has_note(throughput_vs_latency([]), "No runs")
+
+
+# --- compare ----------------------------------------------------------------------------------------------------
+
+
+def test_compare_one_panel_per_metric():
+    runs = {"static": ok_result(scale=2.0), "continuous": ok_result()}
+    fig = compare(runs, metrics=["output_throughput", "p99_ttft_ms"])
+    assert [t.name for t in fig.data] == ["output_throughput", "p99_ttft_ms"]
+    assert list(fig.data[0].x) == ["static", "continuous"]
+    assert list(fig.data[1].y) == pytest.approx([runs["static"].summary()["p99_ttft_ms"],
+                                                 runs["continuous"].summary()["p99_ttft_ms"]])
+    assert fig.data[0].marker.color[0] != fig.data[0].marker.color[1]
+    assert any("(tok/s)" in a.text for a in fig.layout.annotations)
+    assert len(compare(runs).data) == 6
+
+
+def test_compare_failed_only_empty_and_bad_metrics():
+    fig = compare({"ok": ok_result(), "faulty": failed_result()})
+    assert has_note(fig, "No completed request in: faulty")
+    assert has_note(compare({}), "No runs")
+    with pytest.raises(ValueError, match="metrics: unknown"):
+        compare({"a": ok_result()}, metrics=["speed"])
+    with pytest.raises(ValueError, match="metrics"):
+        compare({"a": ok_result()}, metrics="mean_ttft_ms")
+
+
+# --- cost bars ----------------------------------------------------------------------------------------------------
+
+
+def costs():
+    return pd.DataFrame({
+        "provider": ["openai", "deepseek", "holysheep", "holysheep", "local"],
+        "model": ["gpt-4o-mini", "deepseek-chat", "deepseek-chat", "deepseek-chat", "tiny"],
+        "cost_usd": [0.30, 0.20, 0.01, 0.02, None],
+    })
+
+
+def test_cost_bars_group_models_by_provider_and_sum_duplicates():
+    fig = cost_bars(costs())
+    assert [t.name for t in fig.data] == ["openai", "deepseek", "holysheep"]
+    assert list(trace(fig, "holysheep").y) == pytest.approx([0.03])
+    assert list(trace(fig, "holysheep").x) == ["deepseek-chat"]
+    assert list(fig.layout.xaxis.categoryarray) == ["deepseek-chat", "gpt-4o-mini"]  # cheapest first
+    assert fig.layout.yaxis.title.text == "cost (USD)"
+    assert has_note(fig, "No price for: local · tiny")
+
+
+def test_cost_bars_custom_columns_and_errors():
+    frame = costs().rename(columns={"cost_usd": "yuan", "provider": "vendor"})
+    fig = cost_bars(frame, cost="yuan", provider="vendor", model=None, currency="CNY")
+    assert fig.layout.yaxis.title.text == "cost (CNY)" and len(fig.data) == 3  # "local" has no price
+    with pytest.raises(ValueError, match="cost: no column 'cost_usd'"):
+        cost_bars(frame, provider="vendor")
+    with pytest.raises(ValueError, match="provider: no column 'provider'"):
+        cost_bars(frame, cost="yuan")
+    with pytest.raises(ValueError, match="frame"):
+        cost_bars([{"provider": "x"}])
+    assert has_note(cost_bars(costs().iloc[4:]), "No priced rows")
+
+
+def test_every_figure_serialises():
+    r = ok_result()
+    figs = [
+        request_timeline(r), latency_cdf(r), retries_and_errors(r), batch_occupancy(r, max_num_seqs=4),
+        kv_blocks(r, capacity=8), throughput_vs_latency([(1.0, r)]), compare({"a": r}), cost_bars(costs()),
+    ]
+    for fig in figs:
+        assert isinstance(fig, go.Figure) and fig.to_json()
