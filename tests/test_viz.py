@@ -305,7 +305,7 @@ def test_cost_bars_group_models_by_provider_and_sum_duplicates():
     assert list(trace(fig, "holysheep").x) == ["deepseek-chat"]
     assert list(fig.layout.xaxis.categoryarray) == ["deepseek-chat", "gpt-4o-mini"]  # cheapest first
     assert fig.layout.yaxis.title.text == "cost (USD)"
-    assert has_note(fig, "No price for: local · tiny")
+    assert has_note(fig, "No cost for: local · tiny")
 
 
 def test_cost_bars_custom_columns_and_errors():
@@ -329,3 +329,9 @@ def test_every_figure_serialises():
     ]
     for fig in figs:
         assert isinstance(fig, go.Figure) and fig.to_json()
+
+
+def test_cost_bar_text_avoids_scientific_notation():
+    frame = pd.DataFrame({"provider": ["a", "b"], "model": ["m", "m"], "cost_usd": [5.5e-05, 1234.5]})
+    fig = cost_bars(frame)
+    assert [t.text[0] for t in fig.data] == ["0.000055", "1,234"]

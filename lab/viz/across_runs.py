@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -154,7 +155,7 @@ def cost_bars(
         fig.add_trace(
             go.Bar(
                 name=str(name), x=group[x_col], y=group["sum"], marker_color=label_color(i),
-                text=[f"{v:,.4g}" for v in group["sum"]], textposition="outside", customdata=group["size"],
+                text=[_money(v) for v in group["sum"]], textposition="outside", customdata=group["size"],
                 hovertemplate=f"{name} · %{{x}}<br>%{{y:,.6g}} {currency}<br>%{{customdata}} row(s)<extra></extra>",
             )
         )
@@ -164,5 +165,12 @@ def cost_bars(
     )
     if not unpriced.empty:
         missing = unpriced[keys].astype(str).agg(" · ".join, axis=1).tolist()
-        note(fig, f"No price for: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+        note(fig, f"No cost for: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
     return fig
+
+
+def _money(value: float) -> str:
+    # Per-request costs are tiny: "0.000055" reads better than "5.5e-05" for a learner.
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return np.format_float_positional(value, precision=3, fractional=False, trim="-")
