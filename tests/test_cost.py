@@ -1,0 +1,221 @@
+"""lab.cost: hand-computed prices, table validation, reseller deals, self-hosted cost per token."""
+
+import math
+
+import pytest
+
+from lab.cost import (
+    PriceTableError,
+    UnknownGpuError,
+    UnknownModelError,
+    break_even,
+    cost_table,
+    effective_usd_price,
+    exchange_deal_savings,
+    gpu_price,
+    load_gpu_prices,
+    load_prices,
+    market_rate_for_savings,
+    self_hosted_usd_per_mtok,
+    usage_cost,
+)
+from lab.metrics import RequestMetrics, Result
+from lab.workload import RequestSpec, Workload
+
+HEADER = ("provider,model,input_per_mtok,cached_input_per_mtok,output_per_mtok,batch_input_per_mtok,"
+          "batch_output_per_mtok,currency,credit_cny_per_usd,list_price_of,source_url,seen,verification,notes\n")
+URL = "https://example.com/pricing"
+ROWS = {
+    "acme": f"acme,model-x,2.00,0.50,8.00,1.00,4.00,USD,,,{URL},2026-11-23,cross_checked,\n",
+    "nobatch": f"cheapco,model-y,0.28,0.028,0.42,,,USD,,,{URL},2026-11-23,single_source,\n",
+    "reseller": f"resell,model-x,,,,,,CNY,1.0,acme,{URL},2026-11-23,provider_claim,\n",
+}
+
+
+def write_table(tmp_path, *lines, name="prices.csv"):
+    path = tmp_path / name
+    path.write_text(HEADER + "".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def table(tmp_path):
+    return load_prices(write_table(tmp_path, *ROWS.values()))
+
+
+# --- hand-computed usage costs -------------------------------------------------------------------
+
+
+def test_plain_cost(table):
+    # 1000 x $2/M + 500 x $8/M = 0.002 + 0.004
+    assert usage_cost("model-x", 1000, 500, prices=table) == pytest.approx(0.006)
+
+
+def test_cached_input_cost(table):
+    # 600 uncached x $2/M + 400 cached x $0.50/M + 500 x $8/M = 0.0012 + 0.0002 + 0.004
+    assert usage_cost("model-x", 1000, 500, cached_tokens=400, prices=table) == pytest.approx(0.0054)
+
+
+def test_batch_discount(table):
+    # 1000 x $1/M + 500 x $4/M = 0.003: half the plain 0.006
+    assert usage_cost("model-x", 1000, 500, batch=True, prices=table) == pytest.approx(0.003)
+    # cached tokens get the batch discount too: 0.50 x (1/2) = 0.25 per M
+    assert usage_cost("model-x", 1000, 500, 400, batch=True, prices=table) == pytest.approx(0.0027)
+
+
+def test_batch_refused_where_not_offered(table):
+    with pytest.raises(ValueError, match="cheapco/model-y has no batch prices"):
+        usage_cost("model-y", 10, 10, batch=True, prices=table)
+
+
+def test_reseller_exchange_deal(table):
+    # 1M output tokens at $8 list, bought at CNY 1 per credit dollar, market CNY 8 per USD: $8 x 1/8 = $1
+    cost = usage_cost("model-x", 0, 1_000_000, provider="resell", market_cny_per_usd=8.0, prices=table)
+    assert cost == pytest.approx(1.00)
+    assert effective_usd_price(8.00, 1.0, 7.3) == pytest.approx(8.00 / 7.3)
+
+
+def test_where_85_percent_comes_from():
+    assert exchange_deal_savings(7.3) == pytest.approx(1 - 1 / 7.3)  # 86.3%
+    assert exchange_deal_savings(7.3) > 0.85
+    assert market_rate_for_savings(0.85) == pytest.approx(1 / 0.15)  # CNY 6.67 per USD
+    assert exchange_deal_savings(6.0) < 0.85  # at CNY 6 per USD the claim fails
+
+
+def test_without_provider_the_direct_seller_is_chosen(table):
+    assert usage_cost("model-x", 1000, 500, prices=table) == usage_cost(
+        "model-x", 1000, 500, provider="acme", prices=table)
+
+
+def test_dated_snapshot_priced_as_base_model(table):
+    assert usage_cost("model-x-2025-04-14", 1000, 500, prices=table) == pytest.approx(0.006)
+
+
+def test_bad_token_counts(table):
+    with pytest.raises(ValueError, match="cached_tokens .* cannot exceed prompt_tokens"):
+        usage_cost("model-x", 10, 5, cached_tokens=11, prices=table)
+    with pytest.raises(ValueError, match="completion_tokens must be >= 0"):
+        usage_cost("model-x", 10, -1, prices=table)
+
+
+def test_unknown_model_lists_close_names():
+    with pytest.raises(UnknownModelError) as err:
+        usage_cost("gpt-4.2-mini", 10, 10)
+    assert isinstance(err.value, ValueError)
+    assert "gpt-4.1-mini" in str(err.value)
+
+
+# --- the table loader ----------------------------------------------------------------------------
+
+
+def test_loader_rejects_negative_price(tmp_path):
+    bad = f"acme,model-z,-1.00,,8.00,,,USD,,,{URL},2026-11-23,cross_checked,\n"
+    path = write_table(tmp_path, ROWS["acme"], bad)
+    with pytest.raises(PriceTableError, match=r"line 3 \(acme/model-z\): input_per_mtok must be >= 0"):
+        load_prices(path)
+
+
+def test_loader_rejects_missing_source(tmp_path):
+    bad = "acme,model-z,1.00,,8.00,,,USD,,,,2026-11-23,cross_checked,\n"
+    with pytest.raises(PriceTableError, match=r"line 2 \(acme/model-z\): source_url must be"):
+        load_prices(write_table(tmp_path, bad))
+
+
+def test_loader_rejects_unknown_currency(tmp_path):
+    bad = f"acme,model-z,1.00,,8.00,,,EUR,,,{URL},2026-11-23,cross_checked,\n"
+    with pytest.raises(PriceTableError, match=r"line 2 \(acme/model-z\): currency must be one of USD, CNY"):
+        load_prices(write_table(tmp_path, bad))
+
+
+def test_loader_rejects_reseller_with_its_own_prices(tmp_path):
+    bad = f"resell,model-x,9.00,,9.00,,,CNY,1.0,acme,{URL},2026-11-23,provider_claim,\n"
+    with pytest.raises(PriceTableError, match="leave the price columns empty"):
+        load_prices(write_table(tmp_path, ROWS["acme"], bad))
+
+
+def test_shipped_table_has_the_required_models_with_sources():
+    table = load_prices()
+    required = {("openai", "gpt-4.1"), ("openai", "gpt-4.1-mini"), ("openai", "gpt-4o-mini"),
+                ("anthropic", "claude-sonnet-4.5"), ("google", "gemini-2.5-flash"),
+                ("google", "gemini-2.5-pro"), ("deepseek", "deepseek-v3.2")}
+    assert required <= {(r.provider, r.model) for r in table.rows}
+    assert all(r.source_url.startswith("https://") and r.seen.year >= 2025 for r in table.rows)
+    assert all(r.verification == "provider_claim" for r in table.rows if r.is_reseller)
+
+
+def test_shipped_gpu_table():
+    rows = load_gpu_prices()
+    assert {"H100 SXM", "H200", "A100 80GB", "L4"} <= {r.gpu for r in rows}
+    assert gpu_price("h100 sxm").usd_per_gpu_hour == min(r.usd_per_gpu_hour for r in rows if r.gpu == "H100 SXM")
+    with pytest.raises(UnknownGpuError, match="H100 SXM"):
+        gpu_price("H100 SMX")
+
+
+def test_gpu_loader_rejects_negative_price(tmp_path):
+    path = tmp_path / "gpu_prices.csv"
+    path.write_text("gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
+                    f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n", encoding="utf-8")
+    with pytest.raises(PriceTableError, match=r"line 2 \(acme/H100 SXM\): usd_per_gpu_hour"):
+        load_gpu_prices(path)
+
+
+# --- cost of a run under every provider ----------------------------------------------------------
+
+
+def test_cost_table_for_a_workload(table):
+    work = Workload([RequestSpec(id=f"r{i}", prompt_len=1000, output_len=500) for i in range(2)])
+    frame = cost_table(work, prices=table, market_cny_per_usd=8.0)
+    by_key = frame.set_index(["provider", "model"])["cost_usd"]
+    assert by_key["acme", "model-x"] == pytest.approx(0.012)  # 2 x 0.006
+    assert by_key["resell", "model-x"] == pytest.approx(0.012 / 8.0)
+    assert by_key["cheapco", "model-y"] == pytest.approx((2000 * 0.28 + 1000 * 0.42) / 1e6)
+    assert list(frame["cost_usd"]) == sorted(frame["cost_usd"])
+    batched = cost_table(work, batch=True, prices=table).set_index(["provider", "model"])
+    assert math.isnan(batched.loc[("cheapco", "model-y"), "cost_usd"])
+    assert batched.loc[("cheapco", "model-y"), "note"] == "no batch API"
+
+
+def test_cost_table_for_a_result_counts_completed_requests_only(table):
+    ok = RequestMetrics("a", 0.0, prompt_tokens=1000, output_tokens=500, finish_s=1.0)
+    failed = RequestMetrics("b", 0.0, prompt_tokens=1000, output_tokens=0, status="error")
+    frame = cost_table(Result([ok, failed]), prices=table).set_index(["provider", "model"])
+    assert frame.loc[("acme", "model-x"), "cost_usd"] == pytest.approx(0.006)
+    assert frame.loc[("acme", "model-x"), "requests"] == 1
+
+
+# --- self-hosted -------------------------------------------------------------------------------
+
+
+def test_self_hosted_cost_from_fixed_throughput():
+    # $3.60/h, 1000 tok/s busy half the paid time: 1.8M tokens per paid hour -> $2.00 per M
+    assert self_hosted_usd_per_mtok(3.60, 1000.0, utilization=0.5) == pytest.approx(2.00)
+    assert self_hosted_usd_per_mtok(3.60, 1000.0, utilization=1.0, gpus=2) == pytest.approx(2.00)
+    with pytest.raises(ValueError, match="utilization must be in"):
+        self_hosted_usd_per_mtok(3.60, 1000.0, utilization=0.0)
+
+
+def _result(finish_times):
+    """Four requests of 10 prompt + 100 output tokens, all arriving at t=0."""
+    return Result([RequestMetrics(f"r{i}", 0.0, prompt_tokens=10, output_tokens=100, first_token_s=0.1,
+                                  finish_s=t) for i, t in enumerate(finish_times)])
+
+
+def test_static_vs_continuous_cost_ratio_follows_throughput():
+    static = _result([2.0, 2.0, 4.0, 4.0])  # second batch waits for the first: 400 tokens in 4 s
+    continuous = _result([1.0, 1.5, 2.0, 2.5])  # freed slots refilled: 400 tokens in 2.5 s
+    assert static.summary()["output_throughput"] == pytest.approx(100.0)
+    assert continuous.summary()["output_throughput"] == pytest.approx(160.0)
+    static_cost = self_hosted_usd_per_mtok(2.0, static, utilization=1.0)
+    continuous_cost = self_hosted_usd_per_mtok(2.0, continuous, utilization=1.0)
+    assert static_cost == pytest.approx(2.0 / (100 * 3600) * 1e6)
+    assert static_cost / continuous_cost == pytest.approx(160.0 / 100.0)
+
+
+def test_break_even_volume():
+    # rent $2/h x 730 h = $1460 a month; at $4 per M tokens that buys 365 M tokens
+    result = break_even(4.0, 2.0, 100.0)
+    assert result.gpu_usd_per_month == pytest.approx(1460.0)
+    assert result.break_even_mtok_per_month == pytest.approx(365.0)
+    assert result.capacity_mtok_per_month == pytest.approx(100 * 3600 * 730 / 1e6)  # 262.8
+    assert not result.renting_can_pay  # the GPU cannot even produce the break-even volume
+    assert break_even(4.0, 2.0, 1000.0).renting_can_pay
