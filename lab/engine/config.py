@@ -1,0 +1,49 @@
+"""EngineConfig: every knob of the scheduler and KV cache, validated in one place.
+
+The simulator builds the same config, so a what-if study uses exactly the engine's limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICIES = ("static", "continuous")
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    policy: str = "continuous"
+    block_size: int = 16
+    num_blocks: int | None = None  # None: derived from kv_cache_memory_gib by the engine
+    kv_cache_memory_gib: float | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    static_batch_timeout_s: float = 0.5  # static: start a partial batch after this long
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy: unknown value {self.policy!r}; allowed: {', '.join(POLICIES)}")
+        _positive("block_size", self.block_size)
+        _positive("max_num_seqs", self.max_num_seqs)
+        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.num_blocks is not None:
+            _positive("num_blocks", self.num_blocks)
+        if self.kv_cache_memory_gib is not None and self.kv_cache_memory_gib <= 0:
+            raise ValueError(f"kv_cache_memory_gib: must be > 0, got {self.kv_cache_memory_gib}")
+        if self.max_model_len is not None:
+            _positive("max_model_len", self.max_model_len)
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            # every running sequence must be able to decode one token per step
+            raise ValueError(
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs})"
+            )
+        if self.static_batch_timeout_s < 0:
+            raise ValueError(f"static_batch_timeout_s: must be >= 0, got {self.static_batch_timeout_s}")
+
+
+def _positive(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")

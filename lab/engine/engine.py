@@ -1,0 +1,212 @@
+"""Engine: requests in, one scheduled forward pass per `step()`, token events out.
+
+`add_request` validates and queues a request, `step` runs the scheduler, the model and the stop
+checks once, `abort` cancels. Every step appends a `StepRecord` to `engine.trace`. The
+user-facing `LLM` wrapper lives in `llm.py`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lab.engine.block_manager import BlockManager
+from lab.engine.config import EngineConfig
+from lab.engine.model import ModelConfig
+from lab.engine.model_runner import ModelRunner, kv_bytes_per_block
+from lab.engine.scheduler import Scheduler
+from lab.engine.sequence import SamplingParams, Sequence, SequenceStatus
+from lab.engine.tokenizer import Tokenizer
+from lab.metrics import RequestMetrics, StepRecord
+
+CPU_KV_BUDGET_GIB = 2.0  # default cap for the KV cache on CPU; most runs need far less
+GPU_KV_FRACTION = 0.85  # of the memory still free after loading the weights
+
+
+@dataclass(slots=True)
+class TokenEvent:
+    """What one step produced for one request: a token (and its text), or its end."""
+
+    request_id: str
+    token_id: int | None
+    text: str  # new text since the previous event; stop strings are held back until resolved
+    finished: bool
+    finish_reason: str | None = None
+
+
+class Engine:
+    def __init__(self, model, model_config: ModelConfig, tokenizer: Tokenizer | None, config: EngineConfig,
+                 device: torch.device, dtype: torch.dtype, seed: int = 0):
+        self.model_config = model_config
+        self.tokenizer = tokenizer
+        self.device = device
+        if config.max_model_len is None or config.max_model_len > model_config.max_position_embeddings:
+            config.max_model_len = model_config.max_position_embeddings
+        self.config = config
+        num_blocks = config.num_blocks or self._blocks_from_budget(dtype)
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.runner = ModelRunner(model, model_config, num_blocks, config.block_size, device, dtype, seed)
+        self.trace: list[StepRecord] = []
+        self.seqs: dict[str, Sequence] = {}
+        self._aborted: list[Sequence] = []  # reported as events by the next step
+        self._t0 = time.perf_counter()
+        self._next_id = 0
+
+    def _blocks_from_budget(self, dtype: torch.dtype) -> int:
+        cfg = self.config
+        per_block = kv_bytes_per_block(self.model_config, cfg.block_size, dtype)
+        enough = cfg.max_num_seqs * -(-cfg.max_model_len // cfg.block_size)  # every slot at full length
+        if cfg.kv_cache_memory_gib is not None:
+            budget = cfg.kv_cache_memory_gib * 2**30
+        elif self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = free * GPU_KV_FRACTION
+        else:
+            budget = CPU_KV_BUDGET_GIB * 2**30
+        return max(1, min(enough, int(budget // per_block)))
+
+    def now(self) -> float:
+        """Seconds since the engine started: the clock of every time it records."""
+        return time.perf_counter() - self._t0
+
+    # -- requests --------------------------------------------------------------------------
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None, arrival_s: float | None = None) -> Sequence:
+        params = params or SamplingParams()
+        if request_id is None:
+            request_id = f"req-{self._next_id}"
+            self._next_id += 1
+        if request_id in self.seqs and not self.seqs[request_id].is_finished:
+            raise ValueError(f"request_id: {request_id!r} is already in flight")
+        text, ids = self._tokenize(prompt)
+        self._validate(ids, params)
+        seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
+        if params.seed is not None:
+            seq.generator = torch.Generator().manual_seed(params.seed)
+        self.seqs[request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt: must not be empty")
+            if self.tokenizer is None:
+                raise ValueError("prompt: this model folder has no tokenizer; pass token ids instead of text")
+            return prompt, self.tokenizer.encode(prompt)
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("prompt: must not be empty")
+        return None, ids
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        cfg, vocab = self.config, self.model_config.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt: token id {bad} is outside the vocabulary [0, {vocab})")
+        if len(ids) >= cfg.max_model_len:
+            raise ValueError(
+                f"prompt: {len(ids)} tokens leaves no room to generate within the model's context "
+                f"(max_model_len={cfg.max_model_len}); allowed: at most {cfg.max_model_len - 1} tokens"
+            )
+        if not cfg.enable_chunked_prefill and len(ids) > cfg.max_num_batched_tokens:
+            raise ValueError(
+                f"prompt: {len(ids)} tokens exceed max_num_batched_tokens={cfg.max_num_batched_tokens} "
+                "with chunked prefill off; shorten it, raise the budget or enable_chunked_prefill"
+            )
+        longest = min(len(ids) + params.max_tokens, cfg.max_model_len)
+        if self.block_manager.blocks_for(longest) > self.block_manager.num_blocks:
+            raise ValueError(
+                f"max_tokens: prompt + max_tokens = {longest} tokens cannot fit in the KV cache "
+                f"(num_blocks={self.block_manager.num_blocks} x block_size={cfg.block_size}); lower max_tokens "
+                "or give the cache more blocks"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request; its blocks are free when this returns. False if it already ended."""
+        seq = self.seqs.get(request_id)
+        if seq is None or seq.is_finished:
+            return False
+        self.scheduler.finish(seq, "abort", self.now())
+        self._aborted.append(seq)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- one step --------------------------------------------------------------------------
+    def step(self, flush: bool = False) -> list[TokenEvent]:
+        """Schedule, run the model once, sample, check stops. `flush`: no more requests are coming."""
+        events = [TokenEvent(s.request_id, None, "", True, "abort") for s in self._aborted]
+        self._aborted.clear()
+        start = self.now()
+        batch = self.scheduler.schedule(start, flush)
+        if not batch.seqs:
+            return events
+        context_tokens = batch.context_tokens
+        sampled = self.runner.execute(batch)
+        self.scheduler.on_computed(batch)
+        end = self.now()
+        finished = 0
+        for seq, token in sampled:
+            event = self._append_token(seq, token, end)
+            finished += event.finished
+            events.append(event)
+        sched = self.scheduler
+        self.trace.append(StepRecord(
+            step=len(self.trace), start_s=start, duration_s=end - start,
+            prefill_tokens=batch.num_prefill_tokens, decode_seqs=batch.num_decode_seqs,
+            num_running=len(sched.running), num_waiting=len(sched.waiting),
+            kv_blocks_used=self.block_manager.num_used, num_preempted=len(batch.preempted),
+            num_finished=finished, context_tokens=context_tokens,
+            idle_slots=self.config.max_num_seqs - len(batch.seqs),
+            batch=[(s.request_id, n) for s, n in zip(batch.seqs, batch.num_new_tokens)],
+        ))
+        return events
+
+    def _append_token(self, seq: Sequence, token: int, now: float) -> TokenEvent:
+        p = seq.params
+        seq.output_token_ids.append(token)
+        seq.token_times_s.append(now)
+        if seq.first_token_s is None:
+            seq.first_token_s = now
+        reason = None
+        if (token in self.model_config.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            reason = "stop"
+        hold = 0
+        if self.tokenizer is not None:
+            seq.text = self.tokenizer.decode(seq.output_token_ids)
+            cut = min((i for i in (seq.text.find(s) for s in p.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                seq.text, reason = seq.text[:cut], "stop"
+            elif p.stop:  # a stop string may be completing: hold its possible start back
+                hold = max(len(s) for s in p.stop) - 1
+            if seq.text.endswith("\ufffd"):  # a multi-byte character is half decoded
+                hold = max(hold, 1)
+        if reason is None and (len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.config.max_model_len):
+            reason = "length"
+        if reason is not None:
+            self.scheduler.finish(seq, reason, now)
+            hold = 0
+        visible = seq.text[: max(seq.stream_offset, len(seq.text) - hold)]
+        delta, seq.stream_offset = visible[seq.stream_offset:], len(visible)
+        return TokenEvent(seq.request_id, token, delta, reason is not None, reason)
+
+    def metrics(self, seq: Sequence) -> RequestMetrics:
+        status = "aborted" if seq.finish_reason == "abort" else "ok" if seq.is_finished else "error"
+        return RequestMetrics(
+            request_id=seq.request_id, arrival_s=seq.arrival_s, prompt_tokens=seq.num_prompt_tokens,
+            output_tokens=len(seq.output_token_ids), first_scheduled_s=seq.first_scheduled_s,
+            first_token_s=seq.first_token_s, finish_s=seq.finish_s, token_times_s=list(seq.token_times_s),
+            status=status, finish_reason=seq.finish_reason,
+        )
+
+    def release(self, request_id: str) -> None:
+        """Forget a finished request (long-running servers call this to bound memory)."""
+        seq = self.seqs.get(request_id)
+        if seq is not None and seq.status is SequenceStatus.FINISHED:
+            del self.seqs[request_id]
+

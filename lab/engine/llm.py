@@ -1,0 +1,133 @@
+"""LLM: the vLLM-style front door. `generate` for batches, `stream` for per-token events,
+`run_workload` to replay a `Workload` at its wall-clock arrival times and return a `Result`.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lab.engine.config import EngineConfig
+from lab.engine.engine import Engine, TokenEvent
+from lab.engine.loader import load_model, resolve_device, resolve_dtype
+from lab.engine.sequence import SamplingParams
+from lab.metrics import RequestMetrics, Result, StepRecord
+from lab.workload import RequestSpec, Workload
+
+_CONFIG_FIELDS = {f.name for f in fields(EngineConfig)}
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    metrics: RequestMetrics
+
+
+class LLM:
+    """`LLM()` loads the bundled model; `LLM(model="folder", policy="static", ...)` any HF-format folder.
+
+    Keyword arguments other than model/device/dtype/seed are `EngineConfig` fields.
+    """
+
+    def __init__(self, model: str | Path | None = None, device: str = "auto", dtype: str = "auto",
+                 seed: int = 0, **engine_kwargs):
+        unknown = set(engine_kwargs) - _CONFIG_FIELDS
+        if unknown:
+            raise TypeError(f"LLM: unknown argument(s) {sorted(unknown)}; allowed: {sorted(_CONFIG_FIELDS)}")
+        config = EngineConfig(**engine_kwargs)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        net, model_config, tokenizer = load_model(model, dev, dt)
+        self.model_path = model
+        self.engine = Engine(net, model_config, tokenizer, config, dev, dt, seed)
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    # -- batch generation --------------------------------------------------------------------
+    def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        seqs = [self.engine.add_request(p, sp) for p, sp in zip(*self._pair(prompts, params))]
+        with tqdm(total=len(seqs), desc="generate", disable=not use_tqdm or len(seqs) < 2) as bar:
+            while self.engine.has_unfinished():
+                bar.update(sum(e.finished for e in self.engine.step(flush=True)))
+        return [self._output(s) for s in seqs]
+
+    def stream(self, prompts, params=None) -> Iterator[TokenEvent]:
+        """Yield a `TokenEvent` per new token of any prompt, as steps produce them."""
+        for p, sp in zip(*self._pair(prompts, params)):
+            self.engine.add_request(p, sp)
+        while self.engine.has_unfinished():
+            yield from self.engine.step(flush=True)
+
+    def _pair(self, prompts, params):
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # a single prompt, as text or as token ids
+        prompts = list(prompts)
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"params: got {len(params)} SamplingParams for {len(prompts)} prompts; give one or one each")
+        return prompts, list(params)
+
+    def _output(self, seq) -> RequestOutput:
+        return RequestOutput(seq.request_id, seq.prompt, seq.prompt_token_ids, seq.text,
+                             list(seq.output_token_ids), seq.finish_reason, self.engine.metrics(seq))
+
+    # -- workloads ---------------------------------------------------------------------------
+    def run_workload(self, workload: Workload, progress: bool = True, label: str | None = None) -> Result:
+        """Replay `workload`: each request enters the engine at its `arrival_s` (wall clock)."""
+        engine = self.engine
+        pending = deque(workload.requests)
+        first_step = len(engine.trace)
+        t0 = engine.now()
+        ids: list[str] = []
+        with tqdm(total=len(pending), desc=label or "run_workload", disable=not progress) as bar:
+            while pending or engine.has_unfinished():
+                now = engine.now() - t0
+                while pending and pending[0].arrival_s <= now:
+                    spec = pending.popleft()
+                    engine.add_request(self._prompt_of(spec), _params_of(spec), spec.id, t0 + spec.arrival_s)
+                    ids.append(spec.id)
+                before = len(engine.trace)
+                bar.update(sum(e.finished for e in engine.step(flush=not pending)))
+                if len(engine.trace) == before:  # nothing ran: idle until the next arrival
+                    wait = pending[0].arrival_s - (engine.now() - t0) if pending else 0.0
+                    time.sleep(min(max(wait, 0.0), 0.005) if engine.has_unfinished() else max(wait, 0.0))
+        requests = [engine.metrics(engine.seqs[i]).shifted(t0) for i in ids]
+        steps = [_shift_step(s, t0) for s in engine.trace[first_step:]]
+        return Result(requests, steps, label=label or f"engine {engine.config.policy}")
+
+    def _prompt_of(self, spec: RequestSpec) -> str | list[int]:
+        if spec.prompt_token_ids is not None:
+            return spec.prompt_token_ids
+        if spec.prompt is not None:
+            return spec.prompt
+        # length only: random tokens, repeatable per request id, never an end-of-sequence token
+        rng = np.random.default_rng(zlib.crc32(spec.id.encode()))
+        vocab = self.engine.model_config.vocab_size
+        eos = set(self.engine.model_config.eos_token_ids)
+        ids = [int(t) for t in rng.integers(0, vocab, spec.prompt_len)]
+        return [t if t not in eos else (t + 1) % vocab for t in ids]
+
+
+def _params_of(spec: RequestSpec) -> SamplingParams:
+    return SamplingParams(max_tokens=spec.output_len, temperature=spec.temperature, top_p=spec.top_p,
+                          seed=spec.seed, ignore_eos=spec.ignore_eos)
+
+
+def _shift_step(s: StepRecord, t0: float) -> StepRecord:
+    return StepRecord(**{f.name: getattr(s, f.name) for f in fields(StepRecord)} | {"start_s": s.start_s - t0})

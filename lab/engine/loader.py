@@ -1,0 +1,100 @@
+"""Load a model from a Hugging Face-format folder (config.json + *.safetensors + tokenizer), or the
+bundled tiny-shakespeare model when no folder is given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from lab.engine.model import ModelConfig, build_model
+from lab.engine.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def data_dir() -> Path:
+    """`data/` of a source checkout, or `lab/_data` inside an installed wheel."""
+    here = Path(__file__).resolve().parents[1]
+    return here / "_data" if (here / "_data").exists() else here.parent / "data"
+
+
+def bundled_model_dir() -> Path:
+    return data_dir() / "models" / "tiny-shakespeare"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available; allowed here: 'auto', 'cpu'")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: unknown value {dtype!r}; allowed: 'auto', {', '.join(map(repr, DTYPES))}")
+    return DTYPES[dtype]
+
+
+def read_config(folder: Path) -> ModelConfig:
+    path = folder / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"model: {folder} has no config.json; expected a Hugging Face-format folder")
+    cfg = json.loads(path.read_text())
+    gen_path = folder / "generation_config.json"
+    if cfg.get("eos_token_id") is None and gen_path.exists():
+        cfg["eos_token_id"] = json.loads(gen_path.read_text()).get("eos_token_id")
+    return ModelConfig.from_hf(cfg)
+
+
+def load_model(folder: str | Path | None, device: torch.device, dtype: torch.dtype):
+    """Returns (model, model_config, tokenizer or None)."""
+    folder = Path(folder) if folder is not None else bundled_model_dir()
+    if not folder.is_dir():
+        hint = " (the bundled model is missing: see data/models/README)" if folder == bundled_model_dir() else ""
+        raise FileNotFoundError(f"model: {folder} is not a folder{hint}")
+    config = read_config(folder)
+    with torch.device("meta"):
+        model = build_model(config)
+    model = model.to_empty(device=device)
+    load_weights(model, folder)
+    model.to(dtype).eval()
+    tokenizer = None
+    if (folder / "tokenizer.json").exists():
+        tokenizer = Tokenizer.from_folder(folder, config.eos_token_ids)
+    return model, config, tokenizer
+
+
+def load_weights(model: torch.nn.Module, folder: Path) -> None:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"model: {folder} has no *.safetensors weights")
+    params = dict(model.named_parameters())
+    rename = getattr(model, "checkpoint_name_map", lambda name: name)
+    loaded = set()
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            for name in st.keys():
+                target = rename(name)
+                if target is None or target not in params:
+                    continue  # buffers such as GPT-2's attention mask, or heads we do not use
+                tensor = st.get_tensor(name)
+                if hasattr(model, "convert_checkpoint_tensor"):
+                    tensor = model.convert_checkpoint_tensor(target, tensor)
+                with torch.no_grad():
+                    params[target].copy_(tensor)
+                loaded.add(target)
+    # tied embeddings appear once in named_parameters, under the embedding's name
+    missing = sorted(set(params) - loaded)
+    if missing:
+        raise ValueError(f"model: {folder} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")

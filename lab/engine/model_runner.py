@@ -1,0 +1,76 @@
+"""ModelRunner: owns the model and its KV cache; turns a ScheduledBatch into one forward pass.
+
+It packs every scheduled token into one flat batch, builds the paged-attention metadata, runs the
+model, and samples one token for each sequence whose chunk reached its last token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lab.engine.attention import AttentionMetadata, PrefillSpan, build_decode_mask
+from lab.engine.model import ModelConfig
+from lab.engine.sampler import sample
+from lab.engine.scheduler import ScheduledBatch
+from lab.engine.sequence import Sequence
+
+
+def kv_bytes_per_block(mc: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    """K and V, every layer, one block of tokens."""
+    return 2 * mc.num_layers * block_size * mc.num_kv_heads * mc.head_dim * torch.finfo(dtype).bits // 8
+
+
+class ModelRunner:
+    def __init__(self, model, model_config: ModelConfig, num_blocks: int, block_size: int,
+                 device: torch.device, dtype: torch.dtype, seed: int = 0):
+        self.model = model
+        self.mc = model_config
+        self.block_size = block_size
+        self.device = device
+        shape = (num_blocks, block_size, model_config.num_kv_heads, model_config.head_dim)
+        for layer in model.attention_layers:
+            layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+            layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
+        """Run one step; return (sequence, sampled token) for sequences that finished their chunk."""
+        ids, positions, slots = [], [], []
+        prefills, decode_rows, decode_seqs, sample_rows, sample_seqs = [], [], [], [], []
+        bs = self.block_size
+        for seq, n, is_decode in zip(batch.seqs, batch.num_new_tokens, batch.is_decode):
+            start, first = len(ids), seq.num_computed_tokens
+            for pos in range(first, first + n):
+                ids.append(seq.token_at(pos))
+                positions.append(pos)
+                slots.append(seq.block_table[pos // bs] * bs + pos % bs)
+            if is_decode or (n == 1 and first > 0):  # one token on top of a cached context
+                decode_rows.append(start)
+                decode_seqs.append(seq)
+            else:
+                table = torch.tensor(seq.block_table, dtype=torch.long, device=self.device)
+                prefills.append(PrefillSpan(start, n, first, table))
+            if first + n == seq.num_tokens:
+                sample_rows.append(start + n - 1)
+                sample_seqs.append(seq)
+
+        dev = self.device
+        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), prefills=prefills)
+        if decode_seqs:
+            width = max(len(s.block_table) for s in decode_seqs)
+            tables = [s.block_table + [0] * (width - len(s.block_table)) for s in decode_seqs]
+            meta.decode_index = torch.tensor(decode_rows, dtype=torch.long, device=dev)
+            meta.decode_block_tables = torch.tensor(tables, dtype=torch.long, device=dev)
+            lens = torch.tensor([s.num_computed_tokens + 1 for s in decode_seqs], dtype=torch.long, device=dev)
+            meta.decode_context_lens = lens
+            meta.decode_mask = build_decode_mask(lens, width * bs)
+
+        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+        pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        hidden = self.model(input_ids, pos, meta)
+        if not sample_seqs:
+            return []
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)]).float()
+        tokens = sample(logits, [s.params for s in sample_seqs], [s.generator for s in sample_seqs], self.generator)
+        return list(zip(sample_seqs, tokens))

@@ -1,0 +1,43 @@
+"""Token sampling: greedy, temperature, top-k, top-p, with per-request seeds.
+
+A seeded request draws from its own torch.Generator, so its tokens do not depend on which other
+requests share its batch; unseeded requests share the engine's generator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lab.engine.sequence import SamplingParams
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask (to -inf) the tokens outside the top-k and outside the top-p nucleus, for one row."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token once the mass before it already reaches top_p; the top token always stays
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample(
+    logits: torch.Tensor,  # [N, V] float32
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    default_generator: torch.Generator,
+) -> list[int]:
+    out = logits.argmax(-1).tolist()  # greedy rows are done; sampled rows are overwritten below
+    for i, p in enumerate(params):
+        if p.greedy:
+            continue
+        row = filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
+        probs = row.softmax(-1)
+        gen = generators[i] or default_generator
+        out[i] = int(torch.multinomial(probs.cpu(), 1, generator=gen))
+    return out

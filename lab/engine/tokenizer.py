@@ -1,0 +1,72 @@
+"""Tokenizers for model folders: `tokenizer.json` through the `tokenizers` library, plus the
+chat template from `tokenizer_config.json` (jinja2) when the folder has one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+
+
+class Tokenizer:
+    def __init__(self, hf: HFTokenizer, eos_token_ids: tuple[int, ...] = (), chat_template: str | None = None,
+                 special_tokens: dict[str, str] | None = None):
+        self.hf = hf
+        self.eos_token_ids = eos_token_ids
+        self.chat_template = chat_template
+        self.special_tokens = special_tokens or {}
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, eos_token_ids: tuple[int, ...] = ()) -> Tokenizer:
+        folder = Path(folder)
+        path = folder / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{folder}: no tokenizer.json; a model folder needs one (the `tokenizers` format), "
+                "or pass prompts as token ids"
+            )
+        hf = HFTokenizer.from_file(str(path))
+        cfg_path = folder / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        specials = {k: _token_text(cfg[k]) for k in ("bos_token", "eos_token") if cfg.get(k)}
+        if not eos_token_ids and "eos_token" in specials:
+            eos_id = hf.token_to_id(specials["eos_token"])
+            eos_token_ids = () if eos_id is None else (eos_id,)
+        template = cfg.get("chat_template")
+        if template is None and (folder / "chat_template.jinja").exists():
+            template = (folder / "chat_template.jinja").read_text()
+        return cls(hf, eos_token_ids, template, specials)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(ids, skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if self.chat_template is None:
+            raise ValueError(
+                "messages: this model has no chat template (tokenizer_config.json `chat_template`); "
+                "use the completions endpoint with a plain prompt"
+            )
+        import jinja2
+
+        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = _raise
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens
+        )
+
+
+def _token_text(tok) -> str:
+    return tok["content"] if isinstance(tok, dict) else tok
+
+
+def _raise(message: str):
+    raise ValueError(f"chat template: {message}")
