@@ -22,8 +22,10 @@ from lab.cost import (
 from lab.metrics import RequestMetrics, Result
 from lab.workload import RequestSpec, Workload
 
-HEADER = ("provider,model,input_per_mtok,cached_input_per_mtok,output_per_mtok,batch_input_per_mtok,"
-          "batch_output_per_mtok,currency,credit_cny_per_usd,list_price_of,source_url,seen,verification,notes\n")
+HEADER = (
+    "provider,model,input_per_mtok,cached_input_per_mtok,output_per_mtok,batch_input_per_mtok,"
+    "batch_output_per_mtok,currency,credit_cny_per_usd,list_price_of,source_url,seen,verification,notes\n"
+)
 URL = "https://example.com/pricing"
 ROWS = {
     "acme": f"acme,model-x,2.00,0.50,8.00,1.00,4.00,USD,,,{URL},2026-11-23,cross_checked,\n",
@@ -84,7 +86,8 @@ def test_where_85_percent_comes_from():
 
 def test_without_provider_the_direct_seller_is_chosen(table):
     assert usage_cost("model-x", 1000, 500, prices=table) == usage_cost(
-        "model-x", 1000, 500, provider="acme", prices=table)
+        "model-x", 1000, 500, provider="acme", prices=table
+    )
 
 
 def test_dated_snapshot_priced_as_base_model(table):
@@ -135,9 +138,15 @@ def test_loader_rejects_reseller_with_its_own_prices(tmp_path):
 
 def test_shipped_table_has_the_required_models_with_sources():
     table = load_prices()
-    required = {("openai", "gpt-4.1"), ("openai", "gpt-4.1-mini"), ("openai", "gpt-4o-mini"),
-                ("anthropic", "claude-sonnet-4.5"), ("google", "gemini-2.5-flash"),
-                ("google", "gemini-2.5-pro"), ("deepseek", "deepseek-v3.2")}
+    required = {
+        ("openai", "gpt-4.1"),
+        ("openai", "gpt-4.1-mini"),
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-sonnet-4.5"),
+        ("google", "gemini-2.5-flash"),
+        ("google", "gemini-2.5-pro"),
+        ("deepseek", "deepseek-v3.2"),
+    }
     assert required <= {(r.provider, r.model) for r in table.rows}
     assert all(r.source_url.startswith("https://") and r.seen.year >= 2025 for r in table.rows)
     assert all(r.verification == "provider_claim" for r in table.rows if r.is_reseller)
@@ -146,15 +155,20 @@ def test_shipped_table_has_the_required_models_with_sources():
 def test_shipped_gpu_table():
     rows = load_gpu_prices()
     assert {"H100 SXM", "H200", "A100 80GB", "L4"} <= {r.gpu for r in rows}
-    assert gpu_price("h100 sxm").usd_per_gpu_hour == min(r.usd_per_gpu_hour for r in rows if r.gpu == "H100 SXM")
+    assert gpu_price("h100 sxm").usd_per_gpu_hour == min(
+        r.usd_per_gpu_hour for r in rows if r.gpu == "H100 SXM"
+    )
     with pytest.raises(UnknownGpuError, match="H100 SXM"):
         gpu_price("H100 SMX")
 
 
 def test_gpu_loader_rejects_negative_price(tmp_path):
     path = tmp_path / "gpu_prices.csv"
-    path.write_text("gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
-                    f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n", encoding="utf-8")
+    path.write_text(
+        "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
+        f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n",
+        encoding="utf-8",
+    )
     with pytest.raises(PriceTableError, match=r"line 2 \(acme/H100 SXM\): usd_per_gpu_hour"):
         load_gpu_prices(path)
 
@@ -196,8 +210,12 @@ def test_self_hosted_cost_from_fixed_throughput():
 
 def _result(finish_times):
     """Four requests of 10 prompt + 100 output tokens, all arriving at t=0."""
-    return Result([RequestMetrics(f"r{i}", 0.0, prompt_tokens=10, output_tokens=100, first_token_s=0.1,
-                                  finish_s=t) for i, t in enumerate(finish_times)])
+    return Result(
+        [
+            RequestMetrics(f"r{i}", 0.0, prompt_tokens=10, output_tokens=100, first_token_s=0.1, finish_s=t)
+            for i, t in enumerate(finish_times)
+        ]
+    )
 
 
 def test_static_vs_continuous_cost_ratio_follows_throughput():
@@ -219,3 +237,11 @@ def test_break_even_volume():
     assert result.capacity_mtok_per_month == pytest.approx(100 * 3600 * 730 / 1e6)  # 262.8
     assert not result.renting_can_pay  # the GPU cannot even produce the break-even volume
     assert break_even(4.0, 2.0, 1000.0).renting_can_pay
+
+
+def test_anthropic_api_ids_are_priced():
+    # the API calls it claude-sonnet-4-5-20250929; the table says claude-sonnet-4.5
+    assert usage_cost("claude-sonnet-4-5-20250929", 1000, 1000) == usage_cost("claude-sonnet-4.5", 1000, 1000)
+    assert usage_cost("claude-sonnet-4.5", 1_000_000, 0) == pytest.approx(
+        load_prices().find("claude-sonnet-4.5").input_per_mtok
+    )

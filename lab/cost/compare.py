@@ -28,14 +28,21 @@ def token_counts(run: Result | Workload) -> TokenCounts:
     if isinstance(run, Workload):
         missing = [r.id for r in run.requests if r.prompt_len is None]
         if missing:
-            raise ValueError(f"workload requests {missing[:5]} have no prompt_len; give prompt_len or "
-                             "prompt_token_ids (text prompts have no token count until tokenized)")
+            raise ValueError(
+                f"workload requests {missing[:5]} have no prompt_len; give prompt_len or "
+                "prompt_token_ids (text prompts have no token count until tokenized)"
+            )
         return TokenCounts(len(run), sum(r.prompt_len for r in run), sum(r.output_len for r in run))
     raise TypeError(f"run must be a lab.metrics.Result or a lab.workload.Workload, got {type(run).__name__}")
 
 
-def cost_table(run: Result | Workload, cached_fraction: float = 0.0, batch: bool = False,
-               market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD, prices: PriceTable | None = None):
+def cost_table(
+    run: Result | Workload,
+    cached_fraction: float = 0.0,
+    batch: bool = False,
+    market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
+    prices: PriceTable | None = None,
+):
     """One row per (provider, model): the USD the run costs there, cheapest first.
 
     `cached_fraction` of the prompt tokens is billed at the cached-input price. With `batch=True`, rows
@@ -53,18 +60,22 @@ def cost_table(run: Result | Workload, cached_fraction: float = 0.0, batch: bool
         if batch and not row.offers_batch:
             cost, note = float("nan"), "no batch API"
         else:
-            cost = row_cost(row, counts.prompt_tokens, counts.completion_tokens, cached, batch, market_cny_per_usd)
-        records.append({
-            "provider": row.provider,
-            "model": row.model,
-            "requests": counts.requests,
-            "prompt_tokens": counts.prompt_tokens,
-            "cached_tokens": cached,
-            "completion_tokens": counts.completion_tokens,
-            "cost_usd": cost,
-            "usd_per_1k_requests": cost / counts.requests * 1000 if counts.requests else float("nan"),
-            "verification": row.verification,
-            "note": note,
-        })
+            cost = row_cost(
+                row, counts.prompt_tokens, counts.completion_tokens, cached, batch, market_cny_per_usd
+            )
+        records.append(
+            {
+                "provider": row.provider,
+                "model": row.model,
+                "requests": counts.requests,
+                "prompt_tokens": counts.prompt_tokens,
+                "cached_tokens": cached,
+                "completion_tokens": counts.completion_tokens,
+                "cost_usd": cost,
+                "usd_per_1k_requests": cost / counts.requests * 1000 if counts.requests else float("nan"),
+                "verification": row.verification,
+                "note": note,
+            }
+        )
     frame = pd.DataFrame.from_records(records)
     return frame.sort_values(["cost_usd", "provider", "model"], na_position="last").reset_index(drop=True)

@@ -26,6 +26,7 @@ PRICE_FIELDS = (
 # The rate HolySheep's own pages compare against (CNY 7.3 per USD); not a live market rate.
 DEFAULT_MARKET_CNY_PER_USD = 7.3
 _DATED_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")  # gpt-4.1-2025-04-14 -> gpt-4.1
+_HYPHEN_VERSION = re.compile(r"-(\d+)-(\d+)$")  # Anthropic's API ids: claude-sonnet-4-5 -> claude-sonnet-4.5
 
 
 class UnknownModelError(ValueError):
@@ -83,6 +84,9 @@ class PriceTable:
         """The row for `model`; with no provider, the one direct provider that sells it."""
         name = _normalise(model)
         rows = [r for r in self.rows if r.model == name]
+        if not rows and _HYPHEN_VERSION.search(name):
+            name = _HYPHEN_VERSION.sub(r"-\1.\2", name)
+            rows = [r for r in self.rows if r.model == name]
         if not rows:
             close = difflib.get_close_matches(name, self.models(), n=3, cutoff=0.4)
             hint = ", ".join(close) if close else ", ".join(self.models())
@@ -122,16 +126,20 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     for row in rows:
         key = (row.provider, row.model)
         if key in seen_keys:
-            raise PriceTableError(f"{path.name} line {row.line}: duplicate {row.provider}/{row.model}, "
-                                  f"first on line {seen_keys[key]}")
+            raise PriceTableError(
+                f"{path.name} line {row.line}: duplicate {row.provider}/{row.model}, "
+                f"first on line {seen_keys[key]}"
+            )
         seen_keys[key] = row.line
     by_key = {(r.provider, r.model): r for r in rows}
     for row in rows:
         if row.is_reseller:
             listed = by_key.get((row.list_price_of, row.model))
             if listed is None or listed.is_reseller:
-                raise PriceTableError(f"{path.name} line {row.line} ({row.provider}/{row.model}): "
-                                      f"list_price_of={row.list_price_of!r} has no direct row for {row.model!r}")
+                raise PriceTableError(
+                    f"{path.name} line {row.line} ({row.provider}/{row.model}): "
+                    f"list_price_of={row.list_price_of!r} has no direct row for {row.model!r}"
+                )
             for name in PRICE_FIELDS:
                 setattr(row, name, getattr(listed, name))
     return PriceTable(rows, path)
@@ -149,8 +157,10 @@ def _parse_row(raw: dict, filename: str, line: int) -> PriceRow:
         fail("provider and model are required")
     currency = (raw.get("currency") or "").strip().upper()
     if currency not in CURRENCIES:
-        fail(f"currency must be one of {', '.join(CURRENCIES)} (USD for direct prices, CNY for reseller "
-             f"credit), got {raw.get('currency')!r}")
+        fail(
+            f"currency must be one of {', '.join(CURRENCIES)} (USD for direct prices, CNY for reseller "
+            f"credit), got {raw.get('currency')!r}"
+        )
     source_url = (raw.get("source_url") or "").strip()
     if not source_url.startswith(("http://", "https://")):
         fail(f"source_url must be an http(s) URL, got {source_url!r}")
@@ -175,9 +185,19 @@ def _parse_row(raw: dict, filename: str, line: int) -> PriceRow:
                 fail(f"{name} is required")
         if (prices["batch_input_per_mtok"] is None) != (prices["batch_output_per_mtok"] is None):
             fail("give both batch_input_per_mtok and batch_output_per_mtok, or neither")
-    return PriceRow(provider, model, **prices, currency=currency, credit_cny_per_usd=credit,
-                    list_price_of=list_of, source_url=source_url, seen=seen, verification=verification,
-                    notes=(raw.get("notes") or "").strip(), line=line)
+    return PriceRow(
+        provider,
+        model,
+        **prices,
+        currency=currency,
+        credit_cny_per_usd=credit,
+        list_price_of=list_of,
+        source_url=source_url,
+        seen=seen,
+        verification=verification,
+        notes=(raw.get("notes") or "").strip(),
+        line=line,
+    )
 
 
 def _number(text, field: str, fail) -> float | None:
@@ -198,11 +218,20 @@ def default_prices() -> PriceTable:
     return load_prices()
 
 
-def row_cost(row: PriceRow, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-             batch: bool = False, market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD) -> float:
+def row_cost(
+    row: PriceRow,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    batch: bool = False,
+    market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
+) -> float:
     """USD for one usage under one price row (see `usage_cost`)."""
-    for name, value in (("prompt_tokens", prompt_tokens), ("completion_tokens", completion_tokens),
-                        ("cached_tokens", cached_tokens)):
+    for name, value in (
+        ("prompt_tokens", prompt_tokens),
+        ("completion_tokens", completion_tokens),
+        ("cached_tokens", cached_tokens),
+    ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     if cached_tokens > prompt_tokens:
@@ -215,14 +244,25 @@ def row_cost(row: PriceRow, prompt_tokens: int, completion_tokens: int, cached_t
         # The batch discount is applied to cached tokens too (Anthropic documents this stacking).
         cached_price *= row.batch_input_per_mtok / input_price if input_price else 1.0
         input_price, output_price = row.batch_input_per_mtok, row.batch_output_per_mtok
-    listed = ((prompt_tokens - cached_tokens) * input_price + cached_tokens * cached_price
-              + completion_tokens * output_price) / 1e6
+    listed = (
+        (prompt_tokens - cached_tokens) * input_price
+        + cached_tokens * cached_price
+        + completion_tokens * output_price
+    ) / 1e6
     return listed * row.usd_factor(market_cny_per_usd)
 
 
-def usage_cost(model: str, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-               provider: str | None = None, batch: bool = False, *,
-               market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD, prices: PriceTable | None = None) -> float:
+def usage_cost(
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int = 0,
+    provider: str | None = None,
+    batch: bool = False,
+    *,
+    market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
+    prices: PriceTable | None = None,
+) -> float:
     """USD for one request: `cached_tokens` is the part of `prompt_tokens` billed at the cached price.
 
     A dated snapshot name (gpt-4.1-2025-04-14) is priced as its base model. Raises UnknownModelError

@@ -17,15 +17,22 @@ def _check_rates(cny_paid_per_credit_usd: float, market_cny_per_usd: float) -> N
         raise ValueError(f"market_cny_per_usd must be > 0, got {market_cny_per_usd}")
 
 
-def effective_usd_price(list_usd_price: float, cny_paid_per_credit_usd: float = 1.0,
-                        market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD) -> float:
-    """Real USD paid for `list_usd_price` of credit: list price x (CNY per credit USD / market CNY per USD)."""
+def effective_usd_price(
+    list_usd_price: float,
+    cny_paid_per_credit_usd: float = 1.0,
+    market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
+) -> float:
+    """Real USD paid for `list_usd_price` of credit.
+
+    list price x (CNY paid per credit USD / market CNY per USD).
+    """
     _check_rates(cny_paid_per_credit_usd, market_cny_per_usd)
     return list_usd_price * cny_paid_per_credit_usd / market_cny_per_usd
 
 
-def exchange_deal_savings(market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
-                          cny_paid_per_credit_usd: float = 1.0) -> float:
+def exchange_deal_savings(
+    market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD, cny_paid_per_credit_usd: float = 1.0
+) -> float:
     """Fraction saved against paying list price directly: 1 - paid / market (0.863 at CNY 7.3)."""
     _check_rates(cny_paid_per_credit_usd, market_cny_per_usd)
     return 1.0 - cny_paid_per_credit_usd / market_cny_per_usd
@@ -39,18 +46,24 @@ def market_rate_for_savings(savings: float, cny_paid_per_credit_usd: float = 1.0
     return cny_paid_per_credit_usd / (1.0 - savings)
 
 
-def explain_exchange_deal(market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
-                          cny_paid_per_credit_usd: float = 1.0, list_usd_price: float = 8.00) -> str:
+def explain_exchange_deal(
+    market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
+    cny_paid_per_credit_usd: float = 1.0,
+    list_usd_price: float = 8.00,
+) -> str:
     """A worked example, in words and numbers, of what the deal saves at a given market rate."""
+    needed = market_rate_for_savings(0.85, cny_paid_per_credit_usd)
     real = effective_usd_price(list_usd_price, cny_paid_per_credit_usd, market_cny_per_usd)
     saved = exchange_deal_savings(market_cny_per_usd, cny_paid_per_credit_usd)
-    return "\n".join([
-        f"market rate:          CNY {market_cny_per_usd:.2f} per USD",
-        f"reseller credit:      CNY {cny_paid_per_credit_usd:.2f} per USD 1.00 of list price",
-        f"list price:           USD {list_usd_price:.2f}  (e.g. per million output tokens)",
-        f"you pay:              CNY {list_usd_price * cny_paid_per_credit_usd:.2f}"
-        f" = USD {real:.4f} at the market rate",
-        f"saving vs list:       1 - {cny_paid_per_credit_usd:.2f}/{market_cny_per_usd:.2f} = {saved:.1%}",
-        f"'85%' needs a market rate of at least CNY {market_rate_for_savings(0.85, cny_paid_per_credit_usd):.2f}"
-        " per USD (the provider's claim, not verified)",
-    ])
+    return "\n".join(
+        [
+            f"market rate:          CNY {market_cny_per_usd:.2f} per USD",
+            f"reseller credit:      CNY {cny_paid_per_credit_usd:.2f} per USD 1.00 of list price",
+            f"list price:           USD {list_usd_price:.2f}  (e.g. per million output tokens)",
+            f"you pay:              CNY {list_usd_price * cny_paid_per_credit_usd:.2f}"
+            f" = USD {real:.4f} at the market rate",
+            f"saving vs list:       1 - {cny_paid_per_credit_usd:.2f}/{market_cny_per_usd:.2f} = {saved:.1%}",
+            f"'85%' needs a market rate of at least CNY {needed:.2f}"
+            " per USD (the provider's claim, not verified)",
+        ]
+    )

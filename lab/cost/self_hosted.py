@@ -43,37 +43,57 @@ def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
         for line, raw in enumerate(csv.DictReader(f), start=2):
-            where = f"{path.name} line {line} ({(raw.get('provider') or '?').strip()}/{(raw.get('gpu') or '?').strip()})"
+            provider, gpu = (raw.get("provider") or "?").strip(), (raw.get("gpu") or "?").strip()
+            where = f"{path.name} line {line} ({provider}/{gpu})"
             try:
                 price = float(raw.get("usd_per_gpu_hour") or "")
                 memory = float(raw.get("memory_gb") or "")
             except ValueError:
                 raise PriceTableError(f"{where}: usd_per_gpu_hour and memory_gb must be numbers") from None
             if not (price > 0 and memory > 0):
-                raise PriceTableError(f"{where}: usd_per_gpu_hour and memory_gb must be > 0, got {price}, {memory}")
+                raise PriceTableError(
+                    f"{where}: usd_per_gpu_hour and memory_gb must be > 0, got {price}, {memory}"
+                )
             url = (raw.get("source_url") or "").strip()
             if not url.startswith(("http://", "https://")):
                 raise PriceTableError(f"{where}: source_url must be an http(s) URL, got {url!r}")
             try:
                 seen = date.fromisoformat((raw.get("seen") or "").strip())
             except ValueError:
-                raise PriceTableError(f"{where}: seen must be a date YYYY-MM-DD, got {raw.get('seen')!r}") from None
-            rows.append(GpuPrice(raw["gpu"].strip(), memory, raw["provider"].strip().lower(),
-                                 (raw.get("offering") or "").strip(), price, url, seen,
-                                 (raw.get("notes") or "").strip(), line))
+                raise PriceTableError(
+                    f"{where}: seen must be a date YYYY-MM-DD, got {raw.get('seen')!r}"
+                ) from None
+            rows.append(
+                GpuPrice(
+                    raw["gpu"].strip(),
+                    memory,
+                    raw["provider"].strip().lower(),
+                    (raw.get("offering") or "").strip(),
+                    price,
+                    url,
+                    seen,
+                    (raw.get("notes") or "").strip(),
+                    line,
+                )
+            )
     return rows
 
 
 def gpu_price(gpu: str, provider: str | None = None, path: str | Path | None = None) -> GpuPrice:
     """The cheapest listed row for `gpu` (optionally from one provider)."""
     rows = load_gpu_prices(path)
-    matches = [r for r in rows if r.gpu.lower() == gpu.strip().lower()
-               and (provider is None or r.provider == provider.lower())]
+    matches = [
+        r
+        for r in rows
+        if r.gpu.lower() == gpu.strip().lower() and (provider is None or r.provider == provider.lower())
+    ]
     if not matches:
         known = sorted({f"{r.gpu} ({r.provider})" for r in rows})
         close = difflib.get_close_matches(gpu, sorted({r.gpu for r in rows}), n=3, cutoff=0.3)
-        raise UnknownGpuError(f"no price for gpu={gpu!r} provider={provider!r}; closest GPUs: "
-                              f"{', '.join(close) or '-'}; known: {', '.join(known)}")
+        raise UnknownGpuError(
+            f"no price for gpu={gpu!r} provider={provider!r}; closest GPUs: "
+            f"{', '.join(close) or '-'}; known: {', '.join(known)}"
+        )
     return min(matches, key=lambda r: r.usd_per_gpu_hour)
 
 
@@ -91,8 +111,14 @@ def tokens_per_second(throughput: float | Result, kind: str = "output") -> float
     return value
 
 
-def self_hosted_usd_per_mtok(gpu_usd_per_hour: float, throughput: float | Result, *, utilization: float,
-                             kind: str = "output", gpus: int = 1) -> float:
+def self_hosted_usd_per_mtok(
+    gpu_usd_per_hour: float,
+    throughput: float | Result,
+    *,
+    utilization: float,
+    kind: str = "output",
+    gpus: int = 1,
+) -> float:
     """USD per million tokens on `gpus` rented GPUs that produce `throughput` tokens/s while busy.
 
     `utilization` is the share of paid hours spent at that throughput (1.0: busy every hour you pay for).
@@ -120,8 +146,15 @@ class BreakEven:
         return self.break_even_utilization <= 1.0
 
 
-def break_even(api_usd_per_mtok: float, gpu_usd_per_hour: float, throughput: float | Result, *,
-               kind: str = "output", gpus: int = 1, hours_per_month: float = HOURS_PER_MONTH) -> BreakEven:
+def break_even(
+    api_usd_per_mtok: float,
+    gpu_usd_per_hour: float,
+    throughput: float | Result,
+    *,
+    kind: str = "output",
+    gpus: int = 1,
+    hours_per_month: float = HOURS_PER_MONTH,
+) -> BreakEven:
     """Monthly volume at which an API (priced per million tokens of `kind`) costs as much as renting.
 
     Price the API on the same token basis as the throughput: for `kind="output"` use what the API
@@ -130,8 +163,10 @@ def break_even(api_usd_per_mtok: float, gpu_usd_per_hour: float, throughput: flo
     if not api_usd_per_mtok > 0:
         raise ValueError(f"api_usd_per_mtok must be > 0, got {api_usd_per_mtok}")
     if not gpu_usd_per_hour > 0 or not hours_per_month > 0 or gpus < 1:
-        raise ValueError("gpu_usd_per_hour and hours_per_month must be > 0 and gpus >= 1, got "
-                         f"{gpu_usd_per_hour}, {hours_per_month}, {gpus}")
+        raise ValueError(
+            "gpu_usd_per_hour and hours_per_month must be > 0 and gpus >= 1, got "
+            f"{gpu_usd_per_hour}, {hours_per_month}, {gpus}"
+        )
     rent = gpu_usd_per_hour * gpus * hours_per_month
     capacity = tokens_per_second(throughput, kind) * 3600 * hours_per_month / 1e6
     volume = rent / api_usd_per_mtok
