@@ -1,0 +1,39 @@
+"""An httpx client for any OpenAI-compatible API: this project's server, vLLM, OpenAI, DeepSeek, HolySheep.
+
+Streaming, openai-python's retry policy and error names, client-side rate limits, cost per response,
+resumable batch runs (`run_batch`) and a load generator that returns a `lab.metrics.Result`.
+"""
+
+from lab.client.batch import arun_batch, run_batch
+from lab.client.client import AsyncClient, Client
+from lab.client.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    MissingAPIKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    StreamInterruptedError,
+    UnprocessableEntityError,
+)
+from lab.client.limits import RateLimits
+from lab.client.loadgen import arun_workload, run_workload
+from lab.client.providers import PROVIDERS, Provider, mask_key
+from lab.client.retry import RetryPolicy
+from lab.client.streaming import AsyncStream, Stream
+from lab.client.types import ChatCompletion, ChatMessage, Choice, Chunk, Completion, Model, Usage
+
+__all__ = [
+    "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AsyncClient", "AsyncStream",
+    "AuthenticationError", "BadRequestError", "ChatCompletion", "ChatMessage", "Choice", "Chunk", "Client",
+    "Completion", "ConflictError", "InternalServerError", "MissingAPIKeyError", "Model", "NotFoundError",
+    "PROVIDERS", "PermissionDeniedError", "Provider", "RateLimitError", "RateLimits", "RetryPolicy", "Stream",
+    "StreamInterruptedError", "UnprocessableEntityError", "Usage", "arun_batch", "arun_workload", "mask_key",
+    "run_batch", "run_workload",
+]

@@ -1,0 +1,189 @@
+"""What `Client` and `AsyncClient` share: configuration, request bodies, token estimates, resources.
+
+Only the sending differs between the two (blocking or awaited), so everything else lives here once.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import httpx
+
+from lab.client.limits import RateLimits
+from lab.client.providers import mask_key, resolve
+from lab.client.retry import RetryPolicy
+from lab.client.types import Completion, Usage, cost_of
+
+# read generously (a long non-streaming generation), connect quickly (a dead host should fail fast)
+DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
+# as openai-python: enough keep-alive connections that high concurrency does not reconnect per request
+DEFAULT_POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+_TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+
+
+def make_timeout(timeout) -> httpx.Timeout:
+    """A float (every phase), None (no limit), an httpx.Timeout, or a dict with connect/read/write/pool."""
+    if isinstance(timeout, httpx.Timeout):
+        return timeout
+    if timeout is None or isinstance(timeout, (int, float)):
+        return httpx.Timeout(timeout)
+    if isinstance(timeout, dict):
+        unknown = set(timeout) - set(_TIMEOUT_KEYS)
+        if unknown:
+            raise ValueError(f"timeout: unknown keys {sorted(unknown)}; allowed: {', '.join(_TIMEOUT_KEYS)}")
+        base = DEFAULT_TIMEOUT
+        return httpx.Timeout(**{k: timeout.get(k, getattr(base, k)) for k in _TIMEOUT_KEYS})
+    raise TypeError(f"timeout must be a number, None, a dict or httpx.Timeout, got {type(timeout).__name__}")
+
+
+def estimate_tokens(body: dict) -> int:
+    """Tokens a request may count against a TPM limit: ~4 characters per prompt token plus max_tokens."""
+    prompt = body.get("prompt")
+    chars = 0
+    if isinstance(prompt, str):
+        chars = len(prompt)
+    elif isinstance(prompt, list):
+        # token ids count one each; a list of strings is a batch of prompts
+        return sum(len(p) // 4 if isinstance(p, str) else 1 for p in prompt) + _max_tokens(body)
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):  # content parts
+            chars += sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
+    return chars // 4 + 4 * len(body.get("messages") or ()) + _max_tokens(body)
+
+
+def _max_tokens(body: dict) -> int:
+    value = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+    return int(value) * int(body.get("n") or 1)
+
+
+class _Endpoint:
+    __slots__ = ("_client", "_path")
+
+    def __init__(self, client, path: str):
+        self._client, self._path = client, path
+
+    def create(self, **params):
+        """POST the body; `stream=True` gives a stream. Extra: timeout, extra_headers, extra_body."""
+        return self._client._create(self._path, params)
+
+
+class _Chat:
+    __slots__ = ("completions",)
+
+    def __init__(self, client):
+        self.completions = _Endpoint(client, "/chat/completions")
+
+
+class _Models:
+    __slots__ = ("_client",)
+
+    def __init__(self, client):
+        self._client = client
+
+    def list(self):
+        """The models the server offers, as a list of `Model`."""
+        return self._client._list_models()
+
+
+class BaseClient:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        provider: str | None = None,
+        *,
+        timeout=DEFAULT_TIMEOUT,
+        stream_idle_timeout: float | None = DEFAULT_STREAM_IDLE_TIMEOUT,
+        max_retries: int = 2,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        limits: RateLimits | None = None,
+        default_headers: dict[str, str] | None = None,
+        transport=None,
+    ):
+        self.base_url, self.api_key, self.provider = resolve(base_url, api_key, provider)
+        self.timeout = make_timeout(timeout)
+        self.stream_idle_timeout = stream_idle_timeout
+        self.retry = retry or RetryPolicy(max_retries=max_retries)
+        self.limits = limits or RateLimits(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)
+        self.headers = {"user-agent": "batching-lab-client/0.1", **(default_headers or {})}
+        if self.api_key:
+            self.headers["authorization"] = f"Bearer {self.api_key}"
+        self.transport = transport
+        self._init_resources()
+
+    def _init_resources(self) -> None:
+        self.chat = _Chat(self)
+        self.completions = _Endpoint(self, "/completions")
+        self.models = _Models(self)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(base_url={self.base_url!r}, provider={self.provider!r}, "
+                f"api_key={mask_key(self.api_key)!r}, max_retries={self.retry.max_retries})")
+
+    def config(self) -> dict:
+        """Keyword arguments that build an equivalent client (for `AsyncClient(**c.config())` and back)."""
+        return dict(base_url=self.base_url, api_key=self.api_key or None, provider=self.provider,
+                    timeout=self.timeout, stream_idle_timeout=self.stream_idle_timeout,
+                    retry=copy.copy(self.retry), limits=copy.copy(self.limits),
+                    default_headers={k: v for k, v in self.headers.items() if k != "authorization"},
+                    transport=self.transport)
+
+    def with_options(self, *, max_retries: int | None = None, timeout=None,
+                     stream_idle_timeout: float | None | str = "unchanged"):
+        """A copy sharing the connection pool and limiter, with other retry or timeout settings."""
+        other = copy.copy(self)
+        if max_retries is not None:
+            other.retry = copy.copy(self.retry)
+            other.retry.max_retries = max_retries
+        if timeout is not None:
+            other.timeout = make_timeout(timeout)
+        if stream_idle_timeout != "unchanged":
+            other.stream_idle_timeout = stream_idle_timeout
+        other._init_resources()
+        return other
+
+    def _prepare(self, params: dict):
+        """(body, stream, timeout, headers) from `create(**params)`."""
+        params = dict(params)
+        timeout = params.pop("timeout", None)
+        extra_headers = params.pop("extra_headers", None)
+        extra_body = params.pop("extra_body", None)
+        stream = bool(params.get("stream"))
+        if "model" not in params:
+            raise ValueError("create(): model is required (see client.models.list())")
+        if stream:
+            # ask for the final usage chunk: token counts and cost need it
+            params.setdefault("stream_options", {"include_usage": True})
+        if extra_body:
+            params.update(extra_body)
+        timeout = self.timeout if timeout is None else make_timeout(timeout)
+        if stream and self.stream_idle_timeout is not None and (timeout.read is None
+                                                                 or timeout.read > self.stream_idle_timeout):
+            # a blocked read must not outlast the idle timeout (keep-alive comments are checked per line)
+            timeout = httpx.Timeout(connect=timeout.connect, read=self.stream_idle_timeout,
+                                    write=timeout.write, pool=timeout.pool)
+        return params, stream, timeout, extra_headers
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _completion(self, data: dict, *, start_t: float, head_t: float, end_t: float, retries: int,
+                    request_id: str | None) -> Completion:
+        result = Completion.from_dict(data)
+        result.latency_s = end_t - start_t
+        result.ttft_s = head_t - start_t
+        result.retries = retries
+        result.request_id = request_id
+        result.cost_usd = cost_of(result.model, result.usage, self.provider)
+        return result
+
+    @staticmethod
+    def _used_tokens(usage: Usage | None, estimate: int) -> int:
+        return usage.total_tokens if usage is not None else estimate

@@ -1,0 +1,198 @@
+"""Batch runs that lose nothing: one record per input, appended and flushed as it completes, resumable.
+
+`await arun_batch(...)` in async code (and Jupyter, which allows top-level await); `run_batch(...)` anywhere
+else, notebooks included (it runs on a helper thread when a loop is already running). Inputs are OpenAI
+Batch API lines ({"custom_id", "method", "url", "body"}) or plain request bodies; records mirror its output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+
+from lab.client._aio import run_sync
+from lab.client.client import AsyncClient, Client
+
+ENDPOINTS = {"/v1/chat/completions": "/chat/completions", "/v1/completions": "/completions"}
+
+
+def load_requests(path: str | os.PathLike) -> list[dict]:
+    """Input lines of a JSONL file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def normalize(requests) -> list[tuple[str, str, dict]]:
+    """(custom_id, endpoint path, body) per input; ids default to the input's position."""
+    out, seen = [], set()
+    for i, item in enumerate(requests):
+        if not isinstance(item, dict):
+            raise TypeError(f"request {i}: expected a dict, got {type(item).__name__}")
+        if "body" in item:  # a Batch API line
+            custom_id = str(item.get("custom_id", i))
+            if item.get("method", "POST").upper() != "POST":
+                raise ValueError(f"request {custom_id}: method must be POST, got {item['method']!r}")
+            url = item.get("url", "/v1/chat/completions")
+            url = url if url.startswith("/v1") else "/v1" + url
+            if url not in ENDPOINTS:
+                raise ValueError(f"request {custom_id}: url {item.get('url')!r} unsupported; allowed: "
+                                 f"{', '.join(ENDPOINTS)}")
+            path, body = ENDPOINTS[url], dict(item["body"])
+        else:  # a bare body: chat if it has messages
+            custom_id = str(item.get("custom_id", i))
+            body = {k: v for k, v in item.items() if k != "custom_id"}
+            path = "/chat/completions" if "messages" in body else "/completions"
+        if custom_id in seen:
+            raise ValueError(f"custom_id {custom_id!r} appears twice; ids must be unique to resume a batch")
+        seen.add(custom_id)
+        body.pop("stream", None)  # a batch stores whole answers
+        body.pop("stream_options", None)
+        out.append((custom_id, path, body))
+    return out
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, dict], bool]:
+    """Records by custom_id (the last one wins) and whether the file needs rewriting (a torn line
+    from a killed run, or duplicates)."""
+    records: dict[str, dict] = {}
+    dirty = False
+    if not path.exists():
+        return records, dirty
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                cid = rec["custom_id"]
+            except (ValueError, KeyError, TypeError):
+                dirty = True  # the process died mid-write: that request simply runs again
+                continue
+            dirty |= cid in records
+            records[cid] = rec
+    return records, dirty
+
+
+def success_record(custom_id: str, index: int, result) -> dict:
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+        "custom_id": custom_id,
+        "index": index,
+        "response": {"status_code": 200, "request_id": result.request_id, "body": result.raw},
+        "error": None,
+        "retries": result.retries,
+        "latency_s": result.latency_s,
+        "cost_usd": result.cost_usd,
+    }
+
+
+def error_record(custom_id: str, index: int, exc: Exception) -> dict:
+    status = getattr(exc, "status_code", None)
+    request_id = getattr(exc, "request_id", None)
+    return {
+        "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+        "custom_id": custom_id,
+        "index": index,
+        "response": None if status is None else {"status_code": status, "request_id": request_id,
+                                                 "body": getattr(exc, "body", None)},
+        "error": {"type": type(exc).__name__, "message": getattr(exc, "message", None) or str(exc),
+                  "status_code": status, "request_id": request_id},
+        "retries": getattr(exc, "retries_taken", 0),
+        "latency_s": None,
+        "cost_usd": None,
+    }
+
+
+async def arun_batch(client, requests, *, concurrency: int = 16, checkpoint: str | os.PathLike | None = None,
+                     progress: bool = True, retry_errors: bool = False, desc: str = "batch") -> list[dict]:
+    """Send every request; return one record per input, in input order.
+
+    With `checkpoint`, records already in that JSONL file are skipped (errors too, unless
+    `retry_errors=True`), and each new record is appended and flushed the moment it completes, so a
+    killed run loses at most the requests in flight.
+    """
+    return await _arun(client, False, requests, concurrency=concurrency, checkpoint=checkpoint,
+                       progress=progress, retry_errors=retry_errors, desc=desc)
+
+
+async def _arun(client, fresh: bool, requests, *, concurrency, checkpoint, progress, retry_errors, desc):
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    items = normalize(requests)
+    path = Path(checkpoint) if checkpoint is not None else None
+    done, dirty = read_checkpoint(path) if path else ({}, False)
+    if retry_errors:
+        done = {cid: rec for cid, rec in done.items() if rec.get("error") is None}
+    todo = [(i, cid, p, body) for i, (cid, p, body) in enumerate(items) if cid not in done]
+    # a sync Client lends its settings to an async twin; so does any client when run_batch starts a new
+    # loop, because an AsyncClient's connections belong to the loop that opened them
+    own = fresh or not isinstance(client, AsyncClient)
+    aclient = AsyncClient(**client.config()) if own else client
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, disable=not progress)
+    out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 (closed in finally)
+    if out is not None and out.tell() > 0 and not _ends_with_newline(path):
+        out.write("\n")  # a torn last line must not swallow the next record
+    queue: asyncio.Queue = asyncio.Queue()
+    for job in todo:
+        queue.put_nowait(job)
+    errors = 0
+
+    async def worker():
+        nonlocal errors
+        while not queue.empty():
+            index, cid, endpoint, body = queue.get_nowait()
+            try:
+                result = await aclient._create(endpoint, body)
+                rec = success_record(cid, index, result)
+            except Exception as exc:  # every failure becomes a record; cancellation still propagates
+                rec = error_record(cid, index, exc)
+                errors += 1
+            done[cid] = rec
+            if out is not None:
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                out.flush()
+            bar.update(1)
+            if errors:
+                bar.set_postfix(errors=errors, refresh=False)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)))))
+    finally:
+        bar.close()
+        if out is not None:
+            out.close()
+        if own:
+            await aclient.close()
+    if path is not None and (dirty or retry_errors):
+        _rewrite(path, done)
+    return [done[cid] for cid, _, _ in items]
+
+
+def run_batch(client, requests, *, concurrency: int = 16, checkpoint: str | os.PathLike | None = None,
+              progress: bool = True, retry_errors: bool = False, desc: str = "batch") -> list[dict]:
+    """`arun_batch` for plain code: scripts, and notebook cells that prefer not to `await`."""
+    if not isinstance(client, (Client, AsyncClient)):
+        raise TypeError(f"client must be a lab.client Client or AsyncClient, got {type(client).__name__}")
+    return run_sync(lambda: _arun(client, True, requests, concurrency=concurrency, checkpoint=checkpoint,
+                                  progress=progress, retry_errors=retry_errors, desc=desc))
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _rewrite(path: Path, records: dict[str, dict]) -> None:
+    """One line per custom_id, atomically (a crash leaves the old file or the new one, never half)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rec in records.values():
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)

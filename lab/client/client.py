@@ -1,0 +1,235 @@
+"""`Client` and `AsyncClient`: `client.chat.completions.create(...)` over httpx, as in openai-python.
+
+One attempt sends a request and turns every failure into our typed errors; the loop around it waits
+for the rate limiter, retries what the policy allows, and records what the server said about limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+
+from lab.client._base import DEFAULT_POOL, BaseClient, estimate_tokens
+from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
+from lab.client.limits import AsyncLimiter, SyncLimiter
+from lab.client.streaming import AsyncStream, Stream, StreamState, anext_chunk, next_chunk
+from lab.client.types import Model, Usage
+
+
+def _json(content: bytes, status: int, request_id: str | None):
+    try:
+        return json.loads(content)
+    except ValueError:
+        raise APIError(f"response is not JSON: {content[:200]!r}", status_code=status,
+                       request_id=request_id) from None
+
+
+class Client(BaseClient):
+    """Blocking client. `Client(base_url=..., api_key=...)` or `Client(provider="openai")`."""
+
+    def __init__(self, *args, http_client: httpx.Client | None = None, **kw):
+        super().__init__(*args, **kw)
+        self._http = http_client or httpx.Client(timeout=self.timeout, limits=DEFAULT_POOL,
+                                                 transport=self.transport, follow_redirects=True)
+        self._limiter = SyncLimiter(self.limits) if self.limits.active else None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _list_models(self) -> list[Model]:
+        data = self._call("GET", "/models", None, False, self.timeout, None, 0)
+        return [Model.from_dict(m) for m in data.get("data") or ()]
+
+    def _create(self, path: str, params: dict):
+        body, stream, timeout, headers = self._prepare(params)
+        return self._call("POST", path, body, stream, timeout, headers, estimate_tokens(body))
+
+    def _call(self, method, path, body, stream, timeout, headers, est):
+        start_t = time.perf_counter()
+        limiter = self._limiter
+        if limiter is not None:
+            limiter.acquire_slot()
+        handed_to_stream = False
+        try:
+            retries = 0
+            while True:
+                if limiter is not None:
+                    limiter.wait_budget(est)
+                try:
+                    out = self._attempt(method, path, body, stream, timeout, headers, start_t, retries, est)
+                    handed_to_stream = stream
+                    return out
+                except APIError as e:
+                    if limiter is not None:
+                        limiter.core.observe(e.status_code or 0, e.headers, time.monotonic())
+                    if retries >= self.retry.max_retries or not self.retry.should_retry(e):
+                        e.retries_taken = retries
+                        raise
+                    time.sleep(self.retry.delay(retries, e))
+                    retries += 1
+        finally:
+            if limiter is not None and not handed_to_stream:
+                limiter.release_slot()
+
+    def _attempt(self, method, path, body, stream, timeout, headers, start_t, retries, est):
+        request = self._http.build_request(method, self._url(path), json=body, headers=headers, timeout=timeout)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.HTTPError as e:
+            raise from_httpx(e) from e
+        head_t = time.perf_counter()
+        if self._limiter is not None:
+            self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
+        rid = request_id_from(response.headers)
+        if stream and response.status_code < 400:
+            return self._open_stream(response, start_t, retries, est, rid)
+        try:
+            content = response.read()
+        except httpx.HTTPError as e:
+            raise from_httpx(e) from e
+        finally:
+            response.close()
+        if response.status_code >= 400:
+            raise error_from_response(response.status_code, content, response.headers)
+        data = _json(content, response.status_code, rid)
+        if method == "GET":
+            return data
+        if self._limiter is not None:
+            self._limiter.core.settle(est, self._used_tokens(Usage.from_dict(data.get("usage")), est))
+        return self._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
+                                retries=retries, request_id=rid)
+
+    def _open_stream(self, response, start_t, retries, est, rid) -> Stream:
+        # read up to the first chunk here, inside the retry loop: until the caller has seen a chunk,
+        # a failure is safe to retry
+        state = StreamState(self.stream_idle_timeout, time.perf_counter(), rid)
+        lines = response.iter_lines()
+        try:
+            first = next_chunk(state, lines)
+        except APIError:
+            response.close()
+            raise
+        except httpx.HTTPError as e:
+            response.close()
+            raise from_httpx(e) from e
+
+        def on_close(usage):
+            if self._limiter is not None:
+                self._limiter.core.settle(est, self._used_tokens(usage, est))
+                self._limiter.release_slot()
+
+        return Stream(response, state, first, lines=lines, start_t=start_t, retries=retries,
+                      provider=self.provider, on_close=on_close)
+
+
+class AsyncClient(BaseClient):
+    """The same API with `await`: `await client.chat.completions.create(...)`, `async for chunk in stream`."""
+
+    def __init__(self, *args, http_client: httpx.AsyncClient | None = None, **kw):
+        super().__init__(*args, **kw)
+        self._http = http_client or httpx.AsyncClient(timeout=self.timeout, limits=DEFAULT_POOL,
+                                                      transport=self.transport, follow_redirects=True)
+        self._limiter = AsyncLimiter(self.limits) if self.limits.active else None
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    aclose = close
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    async def _list_models(self) -> list[Model]:
+        data = await self._call("GET", "/models", None, False, self.timeout, None, 0)
+        return [Model.from_dict(m) for m in data.get("data") or ()]
+
+    async def _create(self, path: str, params: dict):
+        body, stream, timeout, headers = self._prepare(params)
+        return await self._call("POST", path, body, stream, timeout, headers, estimate_tokens(body))
+
+    async def _call(self, method, path, body, stream, timeout, headers, est):
+        start_t = time.perf_counter()
+        limiter = self._limiter
+        if limiter is not None:
+            await limiter.acquire_slot()
+        handed_to_stream = False
+        try:
+            retries = 0
+            while True:
+                if limiter is not None:
+                    await limiter.wait_budget(est)
+                try:
+                    out = await self._attempt(method, path, body, stream, timeout, headers, start_t, retries, est)
+                    handed_to_stream = stream
+                    return out
+                except APIError as e:
+                    if limiter is not None:
+                        limiter.core.observe(e.status_code or 0, e.headers, time.monotonic())
+                    if retries >= self.retry.max_retries or not self.retry.should_retry(e):
+                        e.retries_taken = retries
+                        raise
+                    await asyncio.sleep(self.retry.delay(retries, e))
+                    retries += 1
+        finally:
+            if limiter is not None and not handed_to_stream:
+                limiter.release_slot()
+
+    async def _attempt(self, method, path, body, stream, timeout, headers, start_t, retries, est):
+        request = self._http.build_request(method, self._url(path), json=body, headers=headers, timeout=timeout)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as e:
+            raise from_httpx(e) from e
+        head_t = time.perf_counter()
+        if self._limiter is not None:
+            self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
+        rid = request_id_from(response.headers)
+        if stream and response.status_code < 400:
+            return await self._open_stream(response, start_t, retries, est, rid)
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as e:
+            raise from_httpx(e) from e
+        finally:
+            await response.aclose()
+        if response.status_code >= 400:
+            raise error_from_response(response.status_code, content, response.headers)
+        data = _json(content, response.status_code, rid)
+        if method == "GET":
+            return data
+        if self._limiter is not None:
+            self._limiter.core.settle(est, self._used_tokens(Usage.from_dict(data.get("usage")), est))
+        return self._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
+                                retries=retries, request_id=rid)
+
+    async def _open_stream(self, response, start_t, retries, est, rid) -> AsyncStream:
+        state = StreamState(self.stream_idle_timeout, time.perf_counter(), rid)
+        lines = response.aiter_lines()
+        try:
+            first = await anext_chunk(state, lines)
+        except APIError:
+            await response.aclose()
+            raise
+        except httpx.HTTPError as e:
+            await response.aclose()
+            raise from_httpx(e) from e
+
+        def on_close(usage):
+            if self._limiter is not None:
+                self._limiter.core.settle(est, self._used_tokens(usage, est))
+                self._limiter.release_slot()
+
+        return AsyncStream(response, state, first, lines=lines, start_t=start_t, retries=retries,
+                           provider=self.provider, on_close=on_close)

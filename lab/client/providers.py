@@ -1,0 +1,96 @@
+"""Provider presets: where an OpenAI-compatible API lives and which environment variable holds its key.
+
+Keys come from arguments or the environment, never files. A missing or placeholder key fails before any
+request with a message naming the variable to set, and a key is never shown in full.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from lab.client.errors import MissingAPIKeyError
+
+
+@dataclass(slots=True, frozen=True)
+class Provider:
+    name: str
+    base_url: str
+    env_var: str
+    key_required: bool = True  # local servers (ours, vLLM) usually run without keys
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider("local", "http://127.0.0.1:8000/v1", "BATCHING_LAB_API_KEY", key_required=False),
+        Provider("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", key_required=False),
+        Provider("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+        Provider("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
+        Provider("holysheep", "https://api.holysheep.ai/v1", "HOLYSHEEP_API_KEY"),
+        Provider("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+        Provider("together", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+        Provider("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    )
+}
+
+# What people paste from docs instead of a key: YOUR_OPENAI_API_KEY, <your-key>, sk-..., sk-xxxx, "changeme"
+_PLACEHOLDER = re.compile(
+    r"^(your[\w\- ]*|.*_api_key|<.*>|\{.*\}|sk-(\.{3}|x+|\*+)|x+|\*+|\.{3}|changeme|placeholder|none|null|todo)$",
+    re.IGNORECASE,
+)
+
+
+def is_placeholder(key: str) -> bool:
+    return _PLACEHOLDER.match(key.strip()) is not None
+
+
+def mask_key(key: str | None) -> str:
+    """`sk-abc...wxyz`: enough to tell two keys apart, never enough to use one."""
+    if not key:
+        return "<none>"
+    if len(key) <= 12:
+        return key[:2] + "***"
+    return f"{key[:5]}...{key[-4:]}"
+
+
+def provider_for_url(base_url: str) -> Provider | None:
+    host = urlsplit(base_url).hostname or ""
+    for p in PROVIDERS.values():
+        if p.key_required and urlsplit(p.base_url).hostname == host:
+            return p
+    return None
+
+
+def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> tuple[str, str | None, str | None]:
+    """(base_url, api_key, provider name) from what the caller gave and the environment.
+
+    - `provider` alone: its base URL and the key from its environment variable.
+    - `base_url` alone: a known provider's variable if the host is one we know, else no key.
+    """
+    preset: Provider | None = None
+    if provider is not None:
+        preset = PROVIDERS.get(provider)
+        if preset is None:
+            raise ValueError(f"provider={provider!r} is unknown; allowed: {', '.join(PROVIDERS)}")
+    elif base_url is not None:
+        preset = provider_for_url(base_url)
+    else:
+        raise ValueError(f"give base_url=... or provider=... (one of {', '.join(PROVIDERS)})")
+    url = (base_url or preset.base_url).rstrip("/")
+    if api_key is None and preset is not None:
+        api_key = os.environ.get(preset.env_var)
+        source = f"environment variable {preset.env_var}"
+    else:
+        source = "api_key argument"
+    if api_key is not None and (not api_key.strip() or is_placeholder(api_key)):
+        hint = f"set the environment variable {preset.env_var}" if preset else "pass your real key as api_key=..."
+        raise MissingAPIKeyError(f"the API key from the {source} looks like a placeholder ({mask_key(api_key)}); {hint}")
+    if api_key is None and preset is not None and preset.key_required:
+        raise MissingAPIKeyError(
+            f"no API key for provider {preset.name!r}: set the environment variable {preset.env_var} "
+            "or pass api_key=..."
+        )
+    return url, api_key, preset.name if preset else None

@@ -1,0 +1,84 @@
+"""When to retry a failed request and how long to wait: openai-python's policy, in a few lines.
+
+Retry connection errors, timeouts, 408, 409, 429 and 5xx; obey `x-should-retry`; honour
+`retry-after-ms`, then `retry-after` (seconds or an HTTP date) up to a cap; else back off exponentially.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from dataclasses import dataclass
+
+from lab.client.errors import APIConnectionError, APIError, APIStatusError, StreamInterruptedError
+
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_RETRY_AFTER = 120.0  # openai-python's cap: a server asking for longer is not retried at all
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+def parse_retry_after(headers, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, else `retry-after` as seconds or an HTTP date."""
+    if not headers:
+        return None
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return float(value) / divisor
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        when = email.utils.mktime_tz(parsed)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return float(when - (time.time() if now is None else now))
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    max_retries: int = 2
+    initial_delay: float = INITIAL_RETRY_DELAY
+    max_delay: float = MAX_RETRY_DELAY
+    max_retry_after: float = MAX_RETRY_AFTER
+
+    def __post_init__(self):
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+
+    def should_retry(self, error: BaseException) -> bool:
+        if isinstance(error, StreamInterruptedError):
+            return False  # the caller already holds part of the answer; resending would duplicate it
+        if isinstance(error, APIConnectionError):
+            return True  # includes APITimeoutError
+        if not isinstance(error, APIStatusError):
+            return False
+        wait = parse_retry_after(error.headers)
+        if wait is not None and math.isfinite(wait) and wait > self.max_retry_after:
+            return False
+        flag = error.headers.get("x-should-retry")
+        if flag == "true":
+            return True
+        if flag == "false":
+            return False
+        status = error.status_code or 0
+        return status in RETRYABLE_STATUS or status >= 500
+
+    def delay(self, retries_taken: int, error: APIError | None = None, rand=random.random) -> float:
+        """Seconds to sleep before retry number `retries_taken + 1`."""
+        wait = parse_retry_after(error.headers) if error is not None else None
+        if wait is not None and math.isfinite(wait) and 0 < wait <= self.max_retry_after:
+            return wait
+        base = min(self.initial_delay * 2.0 ** min(retries_taken, 1000), self.max_delay)
+        # jitter takes up to 25% off, so a crowd of clients that failed together spreads out
+        return max(0.0, base * (1 - 0.25 * rand()))

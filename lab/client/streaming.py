@@ -1,0 +1,264 @@
+"""Streams: SSE lines in, typed chunks out, with an idle timeout between chunks and honest failures.
+
+`StreamState` is the I/O-free part (parse, account, detect errors and truncation) that `Stream` and
+`AsyncStream` share. A stream that breaks after its first chunk raises `StreamInterruptedError`
+carrying the partial text; it is never retried behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+from lab.client.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    StreamInterruptedError,
+    from_httpx,
+    make_status_error,
+)
+from lab.client.sse import SSEDecoder
+from lab.client.types import Chunk, Usage, cost_of
+
+
+class StreamState:
+    """Everything a stream learned so far. Times are `time.perf_counter()` values."""
+
+    __slots__ = ("decoder", "idle_timeout", "last_event_t", "done", "chunks", "text_parts", "usage",
+                 "finish_reason", "model", "first_chunk_t", "token_times", "request_id")
+
+    def __init__(self, idle_timeout: float | None, now: float, request_id: str | None = None):
+        self.decoder = SSEDecoder()
+        self.idle_timeout = idle_timeout
+        self.last_event_t = now
+        self.done = False
+        self.chunks = 0
+        self.text_parts: list[str] = []
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.model = ""
+        self.first_chunk_t: float | None = None
+        self.token_times: list[float] = []  # when each chunk with text arrived (ITL)
+        self.request_id = request_id
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    def feed_line(self, line: str, now: float) -> Chunk | None:
+        if self.idle_timeout is not None and now - self.last_event_t > self.idle_timeout:
+            # keep-alive comments arrive, but no data: the generation is stuck
+            raise APITimeoutError(f"stream idle: no chunk for more than {self.idle_timeout:g} s")
+        event = self.decoder.decode(line)
+        return None if event is None else self._on_event(event.event, event.data, now)
+
+    def feed_eof(self, now: float) -> Chunk | None:
+        event = self.decoder.flush()
+        chunk = None if event is None else self._on_event(event.event, event.data, now)
+        if not self.done and self.finish_reason is None:
+            raise APIConnectionError("stream ended without [DONE] and without a finish_reason: it was cut")
+        self.done = True  # a missing [DONE] after a finish_reason is tolerated: nothing was lost
+        return chunk
+
+    def _on_event(self, name: str, data: str, now: float) -> Chunk | None:
+        self.last_event_t = now
+        if data.strip() == "[DONE]":
+            self.done = True
+            return None
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            if name != "error":
+                raise APIConnectionError(f"malformed stream chunk: {data[:200]!r}") from None
+            payload = {"error": {"message": data}}  # an error event in plain text
+        if name == "error" or (isinstance(payload, dict) and "error" in payload):
+            raise _stream_error(payload, self.request_id)
+        chunk = Chunk.from_dict(payload)
+        self.chunks += 1
+        self.model = chunk.model or self.model
+        if self.first_chunk_t is None:
+            self.first_chunk_t = now
+        text = chunk.text
+        if text:
+            self.text_parts.append(text)
+            self.token_times.append(now)
+        for choice in chunk.choices:
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        return chunk
+
+    def interrupted(self, error: APIError) -> StreamInterruptedError:
+        if isinstance(error, StreamInterruptedError):
+            return error
+        return StreamInterruptedError(
+            f"stream failed after {self.chunks} chunk(s): {error}",
+            partial_text=self.text,
+            chunks_received=self.chunks,
+            cause=error,
+            status_code=error.status_code,
+            request_id=error.request_id or self.request_id,
+            body=error.body,
+            headers=error.headers,
+        )
+
+
+def _stream_error(payload: object, request_id: str | None) -> APIError:
+    """An error event: its `code` when that is an HTTP status, else a 500 (the server failed mid-way)."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    try:
+        status = int(code)
+    except (TypeError, ValueError):
+        status = 500
+    status = status if 400 <= status <= 599 else 500
+    return make_status_error(status, payload if isinstance(payload, dict) else {"error": payload},
+                             request_id=request_id)
+
+
+class _StreamBase:
+    """What a finished (or failed) stream reports, like a non-streaming result."""
+
+    def __init__(self, response: httpx.Response, state: StreamState, first: Chunk | None, *, start_t: float,
+                 retries: int, provider: str | None, on_close):
+        self.response = response
+        self.state = state
+        self._pending = first
+        self.start_t = start_t
+        self.retries = retries
+        self.provider = provider
+        self._on_close = on_close  # releases the concurrency slot and settles the token estimate
+        self.end_t: float | None = None
+        self.closed = False
+
+    text = property(lambda self: self.state.text)
+    usage = property(lambda self: self.state.usage)
+    finish_reason = property(lambda self: self.state.finish_reason)
+    request_id = property(lambda self: self.state.request_id)
+
+    @property
+    def ttft_s(self) -> float | None:
+        t = self.state.token_times[0] if self.state.token_times else self.state.first_chunk_t
+        return None if t is None else t - self.start_t
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.end_t is None else self.end_t - self.start_t
+
+    @property
+    def cost_usd(self) -> float | None:
+        return cost_of(self.state.model, self.state.usage, self.provider)
+
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.end_t = time.perf_counter()
+            self._on_close(self.state.usage)
+
+    def _fail(self, exc: Exception) -> StreamInterruptedError:
+        error = exc if isinstance(exc, APIError) else from_httpx(exc)
+        return self.state.interrupted(error)
+
+
+class Stream(_StreamBase):
+    """Iterate for `Chunk`s; afterwards `.text`, `.usage`, `.ttft_s`, `.latency_s`, `.cost_usd`."""
+
+    def __init__(self, *args, lines, **kw):
+        super().__init__(*args, **kw)
+        self._lines = lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._pending is not None:
+            chunk, self._pending = self._pending, None
+            return chunk
+        if self.closed:
+            raise StopIteration
+        try:
+            chunk = next_chunk(self.state, self._lines)
+        except (APIError, httpx.HTTPError) as exc:
+            self.close()
+            raise self._fail(exc) from exc
+        if chunk is None:
+            self.close()
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        self.response.close()
+        self._finish()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class AsyncStream(_StreamBase):
+    """`async for chunk in stream`; the same summary attributes as `Stream`."""
+
+    def __init__(self, *args, lines, **kw):
+        super().__init__(*args, **kw)
+        self._lines = lines
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._pending is not None:
+            chunk, self._pending = self._pending, None
+            return chunk
+        if self.closed:
+            raise StopAsyncIteration
+        try:
+            chunk = await anext_chunk(self.state, self._lines)
+        except (APIError, httpx.HTTPError) as exc:
+            await self.aclose()
+            raise self._fail(exc) from exc
+        if chunk is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+        self._finish()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+
+def next_chunk(state: StreamState, lines) -> Chunk | None:
+    """The next chunk from a line iterator, or None at the end. Raises our errors and httpx's."""
+    now = time.perf_counter
+    while not state.done:
+        line = next(lines, None)
+        if line is None:
+            return state.feed_eof(now())
+        chunk = state.feed_line(line, now())
+        if chunk is not None:
+            return chunk
+    return None
+
+
+async def anext_chunk(state: StreamState, lines) -> Chunk | None:
+    now = time.perf_counter
+    while not state.done:
+        try:
+            line = await lines.__anext__()
+        except StopAsyncIteration:
+            return state.feed_eof(now())
+        chunk = state.feed_line(line, now())
+        if chunk is not None:
+            return chunk
+    return None
