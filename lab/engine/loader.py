@@ -67,6 +67,8 @@ def load_model(folder: str | Path | None, device: torch.device, dtype: torch.dty
     with torch.device("meta"):
         model = build_model(config)
     model = model.to_empty(device=device)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
     load_weights(model, folder)
     model.to(dtype).eval()
     tokenizer = None

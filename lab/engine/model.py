@@ -186,7 +186,11 @@ class CausalLM(nn.Module):
         self.config = c
         self.model = LlamaBody(c)
         self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
-        if c.tie_word_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        # called again after materialising from the meta device, which unties shared tensors
+        if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property

@@ -1,0 +1,243 @@
+"""Engine behaviour: block accounting, aborts, prefix caching, seeds, stop strings, static batching,
+workload replay, streaming, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lab.engine import LLM, SamplingParams
+from lab.engine.config import EngineConfig
+from lab.workload import RequestSpec, Workload, synthetic
+
+GREEDY = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+
+
+def make_llm(folder, **kw):
+    return LLM(folder, device="cpu", dtype="float32", **kw)
+
+
+def test_all_blocks_free_after_finish_and_abort(tiny_llama):
+    llm = make_llm(tiny_llama, num_blocks=64, block_size=4, max_num_seqs=4)
+    engine = llm.engine
+    for i in range(8):
+        engine.add_request(list(range(1, 10 + i)), SamplingParams(max_tokens=40, temperature=0, ignore_eos=True), f"r{i}")
+    for _ in range(5):
+        engine.step()
+    assert engine.block_manager.num_used > 0
+    assert engine.abort("r1") and engine.abort("r6")  # one running, one still waiting
+    assert not engine.abort("r1"), "aborting twice reports that it already ended"
+    events = engine.step()
+    assert {e.request_id for e in events if e.finish_reason == "abort"} == {"r1", "r6"}
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.block_manager.num_used == 0
+    assert engine.seqs["r1"].finish_reason == "abort"
+    assert engine.metrics(engine.seqs["r6"]).status == "aborted"
+    assert all(engine.seqs[f"r{i}"].finish_reason == "length" for i in (0, 2, 3, 4, 5, 7))
+
+
+def test_prefix_cache_hits_reuse_blocks_and_change_nothing(tiny_llama):
+    shared = list(range(5, 45))  # 40 tokens = 10 full blocks of 4
+    prompts = [shared + [i, i + 1] for i in range(6)]
+    cached = make_llm(tiny_llama, block_size=4, enable_prefix_caching=True)
+    first = cached.generate(prompts[:1], GREEDY, use_tqdm=False)
+    rest = cached.generate(prompts[1:], GREEDY, use_tqdm=False)
+    assert cached.engine.block_manager.prefix_hits >= 10 * 5
+    assert all(s.num_cached_tokens == 40 for s in cached.engine.seqs.values() if s.request_id != first[0].request_id)
+    plain = make_llm(tiny_llama, block_size=4, enable_prefix_caching=False)
+    expected = plain.generate(prompts, GREEDY, use_tqdm=False)
+    assert [o.token_ids for o in first + rest] == [o.token_ids for o in expected]
+    assert plain.engine.block_manager.prefix_hits == 0
+    assert cached.engine.block_manager.num_used == 0
+
+
+def test_prefill_computes_only_uncached_tokens(tiny_llama):
+    llm = make_llm(tiny_llama, block_size=4)
+    llm.generate([list(range(1, 30))], GREEDY, use_tqdm=False)
+    steps_before = len(llm.engine.trace)
+    llm.generate([list(range(1, 30))], GREEDY, use_tqdm=False)
+    # 29 tokens: 7 full blocks hit; only the 29th token is prefilled again
+    assert llm.engine.trace[steps_before].prefill_tokens == 1
+
+
+def test_seeded_sampling_repeats_regardless_of_batch(tiny_llama):
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, top_k=40, seed=7)
+    alone = make_llm(tiny_llama).generate([[3, 4, 5]], params, use_tqdm=False)[0].token_ids
+    batched = make_llm(tiny_llama).generate([[9, 9], [3, 4, 5], [1]], [GREEDY, params, GREEDY], use_tqdm=False)[1]
+    assert batched.token_ids == alone
+    other_seed = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, top_k=40, seed=8)
+    assert make_llm(tiny_llama).generate([[3, 4, 5]], other_seed, use_tqdm=False)[0].token_ids != alone
+
+
+def test_top_k_one_is_greedy(tiny_llama):
+    llm = make_llm(tiny_llama)
+    greedy = llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids
+    top1 = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=16, temperature=1.5, top_k=1, seed=3, ignore_eos=True),
+                        use_tqdm=False)[0].token_ids
+    assert top1 == greedy
+
+
+def test_stop_strings_cut_text_and_set_finish_reason(tiny_llama):
+    llm = make_llm(tiny_llama)
+    free = llm.generate(["Hello"], SamplingParams(max_tokens=30, temperature=0), use_tqdm=False)[0]
+    assert free.finish_reason == "length" and len(free.text) == 30
+    stop = free.text[10:13]
+    first = free.text.find(stop)
+    cut = llm.generate(["Hello"], SamplingParams(max_tokens=30, temperature=0, stop=[stop]), use_tqdm=False)[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[:first]
+    assert stop not in cut.text
+    streamed = "".join(e.text for e in llm.stream(["Hello"], SamplingParams(max_tokens=30, temperature=0, stop=stop)))
+    assert streamed == cut.text, "streaming never leaks the start of a stop string"
+
+
+def test_stop_token_ids_and_max_tokens(tiny_llama):
+    llm = make_llm(tiny_llama)
+    free = llm.generate([[1, 2]], GREEDY, use_tqdm=False)[0]
+    stop_id = free.token_ids[5]
+    out = llm.generate([[1, 2]], SamplingParams(max_tokens=16, temperature=0, stop_token_ids=[stop_id]), use_tqdm=False)[0]
+    assert out.finish_reason == "stop"
+    assert out.token_ids == free.token_ids[: free.token_ids.index(stop_id) + 1]
+
+
+def test_static_batch_admits_nothing_until_it_ends(tiny_llama):
+    llm = make_llm(tiny_llama, policy="static", max_num_seqs=4)
+    lens = [4, 12, 4, 4, 2, 2, 2, 2]
+    outs = llm.generate([[i + 1, 2, 3] for i in range(8)],
+                        [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lens], use_tqdm=False)
+    first_batch = {o.request_id for o in outs[:4]}
+    second_batch = {o.request_id for o in outs[4:]}
+    trace = llm.engine.trace
+    first_second = min(i for i, s in enumerate(trace) if {r for r, _ in s.batch} & second_batch)
+    last_first = max(i for i, s in enumerate(trace) if {r for r, _ in s.batch} & first_batch)
+    assert first_second > last_first, "static batching admitted a request while its batch was running"
+    assert last_first == 11, "the batch lasts as long as its longest member (12 tokens)"
+    assert any(s.idle_slots == 3 for s in trace[:12]), "finished members leave their slots idle"
+    continuous = make_llm(tiny_llama, policy="continuous", max_num_seqs=4)
+    continuous.generate([[i + 1, 2, 3] for i in range(8)],
+                        [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lens], use_tqdm=False)
+    assert len(continuous.engine.trace) < len(trace)
+
+
+def test_static_waits_for_a_full_batch_or_timeout(tiny_llama):
+    llm = make_llm(tiny_llama, policy="static", max_num_seqs=4, static_batch_timeout_s=60)
+    llm.engine.add_request([1, 2, 3], GREEDY)
+    assert llm.engine.step() == [] and not llm.engine.trace, "one request must wait for the batch to fill"
+    llm.engine.step(flush=True)
+    assert len(llm.engine.trace) == 1, "flush (no more arrivals) starts the partial batch"
+
+
+def test_run_workload_respects_arrivals(tiny_llama):
+    llm = make_llm(tiny_llama, max_num_seqs=8)
+    wl = synthetic(12, rate=40.0, prompt_lens=[5, 9, 14] * 4, output_lens=8, seed=3)
+    result = llm.run_workload(wl, progress=False)
+    assert [r.request_id for r in result.requests] == [r.id for r in wl]
+    for spec, m in zip(wl, result.requests):
+        assert m.ok and m.output_tokens == 8 and m.prompt_tokens == spec.prompt_len
+        assert m.arrival_s == pytest.approx(spec.arrival_s)
+        assert m.arrival_s <= m.first_scheduled_s <= m.first_token_s <= m.finish_s
+        assert len(m.token_times_s) == 8
+    s = result.summary()
+    assert s["completed"] == 12 and s["total_output_tokens"] == 96
+    assert result.steps and result.steps[0].start_s >= 0
+
+
+def test_run_workload_text_prompts(tiny_llama):
+    llm = make_llm(tiny_llama)
+    wl = Workload([RequestSpec("a", prompt="To be", output_len=5), RequestSpec("b", prompt_token_ids=[1, 2], output_len=3)])
+    result = llm.run_workload(wl, progress=False)
+    assert [r.output_tokens for r in result.requests] == [5, 3]
+    assert result.requests[0].prompt_tokens == 5
+
+
+def test_stream_events_rebuild_generate_output(tiny_llama):
+    llm = make_llm(tiny_llama)
+    params = SamplingParams(max_tokens=12, temperature=0)
+    expected = llm.generate(["abc", "hello there"], params, use_tqdm=False)
+    events = list(llm.stream(["abc", "hello there"], params))
+    by_request: dict[str, list] = {}
+    for e in events:
+        by_request.setdefault(e.request_id, []).append(e)
+    texts = ["".join(e.text for e in evs) for evs in by_request.values()]
+    assert texts == [o.text for o in expected]
+    assert all(evs[-1].finished and evs[-1].finish_reason == "length" for evs in by_request.values())
+
+
+def test_trace_records_every_step(tiny_llama):
+    llm = make_llm(tiny_llama, max_num_seqs=4)
+    llm.generate([[1] * 10] * 6, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True), use_tqdm=False)
+    trace = llm.engine.trace
+    assert [s.step for s in trace] == list(range(len(trace)))
+    assert sum(s.num_finished for s in trace) == 6
+    assert sum(n for s in trace for _, n in s.batch) == sum(s.prefill_tokens + s.decode_seqs for s in trace)
+    assert all(s.num_running <= 4 for s in trace)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+def test_empty_prompt_rejected(tiny_llama):
+    llm = make_llm(tiny_llama)
+    with pytest.raises(ValueError, match="prompt: must not be empty"):
+        llm.generate([""], GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt: must not be empty"):
+        llm.generate([[]], GREEDY, use_tqdm=False)
+
+
+def test_max_tokens_below_one_rejected():
+    with pytest.raises(ValueError, match="max_tokens: must be an integer >= 1"):
+        SamplingParams(max_tokens=0)
+
+
+def test_prompt_longer_than_context_rejected(tiny_llama):
+    llm = make_llm(tiny_llama)  # max_position_embeddings = 256
+    with pytest.raises(ValueError, match=r"prompt: 300 tokens .*max_model_len=256"):
+        llm.generate([[1] * 300], GREEDY, use_tqdm=False)
+
+
+def test_token_id_outside_vocabulary_rejected(tiny_llama):
+    with pytest.raises(ValueError, match=r"prompt: token id 999 is outside the vocabulary \[0, 95\)"):
+        make_llm(tiny_llama).generate([[1, 999]], GREEDY, use_tqdm=False)
+
+
+def test_unknown_policy_rejected():
+    with pytest.raises(ValueError, match="policy: unknown value 'fifo'; allowed: static, continuous"):
+        EngineConfig(policy="fifo")
+
+
+def test_unknown_engine_argument_rejected(tiny_llama):
+    with pytest.raises(TypeError, match="unknown argument"):
+        make_llm(tiny_llama, max_batch=3)
+
+
+def test_unsupported_architecture_rejected(tmp_path, tiny_llama):
+    config = json.loads((tiny_llama / "config.json").read_text())
+    config["architectures"] = ["MambaForCausalLM"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"architectures: \['MambaForCausalLM'\] is not supported; allowed: LlamaForCausalLM"):
+        make_llm(tmp_path)
+
+
+def test_request_that_cannot_fit_the_cache_rejected(tiny_llama):
+    llm = make_llm(tiny_llama, num_blocks=4, block_size=4)
+    with pytest.raises(ValueError, match="max_tokens: prompt \\+ max_tokens = 26 tokens cannot fit"):
+        llm.generate([[1] * 10], SamplingParams(max_tokens=16), use_tqdm=False)
+
+
+def test_bad_dtype_and_device_rejected(tiny_llama):
+    with pytest.raises(ValueError, match="dtype: unknown value 'float8'"):
+        LLM(tiny_llama, device="cpu", dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda' requested but CUDA is not available"):
+            LLM(tiny_llama, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; this machine has none")
+def test_cuda_matches_cpu_greedy(tiny_llama):
+    prompts = [[1, 2, 3], list(range(4, 40)), [7] * 17]
+    cpu = make_llm(tiny_llama).generate(prompts, GREEDY, use_tqdm=False)
+    gpu = LLM(tiny_llama, device="cuda", dtype="float32").generate(prompts, GREEDY, use_tqdm=False)
+    assert [o.token_ids for o in gpu] == [o.token_ids for o in cpu]
