@@ -34,6 +34,7 @@ class Client(BaseClient):
         super().__init__(*args, **kw)
         self._http = http_client or httpx.Client(timeout=self.timeout, limits=DEFAULT_POOL,
                                                  transport=self.transport, follow_redirects=True)
+        self._http.headers.update(self.headers)  # auth and user-agent on every request
         self._limiter = SyncLimiter(self.limits) if self.limits.active else None
 
     def close(self) -> None:
@@ -138,6 +139,7 @@ class AsyncClient(BaseClient):
         super().__init__(*args, **kw)
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout, limits=DEFAULT_POOL,
                                                       transport=self.transport, follow_redirects=True)
+        self._http.headers.update(self.headers)  # auth and user-agent on every request
         self._limiter = AsyncLimiter(self.limits) if self.limits.active else None
 
     async def close(self) -> None:

@@ -44,7 +44,7 @@ _PLACEHOLDER = re.compile(
 
 
 def is_placeholder(key: str) -> bool:
-    return _PLACEHOLDER.match(key.strip()) is not None
+    return not key.strip() or _PLACEHOLDER.match(key.strip()) is not None
 
 
 def mask_key(key: str | None) -> str:
@@ -85,7 +85,7 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
         source = f"environment variable {preset.env_var}"
     else:
         source = "api_key argument"
-    if api_key is not None and (not api_key.strip() or is_placeholder(api_key)):
+    if api_key is not None and is_placeholder(api_key):
         hint = f"set the environment variable {preset.env_var}" if preset else "pass your real key as api_key=..."
         raise MissingAPIKeyError(f"the API key from the {source} looks like a placeholder ({mask_key(api_key)}); {hint}")
     if api_key is None and preset is not None and preset.key_required:

@@ -1,0 +1,165 @@
+"""lab.client.run_batch: one record per input in input order, append+flush, resume from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import httpx
+import pytest
+
+from lab.client import AsyncClient, Client, RetryPolicy, arun_batch, run_batch
+from lab.client.batch import normalize
+
+KEY = "sk-test-0123456789abcdef"
+NO_WAIT = RetryPolicy(max_retries=2, initial_delay=0.0, max_delay=0.0)
+
+
+class FlakyServer:
+    """Answers chat completions; prompts name their fate: "flaky-N" fails N times with 503, "bad" is a 400,
+    "limited" gets one 429, "dead" always fails with 500."""
+
+    def __init__(self):
+        self.sent = Counter()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        prompt = body["messages"][-1]["content"]
+        self.sent[prompt] += 1
+        n = self.sent[prompt]
+        if prompt == "bad":
+            return httpx.Response(400, json={"error": {"message": "bad prompt"}})
+        if prompt == "dead":
+            return httpx.Response(500, json={"error": {"message": "down"}})
+        if prompt == "limited" and n == 1:
+            return httpx.Response(429, json={"error": {"message": "slow down"}}, headers={"retry-after-ms": "1"})
+        if prompt.startswith("flaky-") and n <= int(prompt.split("-")[1]):
+            return httpx.Response(503, json={"error": {"message": "busy"}})
+        return httpx.Response(200, json={
+            "id": f"c-{prompt}", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": prompt.upper()},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}})
+
+
+def batch_line(cid, prompt):
+    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}}
+
+
+def client_for(server, cls=Client):
+    return cls(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(server), retry=NO_WAIT)
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+PROMPTS = ["a", "flaky-1", "bad", "b", "flaky-2", "limited", "dead", "c", "flaky-5", "d"]
+
+
+def test_every_input_gets_exactly_one_record_in_order(tmp_path):
+    server = FlakyServer()
+    out = tmp_path / "out.jsonl"
+    requests = [batch_line(f"r{i}", p) for i, p in enumerate(PROMPTS)]
+    records = run_batch(client_for(server), requests, concurrency=4, checkpoint=out, progress=False)
+    assert [r["custom_id"] for r in records] == [f"r{i}" for i in range(len(PROMPTS))]
+    assert [r["index"] for r in records] == list(range(len(PROMPTS)))
+    lines = read_lines(out)
+    assert sorted(r["custom_id"] for r in lines) == sorted(r["custom_id"] for r in records)  # each id once
+    by_prompt = dict(zip(PROMPTS, records))
+    assert by_prompt["a"]["response"]["body"]["choices"][0]["message"]["content"] == "A"
+    assert by_prompt["flaky-1"]["error"] is None and by_prompt["flaky-1"]["retries"] == 1
+    assert by_prompt["flaky-2"]["error"] is None and by_prompt["flaky-2"]["retries"] == 2
+    assert by_prompt["limited"]["error"] is None and by_prompt["limited"]["retries"] == 1
+    assert by_prompt["bad"]["error"]["type"] == "BadRequestError" and by_prompt["bad"]["retries"] == 0
+    assert by_prompt["bad"]["response"]["status_code"] == 400
+    assert by_prompt["dead"]["error"] == {"type": "InternalServerError", "message": "down", "status_code": 500,
+                                          "request_id": None}
+    assert by_prompt["dead"]["retries"] == 2 and by_prompt["flaky-5"]["error"]["type"] == "InternalServerError"
+    # every retryable failure was retried up to the limit, non-retryable ones sent once
+    assert server.sent["bad"] == 1 and server.sent["dead"] == 3 and server.sent["flaky-2"] == 3
+
+
+def test_rerun_with_checkpoint_sends_nothing_again(tmp_path):
+    server = FlakyServer()
+    out = tmp_path / "out.jsonl"
+    requests = [batch_line(f"r{i}", p) for i, p in enumerate(PROMPTS)]
+    first = run_batch(client_for(server), requests, checkpoint=out, progress=False)
+    sent_before = sum(server.sent.values())
+    again = run_batch(client_for(server), requests, checkpoint=out, progress=False)
+    assert sum(server.sent.values()) == sent_before  # errors count as done unless retry_errors
+    assert again == first and len(read_lines(out)) == len(PROMPTS)
+
+
+def test_resume_after_a_killed_run_skips_finished_and_ignores_a_torn_line(tmp_path):
+    server = FlakyServer()
+    out = tmp_path / "out.jsonl"
+    requests = [batch_line(f"r{i}", p) for i, p in enumerate(["a", "b", "c", "d", "e"])]
+    run_batch(client_for(server), requests[:2], checkpoint=out, progress=False)
+    with open(out, "a") as f:
+        f.write('{"custom_id": "r2", "response": {"stat')  # the process died mid-write
+    server.sent.clear()
+    records = run_batch(client_for(server), requests, checkpoint=out, progress=False)
+    assert set(server.sent) == {"c", "d", "e"} and all(n == 1 for n in server.sent.values())
+    assert [r["custom_id"] for r in records] == ["r0", "r1", "r2", "r3", "r4"]
+    assert all(r["error"] is None for r in records)
+    lines = read_lines(out)  # rewritten: the torn line is gone, one line per id
+    assert sorted(r["custom_id"] for r in lines) == ["r0", "r1", "r2", "r3", "r4"]
+
+
+def test_retry_errors_reruns_only_failed_records(tmp_path):
+    server = FlakyServer()
+    out = tmp_path / "out.jsonl"
+    requests = [batch_line("ok", "a"), batch_line("later", "flaky-3")]
+    first = run_batch(client_for(server), requests, checkpoint=out, progress=False)
+    assert first[1]["error"]["type"] == "InternalServerError"
+    before = server.sent.copy()
+    second = run_batch(client_for(server), requests, checkpoint=out, progress=False, retry_errors=True)
+    assert dict(server.sent - before) == {"flaky-3": 1}
+    assert second[1]["error"] is None and second[0] == first[0]
+    assert [r["custom_id"] for r in read_lines(out)] == ["ok", "later"]
+
+
+def test_records_are_flushed_as_they_complete(tmp_path):
+    out = tmp_path / "out.jsonl"
+    seen_on_disk = []
+    server = FlakyServer()
+
+    def watching(request):
+        seen_on_disk.append(len(read_lines(out)) if out.exists() else 0)
+        return server(request)
+
+    requests = [batch_line(f"r{i}", p) for i, p in enumerate("abcd")]
+    run_batch(client_for(watching), requests, concurrency=1, checkpoint=out, progress=False)
+    assert seen_on_disk == [0, 1, 2, 3]
+
+
+async def test_arun_batch_in_a_running_loop_and_run_batch_there_too(tmp_path):
+    server = FlakyServer()
+    async with client_for(server, AsyncClient) as client:
+        records = await arun_batch(client, [{"model": "m", "messages": [{"role": "user", "content": "x"}]}],
+                                   progress=False)
+    assert records[0]["custom_id"] == "0" and records[0]["error"] is None
+    # run_batch from inside a running loop (a notebook cell without await) runs on a helper thread
+    records = run_batch(client_for(server), [batch_line("q", "y")], checkpoint=tmp_path / "o.jsonl", progress=False)
+    assert records[0]["response"]["body"]["choices"][0]["message"]["content"] == "Y"
+
+
+def test_no_checkpoint_and_completions_bodies():
+    def handler(request):
+        assert request.url.path == "/v1/completions"
+        return httpx.Response(200, json={"id": "t", "object": "text_completion", "model": "m",
+                                         "choices": [{"index": 0, "text": "!", "finish_reason": "stop"}]})
+
+    records = run_batch(client_for(handler), [{"model": "m", "prompt": "hi", "stream": True}], progress=False)
+    assert records[0]["response"]["body"]["choices"][0]["text"] == "!"
+
+
+def test_bad_inputs_fail_before_sending():
+    with pytest.raises(ValueError, match="appears twice"):
+        normalize([batch_line("x", "a"), batch_line("x", "b")])
+    with pytest.raises(ValueError, match="allowed: /v1/chat/completions, /v1/completions"):
+        normalize([{"custom_id": "e", "url": "/v1/embeddings", "body": {}}])
+    with pytest.raises(ValueError, match="concurrency"):
+        run_batch(client_for(FlakyServer()), [], concurrency=0, progress=False)

@@ -1,0 +1,376 @@
+"""lab.client: error classes, the retry policy, provider presets and key checks, client-side limits."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+
+import httpx
+import pytest
+
+from lab.client import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncClient,
+    AuthenticationError,
+    BadRequestError,
+    Client,
+    ConflictError,
+    InternalServerError,
+    MissingAPIKeyError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RateLimits,
+    RetryPolicy,
+    UnprocessableEntityError,
+)
+from lab.client.limits import RateLimiter, parse_reset
+from lab.client.providers import is_placeholder, mask_key
+from lab.client.retry import MAX_RETRY_AFTER, parse_retry_after
+
+KEY = "sk-test-0123456789abcdef"
+OK_BODY = {"id": "c1", "object": "chat.completion", "model": "m",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+MESSAGES = [{"role": "user", "content": "hello"}]
+NO_WAIT = RetryPolicy(max_retries=2, initial_delay=0.0, max_delay=0.0)
+
+
+def scripted(*steps):
+    """A handler answering each call with the next step (a Response, or an exception to raise)."""
+    calls = []
+
+    def handler(request: httpx.Request):
+        step = steps[min(len(calls), len(steps) - 1)]
+        calls.append(request)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    return handler, calls
+
+
+def client_for(handler, **kw) -> Client:
+    kw.setdefault("retry", NO_WAIT)
+    return Client(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler), **kw)
+
+
+def err(status, message="nope", headers=None):
+    return httpx.Response(status, json={"error": {"message": message, "type": "x", "code": None}},
+                          headers={"x-request-id": "req-42", **(headers or {})})
+
+
+# ---- each error class, with status, request id and the server's message
+
+
+@pytest.mark.parametrize("status,cls", [
+    (400, BadRequestError), (401, AuthenticationError), (403, PermissionDeniedError), (404, NotFoundError),
+    (409, ConflictError), (422, UnprocessableEntityError), (429, RateLimitError), (500, InternalServerError),
+    (503, InternalServerError), (418, APIStatusError),
+])
+def test_status_maps_to_error_class(status, cls):
+    handler, calls = scripted(err(status, "server says no"))
+    with pytest.raises(cls) as info:
+        client_for(handler, max_retries=0, retry=None).chat.completions.create(model="m", messages=MESSAGES)
+    e = info.value
+    assert type(e) is cls
+    assert (e.status_code, e.request_id, e.message) == (status, "req-42", "server says no")
+    assert "server says no" in str(e) and "req-42" in str(e)
+    assert len(calls) == 1
+
+
+def test_error_message_from_fastapi_detail_and_plain_text():
+    handler, _ = scripted(httpx.Response(404, json={"detail": "Not Found"}))
+    with pytest.raises(NotFoundError, match="Not Found"):
+        client_for(handler).models.list()
+    handler, _ = scripted(httpx.Response(400, text="bad gateway html"))
+    with pytest.raises(BadRequestError, match="bad gateway html"):
+        client_for(handler).models.list()
+
+
+def test_rate_limit_error_carries_retry_after():
+    handler, _ = scripted(err(429, headers={"retry-after": "7"}))
+    with pytest.raises(RateLimitError) as info:
+        client_for(handler, retry=RetryPolicy(max_retries=0)).chat.completions.create(model="m", messages=MESSAGES)
+    assert info.value.retry_after == 7.0
+
+
+# ---- which failures are retried
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried(status):
+    handler, calls = scripted(err(status), err(status), httpx.Response(200, json=OK_BODY))
+    resp = client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
+    assert resp.text == "hi" and resp.retries == 2 and len(calls) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_errors_are_not_retried(status):
+    handler, calls = scripted(err(status), httpx.Response(200, json=OK_BODY))
+    with pytest.raises(APIStatusError):
+        client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
+    assert len(calls) == 1
+
+
+def test_retries_stop_after_max_retries_and_report_it():
+    handler, calls = scripted(err(503))
+    with pytest.raises(InternalServerError) as info:
+        client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
+    assert len(calls) == 3 and info.value.retries_taken == 2
+
+
+def test_x_should_retry_header_overrides_status():
+    handler, calls = scripted(err(400, headers={"x-should-retry": "true"}), httpx.Response(200, json=OK_BODY))
+    assert client_for(handler).chat.completions.create(model="m", messages=MESSAGES).retries == 1
+    assert len(calls) == 2
+    handler, calls = scripted(err(503, headers={"x-should-retry": "false"}))
+    with pytest.raises(InternalServerError):
+        client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("exc,cls", [
+    (httpx.ConnectError("refused"), APIConnectionError),
+    (httpx.RemoteProtocolError("peer closed"), APIConnectionError),
+    (httpx.ConnectTimeout("slow"), APITimeoutError),
+    (httpx.ReadTimeout("slow"), APITimeoutError),
+    (httpx.WriteTimeout("slow"), APITimeoutError),
+    (httpx.PoolTimeout("busy"), APITimeoutError),
+])
+def test_connection_errors_and_timeouts_are_retried_then_typed(exc, cls):
+    handler, calls = scripted(exc)
+    with pytest.raises(cls) as info:
+        client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
+    assert type(info.value) is cls and info.value.status_code is None
+    assert len(calls) == 3
+    handler, calls = scripted(exc, httpx.Response(200, json=OK_BODY))
+    assert client_for(handler).chat.completions.create(model="m", messages=MESSAGES).retries == 1
+
+
+async def test_async_client_retries_the_same_way():
+    handler, calls = scripted(err(429, headers={"retry-after-ms": "1"}), httpx.ConnectError("x"),
+                              httpx.Response(200, json=OK_BODY))
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler),
+                           retry=NO_WAIT) as client:
+        resp = await client.chat.completions.create(model="m", messages=MESSAGES)
+    assert resp.text == "hi" and resp.retries == 2 and len(calls) == 3
+
+
+def test_retry_after_header_is_waited_for(monkeypatch):
+    slept = []
+    monkeypatch.setattr("lab.client.client.time.sleep", slept.append)
+    handler, _ = scripted(err(429, headers={"retry-after": "3"}), err(429, headers={"retry-after-ms": "250"}),
+                          httpx.Response(200, json=OK_BODY))
+    client_for(handler, retry=RetryPolicy(max_retries=2)).chat.completions.create(model="m", messages=MESSAGES)
+    assert slept == [3.0, 0.25]
+
+
+# ---- the delay itself
+
+
+def test_parse_retry_after_forms():
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5  # ms wins
+    assert parse_retry_after({"retry-after": "2.5"}) == 2.5
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after({"retry-after": date}, now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_delay_honours_retry_after_in_both_forms():
+    policy = RetryPolicy()
+    assert policy.delay(0, RateLimitError("x", headers={"retry-after": "4"})) == 4.0
+    assert policy.delay(0, RateLimitError("x", headers={"retry-after-ms": "40"})) == 0.04
+    future = email.utils.formatdate(time.time() + 20, usegmt=True)
+    assert 18 <= policy.delay(0, RateLimitError("x", headers={"retry-after": future})) <= 20
+
+
+def test_retry_after_over_the_cap_is_not_retried():
+    over = str(int(MAX_RETRY_AFTER) + 1)
+    handler, calls = scripted(err(429, headers={"retry-after": over}), httpx.Response(200, json=OK_BODY))
+    with pytest.raises(RateLimitError) as info:
+        client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
+    assert len(calls) == 1 and info.value.retry_after == MAX_RETRY_AFTER + 1
+    # and the delay ignores it, falling back to backoff, should anyone ask
+    assert RetryPolicy().delay(0, RateLimitError("x", headers={"retry-after": over})) <= 0.5
+
+
+def test_backoff_bounds_exponential_capped_with_jitter():
+    policy = RetryPolicy(max_retries=10)
+    for n, base in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0), (50, 8.0)]:
+        assert policy.delay(n, rand=lambda: 0.0) == base  # no jitter: the full step
+        assert policy.delay(n, rand=lambda: 1.0) == 0.75 * base  # most jitter: a quarter off
+        assert 0.75 * base <= policy.delay(n) <= base
+    # a zero or negative retry-after falls back to backoff too
+    assert policy.delay(0, RateLimitError("x", headers={"retry-after": "0"}), rand=lambda: 0.0) == 0.5
+
+
+def test_retry_policy_validates():
+    with pytest.raises(ValueError, match="max_retries"):
+        RetryPolicy(max_retries=-1)
+
+
+# ---- providers and keys
+
+
+def test_placeholder_key_refused_before_any_request(monkeypatch):
+    handler, calls = scripted(httpx.Response(200, json=OK_BODY))
+    monkeypatch.setenv("OPENAI_API_KEY", "YOUR_OPENAI_API_KEY")
+    with pytest.raises(MissingAPIKeyError, match="OPENAI_API_KEY"):
+        Client(provider="openai", transport=httpx.MockTransport(handler))
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(MissingAPIKeyError, match="set the environment variable OPENAI_API_KEY"):
+        Client(provider="openai", transport=httpx.MockTransport(handler))
+    monkeypatch.setenv("HOLYSHEEP_API_KEY", "<your key>")
+    with pytest.raises(MissingAPIKeyError, match="HOLYSHEEP_API_KEY"):
+        AsyncClient(provider="holysheep")
+    with pytest.raises(MissingAPIKeyError, match="api_key"):
+        Client(base_url="http://test/v1", api_key="sk-...")
+    assert calls == []
+
+
+def test_provider_presets_and_key_from_env(monkeypatch):
+    monkeypatch.setenv("HOLYSHEEP_API_KEY", "hs-real-key-0123456789")
+    c = Client(provider="holysheep")
+    assert c.base_url == "https://api.holysheep.ai/v1" and c.api_key == "hs-real-key-0123456789"
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-deepseek-0123456789")
+    c = Client(base_url="https://api.deepseek.com/v1")  # a known host finds its variable
+    assert c.provider == "deepseek" and c.api_key == "sk-deepseek-0123456789"
+    monkeypatch.delenv("BATCHING_LAB_API_KEY", raising=False)
+    assert Client(provider="local").api_key is None  # local servers need no key
+    with pytest.raises(ValueError, match="allowed: local, vllm, openai"):
+        Client(provider="nope")
+    with pytest.raises(ValueError, match="base_url"):
+        Client()
+
+
+def test_key_never_shown_in_full():
+    c = Client(base_url="http://test/v1", api_key=KEY)
+    assert KEY not in repr(c) and mask_key(KEY) in repr(c)
+    assert mask_key(KEY) == "sk-te...cdef" and mask_key("short") == "sh***" and mask_key(None) == "<none>"
+    sent = []
+    handler = lambda r: (sent.append(r.headers["authorization"]), httpx.Response(200, json=OK_BODY))[1]  # noqa: E731
+    client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
+    assert sent == [f"Bearer {KEY}"]
+
+
+@pytest.mark.parametrize("key", ["YOUR_OPENAI_API_KEY", "your-api-key", "<API_KEY>", "sk-xxxx", "sk-...", "  ",
+                                 "DEEPSEEK_API_KEY", "changeme"])
+def test_placeholder_patterns(key):
+    assert is_placeholder(key)
+
+
+@pytest.mark.parametrize("key", ["sk-proj-Ab12Cd34", "EMPTY", "sk-test", "hs-abcdef0123"])
+def test_real_looking_keys_pass(key):
+    assert not is_placeholder(key)
+
+
+# ---- limits
+
+
+def test_rpm_bucket_spaces_requests():
+    lim = RateLimiter(RateLimits(rpm=60))  # one request a second, no burst
+    assert lim.reserve(0, now=100.0) == 0.0
+    assert lim.reserve(0, now=100.0) == pytest.approx(1.0)
+    assert lim.reserve(0, now=100.5) == pytest.approx(0.5)
+    assert lim.reserve(0, now=101.0) == 0.0
+
+
+def test_tpm_bucket_weights_by_tokens_and_allows_one_big_request():
+    lim = RateLimiter(RateLimits(tpm=6000))  # 100 tokens a second
+    assert lim.reserve(60, now=0.0) == 0.0
+    assert lim.reserve(60, now=0.0) == pytest.approx(0.2)  # 20 missing at 100/s
+    assert lim.reserve(500, now=0.4) == pytest.approx(0.2)  # bigger than the bucket: waits until it is full
+    assert lim.reserve(500, now=0.6) == 0.0  # ... then goes, leaving the bucket in debt
+    assert lim.reserve(10, now=0.6) == pytest.approx((10 + 400) / 100)
+    lim.settle(est_tokens=500, used_tokens=100)  # the server counted less: refund
+    assert lim.reserve(10, now=0.6) == pytest.approx(0.1)
+
+
+def test_limiter_adapts_to_headers_and_429():
+    lim = RateLimiter(RateLimits())
+    lim.observe(200, {"x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "0",
+                      "x-ratelimit-reset-requests": "1.5s"}, now=10.0)
+    assert lim.requests is not None and lim.requests.per_minute == 120  # adopted the server's limit
+    assert lim.reserve(0, now=10.0) == pytest.approx(1.5)
+    assert lim.reserve(0, now=11.5) == 0.0
+    lim.observe(429, {"retry-after": "3"}, now=20.0)
+    assert lim.reserve(0, now=20.0) == pytest.approx(3.0)
+    lim.observe(429, {}, now=30.0)  # no retry-after: the default pause
+    assert lim.reserve(0, now=30.0) == pytest.approx(1.0)
+    assert parse_reset("6m0s") == 360 and parse_reset("20ms") == 0.02 and parse_reset("1h2m3.5s") == 3723.5
+    assert parse_reset("2") == 2.0 and parse_reset("") is None
+
+
+async def test_max_concurrency_caps_requests_in_flight():
+    import asyncio
+
+    inflight, peak = 0, 0
+
+    async def handler(request):
+        nonlocal inflight, peak
+        inflight += 1
+        peak = max(peak, inflight)
+        await asyncio.sleep(0.005)
+        inflight -= 1
+        return httpx.Response(200, json=OK_BODY)
+
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler),
+                           max_concurrency=3) as client:
+        await asyncio.gather(*(client.chat.completions.create(model="m", messages=MESSAGES) for _ in range(12)))
+    assert peak == 3
+
+
+def test_limits_validate():
+    with pytest.raises(ValueError, match="rpm must be > 0"):
+        RateLimits(rpm=0)
+
+
+# ---- results, cost, options
+
+
+def test_completion_fields_and_cost(monkeypatch):
+    import lab.client.types as types
+
+    def fake_cost(model, prompt, completion, cached=0, provider=None):
+        if model != "m":
+            raise ValueError("unknown model")
+        return prompt * 0.01 + completion * 0.1
+
+    monkeypatch.setattr(types, "_COST_FN", [fake_cost])
+    handler, calls = scripted(httpx.Response(200, json=OK_BODY, headers={"x-request-id": "abc"}))
+    r = client_for(handler).chat.completions.create(model="m", messages=MESSAGES, max_tokens=5,
+                                                    extra_body={"ignore_eos": True},
+                                                    extra_headers={"x-trace": "1"})
+    assert r.text == "hi" and r.finish_reason == "stop" and r.request_id == "abc"
+    assert r.usage.total_tokens == 4 and r.cost_usd == pytest.approx(0.13)
+    assert r.latency_s >= r.ttft_s >= 0
+    sent = json.loads(calls[0].content)
+    assert sent["ignore_eos"] is True and sent["max_tokens"] == 5 and calls[0].headers["x-trace"] == "1"
+    other = dict(OK_BODY, model="who-knows")
+    handler, _ = scripted(httpx.Response(200, json=other))
+    assert client_for(handler).chat.completions.create(model="x", messages=MESSAGES).cost_usd is None
+
+
+def test_models_list_and_timeouts():
+    handler, calls = scripted(httpx.Response(200, json={"object": "list", "data": [{"id": "tiny", "owned_by": "lab"}]}))
+    c = client_for(handler, timeout={"connect": 1.0, "read": 9.0})
+    assert [m.id for m in c.models.list()] == ["tiny"]
+    t = calls[0].extensions["timeout"]
+    assert t["connect"] == 1.0 and t["read"] == 9.0
+    with pytest.raises(ValueError, match="allowed: connect, read, write, pool"):
+        client_for(handler, timeout={"total": 3})
+    with pytest.raises(ValueError, match="model is required"):
+        c.chat.completions.create(messages=MESSAGES)
+
+
+def test_with_options_overrides_retries():
+    handler, calls = scripted(err(503))
+    with pytest.raises(InternalServerError):
+        client_for(handler).with_options(max_retries=0).chat.completions.create(model="m", messages=MESSAGES)
+    assert len(calls) == 1

@@ -1,0 +1,247 @@
+"""lab.client streaming: SSE parsing edge cases, chunks and final usage, idle timeout, interrupted streams."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from lab.client import (
+    APITimeoutError,
+    AsyncClient,
+    BadRequestError,
+    Client,
+    InternalServerError,
+    RetryPolicy,
+    StreamInterruptedError,
+)
+from lab.client.sse import SSEDecoder, iter_events
+
+KEY = "sk-test-0123456789abcdef"
+NO_WAIT = RetryPolicy(max_retries=2, initial_delay=0.0, max_delay=0.0)
+
+
+def chunk(text, finish=None, **extra):
+    body = {"id": "s1", "object": "text_completion", "model": "m",
+            "choices": [{"index": 0, "text": text, "finish_reason": finish}], **extra}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+USAGE = b'data: {"id": "s1", "object": "text_completion", "model": "m", "choices": [], ' \
+        b'"usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}}\n\n'
+DONE = b"data: [DONE]\n\n"
+
+
+def stream_handler(*bodies, calls=None):
+    """Each call streams the next body: a list of byte pieces, with exceptions raised where they appear."""
+    calls = [] if calls is None else calls
+
+    def handler(request):
+        pieces = bodies[min(len(calls), len(bodies) - 1)]
+        calls.append(json.loads(request.content))
+
+        def gen():
+            for p in pieces:
+                if isinstance(p, Exception):
+                    raise p
+                if callable(p):
+                    p()
+                    continue
+                yield p
+
+        return httpx.Response(200, content=gen(), headers={"content-type": "text/event-stream"})
+
+    return handler, calls
+
+
+def client_for(handler, **kw):
+    kw.setdefault("retry", NO_WAIT)
+    return Client(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler), **kw)
+
+
+def collect(stream):
+    return [c.text for c in stream]
+
+
+# ---- the SSE decoder itself
+
+
+def test_sse_crlf_comments_multiline_and_fields():
+    lines = ["data: a", ": comment", "data:b", "", "event: error", "id: 7", "retry: 100", "data: x", "",
+             "", "data", "", "field-we-ignore: 1", "event: only", ""]
+    events = list(iter_events(lines))
+    assert [(e.event, e.data) for e in events] == [("message", "a\nb"), ("error", "x"), ("message", "")]
+    assert events[1].id == "7" and events[1].retry == 100 and events[2].id == "7"  # id persists
+
+
+def test_sse_missing_final_blank_line_is_flushed():
+    d = SSEDecoder()
+    assert d.decode("data: [DONE]") is None
+    assert d.flush().data == "[DONE]"
+    assert d.flush() is None
+
+
+def test_stream_over_crlf_with_comments_and_split_chunks():
+    body = (b': hello\r\n\r\n' + chunk("Hel").replace(b"\n", b"\r\n") + b"data: " + json.dumps(
+        {"id": "s1", "object": "text_completion", "model": "m",
+         "choices": [{"index": 0, "text": "lo", "finish_reason": "length"}]}).encode() + b"\r\n\r\n"
+        + USAGE + DONE)
+    pieces = [body[i:i + 7] for i in range(0, len(body), 7)]  # lines (and a CRLF) split across reads
+    handler, calls = stream_handler(pieces)
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["Hel", "lo", ""]
+    assert stream.text == "Hello" and stream.finish_reason == "length"
+    assert stream.usage.completion_tokens == 3 and stream.usage.prompt_tokens == 4
+    assert stream.latency_s >= stream.ttft_s >= 0
+    assert calls[0]["stream"] is True and calls[0]["stream_options"] == {"include_usage": True}
+
+
+def test_multiline_data_event_is_joined_before_json_parse():
+    payload = '{"id": "s1", "object": "text_completion",\ndata: "model": "m", "choices": [{"index": 0, ' \
+              '"text": "ok", "finish_reason": "stop"}]}'
+    handler, _ = stream_handler([f"data: {payload}\n\n".encode(), DONE])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["ok"] and stream.finish_reason == "stop"
+
+
+def test_missing_done_after_finish_reason_is_fine():
+    handler, _ = stream_handler([chunk("a"), chunk("b", "stop"), USAGE])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert "".join(collect(stream)) == "ab" and stream.usage.total_tokens == 7
+
+
+def test_missing_done_and_no_finish_reason_is_a_cut_stream():
+    handler, calls = stream_handler([chunk("a"), chunk("b")])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    with pytest.raises(StreamInterruptedError, match="cut") as info:
+        collect(stream)
+    assert info.value.partial_text == "ab" and info.value.chunks_received == 2
+    assert len(calls) == 1  # never resent behind the caller's back
+
+
+def test_chat_stream_delta_content():
+    def chat(delta, finish=None):
+        body = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+    handler, _ = stream_handler([chat({"role": "assistant"}), chat({"content": "Hi"}), chat({}, "stop"), DONE])
+    stream = client_for(handler).chat.completions.create(model="m", messages=[], stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[1].choices[0].delta.content == "Hi"
+    assert stream.text == "Hi"
+
+
+# ---- failures
+
+
+def test_error_event_mid_stream_raises_with_partial_text():
+    error = b'event: error\ndata: {"error": {"message": "engine crashed", "code": 500}}\n\n'
+    handler, calls = stream_handler([chunk("par"), chunk("tial"), error, DONE])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    got = []
+    with pytest.raises(StreamInterruptedError, match="engine crashed") as info:
+        for c in stream:
+            got.append(c.text)
+    assert got == ["par", "tial"] and info.value.partial_text == "partial"
+    assert isinstance(info.value.cause, InternalServerError) and info.value.status_code == 500
+    assert len(calls) == 1
+
+
+def test_error_event_before_any_chunk_is_a_normal_error():
+    bad = b'data: {"error": {"message": "prompt too long", "code": 400}}\n\n'
+    handler, calls = stream_handler([bad])
+    with pytest.raises(BadRequestError, match="prompt too long"):
+        client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert len(calls) == 1
+    busy = b"event: error\ndata: overloaded\n\n"  # plain-text error event, no code: a server failure, retried
+    handler, calls = stream_handler([busy], [chunk("ok", "stop"), DONE])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["ok"] and stream.retries == 1 and len(calls) == 2
+
+
+def test_connection_lost_after_first_chunk_is_not_retried():
+    handler, calls = stream_handler([chunk("Once upon"), httpx.ReadError("connection reset")])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    with pytest.raises(StreamInterruptedError) as info:
+        collect(stream)
+    assert info.value.partial_text == "Once upon" and "ReadError" in str(info.value)
+    assert len(calls) == 1
+
+
+def test_connection_lost_before_first_chunk_is_retried():
+    handler, calls = stream_handler([httpx.RemoteProtocolError("peer closed")], [chunk("fine", "stop"), DONE])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["fine"] and len(calls) == 2 and stream.retries == 1
+
+
+def test_idle_timeout_fires_while_only_keepalives_arrive():
+    stall = lambda: time.sleep(0.02)  # noqa: E731
+    pieces = [chunk("a")] + [p for _ in range(20) for p in (stall, b": keep-alive\n\n")] + [chunk("b", "stop")]
+    handler, calls = stream_handler(pieces)
+    stream = client_for(handler, stream_idle_timeout=0.05).completions.create(model="m", prompt="p", stream=True)
+    with pytest.raises(StreamInterruptedError) as info:
+        collect(stream)
+    assert isinstance(info.value.cause, APITimeoutError) and "idle" in str(info.value)
+    assert info.value.partial_text == "a" and len(calls) == 1
+
+
+def test_idle_timeout_bounds_each_read():
+    seen = []
+
+    def handler(request):
+        seen.append(request.extensions["timeout"])
+        if json.loads(request.content).get("stream"):
+            return httpx.Response(200, content=chunk("x", "stop") + DONE)
+        return httpx.Response(200, json={"id": "t", "object": "text_completion", "model": "m", "choices": []})
+
+    c = client_for(handler, timeout=30.0, stream_idle_timeout=2.0)
+    list(c.completions.create(model="m", prompt="p", stream=True))
+    c.completions.create(model="m", prompt="p")  # non-streaming keeps the full read timeout
+    assert seen[0]["read"] == 2.0 and seen[0]["connect"] == 30.0
+    assert seen[1]["read"] == 30.0
+
+
+def test_read_timeout_mid_stream_is_a_timeout_with_partial_text():
+    handler, _ = stream_handler([chunk("abc"), httpx.ReadTimeout("no bytes")])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    with pytest.raises(StreamInterruptedError) as info:
+        collect(stream)
+    assert isinstance(info.value.cause, APITimeoutError) and info.value.partial_text == "abc"
+
+
+# ---- async streams
+
+
+async def test_async_stream_and_interruption():
+    def async_handler(pieces):
+        async def gen():
+            for p in pieces:
+                if isinstance(p, Exception):
+                    raise p
+                yield p
+
+        return lambda request: httpx.Response(200, content=gen())
+
+    transport = httpx.MockTransport(async_handler([chunk("x"), chunk("y", "stop"), USAGE, DONE]))
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=transport, retry=NO_WAIT) as c:
+        stream = await c.completions.create(model="m", prompt="p", stream=True)
+        texts = [ch.text async for ch in stream]
+    assert texts == ["x", "y", ""] and stream.text == "xy" and stream.usage.total_tokens == 7
+
+    transport = httpx.MockTransport(async_handler([chunk("x"), httpx.ReadError("reset")]))
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=transport, retry=NO_WAIT) as c:
+        stream = await c.completions.create(model="m", prompt="p", stream=True)
+        with pytest.raises(StreamInterruptedError) as info:
+            async for _ in stream:
+                pass
+    assert info.value.partial_text == "x"
+
+
+def test_status_error_on_stream_request_is_raised_at_create():
+    handler = lambda r: httpx.Response(401, json={"error": {"message": "bad key"}})  # noqa: E731
+    with pytest.raises(Exception, match="bad key") as info:
+        client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert type(info.value).__name__ == "AuthenticationError"
