@@ -1,0 +1,227 @@
+"""Engine benchmark: one offline workload, four runners, same weights, one process.
+
+Rows: ours static, ours continuous, transformers `generate` in padded static batches, and
+transformers' own continuous batching (its ContinuousBatchingManager, the engine behind
+`generate_batch`) where it runs. Prints a table and writes bench/results/engine.json.
+
+    python bench/engine.py                      # CPU, small random Llama, 64 requests
+    python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab.engine import LLM
+from lab.engine.loader import data_dir
+from lab.metrics import RequestMetrics, Result
+from lab.workload import RequestSpec, Workload
+
+SHAPES = {
+    # a small Llama-shaped model: big enough that the forward pass is real work on a CPU
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=4, vocab_size=4096, max_position_embeddings=1024),
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
+                         tie_word_embeddings=True),
+}
+
+
+def build_model(shape: str, folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cls, cfg_cls = (Qwen2ForCausalLM, Qwen2Config) if shape.startswith("qwen") else (LlamaForCausalLM, LlamaConfig)
+    cfg = cfg_cls(**SHAPES[shape], bos_token_id=None, eos_token_id=None, pad_token_id=None, rope_theta=10000.0)
+    cls(cfg).save_pretrained(folder)
+    return folder
+
+
+def azure_output_lens(n: int, max_len: int, seed: int) -> np.ndarray:
+    """Output lengths drawn from the Azure conv trace's GeneratedTokens, scaled so 1000 -> max_len."""
+    import pandas as pd
+
+    path = data_dir() / "traces" / "AzureLLMInferenceTrace_conv.csv"
+    generated = pd.read_csv(path)["GeneratedTokens"].to_numpy()
+    draw = np.random.default_rng(seed).choice(generated, n)
+    return np.maximum(1, np.round(draw * max_len / generated.max())).astype(int)
+
+
+def make_workload(n: int, vocab: int, max_out: int, seed: int = 0) -> Workload:
+    rng = np.random.default_rng(seed)
+    prompt_lens = rng.integers(16, 257, n)
+    outs = azure_output_lens(n, max_out, seed)
+    return Workload([
+        RequestSpec(f"r{i}", 0.0, prompt_token_ids=rng.integers(0, vocab, int(p)).tolist(), output_len=int(o))
+        for i, (p, o) in enumerate(zip(prompt_lens, outs))
+    ], name="bench-engine")
+
+
+def run_ours(folder, workload, policy, args) -> Result:
+    llm = LLM(folder, device=args.device, dtype=args.dtype, policy=policy, max_num_seqs=args.batch,
+              max_num_batched_tokens=args.token_budget, enable_prefix_caching=False)
+    llm.generate([[1, 2, 3]] * 2, use_tqdm=False)  # warm up kernels outside the timed run
+    llm.engine.trace.clear()
+    return llm.run_workload(workload, progress=False, label=f"ours {policy}")
+
+
+class _StepClock:
+    """A logits processor that only records when each decoding step happened."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def run_hf_generate(folder, workload, args) -> Result:
+    """transformers `generate` over padded static batches of `--batch` requests, in arrival order.
+
+    Each request is credited with the time its own last token was computed, as if streamed;
+    `generate` itself returns the whole batch only when the longest member ends.
+    """
+    from transformers import AutoModelForCausalLM, LogitsProcessorList
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(args)).to(args.device).eval()
+    reqs, t0, wasted = [], time.perf_counter(), 0
+    for start in range(0, len(workload), args.batch):
+        batch = workload.requests[start:start + args.batch]
+        width = max(r.prompt_len for r in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(batch):  # left padding, as decoder-only generation needs
+            ids[i, width - r.prompt_len:] = torch.tensor(r.prompt_token_ids)
+            mask[i, width - r.prompt_len:] = 1
+        longest = max(r.output_len for r in batch)
+        clock, begin = _StepClock(), time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids.to(args.device), attention_mask=mask.to(args.device), max_new_tokens=longest,
+                           min_new_tokens=longest, do_sample=False, pad_token_id=0,
+                           logits_processor=LogitsProcessorList([clock]))
+        # same definition as the engine's trace: a slot idle while a request waits for one
+        still_waiting = len(workload) - start - len(batch)
+        for step in range(1, longest + 1):
+            idle = args.batch - sum(1 for r in batch if r.output_len >= step)
+            wasted += min(idle, still_waiting)
+        for r in batch:
+            times = [t - t0 for t in clock.times[: r.output_len]]
+            reqs.append(RequestMetrics(r.id, 0.0, r.prompt_len, r.output_len, begin - t0, times[0], times[-1], times))
+    return Result(reqs, label="transformers generate (static)", duration_s=time.perf_counter() - t0), wasted
+
+
+def run_hf_continuous(folder, workload, args):
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(args)).to(args.device).eval()
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max(r.output_len for r in workload), eos_token_id=-1)
+    manager = model.init_continuous_batching(generation_config=gen)
+    manager.start()
+    try:
+        t0 = time.perf_counter()
+        for r in workload:
+            manager.add_request(r.prompt_token_ids, request_id=r.id, max_new_tokens=r.output_len, record_timestamps=True)
+        done = {}
+        deadline = time.time() + 900
+        while len(done) < len(workload) and time.time() < deadline:
+            out = manager.get_result(timeout=1)
+            if out is not None and out.is_finished():
+                done[out.request_id] = out
+    finally:
+        manager.stop(block=True)
+    reqs = []
+    for r in workload:
+        out = done.get(r.id)
+        if out is None or out.error:
+            reqs.append(RequestMetrics(r.id, 0.0, r.prompt_len, status="error", error=str(out and out.error)))
+            continue
+        times = [t - t0 for t in (out.timestamps or [])]
+        reqs.append(RequestMetrics(r.id, 0.0, r.prompt_len, len(out.generated_tokens), out.lifespan[0] - t0,
+                                   times[0], times[-1], times))
+    return Result(reqs, label="transformers continuous batching")
+
+
+def _dtype(args):
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+
+
+def row(result: Result, wasted=None) -> dict:
+    s = result.summary()
+    return {
+        "runner": result.label, "completed": s["completed"], "output_tok_s": s["output_throughput"],
+        "req_s": s["request_throughput"], "mean_ttft_ms": s["mean_ttft_ms"], "mean_e2el_ms": s["mean_e2el_ms"],
+        "p99_e2el_ms": s["p99_e2el_ms"], "wasted_slot_steps": s.get("wasted_slot_steps", wasted),
+        "duration_s": s["duration_s"],
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = ["runner", "completed", "output_tok_s", "req_s", "mean_ttft_ms", "mean_e2el_ms", "p99_e2el_ms",
+            "wasted_slot_steps"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--num-requests", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16, help="max_num_seqs, and the static batch size")
+    ap.add_argument("--token-budget", type=int, default=2048, help="max_num_batched_tokens")
+    ap.add_argument("--max-output", type=int, default=256, help="Azure output lengths are scaled to this maximum")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["hf-generate", "hf-continuous"])
+    ap.add_argument("--out", default="bench/results/engine.json")
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_model(args.shape, Path(tmp) / args.shape)
+        workload = make_workload(args.num_requests, SHAPES[args.shape]["vocab_size"], args.max_output)
+        rows = []
+        for policy in ("static", "continuous"):
+            rows.append(row(run_ours(folder, workload, policy, args)))
+            print_table(rows[-1:])
+        if "hf-generate" not in args.skip:
+            result, wasted = run_hf_generate(folder, workload, args)
+            rows.append(row(result, wasted))
+        if "hf-continuous" not in args.skip:
+            try:
+                rows.append(row(run_hf_continuous(folder, workload, args)))
+            except Exception as e:  # report, don't hide: the row says why it is missing
+                rows.append({"runner": "transformers continuous batching", "error": f"{type(e).__name__}: {e}"})
+                print(rows[-1])
+
+    print()
+    print_table([r for r in rows if "error" not in r])
+    by = {r["runner"]: r for r in rows if "error" not in r}
+    ratios = {"continuous_over_static": by["ours continuous"]["output_tok_s"] / by["ours static"]["output_tok_s"]}
+    if "transformers generate (static)" in by:
+        ratios["ours_over_hf_generate"] = (
+            by["ours continuous"]["output_tok_s"] / by["transformers generate (static)"]["output_tok_s"])
+    if "transformers continuous batching" in by:
+        ratios["ours_over_hf_continuous"] = (
+            by["ours continuous"]["output_tok_s"] / by["transformers continuous batching"]["output_tok_s"])
+    print({k: round(v, 2) for k, v in ratios.items()})
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+               "torch": torch.__version__}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows, "ratios": ratios},
+                                         indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
