@@ -1,0 +1,156 @@
+"""lab.client.run_workload on a mock streaming server, and the bench/batch CLI verbs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from lab.client import AsyncClient, Client, run_workload
+from lab.client.cli_commands import add_batch_args, add_bench_args, batch_main, bench_main, format_summary
+from lab.client.loadgen import arun_workload, synthetic_prompt
+from lab.metrics import Result
+from lab.workload import RequestSpec, Workload
+
+KEY = "sk-test-0123456789abcdef"
+
+
+class StreamingServer:
+    """/models lists one model; /completions streams one chunk per token (max_tokens of them) and usage."""
+
+    def __init__(self, fail_ids=()):
+        self.bodies: list[dict] = []
+        self.fail_ids = set(fail_ids)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "tiny-model"}]})
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        if str(body["prompt"]) in self.fail_ids:
+            return httpx.Response(400, json={"error": {"message": "refused"}})
+        n = body["max_tokens"]
+        prompt_tokens = len(body["prompt"]) if isinstance(body["prompt"], list) else len(body["prompt"].split())
+
+        async def events():
+            for i in range(n):
+                await asyncio.sleep(0.001)
+                c = {"id": "x", "object": "text_completion", "model": body["model"],
+                     "choices": [{"index": 0, "text": f" t{i}", "finish_reason": "length" if i == n - 1 else None}]}
+                yield f"data: {json.dumps(c)}\n\n".encode()
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
+            yield f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return httpx.Response(200, content=events(), headers={"content-type": "text/event-stream"})
+
+
+def client_for(server, cls=AsyncClient):
+    return cls(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(server))
+
+
+async def test_run_workload_measures_like_vllm_bench():
+    server = StreamingServer()
+    workload = Workload([
+        RequestSpec(id="a", arrival_s=0.0, prompt_len=12, output_len=5),
+        RequestSpec(id="b", arrival_s=0.01, prompt="hello there", output_len=3, ignore_eos=False, seed=7),
+        RequestSpec(id="c", arrival_s=0.02, prompt_token_ids=[5, 6, 7], output_len=1),
+    ])
+    async with client_for(server) as client:
+        result = await arun_workload(client, workload)
+    assert isinstance(result, Result) and [r.request_id for r in result.requests] == ["a", "b", "c"]
+    a, b, c = result.requests
+    assert all(r.ok for r in result.requests)
+    assert (a.prompt_tokens, a.output_tokens) == (12, 5) and len(a.token_times_s) == 5
+    assert (b.prompt_tokens, b.output_tokens) == (2, 3) and (c.prompt_tokens, c.output_tokens) == (3, 1)
+    for r in (a, b, c):
+        assert r.arrival_s <= r.first_token_s <= r.finish_s
+        assert r.token_times_s == sorted(r.token_times_s) and r.token_times_s[0] == r.first_token_s
+        assert r.finish_reason == "length"
+    assert a.tpot_s is not None and len(a.itls_s) == 4 and c.tpot_s is None
+    assert b.arrival_s >= 0.01 and c.arrival_s >= 0.02  # sent at their arrival times, not before
+    body_a, body_b, body_c = sorted(server.bodies, key=lambda body: body["max_tokens"], reverse=True)
+    assert body_a["model"] == "tiny-model" and body_a["stream"] is True and body_a["ignore_eos"] is True
+    assert len(body_a["prompt"].split()) == 12  # prompt_len only: a synthesized prompt of that many words
+    assert body_b["prompt"] == "hello there" and "ignore_eos" not in body_b and body_b["seed"] == 7
+    assert body_c["prompt"] == [5, 6, 7]
+    s = result.summary()
+    assert s["completed"] == 3 and s["total_output_tokens"] == 9 and s["total_input_tokens"] == 17
+    assert s["mean_ttft_ms"] > 0 and s["mean_itl_ms"] > 0
+
+
+async def test_run_workload_records_failures_and_caps_concurrency():
+    server = StreamingServer(fail_ids={"boom"})
+    specs = [RequestSpec(id=f"r{i}", prompt="x y", output_len=2) for i in range(6)]
+    specs.append(RequestSpec(id="bad", prompt="boom", output_len=2))
+    async with client_for(server) as client:
+        result = await arun_workload(client, Workload(specs), max_concurrency=2, model="m")
+    bad = next(r for r in result.requests if r.request_id == "bad")
+    assert bad.status == "error" and "BadRequestError" in bad.error and bad.finish_s is not None
+    assert result.summary()["completed"] == 6 and result.summary()["failed"] == 1
+    assert server.bodies[0]["model"] == "m"
+
+
+def test_run_workload_sync_from_a_sync_client():
+    result = run_workload(client_for(StreamingServer(), Client),
+                          Workload([RequestSpec(id="only", prompt_len=4, output_len=3)]))
+    assert result.requests[0].ok and result.requests[0].output_tokens == 3
+
+
+def test_synthetic_prompt_is_deterministic():
+    assert synthetic_prompt(20, "x") == synthetic_prompt(20, "x") != synthetic_prompt(20, "y")
+    assert len(synthetic_prompt(20, "x").split()) == 20
+
+
+def test_cli_parsers_and_batch_main(tmp_path, monkeypatch, capsys):
+    bench = add_bench_args(argparse.ArgumentParser())
+    args = bench.parse_args(["--base-url", "http://h/v1", "--rate", "4", "--num-prompts", "9"])
+    assert (args.rate, args.num_prompts, args.input_len, args.max_concurrency) == (4.0, 9, 32, None)
+
+    calls = []
+
+    def handler(request):
+        body = json.loads(request.content)
+        calls.append(body)
+        return httpx.Response(200, json={"id": "c", "object": "chat.completion", "model": body["model"],
+                                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                                      "finish_reason": "stop"}]})
+
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("\n".join(json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+                                         "body": {"messages": [{"role": "user", "content": str(i)}]}})
+                             for i in range(3)) + "\n")
+    parser = add_batch_args(argparse.ArgumentParser())
+    code = batch_main(parser.parse_args([str(inp), str(out), "--base-url", "http://h/v1", "--model", "mm",
+                                         "--no-progress"]))
+    assert code == 0 and len(calls) == 3 and all(c["model"] == "mm" for c in calls)
+    assert [json.loads(line)["custom_id"] for line in out.read_text().splitlines()].count("q1") == 1
+    assert "3 succeeded, 0 failed" in capsys.readouterr().out
+
+
+def test_bench_main_prints_the_summary(monkeypatch, capsys):
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(StreamingServer()), **kw))
+    args = add_bench_args(argparse.ArgumentParser()).parse_args(
+        ["--base-url", "http://h/v1", "--num-prompts", "4", "--input-len", "3", "--output-len", "2"])
+    assert bench_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Successful requests:" in printed and "Mean TTFT (ms):" in printed and "P99 ITL (ms):" in printed
+
+
+def test_format_summary_layout():
+    text = format_summary(Result(requests=[]).summary())
+    assert text.splitlines()[0].startswith("=") and "Benchmark duration (s):" in text
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+async def test_run_workload_validates(bad):
+    with pytest.raises(ValueError, match="max_concurrency"):
+        await arun_workload(client_for(StreamingServer()), Workload([]), max_concurrency=bad)
