@@ -103,20 +103,23 @@ class StepRecord:
     context_tokens: int = 0  # total attended context over the batch (drives attention cost)
     idle_slots: int = 0  # of max_num_seqs, slots that computed nothing this step
     batch: list[tuple[str, int]] = field(default_factory=list)  # (request id, tokens computed)
+    replica: int = 0  # which replica ran it, when a router spreads a workload over several
 
     @property
     def num_tokens(self) -> int:
         return sum(n for _, n in self.batch)
 
 
-def _stats(values: list[float], prefix: str) -> dict[str, float]:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
+def _stats(values, prefix: str) -> dict[str, float]:
+    """mean, median, std and p90/p99 in ms, as `vllm bench serve` reports them (np.std: population)."""
+    arr = np.asarray([v for v in values if v is not None] if isinstance(values, list) else values, dtype=float)
+    keys = ["mean", "median", "std"] + [f"p{p}" for p in PERCENTILES if p != 50]
     if arr.size == 0:
-        out = {f"mean_{prefix}_ms": float("nan"), f"median_{prefix}_ms": float("nan")}
-        out.update({f"p{p}_{prefix}_ms": float("nan") for p in PERCENTILES if p != 50})
-        return out
-    out = {f"mean_{prefix}_ms": float(arr.mean() * 1e3), f"median_{prefix}_ms": float(np.median(arr) * 1e3)}
-    out.update({f"p{p}_{prefix}_ms": float(np.percentile(arr, p) * 1e3) for p in PERCENTILES if p != 50})
+        return {f"{k}_{prefix}_ms": float("nan") for k in keys}
+    ms = arr * 1e3
+    out = {f"mean_{prefix}_ms": float(ms.mean()), f"median_{prefix}_ms": float(np.median(ms)),
+           f"std_{prefix}_ms": float(ms.std())}
+    out.update({f"p{p}_{prefix}_ms": float(np.percentile(ms, p)) for p in PERCENTILES if p != 50})
     return out
 
 
@@ -144,7 +147,13 @@ class Result:
         return max(finishes) - min(r.arrival_s for r in self.requests)
 
     def summary(self, slo_ms: dict[str, float] | None = None) -> dict[str, float]:
-        """vLLM-bench-style summary. `slo_ms` maps "ttft" / "tpot" / "e2el" to limits for goodput."""
+        """What `vllm bench serve` prints (vllm/benchmarks/serve.py, calculate_metrics).
+
+        Over completed requests only: TPOT excludes the first token and skips one-token outputs;
+        ITL pools every gap between consecutive tokens. `slo_ms` maps "ttft" / "tpot" / "e2el" to
+        limits in ms: goodput (= vLLM's request_goodput) is requests/s meeting all of them, a
+        one-token output meeting any TPOT limit. Duration is first arrival to last finish.
+        """
         done = self.completed
         span = self.span_s or float("nan")
         out_tokens = sum(r.output_tokens for r in done)
@@ -161,17 +170,25 @@ class Result:
         }
         s.update(_stats([r.ttft_s for r in done], "ttft"))
         s.update(_stats([r.tpot_s for r in done], "tpot"))
-        s.update(_stats([i for r in done for i in r.itls_s], "itl"))
+        gaps = [np.diff(r.token_times_s) for r in done if len(r.token_times_s) > 1]
+        s.update(_stats(np.concatenate(gaps) if gaps else np.empty(0), "itl"))
         s.update(_stats([r.e2e_s for r in done], "e2el"))
         if slo_ms:
             unknown = set(slo_ms) - {"ttft", "tpot", "e2el"}
             if unknown:
                 raise ValueError(f"slo_ms: unknown keys {sorted(unknown)}; allowed: ttft, tpot, e2el")
             good = sum(1 for r in done if _meets(r, slo_ms))
-            s["goodput"] = good / span
+            s["goodput"] = s["request_goodput"] = good / span
         if self.steps:
             s["wasted_slot_steps"] = sum(min(st.idle_slots, st.num_waiting) for st in self.steps)
         return s
+
+    @classmethod
+    def merge(cls, results: list[Result], label: str = "") -> Result:
+        """One Result from several runs over the same clock (replicas behind a router)."""
+        requests = [r for res in results for r in res.requests]
+        steps = sorted((s for res in results for s in res.steps), key=lambda s: s.start_s)
+        return cls(requests, steps, label=label)
 
     def to_frame(self):
         import pandas as pd

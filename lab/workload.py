@@ -6,10 +6,18 @@ in-process engine, HTTP client) consumes the same `Workload` and returns a `lab.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+
+__all__ = [
+    "Empirical", "Exponential", "Fixed", "LogNormal", "RequestSpec", "Uniform", "Workload", "azure_trace",
+    "corpus_text", "gamma_arrivals", "lengths", "poisson_arrivals", "synthetic",
+]
 
 
 @dataclass(slots=True)
@@ -69,48 +77,280 @@ class Workload:
     def total_output_tokens(self) -> int:
         return sum(r.output_len for r in self.requests)
 
+    @property
+    def total_prompt_tokens(self) -> int:
+        return sum(r.prompt_len or 0 for r in self.requests)
 
+
+# -- length distributions ----------------------------------------------------------------------
+@dataclass(slots=True)
+class Fixed:
+    value: int
+
+    def __post_init__(self):
+        _check_int("Fixed.value", self.value)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.full(n, self.value, dtype=np.int64)
+
+
+@dataclass(slots=True)
+class Uniform:
+    """Integers in [low, high], both included (vLLM's random dataset with a range ratio)."""
+
+    low: int
+    high: int
+
+    def __post_init__(self):
+        _check_int("Uniform.low", self.low)
+        if self.high < self.low:
+            raise ValueError(f"Uniform.high: must be >= low ({self.low}), got {self.high}")
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(self.low, self.high + 1, size=n)
+
+
+@dataclass(slots=True)
+class Exponential:
+    """Mean `mean`, rounded and clipped to [low, high]: many short requests, a long tail."""
+
+    mean: float
+    low: int = 1
+    high: int | None = None
+
+    def __post_init__(self):
+        if not self.mean > 0:
+            raise ValueError(f"Exponential.mean: must be > 0, got {self.mean}")
+        _check_bounds("Exponential", self.low, self.high)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return _clip(rng.exponential(self.mean, size=n), self.low, self.high)
+
+
+@dataclass(slots=True)
+class LogNormal:
+    """Median `median` and log-space spread `sigma`, the usual fit to chat prompt lengths."""
+
+    median: float
+    sigma: float = 1.0
+    low: int = 1
+    high: int | None = None
+
+    def __post_init__(self):
+        if not self.median > 0:
+            raise ValueError(f"LogNormal.median: must be > 0, got {self.median}")
+        if self.sigma < 0:
+            raise ValueError(f"LogNormal.sigma: must be >= 0, got {self.sigma}")
+        _check_bounds("LogNormal", self.low, self.high)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return _clip(rng.lognormal(np.log(self.median), self.sigma, size=n), self.low, self.high)
+
+
+@dataclass(slots=True)
+class Empirical:
+    """Resample observed lengths (e.g. a trace's), with optional weights."""
+
+    values: Sequence[int]
+    weights: Sequence[float] | None = None
+
+    def __post_init__(self):
+        self.values = np.asarray(self.values, dtype=np.int64)
+        if self.values.size == 0 or (self.values < 1).any():
+            raise ValueError("Empirical.values: need at least one value, all >= 1")
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=float)
+            if w.shape != self.values.shape or (w < 0).any() or w.sum() <= 0:
+                raise ValueError("Empirical.weights: need one weight >= 0 per value, not all zero")
+            self.weights = w / w.sum()
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.choice(self.values, size=n, p=self.weights)
+
+
+LENGTH_KINDS = (Fixed, Uniform, Exponential, LogNormal, Empirical)
+
+
+def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: str = "lengths") -> np.ndarray:
+    """`n` lengths from an int (fixed), a sequence (one per request) or a distribution."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    if isinstance(spec, LENGTH_KINDS):
+        return spec.sample(n, rng)
+    if np.isscalar(spec):
+        _check_int(field_name, spec)
+        return np.full(n, int(spec), dtype=np.int64)
+    arr = np.asarray(spec, dtype=np.int64)
+    if arr.ndim != 1 or len(arr) != n:
+        raise ValueError(f"{field_name}: need {n} values, got {arr.size}; or give an int or a distribution "
+                         f"({', '.join(k.__name__ for k in LENGTH_KINDS)})")
+    if (arr < 1).any():
+        raise ValueError(f"{field_name}: every length must be >= 1, found {arr.min()}")
+    return arr
+
+
+def _check_int(name: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+
+
+def _check_bounds(kind: str, low: int, high: int | None) -> None:
+    _check_int(f"{kind}.low", low)
+    if high is not None and high < low:
+        raise ValueError(f"{kind}.high: must be >= low ({low}), got {high}")
+
+
+def _clip(x: np.ndarray, low: int, high: int | None) -> np.ndarray:
+    return np.clip(np.rint(x), low, high if high is not None else np.inf).astype(np.int64)
+
+
+# -- arrivals ----------------------------------------------------------------------------------
 def poisson_arrivals(n: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> np.ndarray:
     """Arrival times for `n` requests at `rate` per second; inf rate means all at t=0.
 
     Gaps are gamma-distributed with shape `burstiness` and mean 1/rate, as in `vllm bench serve
-    --burstiness`: 1.0 is Poisson, below 1 burstier, above 1 more regular.
+    --burstiness`: 1.0 is Poisson, below 1 burstier, above 1 more regular, inf evenly spaced.
+    The first request arrives at t=0.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if rate <= 0:
+    if not rate > 0:
         raise ValueError(f"rate must be > 0 requests/s (or inf), got {rate}")
-    if burstiness <= 0:
-        raise ValueError(f"burstiness must be > 0, got {burstiness}")
+    if not burstiness > 0:
+        raise ValueError(f"burstiness must be > 0 (or inf), got {burstiness}")
     if np.isinf(rate):
         return np.zeros(n)
+    if np.isinf(burstiness):  # vLLM: the gamma tends to a constant gap of 1/rate
+        return np.arange(n) / rate
     rng = np.random.default_rng(seed)
     gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
     return np.cumsum(gaps) - gaps[0] if n else gaps
 
 
+def gamma_arrivals(n: int, rate: float, burstiness: float, seed: int = 0) -> np.ndarray:
+    """`poisson_arrivals` under the name of what it draws when burstiness != 1."""
+    return poisson_arrivals(n, rate, burstiness, seed)
+
+
+# -- prompts as text ---------------------------------------------------------------------------
+def _data_dir() -> Path:
+    # the same rule as lab.engine.loader.data_dir, without importing the engine (and torch)
+    here = Path(__file__).resolve().parent
+    return here / "_data" if (here / "_data").exists() else here.parent / "data"
+
+
+@lru_cache(maxsize=4)
+def corpus_text(path: str | Path | None = None) -> str:
+    """The prompt corpus (data/corpus/tinyshakespeare.txt unless `path` is given)."""
+    p = Path(path) if path is not None else _data_dir() / "corpus" / "tinyshakespeare.txt"
+    if not p.exists():
+        raise FileNotFoundError(f"corpus: {p} not found; pass corpus_path= to a text file")
+    text = p.read_text(encoding="utf-8")
+    if not text:
+        raise ValueError(f"corpus: {p} is empty")
+    return text
+
+
+def _text_prompts(n_chars: np.ndarray, rng: np.random.Generator, corpus_path) -> list[str]:
+    text = corpus_text(corpus_path)
+    out = []
+    for k in n_chars:
+        k = int(min(max(k, 1), len(text)))
+        start = int(rng.integers(0, len(text) - k + 1))
+        out.append(text[start:start + k])
+    return out
+
+
 def synthetic(
     n: int,
     rate: float = float("inf"),
-    prompt_lens: Sequence[int] | int = 32,
-    output_lens: Sequence[int] | int = 32,
+    prompt_lens=32,
+    output_lens=32,
     burstiness: float = 1.0,
     seed: int = 0,
     name: str = "synthetic",
+    text_prompts: bool = False,
+    chars_per_token: float = 4.0,
+    corpus_path: str | Path | None = None,
 ) -> Workload:
-    """Prompts given by length only; lengths are fixed (an int) or one per request (a sequence)."""
+    """`n` requests arriving at `rate`/s with the given lengths.
 
-    def per_request(v, field_name):
-        arr = np.full(n, v) if np.isscalar(v) else np.asarray(v)
-        if len(arr) != n:
-            raise ValueError(f"{field_name}: need {n} values, got {len(arr)}")
-        return arr
-
+    Lengths: an int (fixed), a sequence (one per request) or a distribution (`Uniform(8, 64)`, ...).
+    `text_prompts`: draw each prompt as a slice of the corpus of about prompt_len * chars_per_token
+    characters (for real runs; 1.0 for a character-level tokenizer); otherwise lengths only.
+    """
+    if chars_per_token <= 0:
+        raise ValueError(f"chars_per_token: must be > 0, got {chars_per_token}")
+    rng = np.random.default_rng(seed)
     arrivals = poisson_arrivals(n, rate, burstiness, seed)
-    p = per_request(prompt_lens, "prompt_lens")
-    o = per_request(output_lens, "output_lens")
+    p = lengths(prompt_lens, n, rng, "prompt_lens")
+    o = lengths(output_lens, n, rng, "output_lens")
+    texts = _text_prompts(np.round(p * chars_per_token), rng, corpus_path) if text_prompts else [None] * n
     reqs = [
-        RequestSpec(id=f"req-{i}", arrival_s=float(arrivals[i]), prompt_len=int(p[i]), output_len=int(o[i]))
+        RequestSpec(id=f"req-{i}", arrival_s=float(arrivals[i]), prompt=texts[i], prompt_len=int(p[i]),
+                    output_len=int(o[i]))
         for i in range(n)
     ]
-    return Workload(reqs, name=name)
+    return Workload(reqs, name=name, meta={"rate": rate, "burstiness": burstiness, "seed": seed})
+
+
+# -- Azure LLM inference traces 2023 -----------------------------------------------------------
+TRACE_KINDS = ("code", "conv")
+TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+
+def azure_trace(
+    kind: str = "conv",
+    path: str | Path | None = None,
+    start_s: float = 0.0,
+    end_s: float | None = None,
+    rate_scale: float = 1.0,
+    max_requests: int | None = None,
+) -> Workload:
+    """The Azure LLM inference trace 2023 (Patel et al., Splitwise, ISCA 2024; CC BY 4.0).
+
+    Arrivals are seconds from the first row. `start_s`/`end_s` keep the rows in [start_s, end_s)
+    of the original clock, rebased to 0; `rate_scale` > 1 compresses time (2.0: twice the rate).
+    """
+    if kind not in TRACE_KINDS:
+        raise ValueError(f"kind: unknown trace {kind!r}; allowed: {', '.join(TRACE_KINDS)}")
+    if not rate_scale > 0 or np.isinf(rate_scale):
+        raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale}")
+    if start_s < 0 or (end_s is not None and end_s <= start_s):
+        raise ValueError(f"start_s/end_s: need 0 <= start_s < end_s, got {start_s}, {end_s}")
+    path = Path(path) if path is not None else _data_dir() / "traces" / f"AzureLLMInferenceTrace_{kind}.csv"
+    stamps, prompt, output = _read_trace(path)
+    t = (stamps - stamps[0]).astype("int64") / 1e9
+    keep = (t >= start_s) & (t < (np.inf if end_s is None else end_s))
+    idx = np.flatnonzero(keep)[:max_requests]
+    if idx.size == 0:
+        raise ValueError(f"start_s/end_s: the window [{start_s}, {end_s}) of {path.name} holds no requests "
+                         f"(the trace spans 0 .. {t[-1]:.1f} s)")
+    arrivals = (t[idx] - t[idx[0]]) / rate_scale
+    reqs = [RequestSpec(id=f"{kind}-{i}", arrival_s=float(a), prompt_len=int(prompt[i]), output_len=int(output[i]))
+            for i, a in zip(idx, arrivals, strict=True)]
+    meta = {"source": path.name, "start_s": start_s, "end_s": end_s, "rate_scale": rate_scale}
+    return Workload(reqs, name=f"azure-{kind}", meta=meta)
+
+
+def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise FileNotFoundError(f"path: trace file {path} not found")
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None) or []
+        missing = [c for c in TRACE_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path.name}: missing column(s) {missing}; expected columns {list(TRACE_COLUMNS)}")
+        cols = [header.index(c) for c in TRACE_COLUMNS]
+        rows = [[row[c] for c in cols] for row in reader if row]
+    if not rows:
+        raise ValueError(f"{path.name}: no data rows")
+    stamps = np.array([r[0] for r in rows], dtype="datetime64[ns]")
+    prompt = np.array([r[1] for r in rows], dtype=np.int64)
+    output = np.array([r[2] for r in rows], dtype=np.int64)
+    for name, col in (("ContextTokens", prompt), ("GeneratedTokens", output)):
+        if (col < 1).any():
+            raise ValueError(f"{path.name}: column {name} must be >= 1, found {col.min()}")
+    if (np.diff(stamps).astype("int64") < 0).any():
+        raise ValueError(f"{path.name}: column TIMESTAMP is not sorted")
+    return stamps, prompt, output

@@ -1,0 +1,104 @@
+"""Named GPUs (memory, bandwidth, dense BF16 FLOP/s from NVIDIA's spec sheets) and model shapes,
+and how many KV-cache blocks fit on a GPU once the weights are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class GPU:
+    name: str
+    memory_gb: float  # HBM / GDDR capacity, GB = 1e9 bytes as the spec sheets count
+    bandwidth_gbps: float  # memory bandwidth, GB/s
+    bf16_tflops: float  # dense BF16 tensor-core peak (the sheets print 2x this "with sparsity")
+    source: str
+
+
+# Spec sheets, seen 2026-11-23. The sheets list BF16 "with sparsity"; dense is half of it.
+GPUS: dict[str, GPU] = {g.name: g for g in [
+    GPU("H100-SXM", 80, 3350, 989.5,
+        "https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM: 80GB, 3.35TB/s, BF16 1,979 TFLOPS sparse)"),
+    GPU("H100-PCIe", 80, 2000, 756.5,
+        "https://www.nvidia.com/en-us/data-center/h100/ (H100 PCIe: 80GB, 2TB/s, BF16 1,513 TFLOPS sparse)"),
+    GPU("H200", 141, 4800, 989.5,
+        "https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM: 141GB, 4.8TB/s, BF16 1,979 TFLOPS sparse)"),
+    GPU("A100-80GB", 80, 2039, 312,
+        "https://www.nvidia.com/en-us/data-center/a100/ (A100 80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense)"),
+    GPU("L4", 24, 300, 121,
+        "https://www.nvidia.com/en-us/data-center/l4/ (L4: 24GB, 300GB/s, BF16 242 TFLOPS sparse)"),
+]}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    name: str
+    params: float  # parameter count
+    layers: int
+    hidden: int  # model width = query heads x head_dim
+    kv_heads: int
+    head_dim: int
+    dtype_bytes: int = 2  # bf16 / fp16 weights and KV cache
+    max_model_len: int = 8192  # max_position_embeddings: the context the simulator allows by default
+
+    def __post_init__(self):
+        for name in ("params", "layers", "hidden", "kv_heads", "head_dim", "dtype_bytes", "max_model_len"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ModelShape.{name}: must be > 0, got {getattr(self, name)}")
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.params * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V, every layer (the same sum as lab.engine.model_runner.kv_bytes_per_block)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+
+# config.json of each model on the Hugging Face Hub (meta-llama/Llama-3.1-8B, Qwen/Qwen2.5-*);
+# parameter counts from the model cards.
+MODELS: dict[str, ModelShape] = {m.name: m for m in [
+    ModelShape("qwen2.5-0.5b", 0.494e9, 24, 896, 2, 64, max_model_len=32768),
+    ModelShape("qwen2.5-7b", 7.62e9, 28, 3584, 4, 128, max_model_len=32768),
+    ModelShape("llama-3.1-8b", 8.03e9, 32, 4096, 8, 128, max_model_len=131072),
+    ModelShape("llama-3.1-70b", 70.6e9, 80, 8192, 8, 128, max_model_len=131072),
+]}
+
+
+def get_gpu(gpu: str | GPU) -> GPU:
+    if isinstance(gpu, GPU):
+        return gpu
+    if gpu not in GPUS:
+        raise ValueError(f"gpu: unknown name {gpu!r}; allowed: {', '.join(GPUS)}")
+    return GPUS[gpu]
+
+
+def get_model(model: str | ModelShape) -> ModelShape:
+    if isinstance(model, ModelShape):
+        return model
+    if model not in MODELS:
+        raise ValueError(f"model: unknown name {model!r}; allowed: {', '.join(MODELS)}")
+    return MODELS[model]
+
+
+def kv_cache_blocks(gpu: str | GPU, model: str | ModelShape, block_size: int = 16,
+                    gpu_memory_utilization: float = 0.9, activation_gib: float = 1.0,
+                    tensor_parallel: int = 1) -> int:
+    """KV blocks that fit: vLLM's rule, memory x utilization minus weights minus activation peak.
+
+    With tensor parallelism each GPU holds 1/tp of the weights and of every block.
+    """
+    g, m = get_gpu(gpu), get_model(model)
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {gpu_memory_utilization}")
+    if not isinstance(tensor_parallel, int) or tensor_parallel < 1:
+        raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
+    free = g.memory_gb * 1e9 * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
+    per_block = m.kv_bytes_per_token * block_size / tensor_parallel
+    blocks = int(free // per_block)
+    if blocks < 1:
+        raise ValueError(f"model: {m.name} ({m.weight_bytes / 1e9:.0f} GB of weights) leaves no room for a KV "
+                         f"cache on {tensor_parallel} x {g.name} ({g.memory_gb:g} GB); use a larger GPU or more")
+    return blocks

@@ -1,0 +1,189 @@
+"""One simulated engine: the engine's own Scheduler and BlockManager, with a step-time model in
+place of the forward pass. `step` mirrors `lab.engine.engine.Engine.step` line for line.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+from lab.engine.block_manager import BlockManager, chain_hash
+from lab.engine.config import EngineConfig
+from lab.engine.scheduler import Scheduler
+from lab.engine.sequence import SamplingParams, Sequence
+from lab.metrics import RequestMetrics, StepRecord
+from lab.sim.step_models import batch_shape
+from lab.workload import RequestSpec
+
+DUMMY_TOKEN_BASE = 1 << 40  # dummy prompt tokens: one id per request, clear of real vocabularies
+
+
+class SimBlockManager(BlockManager):
+    """The engine's BlockManager with its two per-token loops replaced by list slices.
+
+    Same hashes, same hits, same order; `Sequence.token_at` per token dominated long prompts.
+    """
+
+    def lookup_prefix(self, seq: Sequence) -> list[int]:
+        if not self.enable_prefix_caching:
+            return []
+        hits: list[int] = []
+        parent = None
+        bs = self.block_size
+        ids = seq.prompt_token_ids if not seq.output_token_ids else seq.prompt_token_ids + seq.output_token_ids
+        for i in range((seq.num_tokens - 1) // bs):
+            tokens = tuple(ids[i * bs:(i + 1) * bs])
+            h = chain_hash(parent, tokens)
+            block_id = self.hash_to_block.get(h)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            hits.append(block_id)
+            parent = h
+        return hits
+
+    def register_full_blocks(self, seq: Sequence) -> None:
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        full = seq.num_computed_tokens // bs
+        if seq.num_hashed_blocks >= full:
+            return
+        ids = seq.prompt_token_ids
+        if full * bs > len(ids):
+            ids = ids + seq.output_token_ids
+        while seq.num_hashed_blocks < full:
+            i = seq.num_hashed_blocks
+            parent = self.blocks[seq.block_table[i - 1]].hash if i else None
+            tokens = tuple(ids[i * bs:(i + 1) * bs])
+            block = self.blocks[seq.block_table[i]]
+            block.hash, block.token_ids = chain_hash(parent, tokens), tokens
+            self.hash_to_block.setdefault(block.hash, block.id)
+            seq.num_hashed_blocks += 1
+
+
+class Replica:
+    """An engine in virtual time. `next_t`: when it next wants to step (inf: waiting for work)."""
+
+    def __init__(self, config: EngineConfig, step_model, num_blocks: int, max_model_len: float,
+                 index: int = 0, record_steps: bool = True):
+        self.config = config
+        self.step_time = step_model.step_time
+        self.bm = SimBlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.sched = Scheduler(config, self.bm)
+        self.max_model_len = max_model_len
+        self.index = index
+        self.record_steps = record_steps
+        self.steps: list[StepRecord] = []
+        self.num_steps = 0
+        self.done: dict[str, RequestMetrics] = {}
+        self.out_token: dict[str, int] = {}
+        self.free_at = 0.0  # end of the last step
+        self.next_t = math.inf
+        self.outstanding = 0  # admitted, not finished
+        self.last_finished = 0  # finished by the last step (still outstanding until free_at)
+
+    # -- requests --------------------------------------------------------------------------
+    def add(self, spec: RequestSpec, serial: int) -> None:
+        ids, out = _token_ids(spec, serial)
+        error = self._invalid(len(ids), spec.output_len)
+        if error:
+            self.done[spec.id] = RequestMetrics(spec.id, spec.arrival_s, prompt_tokens=len(ids), status="error",
+                                                error=error)
+            return
+        params = SamplingParams(max_tokens=spec.output_len, temperature=spec.temperature, top_p=spec.top_p,
+                                seed=spec.seed, ignore_eos=True)
+        self.sched.add(Sequence(spec.id, ids, params, spec.arrival_s))
+        self.out_token[spec.id] = out
+        self.outstanding += 1
+
+    def _invalid(self, prompt_len: int, max_tokens: int) -> str | None:
+        """The engine's add_request checks; the engine raises, the simulator records a failure."""
+        cfg = self.config
+        if prompt_len >= self.max_model_len:
+            return f"prompt: {prompt_len} tokens leaves no room to generate (max_model_len={self.max_model_len})"
+        if not cfg.enable_chunked_prefill and prompt_len > cfg.max_num_batched_tokens:
+            return (f"prompt: {prompt_len} tokens exceed max_num_batched_tokens={cfg.max_num_batched_tokens} "
+                    "with chunked prefill off")
+        longest = min(prompt_len + max_tokens, self.max_model_len)
+        if self.bm.blocks_for(longest) > self.bm.num_blocks:
+            return f"max_tokens: {longest} tokens cannot fit in the KV cache (num_blocks={self.bm.num_blocks})"
+        return None
+
+    def outstanding_at(self, now: float) -> int:
+        return self.outstanding + (self.last_finished if self.free_at > now else 0)
+
+    # -- one step, as Engine.step ---------------------------------------------------------
+    def step(self, now: float, flush: bool) -> bool:
+        sched = self.sched
+        batch = sched.schedule(now, flush)
+        seqs, counts = batch.seqs, batch.num_new_tokens
+        if not seqs:
+            self.next_t = self._wake_time(now)
+            return False
+        shape = batch_shape(seqs, counts)
+        end = now + self.step_time(shape)
+        sampled = sched.on_computed(batch)
+        finished = 0
+        for seq in sampled:
+            seq.output_token_ids.append(self.out_token[seq.request_id])
+            seq.token_times_s.append(end)
+            if seq.first_token_s is None:
+                seq.first_token_s = end
+            if len(seq.output_token_ids) >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+                sched.finish(seq, "length", end)
+                self._record_finish(seq)
+                finished += 1
+        self.num_steps += 1
+        if self.record_steps:
+            self.steps.append(StepRecord(
+                step=len(self.steps), start_s=now, duration_s=end - now,
+                prefill_tokens=batch.num_prefill_tokens, decode_seqs=batch.num_decode_seqs,
+                num_running=len(sched.running), num_waiting=len(sched.waiting),
+                kv_blocks_used=self.bm.num_used, num_preempted=len(batch.preempted),
+                num_finished=finished, context_tokens=shape.context_tokens,
+                idle_slots=self.config.max_num_seqs - len(seqs),
+                batch=[(s.request_id, n) for s, n in zip(seqs, counts, strict=True)], replica=self.index,
+            ))
+        self.free_at = self.next_t = end
+        self.last_finished = finished
+        self.outstanding -= finished
+        return True
+
+    def _record_finish(self, seq: Sequence) -> None:
+        del self.out_token[seq.request_id]
+        self.done[seq.request_id] = RequestMetrics(
+            request_id=seq.request_id, arrival_s=seq.arrival_s, prompt_tokens=seq.num_prompt_tokens,
+            output_tokens=len(seq.output_token_ids), first_scheduled_s=seq.first_scheduled_s,
+            first_token_s=seq.first_token_s, finish_s=seq.finish_s, token_times_s=seq.token_times_s,
+            status="ok", finish_reason=seq.finish_reason,
+        )
+
+    def _wake_time(self, now: float) -> float:
+        """Nothing ran: static waits for its batch timeout; otherwise only an arrival wakes it."""
+        sched, cfg = self.sched, self.config
+        if cfg.policy != "static" or sched.static_batch or not sched.waiting:
+            return math.inf
+        head = sched.waiting[0].arrival_s
+        t = max(head + cfg.static_batch_timeout_s, now)
+        while t - head < cfg.static_batch_timeout_s:  # rounding must not leave the timeout unmet
+            t = math.nextafter(t, math.inf)
+        return t if t > now else math.nextafter(now, math.inf)
+
+
+def _token_ids(spec: RequestSpec, serial: int) -> tuple[list[int], int]:
+    """Prompt token ids and the token every output step appends.
+
+    Length-only prompts get one dummy id repeated, distinct per request, so prompts never share
+    a cached prefix (but a preempted request still hits its own blocks, as in the engine). Equal
+    token-id or text prompts get equal ids and outputs, so they hit each other exactly as in a
+    greedy engine.
+    """
+    if spec.prompt_token_ids is not None:
+        ids = list(spec.prompt_token_ids)
+        return ids, -1 - (hash(tuple(ids)) & 0x7FFFFFFF)
+    if spec.prompt is not None:  # equal texts, equal ids; a length-less text: ~4 characters a token
+        tok = DUMMY_TOKEN_BASE - 1 - zlib.crc32(spec.prompt.encode())
+        n = spec.prompt_len or max(1, round(len(spec.prompt) / 4))
+    else:
+        tok, n = DUMMY_TOKEN_BASE + serial, spec.prompt_len
+    return [tok] * n, -tok

@@ -1,0 +1,215 @@
+"""Step-time models: how long one engine step takes, given the shape of its batch.
+
+`FittedStepModel` learns from an engine run's step trace (non-negative least squares);
+`RooflineStepModel` estimates from a GPU's bandwidth and FLOP/s and a model's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+
+from lab.metrics import StepRecord
+from lab.sim.gpus import GPU, ModelShape, get_gpu, get_model, kv_cache_blocks
+
+
+@dataclass(slots=True)
+class BatchShape:
+    """What a step computes. A decode is one token on top of a cached context (as the engine's
+    model runner sorts them); everything else is a prefill chunk."""
+
+    prefill_tokens: int = 0
+    prefill_seqs: int = 0
+    decode_seqs: int = 0
+    context_tokens: int = 0  # attended context summed over the batch
+    decode_context: int = 0  # of which, the decodes'
+    max_decode_context: int = 0  # the engine pads decode attention to the longest one
+    prefill_attention: int = 0  # causal query-key pairs of the prefill chunks
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefill_tokens + self.decode_seqs
+
+
+def batch_shape(seqs, num_new_tokens) -> BatchShape:
+    """Shape of a scheduled batch, read before the scheduler advances `num_computed_tokens`."""
+    s = BatchShape()
+    for seq, n in zip(seqs, num_new_tokens, strict=True):
+        _add(s, seq.num_computed_tokens, n)
+    return s
+
+
+def _add(s: BatchShape, cached: int, n: int) -> None:
+    ctx = cached + n
+    s.context_tokens += ctx
+    if n == 1 and cached > 0:
+        s.decode_seqs += 1
+        s.decode_context += ctx
+        if ctx > s.max_decode_context:
+            s.max_decode_context = ctx
+    else:
+        s.prefill_tokens += n
+        s.prefill_seqs += 1
+        s.prefill_attention += n * cached + n * (n + 1) // 2
+
+
+def shapes_from_trace(steps: list[StepRecord]) -> list[BatchShape]:
+    """Rebuild each step's shape from the trace's (request id, tokens) lists by replaying them.
+
+    The trace does not say who was preempted; a request that decoded and then computes several
+    tokens again is taken as recomputing from zero (prefix-cache hits on recompute are missed).
+    """
+    computed: dict[str, int] = {}
+    last_n: dict[str, int] = {}
+    shapes = []
+    for st in steps:
+        s = BatchShape()
+        for rid, n in st.batch:
+            cached = computed.get(rid, 0)
+            if n > 1 and last_n.get(rid) == 1 and cached > 0:
+                cached = 0  # preempted while decoding: recompute
+            _add(s, cached, n)
+            computed[rid], last_n[rid] = cached + n, n
+        shapes.append(s)
+    return shapes
+
+
+FEATURES = ("const", "prefill_tokens", "prefill_seqs", "decode_seqs", "decode_context", "decode_padded",
+            "prefill_attention")
+
+
+def _row(s: BatchShape) -> list[float]:
+    return [1.0, s.prefill_tokens, s.prefill_seqs, s.decode_seqs, s.decode_context,
+            s.decode_seqs * s.max_decode_context, s.prefill_attention]
+
+
+@dataclass(slots=True)
+class FittedStepModel:
+    """seconds = sum(coef[f] * feature f), every coefficient >= 0."""
+
+    coef: dict[str, float]
+
+    def __post_init__(self):
+        unknown = set(self.coef) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"coef: unknown feature(s) {sorted(unknown)}; allowed: {', '.join(FEATURES)}")
+        self.coef = {f: float(self.coef.get(f, 0.0)) for f in FEATURES}
+
+    def step_time(self, s: BatchShape) -> float:
+        c = self.coef
+        return (c["const"] + c["prefill_tokens"] * s.prefill_tokens + c["prefill_seqs"] * s.prefill_seqs
+                + c["decode_seqs"] * s.decode_seqs + c["decode_context"] * s.decode_context
+                + c["decode_padded"] * s.decode_seqs * s.max_decode_context
+                + c["prefill_attention"] * s.prefill_attention)
+
+    @classmethod
+    def fit(cls, steps: list[StepRecord], features: tuple[str, ...] = FEATURES) -> FittedStepModel:
+        """Fit step-to-next-step time (the engine's loop overhead between steps included).
+
+        Steps followed by an idle wait (nothing left running) are left out; so are outliers past
+        five robust standard deviations (other processes stealing the CPU), after a first fit.
+        """
+        bad = set(features) - set(FEATURES)
+        if bad:
+            raise ValueError(f"features: unknown {sorted(bad)}; allowed: {', '.join(FEATURES)}")
+        shapes = shapes_from_trace(steps)
+        rows, y = [], []
+        for i, st in enumerate(steps[:-1]):
+            if st.num_running > 0:
+                rows.append(_row(shapes[i]))
+                y.append(steps[i + 1].start_s - st.start_s)
+        if len(y) < len(features) + 1:
+            raise ValueError(f"steps: need at least {len(features) + 1} back-to-back steps to fit, got {len(y)}")
+        cols = [FEATURES.index(f) for f in features]
+        X, y = np.asarray(rows, dtype=float)[:, cols], np.asarray(y)
+        w = _nnls(X, y)
+        resid = y - X @ w
+        mad = 1.4826 * np.median(np.abs(resid - np.median(resid))) or np.inf
+        keep = np.abs(resid) <= 5 * mad
+        if keep.sum() > len(features):
+            w = _nnls(X[keep], y[keep])
+        return cls(dict(zip(features, w.tolist(), strict=True)))
+
+    def predict(self, steps: list[StepRecord]) -> np.ndarray:
+        return np.array([self.step_time(s) for s in shapes_from_trace(steps)])
+
+
+def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for a handful of features: the best of the subsets whose plain
+    least-squares solution is non-negative (that is where the NNLS optimum lies)."""
+    k = X.shape[1]
+    best, best_err = np.zeros(k), float(y @ y)
+    for size in range(1, k + 1):
+        for subset in combinations(range(k), size):
+            sol, *_ = np.linalg.lstsq(X[:, subset], y, rcond=None)
+            if (sol < 0).any():
+                continue
+            err = float(np.sum((y - X[:, subset] @ sol) ** 2))
+            if err < best_err:
+                best_err, best = err, np.zeros(k)
+                best[list(subset)] = sol
+    return best
+
+
+@dataclass(slots=True)
+class ConstantStepModel:
+    """Every step takes `seconds`: for hand-computed examples."""
+
+    seconds: float
+
+    def __post_init__(self):
+        if not self.seconds > 0:
+            raise ValueError(f"seconds: must be > 0, got {self.seconds}")
+
+    def step_time(self, s: BatchShape) -> float:
+        return self.seconds
+
+
+@dataclass(slots=True)
+class RooflineStepModel:
+    """max(FLOPs / peak, bytes / bandwidth) + a fixed per-step overhead.
+
+    FLOPs: 2 x params per token plus attention (4 x hidden per layer per query-key pair). Bytes:
+    the weights once per step plus the KV of every attended token. The efficiencies are what real
+    kernels reach of the peaks (assumed, typical of vLLM on Hopper); tensor parallelism splits
+    both evenly and its all-reduce time is left out.
+    """
+
+    gpu: str | GPU = "H100-SXM"
+    model: str | ModelShape = "llama-3.1-8b"
+    flops_efficiency: float = 0.6
+    bandwidth_efficiency: float = 0.8
+    overhead_s: float = 0.001  # scheduling, sampling, launches per step
+    tensor_parallel: int = 1
+    _k: tuple = field(init=False, repr=False, default=())
+
+    def __post_init__(self):
+        self.gpu, self.model = get_gpu(self.gpu), get_model(self.model)
+        for name in ("flops_efficiency", "bandwidth_efficiency"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name}: must be in (0, 1], got {getattr(self, name)}")
+        if self.overhead_s < 0:
+            raise ValueError(f"overhead_s: must be >= 0, got {self.overhead_s}")
+        if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
+            raise ValueError(f"tensor_parallel: must be an integer >= 1, got {self.tensor_parallel!r}")
+        g, m, tp = self.gpu, self.model, self.tensor_parallel
+        flops = g.bf16_tflops * 1e12 * self.flops_efficiency * tp
+        bandwidth = g.bandwidth_gbps * 1e9 * self.bandwidth_efficiency * tp
+        self._k = (2 * m.params / flops, 4 * m.layers * m.hidden / flops,
+                   m.weight_bytes / bandwidth, m.kv_bytes_per_token / bandwidth)
+
+    def step_time(self, s: BatchShape) -> float:
+        per_token, per_pair, weights, per_kv = self._k
+        compute = per_token * s.num_tokens + per_pair * (s.prefill_attention + s.decode_context)
+        memory = weights + per_kv * s.context_tokens
+        return self.overhead_s + (compute if compute > memory else memory)
+
+    def kv_cache_blocks(self, block_size: int = 16, gpu_memory_utilization: float = 0.9) -> int:
+        return kv_cache_blocks(self.gpu, self.model, block_size, gpu_memory_utilization,
+                               tensor_parallel=self.tensor_parallel)
+
+    @property
+    def max_model_len(self) -> int:
+        return self.model.max_model_len
