@@ -1,0 +1,228 @@
+"""The engine on its own thread, feeding asyncio consumers: the bridge the HTTP server stands on.
+
+`Engine` is not thread-safe, so every call to it (add, abort, step) runs on one engine thread that
+drains a command queue between steps; token events go back to each request's asyncio queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+
+from lab.engine.engine import Engine
+from lab.engine.sequence import SamplingParams
+from lab.metrics import RequestMetrics
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.002  # static policy waiting for a batch to fill: how often to re-check its timeout
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """New text for one request; the last one has `finished` set and the request's metrics."""
+
+    text: str
+    token_id: int | None
+    finished: bool = False
+    finish_reason: str | None = None  # stop, length, abort, or error (an engine failure)
+    num_output_tokens: int = 0
+    metrics: RequestMetrics | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """A snapshot taken after each step, readable from any thread (for /metrics and queue limits)."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_blocks_used: int = 0
+    kv_blocks_total: int = 0
+    num_steps: int = 0
+
+
+class RequestStream:
+    """One request's events, consumed with `async for`. Leaving the loop early does not abort: call
+    `AsyncEngine.abort` in a `finally` (the server does)."""
+
+    def __init__(self, request_id: str, prompt_tokens: int, loop: asyncio.AbstractEventLoop):
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self.loop = loop
+        self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self.finished = False
+        self.num_output_tokens = 0  # as seen by the consumer
+        self._produced = 0  # engine thread only
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self.finished:
+            raise StopAsyncIteration
+        event = await self.queue.get()
+        self.finished = event.finished
+        self.num_output_tokens = event.num_output_tokens
+        return event
+
+
+class AsyncEngine:
+    def __init__(self, engine: Engine, trace_limit: int = 4096):
+        self.engine = engine
+        self.trace_limit = trace_limit  # steps kept in engine.trace; a server runs for days
+        self._commands: list = []
+        self._cond = threading.Condition()
+        self._streams: dict[str, RequestStream] = {}  # engine thread only
+        self._stopping = False
+        self._pending_adds = 0  # submitted, not yet drained by the engine thread
+        self._stats = EngineStats(kv_blocks_total=engine.block_manager.num_blocks)
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> AsyncEngine:
+        self._thread = threading.Thread(target=self._run, name="lab-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Abort every request in flight (their streams end with finish_reason 'abort') and join."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"engine thread did not stop within {timeout}s (a step is stuck?)")
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._cond:
+            s = self._stats
+            return EngineStats(s.num_running, s.num_waiting + self._pending_adds, s.kv_blocks_used,
+                               s.kv_blocks_total, s.num_steps)
+
+    # -- requests (any thread) ----------------------------------------------------------------
+    async def add_request(self, prompt: str | list[int], params: SamplingParams,
+                          request_id: str) -> RequestStream:
+        """Queue a request; returns once the engine accepted it. Bad input raises the engine's ValueError."""
+        if not self.is_running:
+            raise RuntimeError("engine is not running")
+        loop = asyncio.get_running_loop()
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        def add():
+            try:
+                seq = self.engine.add_request(prompt, params, request_id)
+            except Exception as exc:  # ValueError for bad input; reported to the caller, not the thread
+                done.set_exception(exc)
+                return
+            stream = RequestStream(request_id, seq.num_prompt_tokens, loop)
+            self._streams[request_id] = stream
+            self._stats.num_waiting += 1  # until the next step's snapshot counts it
+            done.set_result(stream)
+
+        self._submit(add, is_add=True)
+        try:
+            return await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            self.abort(request_id)  # the caller went away while we queued it
+            raise
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request; its KV blocks are freed before the engine's next step."""
+        self._submit(lambda: self.engine.abort(request_id))
+
+    def _submit(self, command, is_add: bool = False) -> None:
+        with self._cond:
+            self._commands.append((command, is_add))
+            self._pending_adds += is_add
+            self._cond.notify()
+
+    # -- the engine thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        engine = self.engine
+        while True:
+            with self._cond:
+                while not (self._commands or self._stopping or engine.has_unfinished()):
+                    self._cond.wait()  # nothing to do: block, do not spin
+                if self._stopping:
+                    break
+                commands, self._commands = self._commands, []
+                for _, is_add in commands:
+                    self._pending_adds -= is_add
+            for command, _ in commands:
+                command()
+            try:
+                ran = self._step()
+            except Exception as exc:  # a bug or out of memory: fail the requests, keep serving
+                log.exception("engine step failed")
+                self._fail_all("error", f"engine step failed: {exc!r}")
+                continue
+            if not ran and engine.has_unfinished():  # static policy: a batch is still filling
+                with self._cond:
+                    if not self._commands and not self._stopping:
+                        self._cond.wait(IDLE_POLL_S)
+        self._fail_all("abort", "server shutting down")
+
+    def _step(self) -> bool:
+        engine = self.engine
+        before = engine.trace[-1] if engine.trace else None
+        # flush=False: a server never knows that no more requests are coming
+        events = engine.step(flush=False)
+        ran = bool(engine.trace) and engine.trace[-1] is not before
+        out: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        for ev in events:
+            stream = self._streams.get(ev.request_id)
+            if stream is None:
+                continue
+            stream._produced += ev.token_id is not None
+            item = StreamEvent(ev.text, ev.token_id, ev.finished, ev.finish_reason, stream._produced)
+            if ev.finished:
+                item.metrics = engine.metrics(engine.seqs[ev.request_id])
+                engine.release(ev.request_id)
+                del self._streams[ev.request_id]
+            out[stream.loop].append((stream, item))
+        for loop, items in out.items():
+            _deliver_threadsafe(loop, items)
+        if len(engine.trace) > 2 * self.trace_limit:
+            del engine.trace[: len(engine.trace) - self.trace_limit]
+        sched, bm = engine.scheduler, engine.block_manager
+        with self._cond:
+            self._stats = EngineStats(len(sched.running), len(sched.waiting), bm.num_used, bm.num_blocks,
+                                      self._stats.num_steps + ran)
+        return ran
+
+    def _fail_all(self, reason: str, message: str) -> None:
+        out: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
+        for request_id, stream in list(self._streams.items()):
+            try:
+                self.engine.abort(request_id)
+                self.engine.release(request_id)
+            except Exception:  # the engine is already broken; still end the consumer's stream
+                log.exception("abort of %s failed", request_id)
+            item = StreamEvent("", None, True, reason, stream._produced, error=message)
+            out[stream.loop].append((stream, item))
+        self._streams.clear()
+        for loop, items in out.items():
+            _deliver_threadsafe(loop, items)
+
+
+def _deliver(items) -> None:
+    for stream, item in items:
+        stream.queue.put_nowait(item)
+
+
+def _deliver_threadsafe(loop: asyncio.AbstractEventLoop, items) -> None:
+    try:
+        loop.call_soon_threadsafe(_deliver, items)  # one wake-up per loop per step, not per token
+    except RuntimeError:  # that event loop is closed: nobody is listening any more
+        pass

@@ -1,0 +1,215 @@
+"""The FastAPI app: OpenAI's routes, and the checks every generation request passes in order:
+shutting down (503), API key (401), injected faults, body size (413), body (400), model (404),
+context (400), queue (429), rate limit (429); then the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+
+from lab.engine.async_engine import AsyncEngine
+from lab.server.auth import authenticate
+from lab.server.config import ServerConfig
+from lab.server.errors import APIError, bad_request, from_validation, install_handlers
+from lab.server.faults import HEADER, FaultConfig, FaultInjector
+from lab.server.metrics import ServerMetrics
+from lab.server.protocol import ChatCompletionRequest, CompletionRequest
+from lab.server.ratelimit import RateLimiter
+from lab.server.responses import Admitted, full_response, stream_events
+
+
+@dataclass
+class ServerState:
+    engine: AsyncEngine
+    config: ServerConfig
+    model_name: str
+    faults: FaultInjector
+    limiter: RateLimiter
+    metrics: ServerMetrics
+    created: int
+    shutting_down: bool = False
+
+
+def build_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="batching-lab", summary="OpenAI-compatible server on the batching-lab engine")
+    app.state.lab = state
+    install_handlers(app)
+
+    @app.get("/health")
+    async def health():
+        if state.shutting_down or not state.engine.is_running:
+            raise APIError(503, "server is shutting down", code="shutting_down")
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        authenticate(request.headers.get("authorization"), state.config.api_keys)
+        return {"object": "list", "data": [_model_card(state)]}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str, request: Request):
+        authenticate(request.headers.get("authorization"), state.config.api_keys)
+        _check_model(state, model)
+        return _model_card(state)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _generate(state, request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _generate(state, request, "completion")
+
+    @app.get("/admin/faults")
+    async def get_faults(request: Request):
+        authenticate(request.headers.get("authorization"), state.config.api_keys)
+        cfg = state.faults.config
+        return {"faults": None if cfg is None else asdict(cfg)}
+
+    @app.put("/admin/faults")
+    async def put_faults(request: Request):
+        """Body: FaultConfig fields as JSON, or `null` to turn faults off."""
+        authenticate(request.headers.get("authorization"), state.config.api_keys)
+        body = await request.json()
+        try:
+            cfg = None if body is None else FaultConfig(**body)
+        except (TypeError, ValueError) as exc:
+            raise bad_request(ValueError(str(exc)), default_param="faults") from None
+        state.faults = FaultInjector(cfg)
+        return {"faults": None if cfg is None else asdict(cfg)}
+
+    return app
+
+
+def _model_card(state: ServerState) -> dict:
+    return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "batching-lab",
+            "max_model_len": state.engine.engine.config.max_model_len}
+
+
+def _check_model(state: ServerState, model: str) -> None:
+    if model != state.model_name:
+        raise APIError(404, f"The model `{model}` does not exist; this server serves `{state.model_name}`.",
+                       param="model", code="model_not_found")
+
+
+async def _generate(state: ServerState, request: Request, kind: str):
+    arrival = time.perf_counter()
+    try:
+        admitted, streaming = await _admit(state, request, kind, arrival)
+    except APIError as exc:
+        state.metrics.errors.labels(str(exc.status)).inc()
+        raise
+    if streaming:
+        return StreamingResponse(stream_events(admitted, state.engine, state.metrics),
+                                 media_type="text/event-stream", headers=admitted.headers)
+    return await full_response(admitted, state.engine, state.metrics, request)
+
+
+async def _admit(state: ServerState, request: Request, kind: str, arrival: float) -> tuple[Admitted, bool]:
+    cfg, engine = state.config, state.engine
+    if state.shutting_down:
+        raise APIError(503, "server is shutting down", code="shutting_down", headers={"retry-after": "5"})
+    key = authenticate(request.headers.get("authorization"), cfg.api_keys)
+    fault = state.faults.draw(request.headers.get(HEADER) if cfg.allow_fault_header else None)
+    if fault.latency_s:
+        await asyncio.sleep(fault.latency_s)
+    if fault.status is not None:
+        raise fault.error()
+    body = await _read_body(request, cfg.max_body_bytes)
+    model_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
+    try:
+        req = model_cls.model_validate_json(body)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    _check_model(state, req.model)
+    prompt_field = "messages" if kind == "chat" else "prompt"
+    ids = _tokenize(engine, req, prompt_field)
+    max_tokens = _max_tokens(engine.engine.config.max_model_len, len(ids), req, prompt_field)
+    try:
+        params = req.sampling_params(max_tokens)
+    except ValueError as exc:
+        raise bad_request(exc) from None
+    if engine.stats.num_waiting >= cfg.max_queued_requests:
+        raise APIError(429, f"The server's queue is full ({cfg.max_queued_requests} requests waiting); "
+                       "retry shortly.", code="queue_full", type="server_overloaded",
+                       headers={"retry-after": "1", "retry-after-ms": "1000"})
+    client = request.client.host if request.client else "unknown"
+    headers = state.limiter.check(key or f"address:{client}", len(ids) + max_tokens)
+    request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+    try:
+        stream = await engine.add_request(ids, params, request_id)
+    except ValueError as exc:
+        raise bad_request(exc, default_param=prompt_field) from None
+    except RuntimeError:
+        raise APIError(503, "server is shutting down", code="shutting_down") from None
+    admitted = Admitted(kind, request_id, state.model_name, stream, fault, req.include_usage, arrival, headers)
+    return admitted, req.stream
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    too_large = APIError(413, f"body: larger than this server's limit of {limit} bytes (max_body_bytes)",
+                         code="request_too_large")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body, size = [], 0
+    async for chunk in request.stream():  # counted as it arrives: a chunked body has no declared size
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        body.append(chunk)
+    return b"".join(body)
+
+
+def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
+    """On the event loop: token counts are needed up front for the context and token-rate checks."""
+    tokenizer = engine.engine.tokenizer
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list):
+        if not req.prompt:
+            raise APIError(400, "prompt: must not be empty", param="prompt", code="invalid_value")
+        return req.prompt
+    if tokenizer is None:
+        raise APIError(400, f"{field}: this model folder has no tokenizer; send `prompt` as token ids to "
+                       "/v1/completions", param=field, code="invalid_value")
+    try:
+        if isinstance(req, ChatCompletionRequest):
+            text = tokenizer.apply_chat_template([{"role": m.role, "content": m.text()} for m in req.messages])
+        else:
+            text = req.prompt
+    except ValueError as exc:
+        raise bad_request(exc, default_param=field) from None
+    except Exception as exc:  # a template error from jinja2
+        raise APIError(400, f"{field}: the chat template failed: {exc}", param=field, code="invalid_value") from None
+    if not text:
+        raise APIError(400, f"{field}: must not be empty", param=field, code="invalid_value")
+    return tokenizer.encode(text)
+
+
+def _max_tokens(max_model_len: int, prompt_tokens: int, req, field: str) -> int:
+    room = max_model_len - prompt_tokens
+    if room < 1:
+        raise APIError(400, f"{field}: the prompt has {prompt_tokens} tokens; this model's context is "
+                       f"{max_model_len} tokens, which leaves no room to generate. Shorten the prompt.",
+                       param=field, code="context_length_exceeded")
+    requested = req.requested_max_tokens()
+    if requested is None:
+        return room  # as vLLM: whatever the context leaves
+    if requested > room:
+        name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+        raise APIError(400, f"{name}: this model's maximum context length is {max_model_len} tokens; you "
+                       f"requested {prompt_tokens + requested} ({prompt_tokens} in the {field}, {requested} "
+                       f"in the completion). Lower {name} to at most {room}.", param=name,
+                       code="context_length_exceeded")
+    return requested

@@ -1,0 +1,29 @@
+"""ServerConfig: the HTTP server's own knobs (auth, limits, fault header); the engine's are
+`EngineConfig`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    api_keys: list[str] = field(default_factory=list)  # empty: open server
+    served_model_name: str | None = None  # None: the model folder's name
+    max_queued_requests: int = 1024  # waiting for a batch slot; beyond this a 429
+    requests_per_minute: int | None = None  # per key (per client address on an open server)
+    tokens_per_minute: int | None = None  # prompt + max_tokens, counted at admission as OpenAI does
+    max_body_bytes: int = 4 * 2**20
+    allow_fault_header: bool = True  # honour `x-lab-fault`; a teaching server, so on by default
+    trace_limit: int = 4096  # engine steps kept in engine.trace
+    shutdown_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        if isinstance(self.api_keys, str):
+            self.api_keys = [self.api_keys]
+        self.api_keys = [k for k in (self.api_keys or []) if k]
+        for name in ("max_queued_requests", "max_body_bytes", "trace_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")

@@ -1,0 +1,145 @@
+"""Fault injection for teaching, off by default: random error statuses, added latency, cut and stalled
+streams (seeded, so a run repeats), or one exact failure per request with the `x-lab-fault` header.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+from lab.server.errors import APIError
+
+STATUSES = (401, 429, 500, 503, 504)
+HEADER = "x-lab-fault"
+HEADER_CUT_AFTER = 2  # `cut`: drop the connection after this many chunks
+HEADER_STALL_AFTER = 1  # `stall`: go quiet after the first chunk, mid-stream as real stalls are
+MESSAGES = {
+    401: ("Incorrect API key provided (injected fault).", "invalid_api_key"),
+    429: ("Rate limit reached (injected fault). Please try again in 1s.", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request (injected fault).", "internal_error"),
+    503: ("The server is overloaded or not ready yet (injected fault).", "service_unavailable"),
+    504: ("The upstream model timed out (injected fault).", "timeout"),
+}
+
+
+@dataclass(slots=True)
+class FaultConfig:
+    """`error_rates`: status -> probability per request (their sum at most 1). Streams are cut (closed
+    without `[DONE]`) after `cut_after_chunks` with probability `cut_rate`, or stall for `stall_s`
+    after `stall_after_chunks` with probability `stall_rate`."""
+
+    error_rates: dict[int, float] = field(default_factory=dict)
+    latency_s: float = 0.0  # added before every answer
+    cut_rate: float = 0.0
+    cut_after_chunks: int = 3
+    stall_rate: float = 0.0
+    stall_s: float = 5.0
+    stall_after_chunks: int = 1
+    seed: int | None = None
+
+    def __post_init__(self):
+        self.error_rates = {int(k): float(v) for k, v in self.error_rates.items()}
+        bad = sorted(set(self.error_rates) - set(STATUSES))
+        if bad:
+            raise ValueError(f"error_rates: unsupported status {bad}; allowed: {', '.join(map(str, STATUSES))}")
+        probs = {"cut_rate": self.cut_rate, "stall_rate": self.stall_rate}
+        probs |= {f"error_rates[{k}]": v for k, v in self.error_rates.items()}
+        for name, p in probs.items():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name}: a probability must be in [0, 1], got {p}")
+        if sum(self.error_rates.values()) > 1.0 + 1e-9:
+            raise ValueError(f"error_rates: probabilities sum to {sum(self.error_rates.values())}, more than 1")
+        for name in ("latency_s", "stall_s", "cut_after_chunks", "stall_after_chunks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(slots=True)
+class Fault:
+    """What happens to one request."""
+
+    status: int | None = None
+    latency_s: float = 0.0
+    cut_after: int | None = None  # chunks sent before the connection is dropped
+    stall_after: int | None = None
+    stall_s: float = 0.0
+
+    def error(self) -> APIError:
+        message, code = MESSAGES[self.status]
+        retry = {"retry-after": "1", "retry-after-ms": "1000"} if self.status in (429, 503) else {}
+        if self.status == 429:
+            retry |= {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"}
+        return APIError(self.status, message, code=code, headers=retry)
+
+
+class FaultInjector:
+    """Draws faults in request order from one seeded generator: the same seed, the same faults."""
+
+    def __init__(self, config: FaultConfig | None = None):
+        self.config = config
+        self.rng = random.Random(config.seed if config else None)
+
+    def draw(self, header: str | None) -> Fault:
+        fault = Fault()
+        cfg = self.config
+        if cfg is not None:
+            # always three draws per request, so one outcome never shifts the next request's dice
+            u_status, u_cut, u_stall = self.rng.random(), self.rng.random(), self.rng.random()
+            fault.latency_s = cfg.latency_s
+            edge = 0.0
+            for status in sorted(cfg.error_rates):
+                edge += cfg.error_rates[status]
+                if u_status < edge:
+                    fault.status = status
+                    break
+            if u_cut < cfg.cut_rate:
+                fault.cut_after = cfg.cut_after_chunks
+            if u_stall < cfg.stall_rate:
+                fault.stall_after, fault.stall_s = cfg.stall_after_chunks, cfg.stall_s
+        if header:
+            _apply_header(fault, header)
+        return fault
+
+
+def _apply_header(fault: Fault, header: str) -> None:
+    """`429`, `504`, `cut` (after 2 chunks), `cut:5`, `stall`, `stall:2.5`, `latency:0.3`; comma-separated for several."""
+    for item in header.split(","):
+        name, _, arg = item.strip().lower().partition(":")
+        try:
+            if name.isdigit() and int(name) in STATUSES and not arg:
+                fault.status = int(name)
+            elif name == "cut":
+                fault.cut_after = int(arg) if arg else HEADER_CUT_AFTER
+            elif name == "stall":
+                fault.stall_after, fault.stall_s = HEADER_STALL_AFTER, float(arg) if arg else 5.0
+            elif name == "latency" and arg:
+                fault.latency_s = float(arg)
+            else:
+                raise ValueError(name)
+        except ValueError:
+            raise APIError(400, f"{HEADER}: unknown fault {item.strip()!r}; allowed: "
+                           f"{', '.join(map(str, STATUSES))}, cut[:N], stall[:SECONDS], latency:SECONDS",
+                           param=HEADER, code="invalid_value") from None
+
+
+class StreamCut(Exception):
+    """Raised inside a response stream to drop the connection without `[DONE]`."""
+
+
+class _QuietCut(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:  # anyio may wrap it in an exception group
+            if isinstance(exc, StreamCut):
+                return False
+            group = getattr(exc, "exceptions", None)
+            exc = group[0] if group else exc.__cause__
+        return True
+
+
+def quiet_injected_cuts() -> None:
+    """uvicorn logs an exception that ends a response as an error; an injected cut is not one."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietCut) for f in logger.filters):
+        logger.addFilter(_QuietCut())

@@ -1,0 +1,116 @@
+"""Turn a request's engine events into an answer: SSE chunks as tokens arrive, or one JSON body.
+Either way a client that goes away has its request aborted, freeing its KV blocks before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from lab.engine.async_engine import AsyncEngine, RequestStream
+from lab.server.errors import APIError
+from lab.server.faults import Fault, StreamCut
+from lab.server.metrics import ServerMetrics
+from lab.server.protocol import ChunkMaker, completion_body, usage
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request that passed every check and is in the engine."""
+
+    kind: str  # "chat" or "completion"
+    request_id: str
+    model: str
+    stream: RequestStream
+    fault: Fault
+    include_usage: bool
+    arrival_s: float  # time.perf_counter() when it reached the server
+    headers: dict[str, str]
+
+
+def _data(payload: dict | str) -> str:
+    body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {body}\n\n"
+
+
+def _engine_error(message: str | None, reason: str) -> APIError:
+    if reason == "abort":
+        return APIError(503, message or "request aborted: the server is shutting down", code="shutting_down")
+    return APIError(500, message or "engine failure", code="internal_error")
+
+
+async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics) -> AsyncIterator[str]:
+    maker = ChunkMaker(a.kind, a.request_id, a.model, a.include_usage)
+    sent = 0
+
+    async def emit(payload: dict | str) -> str:
+        nonlocal sent
+        if a.fault.cut_after is not None and sent >= a.fault.cut_after:
+            raise StreamCut(f"{a.request_id}: injected cut after {sent} chunks")
+        if a.fault.stall_after is not None and sent == a.fault.stall_after:
+            await asyncio.sleep(a.fault.stall_s)
+        sent += 1
+        return _data(payload)
+
+    stream = a.stream
+    try:
+        if a.kind == "chat":
+            yield await emit(maker.chunk(None, role=True))
+        async for ev in stream:
+            if ev.error is not None:  # engine failure or shutdown: say so, and end without [DONE]
+                yield _data(_engine_error(ev.error, ev.finish_reason).body())
+                return
+            if ev.token_id is not None and ev.num_output_tokens == 1:
+                metrics.ttft.observe(time.perf_counter() - a.arrival_s)
+            if ev.text:
+                yield await emit(maker.chunk(ev.text))
+            if ev.finished:
+                metrics.finished(stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason,
+                                 time.perf_counter() - a.arrival_s)
+                yield await emit(maker.chunk(None, ev.finish_reason))
+        if a.include_usage:
+            yield await emit(maker.usage_chunk(usage(stream.prompt_tokens, stream.num_output_tokens)))
+        yield await emit("[DONE]")
+    finally:
+        if not stream.finished:  # client gone, cut, or cancelled: free the blocks now
+            engine.abort(a.request_id)
+            metrics.requests.labels("client_gone").inc()
+
+
+async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics,
+                        request: Request) -> JSONResponse:
+    watcher = asyncio.create_task(_abort_on_disconnect(request, engine, a.request_id))
+    stream, parts, last = a.stream, [], None
+    try:
+        if a.fault.stall_after is not None:
+            await asyncio.sleep(a.fault.stall_s)  # a stalled non-streamed answer is a slow one
+        async for ev in stream:
+            if ev.token_id is not None and ev.num_output_tokens == 1:
+                metrics.ttft.observe(time.perf_counter() - a.arrival_s)
+            parts.append(ev.text)
+            last = ev
+    finally:
+        watcher.cancel()
+        if not stream.finished:
+            engine.abort(a.request_id)
+    if last.error is not None:
+        raise _engine_error(last.error, last.finish_reason)
+    metrics.finished(stream.prompt_tokens, last.num_output_tokens, last.finish_reason,
+                     time.perf_counter() - a.arrival_s)
+    body = completion_body(a.kind, a.request_id, a.model, "".join(parts), last.finish_reason,
+                           usage(stream.prompt_tokens, last.num_output_tokens))
+    return JSONResponse(body, headers=a.headers)
+
+
+async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            engine.abort(request_id)
+            return

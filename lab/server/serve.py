@@ -1,0 +1,131 @@
+"""`serve()`: the server in a background thread for notebooks and tests; port 0 picks a free port,
+and leaving the `with` block stops uvicorn and the engine thread and releases the port.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+
+import uvicorn
+
+from lab.engine import LLM
+from lab.engine.async_engine import AsyncEngine
+from lab.engine.loader import bundled_model_dir
+from lab.server.app import ServerState, build_app
+from lab.server.auth import mask
+from lab.server.config import ServerConfig
+from lab.server.faults import FaultConfig, FaultInjector, quiet_injected_cuts
+from lab.server.metrics import ServerMetrics
+from lab.server.ratelimit import RateLimiter
+
+log = logging.getLogger("lab.server")
+_SERVER_FIELDS = {f.name for f in fields(ServerConfig)}
+START_TIMEOUT_S = 30.0
+
+
+class Server:
+    """A running server: `.url` (ends in /v1), `.faults` (settable at run time), `.close()`."""
+
+    def __init__(self, llm: LLM, config: ServerConfig, faults: FaultConfig | None, host: str, port: int,
+                 log_level: str):
+        self.llm, self.config = llm, config
+        folder = Path(llm.model_path) if llm.model_path is not None else bundled_model_dir()
+        self.model_name = config.served_model_name or folder.name
+        self.engine = AsyncEngine(llm.engine, config.trace_limit).start()
+        self.state = ServerState(self.engine, config, self.model_name, FaultInjector(faults),
+                                 RateLimiter(config.requests_per_minute, config.tokens_per_minute),
+                                 ServerMetrics(lambda: self.engine.stats), int(time.time()))
+        self.app = build_app(self.state)
+        quiet_injected_cuts()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((host, port))
+        except OSError as exc:
+            self.engine.stop()
+            self._sock.close()
+            raise OSError(f"port: cannot listen on {host}:{port} ({exc.strerror}); pick another or 0") from None
+        self.host, self.port = host, self._sock.getsockname()[1]
+        uv_config = uvicorn.Config(self.app, log_level=log_level, lifespan="off",
+                                   timeout_graceful_shutdown=int(config.shutdown_timeout_s))
+        self._uvicorn = uvicorn.Server(uv_config)
+        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._sock]},
+                                        name="lab-uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"server did not start on {self.host}:{self.port}")
+            time.sleep(0.01)
+        if config.api_keys:
+            log.info("serving %s at %s (API keys: %s)", self.model_name, self.url,
+                     ", ".join(mask(k) for k in config.api_keys))
+        else:
+            log.warning("serving %s at %s with no API keys: open to anyone who can reach it",
+                        self.model_name, self.url)
+
+    @property
+    def base(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/v1"
+
+    @property
+    def faults(self) -> FaultConfig | None:
+        return self.state.faults.config
+
+    @faults.setter
+    def faults(self, config: FaultConfig | None) -> None:
+        self.state.faults = FaultInjector(config)  # a fresh seeded generator: the same faults again
+
+    def close(self) -> None:
+        """New requests get 503; requests in flight end (aborted); then uvicorn and the engine stop."""
+        self.state.shutting_down = True
+        self.engine.stop()
+        self._uvicorn.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(self.config.shutdown_timeout_s + 5)
+        self._sock.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def start_server(model=None, port: int = 0, api_keys=None, faults: FaultConfig | None = None,
+                 host: str = "127.0.0.1", *, llm: LLM | None = None, log_level: str = "warning",
+                 device: str = "auto", dtype: str = "auto", seed: int = 0, **kwargs) -> Server:
+    """Like `serve()` without the `with`: call `.close()` when done. Keyword arguments are
+    `ServerConfig` fields (served_model_name, requests_per_minute, ...) or `EngineConfig` fields."""
+    server_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _SERVER_FIELDS}
+    config = ServerConfig(api_keys=list(api_keys or []), **server_kwargs)
+    if llm is None:
+        llm = LLM(model=model, device=device, dtype=dtype, seed=seed, **kwargs)
+    elif kwargs or model is not None:
+        raise TypeError(f"serve: give either llm= or model/engine arguments, not both ({sorted(kwargs)})")
+    return Server(llm, config, faults, host, port, log_level)
+
+
+@contextmanager
+def serve(model=None, port: int = 0, api_keys=None, faults: FaultConfig | None = None,
+          host: str = "127.0.0.1", **kwargs) -> Iterator[Server]:
+    """`with serve(model=folder) as server: OpenAI(base_url=server.url, api_key=...)`."""
+    server = start_server(model, port, api_keys, faults, host, **kwargs)
+    try:
+        yield server
+    finally:
+        server.close()

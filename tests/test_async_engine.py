@@ -1,0 +1,80 @@
+"""AsyncEngine: tokens reach asyncio consumers as steps produce them; aborts free blocks; bad input
+raises in the caller; an idle engine thread blocks instead of spinning."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from helpers_server import tiny_llm
+
+from lab.engine import SamplingParams
+from lab.engine.async_engine import AsyncEngine
+
+
+@pytest.fixture
+def aengine():
+    engine = AsyncEngine(tiny_llm().engine, trace_limit=8).start()
+    yield engine
+    engine.stop()
+    assert tiny_llm().engine.block_manager.num_used == 0
+
+
+async def test_tokens_stream_and_match_generate(aengine):
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    stream = await aengine.add_request("To be or", params, "a-1")
+    events = [ev async for ev in stream]
+    assert [ev.num_output_tokens for ev in events] == list(range(1, 13))
+    assert events[-1].finished and events[-1].finish_reason == "length"
+    assert events[-1].metrics is not None and events[-1].metrics.output_tokens == 12
+    assert "a-1" not in aengine.engine.seqs  # released: a long-running server does not grow
+    aengine.stop()
+    expected = tiny_llm().generate("To be or", params, use_tqdm=False)[0].text
+    assert "".join(ev.text for ev in events) == expected
+
+
+async def test_bad_input_raises_in_caller(aengine):
+    with pytest.raises(ValueError, match="prompt"):
+        await aengine.add_request([], SamplingParams(max_tokens=4), "bad-1")
+    with pytest.raises(ValueError, match="prompt"):
+        await aengine.add_request("x" * 300, SamplingParams(max_tokens=4), "bad-2")
+    stream = await aengine.add_request("fine", SamplingParams(max_tokens=2), "ok-1")
+    assert [ev async for ev in stream][-1].finish_reason == "length"
+
+
+async def test_abort_frees_blocks_before_next_step(aengine):
+    streams = [await aengine.add_request(f"request {i}", SamplingParams(max_tokens=200, ignore_eos=True),
+                                         f"ab-{i}") for i in range(8)]
+    for s in streams:
+        await s.__anext__()
+    assert aengine.stats.kv_blocks_used > 0
+    for s in streams:
+        aengine.abort(s.request_id)
+    reasons = [[ev async for ev in s][-1].finish_reason for s in streams]
+    assert reasons == ["abort"] * 8
+    assert aengine.engine.block_manager.num_used == 0
+
+
+async def test_idle_thread_blocks_and_trace_is_trimmed(aengine):
+    stream = await aengine.add_request("trace me", SamplingParams(max_tokens=30), "tr-1")
+    _ = [ev async for ev in stream]
+    assert len(aengine.engine.trace) <= 2 * aengine.trace_limit
+    steps = aengine.stats.num_steps
+    await asyncio.sleep(0.2)
+    assert aengine.stats.num_steps == steps  # nothing to do: no steps taken
+    t0 = time.process_time()
+    await asyncio.sleep(0.3)
+    assert time.process_time() - t0 < 0.1  # and no CPU burnt polling
+
+
+async def test_stop_ends_open_streams():
+    engine = AsyncEngine(tiny_llm().engine).start()
+    stream = await engine.add_request("long", SamplingParams(max_tokens=200, ignore_eos=True), "st-1")
+    await stream.__anext__()
+    await asyncio.to_thread(engine.stop)
+    last = [ev async for ev in stream][-1]
+    assert last.finished and last.finish_reason == "abort" and last.error
+    assert tiny_llm().engine.block_manager.num_used == 0
+    with pytest.raises(RuntimeError, match="not running"):
+        await engine.add_request("late", SamplingParams(max_tokens=2), "st-2")

@@ -1,0 +1,139 @@
+"""The official openai SDK against `serve()`: models, chat, completions, streaming with usage, its
+exception classes for our 401/400/404/429; and greedy output over HTTP equal to `LLM.generate`."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from helpers_server import tiny_llm, tiny_model_dir
+
+from lab.engine import LLM, SamplingParams
+from lab.server import serve
+
+KEY = "sk-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serve(llm=tiny_llm(), api_keys=[KEY], requests_per_minute=1000) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    with openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0, timeout=30) as c:
+        yield c
+
+
+def test_url_and_models(server, client):
+    assert server.url.startswith("http://127.0.0.1:") and server.url.endswith("/v1")
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny-llama"]
+    assert client.models.retrieve("tiny-llama").id == "tiny-llama"
+
+
+def test_chat_completion(client):
+    r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=6, temperature=0)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.prompt_tokens == len("user: Hi\nassistant:") and 1 <= r.usage.completion_tokens <= 6
+    r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "Hi"}],
+                                       max_completion_tokens=3, temperature=0, extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
+
+
+def test_completion_text_and_token_ids(client):
+    r = client.completions.create(model="tiny-llama", prompt="To be", max_tokens=5, temperature=0,
+                                  extra_body={"ignore_eos": True})
+    assert r.object == "text_completion" and r.usage.completion_tokens == 5 and len(r.choices[0].text) == 5
+    ids = tiny_llm().tokenizer.encode("To be")
+    r2 = client.completions.create(model="tiny-llama", prompt=ids, max_tokens=5, temperature=0,
+                                   extra_body={"ignore_eos": True})
+    assert r2.choices[0].text == r.choices[0].text and r2.usage.prompt_tokens == len(ids)
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_streaming_with_usage(client, kind):
+    args = dict(model="tiny-llama", max_tokens=8, temperature=0, stream=True,
+                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    if kind == "chat":
+        chunks = list(client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], **args))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        chunks = list(client.completions.create(prompt="Once upon", **args))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+    assert [c.choices[0].finish_reason for c in chunks[:-1]][-1] == "length"
+    assert len(text) == 8  # one character per token
+
+
+def test_sdk_exception_classes(server, client):
+    with openai.OpenAI(base_url=server.url, api_key="sk-wrong-key-000000", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError) as e:
+            bad.models.list()
+    assert e.value.status_code == 401 and "sk-wrong-key-000000" not in str(e.value)  # key masked
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny-llama", prompt="x", max_tokens=-1)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}], n=2)
+    assert e.value.body["param"] == "n" and "n=1" in e.value.message
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-5", prompt="x", max_tokens=1)
+    assert e.value.body["param"] == "model" and e.value.code == "model_not_found"
+    with pytest.raises(openai.RateLimitError) as e:
+        client.completions.create(model="tiny-llama", prompt="x", max_tokens=1, extra_headers={"x-lab-fault": "429"})
+    assert e.value.response.headers["retry-after"] == "1"
+
+
+def test_rate_limit_per_key_with_headers():
+    with serve(llm=tiny_llm(), api_keys=[KEY, "sk-other-key-0000"], requests_per_minute=2,
+               tokens_per_minute=100) as s:
+        with openai.OpenAI(base_url=s.url, api_key=KEY, max_retries=0) as c:
+            ok = c.completions.with_raw_response.create(model="tiny-llama", prompt="abc", max_tokens=4)
+            assert ok.headers["x-ratelimit-limit-requests"] == "2"
+            assert ok.headers["x-ratelimit-remaining-requests"] == "1"
+            assert ok.headers["x-ratelimit-remaining-tokens"] == str(100 - 3 - 4)
+            assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+            c.completions.create(model="tiny-llama", prompt="abc", max_tokens=4)
+            with pytest.raises(openai.RateLimitError) as e:
+                c.completions.create(model="tiny-llama", prompt="abc", max_tokens=4)
+            h = e.value.response.headers
+            assert int(h["retry-after"]) >= 1 and h["x-ratelimit-remaining-requests"] == "0"
+            assert e.value.code == "rate_limit_exceeded"
+            with pytest.raises(openai.RateLimitError, match="tokens per minute"):  # larger than the bucket
+                c.with_options(api_key="sk-other-key-0000").completions.create(
+                    model="tiny-llama", prompt="abc", max_tokens=200)
+        with openai.OpenAI(base_url=s.url, api_key="sk-other-key-0000", max_retries=0) as other:
+            assert other.completions.create(model="tiny-llama", prompt="abc", max_tokens=2).usage
+
+
+def test_greedy_http_equals_generate(client):
+    prompts = ["ROMEO:", "To be, or not to be", "Once upon a time there"]
+    reference = LLM(model=tiny_model_dir(), device="cpu", num_blocks=64)
+    expected = reference.generate(prompts, SamplingParams(max_tokens=24, temperature=0.0), use_tqdm=False)
+    for prompt, want in zip(prompts, expected):
+        got = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=24, temperature=0)
+        assert got.choices[0].text == want.text and got.choices[0].finish_reason == want.finish_reason
+    chat = [{"role": "user", "content": "Speak"}]
+    text = tiny_llm().tokenizer.apply_chat_template(chat)
+    want = reference.generate(text, SamplingParams(max_tokens=16, temperature=0.0), use_tqdm=False)[0]
+    got = client.chat.completions.create(model="tiny-llama", messages=chat, max_tokens=16, temperature=0)
+    assert got.choices[0].message.content == want.text
+
+
+def test_health_metrics_and_open_server_log(server, caplog):
+    assert httpx.get(server.base + "/health").json() == {"status": "ok"}
+    text = httpx.get(server.base + "/metrics").text
+    for name in ("lab_num_requests_running", "lab_num_requests_waiting", "lab_kv_blocks_used",
+                 "lab_generation_tokens_total", "lab_time_to_first_token_seconds_bucket",
+                 "lab_e2e_request_latency_seconds_bucket"):
+        assert name in text
+    with caplog.at_level("WARNING", logger="lab.server"):
+        with serve(llm=tiny_llm()) as s:
+            assert httpx.post(s.url + "/completions", json={"model": "tiny-llama", "prompt": "a", "max_tokens": 1}
+                              ).status_code == 200
+    assert "no API keys" in caplog.text
