@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-VOCAB_CHARS = string.printable[:95]  # digits, letters, punctuation, space: 95 characters
+VOCAB_CHARS = string.printable[:95] + "\n"  # digits, letters, punctuation, space, newline: 96
 
 
 def char_tokenizer_json(path: Path, chars: str = VOCAB_CHARS) -> None:
-    """A character-level tokenizer.json (one token per character) built with `tokenizers`."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A character-level tokenizer.json (one token per character), as the bundled model has."""
+    from lab.engine.tokenizer import build_char_tokenizer
 
-    vocab = {c: i for i, c in enumerate(chars)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.save(str(path))
+    build_char_tokenizer(chars).save(str(path))
 
 
 def make_hf_model(folder: Path, arch: str, vocab_size: int = len(VOCAB_CHARS), seed: int = 0,

@@ -198,7 +198,7 @@ def test_prompt_longer_than_context_rejected(tiny_llama):
 
 
 def test_token_id_outside_vocabulary_rejected(tiny_llama):
-    with pytest.raises(ValueError, match=r"prompt: token id 999 is outside the vocabulary \[0, 95\)"):
+    with pytest.raises(ValueError, match=r"prompt: token id 999 is outside the vocabulary \[0, 96\)"):
         make_llm(tiny_llama).generate([[1, 999]], GREEDY, use_tqdm=False)
 
 

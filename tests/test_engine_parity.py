@@ -21,7 +21,7 @@ MODES = {
 @pytest.fixture(scope="module")
 def prompts():
     g = torch.Generator().manual_seed(1)
-    return [torch.randint(0, 95, (n,), generator=g).tolist() for n in PROMPT_LENS]
+    return [torch.randint(0, 96, (n,), generator=g).tolist() for n in PROMPT_LENS]
 
 
 @pytest.fixture(scope="module")
