@@ -245,3 +245,36 @@ def test_status_error_on_stream_request_is_raised_at_create():
     with pytest.raises(Exception, match="bad key") as info:
         client_for(handler).completions.create(model="m", prompt="p", stream=True)
     assert type(info.value).__name__ == "AuthenticationError"
+
+
+async def test_pools_are_given_back_after_streams_and_failures():
+    from lab.client._pool import PoolSet
+
+    made = []
+    pools = PoolSet(lambda: made.append(object()) or made[-1], per_pool=2, max_pools=3)
+    got = [pools.acquire() for _ in range(7)]
+    assert got == [0, 0, 1, 1, 2, 2, 0] and pools.loads == [3, 2, 2]  # full: the least busy takes more
+    for i in got:
+        pools.release(i)
+    assert pools.loads == [0, 0, 0] and len(made) == 3
+
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+
+        async def gen():
+            if len(calls) > 1:
+                raise httpx.ReadError("boom")
+            yield chunk("x", "stop") + DONE
+
+        return httpx.Response(200, content=gen())
+
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler),
+                           retry=RetryPolicy(max_retries=0)) as c:
+        stream = await c.completions.create(model="m", prompt="p", stream=True)
+        assert c._pools.loads == [1]  # held while the stream is open
+        [ch async for ch in stream]
+        with pytest.raises(Exception, match="ReadError"):
+            await c.completions.create(model="m", prompt="p", stream=True)
+        assert c._pools.loads == [0]

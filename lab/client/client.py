@@ -13,6 +13,7 @@ import time
 import httpx
 
 from lab.client._base import DEFAULT_POOL, BaseClient, estimate_tokens
+from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
 from lab.client.limits import AsyncLimiter, SyncLimiter
 from lab.client.streaming import AsyncStream, Stream, StreamState, anext_chunk, next_chunk
@@ -137,13 +138,22 @@ class AsyncClient(BaseClient):
 
     def __init__(self, *args, http_client: httpx.AsyncClient | None = None, **kw):
         super().__init__(*args, **kw)
-        self._http = http_client or httpx.AsyncClient(timeout=self.timeout, limits=DEFAULT_POOL,
-                                                      transport=self.transport, follow_redirects=True)
-        self._http.headers.update(self.headers)  # auth and user-agent on every request
+
+        def make_pool() -> httpx.AsyncClient:
+            pool = httpx.AsyncClient(timeout=self.timeout, limits=DEFAULT_POOL, transport=self.transport,
+                                     follow_redirects=True)
+            pool.headers.update(self.headers)  # auth and user-agent on every request
+            return pool
+
+        if http_client is not None:
+            http_client.headers.update(self.headers)
+        self._pools = PoolSet(make_pool, fixed=http_client)
+        if self.transport is not None:
+            self._pools.max_pools = 1  # a given transport (tests, proxies) is shared: more pools buy nothing
         self._limiter = AsyncLimiter(self.limits) if self.limits.active else None
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._pools.aclose()
 
     aclose = close
 
@@ -189,17 +199,29 @@ class AsyncClient(BaseClient):
                 limiter.release_slot()
 
     async def _attempt(self, method, path, body, stream, timeout, headers, start_t, retries, est):
-        request = self._http.build_request(method, self._url(path), json=body, headers=headers, timeout=timeout)
+        pools = self._pools
+        i = pools.acquire()
+        released = False
         try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as e:
-            raise from_httpx(e) from e
+            http = pools.pools[i]
+            request = http.build_request(method, self._url(path), json=body, headers=headers, timeout=timeout)
+            try:
+                response = await http.send(request, stream=True)
+            except httpx.HTTPError as e:
+                raise from_httpx(e) from e
+            if stream and response.status_code < 400:
+                released = True  # the stream gives the pool back when it closes
+                return await self._open_stream(response, start_t, retries, est, lambda: pools.release(i))
+            return await self._finish(response, method, start_t, retries, est)
+        finally:
+            if not released:
+                pools.release(i)
+
+    async def _finish(self, response, method, start_t, retries, est):
         head_t = time.perf_counter()
         if self._limiter is not None:
             self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
         rid = request_id_from(response.headers)
-        if stream and response.status_code < 400:
-            return await self._open_stream(response, start_t, retries, est, rid)
         try:
             content = await response.aread()
         except httpx.HTTPError as e:
@@ -216,19 +238,22 @@ class AsyncClient(BaseClient):
         return self._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
                                 retries=retries, request_id=rid)
 
-    async def _open_stream(self, response, start_t, retries, est, rid) -> AsyncStream:
-        state = StreamState(self.stream_idle_timeout, time.perf_counter(), rid)
+    async def _open_stream(self, response, start_t, retries, est, release_pool) -> AsyncStream:
+        if self._limiter is not None:
+            self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
+        state = StreamState(self.stream_idle_timeout, time.perf_counter(), request_id_from(response.headers))
         lines = response.aiter_lines()
         try:
             first = await anext_chunk(state, lines)
-        except APIError:
+        except (APIError, httpx.HTTPError) as e:
             await response.aclose()
-            raise
-        except httpx.HTTPError as e:
-            await response.aclose()
+            release_pool()
+            if isinstance(e, APIError):
+                raise
             raise from_httpx(e) from e
 
         def on_close(usage):
+            release_pool()
             if self._limiter is not None:
                 self._limiter.core.settle(est, self._used_tokens(usage, est))
                 self._limiter.release_slot()

@@ -1,0 +1,39 @@
+"""Several small httpx connection pools instead of one big one, for high concurrency.
+
+httpcore 1.x rescans every connection of a pool on each request (quadratic in open connections), so at 64
+requests in flight one pool spends more time bookkeeping than sending. We hand each request to the
+least-busy of a few pools, opening another pool once every pool has `per_pool` requests in flight.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+
+class PoolSet:
+    __slots__ = ("_make", "pools", "loads", "per_pool", "max_pools")
+
+    def __init__(self, make, *, per_pool: int = 16, max_pools: int = 16, fixed: httpx.AsyncClient | None = None):
+        self._make = make  # () -> httpx.AsyncClient
+        self.pools: list[httpx.AsyncClient] = [fixed or make()]
+        self.loads = [0]
+        self.per_pool = per_pool
+        self.max_pools = 1 if fixed is not None else max_pools  # a caller's own client is used as given
+
+    def acquire(self) -> int:
+        """Index of the pool for the next request; call `release(index)` when its response is closed."""
+        loads = self.loads
+        i = 0 if len(loads) == 1 else loads.index(min(loads))
+        if loads[i] >= self.per_pool and len(loads) < self.max_pools:
+            self.pools.append(self._make())
+            loads.append(0)
+            i = len(loads) - 1
+        loads[i] += 1
+        return i
+
+    def release(self, i: int) -> None:
+        self.loads[i] -= 1
+
+    async def aclose(self) -> None:
+        for pool in self.pools:
+            await pool.aclose()
