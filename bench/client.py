@@ -139,6 +139,7 @@ def main():
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     stub = mp.get_context("fork").Process(target=serve_stub, args=(sock,), daemon=True)
     stub.start()
+    load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     try:
         t0 = time.perf_counter()
         rps = asyncio.run(run(base_url, args.concurrency, args.requests, args.rounds))
@@ -164,7 +165,8 @@ def main():
     result = {
         "benchmark": "client overhead, loopback stub, non-streaming chat completion",
         "machine": {"cpus": os.cpu_count(), "processor": _cpu_name(), "python": platform.python_version(),
-                    "platform": platform.platform(), "gpu": None},
+                    "platform": platform.platform(), "gpu": None,
+                    "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "versions": {"httpx": httpx.__version__, "openai": openai.__version__},
         "requests_per_measurement": args.requests, "rounds": args.rounds, "wall_s": round(wall, 1),
         "results": rows,
