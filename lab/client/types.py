@@ -160,7 +160,7 @@ def cost_of(model: str, usage: Usage | None, provider: str | None) -> float | No
         return None
     try:
         return usage_cost(model, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, provider=provider)
-    except ValueError:  # lab.cost.UnknownModelError is a ValueError
+    except (ValueError, LookupError):  # lab.cost.UnknownModelError is a ValueError
         return None
 
 
