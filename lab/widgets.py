@@ -1,0 +1,238 @@
+"""ipywidgets playgrounds built from the runners and `lab.viz`: move a control, watch the figures change.
+
+`batching_playground()` (simulator at once, the real engine on a button), `faults_playground(server)`
+(fault probabilities against a local server, retries, nothing lost) and `cost_playground()`.
+Each returns a `Playground`: a VBox with `.controls`, `.figures` (FigureWidgets updated in place)
+and `.results`, so code (and tests) can drive it as a user would.
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from lab import viz
+from lab.metrics import Result
+from lab.workload import Fixed, LogNormal, Uniform, Workload, synthetic
+
+# A CPU-like step time (seconds) for the simulator: a fixed cost per step plus a little per token.
+# Fitted by eye to the bundled model on a laptop core; `FittedStepModel.fit(llm.engine.trace)` gives yours.
+DEFAULT_STEP_COEF = {"const": 0.004, "prefill_tokens": 2e-5, "decode_seqs": 2e-4}
+SUMMARY_KEYS = {
+    "completed": "completed", "failed": "failed", "output_throughput": "output tok/s",
+    "mean_ttft_ms": "mean TTFT ms", "p99_e2el_ms": "p99 E2E ms", "wasted_slot_steps": "wasted slot-steps",
+}
+
+
+class Playground(widgets.VBox):
+    """A VBox with named controls and figures; `results` holds what the last interaction computed."""
+
+    def __init__(self, controls: dict, figures: dict, status: widgets.HTML, layout_rows: list):
+        super().__init__(layout_rows)
+        self.controls, self.figures, self.status = controls, figures, status
+        self.results: dict = {}
+
+
+def replace_figure(target: go.FigureWidget, source: go.Figure) -> None:
+    """Swap a FigureWidget's traces and layout for another figure's, in place (the view stays put)."""
+    with target.batch_update():
+        target.data = ()
+        target.add_traces(list(source.data))
+        target.layout = source.layout
+
+
+def summary_html(results: dict[str, Result], keys: dict[str, str] = SUMMARY_KEYS) -> str:
+    """A small HTML table of `Result.summary()` numbers, one row per run."""
+    head = "".join(f"<th style='padding:0 8px'>{html.escape(v)}</th>" for v in keys.values())
+    rows = []
+    for name, result in results.items():
+        s = result.summary()
+        cells = "".join(f"<td style='padding:0 8px;text-align:right'>{_fmt(s.get(k))}</td>" for k in keys)
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
+    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+
+# -- batching ------------------------------------------------------------------------------------
+def playground_workload(n: int, rate: float, spread: float, seed: int = 0) -> Workload:
+    """Corpus prompts of 16-64 characters; outputs log-normal around 32 tokens, `spread` = sigma."""
+    return synthetic(n, rate=rate, prompt_lens=Uniform(16, 64),
+                     output_lens=LogNormal(32, spread, low=1, high=160) if spread > 0 else Fixed(32),
+                     seed=seed, text_prompts=True, chars_per_token=1.0, name="playground")
+
+
+def batching_playground(model=None, *, n: int = 40, seed: int = 0, step_model=None) -> Playground:
+    """Arrival rate, batch size, output-length spread and policy. The simulator (virtual time,
+    `step_model`, default a CPU-like `FittedStepModel`) answers as soon as a control moves; the
+    button replays the same workload on the real engine (`LLM(model, ...)`, the bundled one by default).
+    """
+    from lab.engine import EngineConfig
+    from lab.sim import FittedStepModel, simulate
+
+    step_model = step_model or FittedStepModel(DEFAULT_STEP_COEF)
+    slow = dict(continuous_update=False, style={"description_width": "initial"})
+    controls = {
+        "rate": widgets.FloatLogSlider(value=20, base=10, min=0, max=2.5, step=0.05,
+                                       description="arrivals / s", **slow),
+        "max_num_seqs": widgets.IntSlider(value=8, min=1, max=32, description="batch size", **slow),
+        "spread": widgets.FloatSlider(value=0.8, min=0.0, max=1.5, step=0.1,
+                                      description="output-length spread (σ)", **slow),
+        "policy": widgets.ToggleButtons(options=["static", "continuous"], value="static"),
+        "run_engine": widgets.Button(description="Run on the real engine", icon="play",
+                                     layout=widgets.Layout(width="220px")),
+    }
+    figures = {"timeline": go.FigureWidget(), "occupancy": go.FigureWidget()}
+    status = widgets.HTML()
+    engines: dict = {}
+
+    def current():
+        c = controls
+        work = playground_workload(n, c["rate"].value, c["spread"].value, seed)
+        return work, c["policy"].value, c["max_num_seqs"].value
+
+    def show(results: dict[str, Result], shown: Result, max_num_seqs: int) -> None:
+        replace_figure(figures["timeline"], viz.request_timeline(shown, title=f"Request timeline · {shown.label}"))
+        replace_figure(figures["occupancy"], viz.batch_occupancy(
+            shown, max_num_seqs=max_num_seqs, title=f"Batch occupancy · {shown.label}"))
+        status.value = summary_html(results)
+
+    def on_change(_=None):
+        work, policy, seqs = current()
+        config = EngineConfig(policy=policy, max_num_seqs=seqs, num_blocks=4096)
+        pg.results = {"simulator": simulate(work, config, step_model, label=f"simulator · {policy}")}
+        show(pg.results, pg.results["simulator"], seqs)
+
+    def on_engine(_=None):
+        from lab.engine import LLM
+
+        work, policy, seqs = current()
+        button = controls["run_engine"]
+        button.disabled, button.description = True, "running…"
+        try:
+            key = (policy, seqs)
+            if key not in engines:
+                engines[key] = LLM(model, policy=policy, max_num_seqs=seqs, seed=seed)
+            llm = engines[key]
+            llm.engine.trace.clear()
+            result = llm.run_workload(work, progress=False, label=f"engine · {policy}")
+            pg.results["engine"] = result
+            show(pg.results, result, seqs)
+        finally:
+            button.disabled, button.description = False, "Run on the real engine"
+
+    for name in ("rate", "max_num_seqs", "spread", "policy"):
+        controls[name].observe(on_change, names="value")
+    controls["run_engine"].on_click(on_engine)
+    rows = [widgets.HBox([controls["rate"], controls["max_num_seqs"], controls["spread"]]),
+            widgets.HBox([controls["policy"], controls["run_engine"]]), status,
+            figures["timeline"], figures["occupancy"]]
+    pg = Playground(controls, figures, status, rows)
+    on_change()
+    return pg
+
+
+# -- faults and retries ------------------------------------------------------------------------
+def faults_playground(server, *, api_key: str | None = None, n: int = 16, max_tokens: int = 12,
+                      seed: int = 0) -> Playground:
+    """Fault probabilities on a running `lab.server` (`with serve(...) as server`), retries on the
+    client; the button sends `n` streaming requests and shows what happened to every one of them."""
+    from lab.client import Client, run_workload
+    from lab.server import FaultConfig
+
+    slow = dict(continuous_update=False, style={"description_width": "initial"}, readout_format=".0%")
+    controls = {
+        "p429": widgets.FloatSlider(value=0.2, min=0, max=0.6, step=0.05, description="429 rate limit", **slow),
+        "p504": widgets.FloatSlider(value=0.1, min=0, max=0.6, step=0.05, description="504 timeout", **slow),
+        "cut": widgets.FloatSlider(value=0.0, min=0, max=0.5, step=0.05, description="cut stream", **slow),
+        "max_retries": widgets.IntSlider(value=3, min=0, max=6, description="client max_retries",
+                                         continuous_update=False, style={"description_width": "initial"}),
+        "send": widgets.Button(description=f"Send {n} requests", icon="paper-plane",
+                               layout=widgets.Layout(width="220px")),
+    }
+    figures = {"outcomes": go.FigureWidget(), "latency": go.FigureWidget()}
+    status = widgets.HTML("Set the fault rates, then send.")
+    work = synthetic(n, rate=50.0, prompt_lens=Uniform(8, 32), output_lens=Fixed(max_tokens), seed=seed,
+                     text_prompts=True, chars_per_token=1.0, name="faults")
+
+    def on_send(_=None):
+        c = controls
+        c["send"].disabled = True
+        try:
+            rates = {s: p for s, p in ((429, c["p429"].value), (504, c["p504"].value)) if p > 0}
+            server.faults = FaultConfig(error_rates=rates, cut_rate=c["cut"].value, cut_after_chunks=2, seed=seed)
+            retries = c["max_retries"].value
+            with Client(base_url=server.url, api_key=api_key) as client:
+                result = run_workload(client, work, max_retries=retries, label=f"max_retries={retries}")
+            pg.results["http"] = result
+            replace_figure(figures["outcomes"], viz.retries_and_errors(result))
+            replace_figure(figures["latency"], viz.latency_cdf(result, metric="e2e"))
+            ok = len(result.completed)
+            lost = len(work) - len(result.requests)
+            tried = sum(r.retries for r in result.requests)
+            status.value = (f"<b>{ok}</b> ok · <b>{len(result.requests) - ok}</b> failed (each with its error) · "
+                            f"<b>{tried}</b> retries · <b>{lost}</b> lost")
+        finally:
+            server.faults = None
+            c["send"].disabled = False
+
+    controls["send"].on_click(on_send)
+    rows = [widgets.HBox([controls["p429"], controls["p504"], controls["cut"]]),
+            widgets.HBox([controls["max_retries"], controls["send"]]), status,
+            figures["outcomes"], figures["latency"]]
+    pg = Playground(controls, figures, status, rows)
+    return pg
+
+
+# -- costs ----------------------------------------------------------------------------------------
+def cost_playground(*, prices=None) -> Playground:
+    """Requests per month, tokens per request, cached share and batch API against every provider's
+    prices; the bars and the table update at once."""
+    from lab.cost import cost_table, load_prices
+
+    prices = prices or load_prices()
+    providers = sorted({r.provider for r in prices.rows})
+    style = {"description_width": "initial"}
+    controls = {
+        "requests": widgets.IntText(value=100_000, description="requests", style=style),
+        "prompt_tokens": widgets.IntSlider(value=800, min=1, max=8000, step=50, description="prompt tokens",
+                                           style=style),
+        "output_tokens": widgets.IntSlider(value=300, min=1, max=4000, step=50, description="output tokens",
+                                           style=style),
+        "cached_fraction": widgets.FloatSlider(value=0.0, min=0, max=1, step=0.05, description="cached share",
+                                               readout_format=".0%", style=style),
+        "batch": widgets.Checkbox(value=False, description="batch API (24 h)"),
+        "providers": widgets.SelectMultiple(options=providers, value=tuple(providers), description="providers",
+                                            rows=min(6, len(providers)), style=style),
+    }
+    figures = {"cost": go.FigureWidget()}
+    status = widgets.HTML()
+
+    def on_change(_=None):
+        c = controls
+        requests = max(1, int(c["requests"].value))
+        # one request spec stands for all of them: cost is linear in the counts
+        work = synthetic(1, prompt_lens=Fixed(c["prompt_tokens"].value), output_lens=Fixed(c["output_tokens"].value))
+        frame = cost_table(work, cached_fraction=c["cached_fraction"].value, batch=c["batch"].value, prices=prices)
+        frame = frame[frame["provider"].isin(c["providers"].value)].copy()
+        frame["cost_usd"] *= requests
+        pg.results["frame"] = frame
+        replace_figure(figures["cost"], viz.cost_bars(frame, title=f"Cost of {requests:,} requests (USD)"))
+        cheapest = frame.dropna(subset=["cost_usd"]).head(3)
+        status.value = "cheapest: " + ", ".join(
+            f"{html.escape(r.provider)} {html.escape(r.model)} ${r.cost_usd:,.2f}" for r in cheapest.itertuples())
+
+    for control in controls.values():
+        control.observe(on_change, names="value")
+    rows = [widgets.HBox([controls["requests"], controls["prompt_tokens"], controls["output_tokens"]]),
+            widgets.HBox([controls["cached_fraction"], controls["batch"], controls["providers"]]), status,
+            figures["cost"]]
+    pg = Playground(controls, figures, status, rows)
+    on_change()
+    return pg

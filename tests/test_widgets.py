@@ -1,0 +1,60 @@
+"""The playgrounds build, and one interaction each changes what their figures show."""
+
+from __future__ import annotations
+
+from helpers_server import tiny_llm, tiny_model_dir
+
+from lab import widgets
+
+
+def _ys(fig) -> list:
+    return [tuple(t.y) if t.y is not None else () for t in fig.data]
+
+
+def test_batching_playground_simulates_at_once_and_runs_the_engine_on_click():
+    pg = widgets.batching_playground(tiny_model_dir(), n=12)
+    assert "simulator" in pg.results and pg.figures["timeline"].data
+    static = pg.results["simulator"].summary()
+    before = _ys(pg.figures["occupancy"])
+    pg.controls["policy"].value = "continuous"
+    assert _ys(pg.figures["occupancy"]) != before
+    assert pg.results["simulator"].summary()["wasted_slot_steps"] <= static["wasted_slot_steps"]
+    pg.controls["run_engine"].click()
+    engine = pg.results["engine"]
+    assert len(engine.completed) == 12 and engine.steps
+    assert "engine" in pg.status.value and not pg.controls["run_engine"].disabled
+
+
+def test_batching_playground_rate_slider_moves_arrivals():
+    pg = widgets.batching_playground(tiny_model_dir(), n=12)
+    first = max(r.arrival_s for r in pg.results["simulator"].requests)
+    pg.controls["rate"].value = 200.0
+    assert max(r.arrival_s for r in pg.results["simulator"].requests) < first
+
+
+def test_cost_playground_updates_bars_and_filters_providers():
+    pg = widgets.cost_playground()
+    before = [tuple(t.y) for t in pg.figures["cost"].data]
+    pg.controls["output_tokens"].value = 2000
+    after = [tuple(t.y) for t in pg.figures["cost"].data]
+    assert after != before and sum(map(sum, after)) > sum(map(sum, before))
+    pg.controls["providers"].value = ("openai",)
+    assert {t.name for t in pg.figures["cost"].data} == {"openai"}
+    assert "openai" in pg.status.value
+
+
+def test_faults_playground_loses_nothing():
+    from lab.server import serve
+
+    with serve(llm=tiny_llm(), api_keys=["sk-widgets"]) as server:
+        pg = widgets.faults_playground(server, api_key="sk-widgets", n=8, max_tokens=4)
+        assert not pg.figures["outcomes"].data
+        pg.controls["p429"].value = 0.0
+        pg.controls["p504"].value = 0.5
+        pg.controls["max_retries"].value = 0
+        pg.controls["send"].click()
+        result = pg.results["http"]
+        assert len(result.requests) == 8  # every request accounted for, ok or with its error
+        assert any(not r.ok for r in result.requests)
+        assert pg.figures["outcomes"].data and "0</b> lost" in pg.status.value
+        assert server.faults is None  # the playground leaves the server as it found it
