@@ -1,5 +1,6 @@
 """Tokenizers for model folders: `tokenizer.json` through the `tokenizers` library, plus the
-chat template from `tokenizer_config.json` (jinja2) when the folder has one.
+chat template from `tokenizer_config.json` (jinja2) when the folder has one. Also builds the
+character vocabulary of the bundled model, in the same format, so transformers loads it too.
 """
 
 from __future__ import annotations
@@ -7,7 +8,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
+
+from lab.engine.chat import render_chat
+
+
+def build_char_tokenizer(chars: list[str] | str) -> HFTokenizer:
+    """One token per character, id = index in `chars` (nanoGPT's sorted(set(text)) order).
+
+    WordLevel over single characters: a Split pre-tokenizer isolates every character (newlines
+    included) and the Fuse decoder joins them back without spaces, so decode(encode(t)) == t.
+    No unk token on purpose: `Tokenizer.encode` rejects unknown characters by name instead.
+    """
+    chars = list(chars)
+    if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+        raise ValueError("chars: must be distinct single characters")
+    tok = HFTokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+    tok.decoder = decoders.Fuse()
+    return tok
 
 
 class Tokenizer:
@@ -17,6 +37,9 @@ class Tokenizer:
         self.eos_token_ids = eos_token_ids
         self.chat_template = chat_template
         self.special_tokens = special_tokens or {}
+        vocab = hf.get_vocab()
+        # a character vocabulary cannot spell an unseen character: name it rather than drop it
+        self.alphabet = frozenset(vocab) if vocab and all(len(t) == 1 for t in vocab) else None
 
     @classmethod
     def from_folder(cls, folder: str | Path, eos_token_ids: tuple[int, ...] = ()) -> Tokenizer:
@@ -44,7 +67,14 @@ class Tokenizer:
         return self.hf.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text).ids
+        if self.alphabet is not None:
+            unknown = sorted(set(text) - self.alphabet)
+            if unknown:
+                raise ValueError(
+                    f"prompt: character(s) {''.join(unknown)!r} are not in this model's vocabulary; "
+                    f"allowed: {''.join(sorted(self.alphabet))!r}"
+                )
+        return self.hf.encode(text, add_special_tokens=True).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
@@ -55,18 +85,8 @@ class Tokenizer:
                 "messages: this model has no chat template (tokenizer_config.json `chat_template`); "
                 "use the completions endpoint with a plain prompt"
             )
-        import jinja2
-
-        env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        return env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **self.special_tokens
-        )
+        return render_chat(self.chat_template, messages, add_generation_prompt, **self.special_tokens)
 
 
 def _token_text(tok) -> str:
     return tok["content"] if isinstance(tok, dict) else tok
-
-
-def _raise(message: str):
-    raise ValueError(f"chat template: {message}")

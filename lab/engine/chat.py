@@ -1,0 +1,43 @@
+"""Chat templates: render a list of {role, content} messages into one prompt string with jinja2,
+the way transformers' `apply_chat_template` does, plus the speaker-line format of the bundled model.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+# The bundled model only knows play text, where each speech is a speaker in capitals, a colon,
+# the lines, then a blank line. So a chat is rendered as a scene: "USER:\n...\n\nASSISTANT:\n".
+SPEAKER_LINES_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ message['role'] | upper }}:\n{{ message['content'] | trim }}\n\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:\n{% endif %}"
+)
+
+ROLES = ("system", "user", "assistant")
+
+
+def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"messages[{i}]: must be a dict with 'role' and 'content', got {m!r}")
+    return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str):
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    # the same environment transformers uses, so a template renders identically in both
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined)
+    env.globals["raise_exception"] = _raise
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise ValueError(f"chat_template: not valid jinja2 ({e.message}, line {e.lineno})") from e
+
+
+def _raise(message: str):
+    raise ValueError(f"chat template: {message}")
