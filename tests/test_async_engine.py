@@ -51,7 +51,9 @@ async def test_abort_frees_blocks_before_next_step(aengine):
     assert aengine.stats.kv_blocks_used > 0
     for s in streams:
         aengine.abort(s.request_id)
-    reasons = [[ev async for ev in s][-1].finish_reason for s in streams]
+    reasons = []
+    for s in streams:
+        reasons.append([ev async for ev in s][-1].finish_reason)
     assert reasons == ["abort"] * 8
     assert aengine.engine.block_manager.num_used == 0
 

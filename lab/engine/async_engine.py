@@ -191,14 +191,14 @@ class AsyncEngine:
                 engine.release(ev.request_id)
                 del self._streams[ev.request_id]
             out[stream.loop].append((stream, item))
+        sched, bm = engine.scheduler, engine.block_manager
+        with self._cond:  # before delivery: a consumer seeing its last token sees its blocks freed
+            self._stats = EngineStats(len(sched.running), len(sched.waiting), bm.num_used, bm.num_blocks,
+                                      self._stats.num_steps + ran)
         for loop, items in out.items():
             _deliver_threadsafe(loop, items)
         if len(engine.trace) > 2 * self.trace_limit:
             del engine.trace[: len(engine.trace) - self.trace_limit]
-        sched, bm = engine.scheduler, engine.block_manager
-        with self._cond:
-            self._stats = EngineStats(len(sched.running), len(sched.waiting), bm.num_used, bm.num_blocks,
-                                      self._stats.num_steps + ran)
         return ran
 
     def _fail_all(self, reason: str, message: str) -> None:

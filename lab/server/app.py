@@ -6,6 +6,7 @@ context (400), queue (429), rate limit (429); then the engine.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -82,10 +83,11 @@ def build_app(state: ServerState) -> FastAPI:
     async def put_faults(request: Request):
         """Body: FaultConfig fields as JSON, or `null` to turn faults off."""
         authenticate(request.headers.get("authorization"), state.config.api_keys)
-        body = await request.json()
+        raw = await _read_body(request, state.config.max_body_bytes)
         try:
+            body = json.loads(raw) if raw.strip() else None  # an empty body, like `null`: faults off
             cfg = None if body is None else FaultConfig(**body)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise bad_request(ValueError(str(exc)), default_param="faults") from None
         state.faults = FaultInjector(cfg)
         return {"faults": None if cfg is None else asdict(cfg)}

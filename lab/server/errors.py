@@ -47,7 +47,7 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
     loc = [p for p in first.get("loc", ()) if p != "body"]
     param = _param_name(loc)
     # a union (prompt: str | list[int]) yields one error per branch: say all of them once
-    same = [e["msg"] for e in errors if _param_name([p for p in e.get("loc", ()) if p != "body"]) == param]
+    same = [e["msg"].removeprefix("Value error, ") for e in errors if _param_name([p for p in e.get("loc", ()) if p != "body"]) == param]
     message = "; or ".join(dict.fromkeys(same))
     if first.get("type") == "missing":
         message = "field required"

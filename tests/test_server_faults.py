@@ -1,0 +1,119 @@
+"""Fault injection: the `x-lab-fault` header provokes one exact failure (429, 504, a cut or stalled
+stream); seeded random faults repeat; faults switch on and off at run time."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from helpers_server import tiny_llm, wait_until
+
+from lab.server import FaultConfig, serve
+
+COMP = {"model": "tiny-llama", "prompt": "Hi", "max_tokens": 8, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serve(llm=tiny_llm()) as s:
+        yield s
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.mark.parametrize("status", [401, 429, 500, 503, 504])
+def test_header_provokes_status(http, status):
+    r = http.post("/completions", json=COMP, headers={"x-lab-fault": str(status)})
+    assert r.status_code == status and "injected" in r.json()["error"]["message"]
+    if status == 429:
+        assert r.headers["retry-after"] == "1" and r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert http.post("/completions", json=COMP).status_code == 200  # one request only
+
+
+def test_sdk_sees_injected_errors(server):
+    with openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.RateLimitError):
+            c.completions.create(model="tiny-llama", prompt="x", max_tokens=1, extra_headers={"x-lab-fault": "429"})
+        with pytest.raises(openai.InternalServerError) as e:
+            c.completions.create(model="tiny-llama", prompt="x", max_tokens=1, extra_headers={"x-lab-fault": "504"})
+        assert e.value.status_code == 504
+
+
+def _stream_lines(http: httpx.Client, headers: dict) -> tuple[list[str], Exception | None]:
+    lines = []
+    try:
+        with http.stream("POST", "/completions", json={**COMP, "stream": True}, headers=headers) as r:
+            assert r.status_code == 200
+            lines.extend(line for line in r.iter_lines() if line)
+    except httpx.HTTPError as exc:
+        return lines, exc
+    return lines, None
+
+
+def test_cut_stream_closes_without_done(server, http):
+    lines, exc = _stream_lines(http, {"x-lab-fault": "cut:3"})
+    assert len(lines) == 3 and "data: [DONE]" not in lines
+    assert isinstance(exc, httpx.RemoteProtocolError)  # the connection dropped mid-body
+    with openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.APIError):
+            list(c.completions.create(model="tiny-llama", prompt="x", max_tokens=8, stream=True,
+                                      extra_headers={"x-lab-fault": "cut"}))
+    assert _stream_lines(http, {})[0][-1] == "data: [DONE]"  # the next stream is whole
+
+
+def test_stalled_stream_pauses_then_finishes(http):
+    t0 = time.monotonic()
+    lines, exc = _stream_lines(http, {"x-lab-fault": "stall:0.6"})
+    assert exc is None and lines[-1] == "data: [DONE]" and time.monotonic() - t0 >= 0.6
+    with pytest.raises(httpx.ReadTimeout):  # a client with a short read timeout gives up
+        http.post("/completions", json={**COMP, "stream": True}, headers={"x-lab-fault": "stall:2"},
+                  timeout=httpx.Timeout(30, read=0.3)).read()
+
+
+def test_bad_fault_header_is_400(http):
+    r = http.post("/completions", json=COMP, headers={"x-lab-fault": "explode"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "x-lab-fault"
+
+
+def _statuses(http: httpx.Client, n: int) -> list[int]:
+    return [http.post("/completions", json={**COMP, "max_tokens": 1}).status_code for _ in range(n)]
+
+
+def test_seeded_faults_repeat_and_switch_off(server, http):
+    config = FaultConfig(error_rates={429: 0.25, 500: 0.15, 503: 0.1}, seed=7)
+    server.faults = config
+    first = _statuses(http, 24)
+    server.faults = config  # a fresh generator from the same seed
+    assert _statuses(http, 24) == first
+    assert {200, 429, 500, 503} <= set(first)
+    server.faults = FaultConfig(error_rates={429: 0.25, 500: 0.15, 503: 0.1}, seed=8)
+    assert _statuses(http, 24) != first
+    server.faults = None
+    assert set(_statuses(http, 10)) == {200}
+
+
+def test_latency_and_admin_endpoint(server, http):
+    r = http.put(server.base + "/admin/faults", json={"latency_s": 0.3, "seed": 1})
+    assert r.status_code == 200 and server.faults.latency_s == 0.3
+    t0 = time.monotonic()
+    assert http.post("/completions", json=COMP).status_code == 200 and time.monotonic() - t0 >= 0.3
+    bad = http.put(server.base + "/admin/faults", json={"error_rates": {"418": 0.5}})
+    assert bad.status_code == 400 and "418" in bad.json()["error"]["message"]
+    assert http.put(server.base + "/admin/faults", json=None).json() == {"faults": None}
+    assert server.faults is None
+
+
+def test_random_cuts_are_seeded(server, http):
+    server.faults = FaultConfig(cut_rate=0.5, cut_after_chunks=2, seed=3)
+    first = [_stream_lines(http, {})[1] is None for _ in range(12)]
+    server.faults = FaultConfig(cut_rate=0.5, cut_after_chunks=2, seed=3)
+    assert [_stream_lines(http, {})[1] is None for _ in range(12)] == first
+    assert True in first and False in first
+    server.faults = None
+    assert wait_until(lambda: tiny_llm().engine.block_manager.num_used == 0, 3.0)  # cut requests aborted
