@@ -108,8 +108,8 @@ class FittedStepModel:
     def fit(cls, steps: list[StepRecord], features: tuple[str, ...] = FEATURES) -> FittedStepModel:
         """Fit step-to-next-step time (the engine's loop overhead between steps included).
 
-        Steps followed by an idle wait (nothing left running) are left out; so are outliers past
-        five robust standard deviations (other processes stealing the CPU), after a first fit.
+        Steps followed by an idle wait (nothing left running) are left out. Slow outliers (the CPU
+        busy elsewhere) are kept: they are part of the measured latencies the fit must predict.
         """
         bad = set(features) - set(FEATURES)
         if bad:
@@ -123,13 +123,7 @@ class FittedStepModel:
         if len(y) < len(features) + 1:
             raise ValueError(f"steps: need at least {len(features) + 1} back-to-back steps to fit, got {len(y)}")
         cols = [FEATURES.index(f) for f in features]
-        X, y = np.asarray(rows, dtype=float)[:, cols], np.asarray(y)
-        w = _nnls(X, y)
-        resid = y - X @ w
-        mad = 1.4826 * np.median(np.abs(resid - np.median(resid))) or np.inf
-        keep = np.abs(resid) <= 5 * mad
-        if keep.sum() > len(features):
-            w = _nnls(X[keep], y[keep])
+        w = _nnls(np.asarray(rows, dtype=float)[:, cols], np.asarray(y))
         return cls(dict(zip(features, w.tolist(), strict=True)))
 
     def predict(self, steps: list[StepRecord]) -> np.ndarray:

@@ -1,0 +1,174 @@
+"""lab.sim: hand-computed timelines with a constant step time, step models, GPUs, routers."""
+
+import numpy as np
+import pytest
+
+from lab.engine.config import EngineConfig
+from lab.metrics import StepRecord
+from lab.sim import (
+    BatchShape,
+    ConstantStepModel,
+    FittedStepModel,
+    RooflineStepModel,
+    get_gpu,
+    kv_cache_blocks,
+    shapes_from_trace,
+    simulate,
+)
+from lab.workload import RequestSpec, Workload, azure_trace, synthetic
+
+ONE_SECOND = ConstantStepModel(1.0)
+
+
+def cfg(**kw):
+    return EngineConfig(**({"block_size": 4, "num_blocks": 64, "max_num_seqs": 4, "max_num_batched_tokens": 64,
+                            "enable_prefix_caching": False} | kw))
+
+
+def finish_times(result):
+    return {r.request_id: r.finish_s for r in result.requests}
+
+
+def three_requests():
+    return Workload([RequestSpec("A", 0.0, prompt_len=4, output_len=3), RequestSpec("B", 0.0, prompt_len=4, output_len=1),
+                     RequestSpec("C", 1.5, prompt_len=4, output_len=2)])
+
+
+def test_continuous_hand_computed():
+    # t=0 [A, B prefill] -> 1: B done. t=1 [A] -> 2. t=2 C has arrived: [A, C] -> 3: A done. t=3 [C] -> 4.
+    r = simulate(three_requests(), cfg(), ONE_SECOND)
+    assert finish_times(r) == {"A": 3.0, "B": 1.0, "C": 4.0}
+    assert [s.batch for s in r.steps] == [[("A", 4), ("B", 4)], [("A", 1)], [("A", 1), ("C", 4)], [("C", 1)]]
+    c = r.requests[2]
+    assert c.ttft_s == 1.5 and c.token_times_s == [3.0, 4.0] and c.first_scheduled_s == 2.0
+
+
+def test_static_hand_computed():
+    # batch {A, B} runs until A is done at 3 although C arrived at 1.5; then C alone: 3 -> 4 -> 5
+    r = simulate(three_requests(), cfg(policy="static", max_num_seqs=2), ONE_SECOND)
+    assert finish_times(r) == {"A": 3.0, "B": 1.0, "C": 5.0}
+    assert r.steps[1].idle_slots == 1  # B's slot sits idle
+
+
+def test_static_waits_for_its_timeout_then_flushes():
+    # A alone, batch not full: starts after the 0.5 s timeout. B is the last arrival: flush, no wait.
+    w = Workload([RequestSpec("A", 0.0, prompt_len=4, output_len=2), RequestSpec("B", 10.0, prompt_len=4, output_len=1)])
+    r = simulate(w, cfg(policy="static", max_num_seqs=2, static_batch_timeout_s=0.5), ONE_SECOND)
+    assert finish_times(r) == {"A": 2.5, "B": 11.0}
+    assert r.steps[0].start_s == 0.5
+
+
+def test_chunked_prefill_and_token_budget():
+    # 10-token prompt with an 8-token budget: chunk 8 (t=0..1), chunk 2 + first token (1..2), decode (2..3)
+    w = Workload([RequestSpec("A", 0.0, prompt_len=10, output_len=2)])
+    r = simulate(w, cfg(max_num_batched_tokens=8), ONE_SECOND)
+    assert [s.batch for s in r.steps] == [[("A", 8)], [("A", 2)], [("A", 1)]]
+    assert r.requests[0].ttft_s == 2.0 and r.requests[0].finish_s == 3.0
+
+
+def test_preemption_when_blocks_run_out():
+    # 4 blocks of 4 tokens: two 7-token prompts fit (2 blocks each) until both grow to 9 tokens
+    w = Workload([RequestSpec(x, 0.0, prompt_len=7, output_len=4) for x in "AB"])
+    r = simulate(w, cfg(num_blocks=4), ONE_SECOND)
+    assert sum(s.num_preempted for s in r.steps) >= 1
+    assert all(q.ok and q.output_tokens == 4 for q in r.requests)
+
+
+def test_prefix_cache_hits_for_equal_token_prompts():
+    ids = list(range(1, 18))
+    w = Workload([RequestSpec("A", 0.0, prompt_token_ids=ids, output_len=1),
+                  RequestSpec("B", 5.0, prompt_token_ids=ids, output_len=1),
+                  RequestSpec("C", 9.0, prompt_len=17, output_len=1)])
+    r = simulate(w, cfg(enable_prefix_caching=True), ONE_SECOND)
+    assert [s.batch for s in r.steps] == [[("A", 17)], [("B", 1)], [("C", 17)]]  # B reuses 4 full blocks
+
+
+def test_invalid_request_is_recorded_as_failed():
+    w = Workload([RequestSpec("big", 0.0, prompt_len=300, output_len=10), RequestSpec("ok", 0.0, prompt_len=4)])
+    r = simulate(w, cfg(num_blocks=16), ONE_SECOND)
+    big, ok = r.requests
+    assert big.status == "error" and "KV cache" in big.error and ok.ok
+    assert r.summary()["failed"] == 1
+
+
+def test_simulate_argument_errors():
+    w = synthetic(2)
+    with pytest.raises(ValueError, match="num_blocks"):
+        simulate(w, EngineConfig(), ONE_SECOND)
+    with pytest.raises(TypeError, match="step_time"):
+        simulate(w, cfg(), object())
+    with pytest.raises(ValueError, match="router"):
+        simulate(w, cfg(), ONE_SECOND, replicas=2, router="random")
+
+
+# -- replicas ----------------------------------------------------------------------------------
+def test_round_robin_alternates_and_merges():
+    w = Workload([RequestSpec(f"r{i}", 0.0, prompt_len=4, output_len=2) for i in range(4)])
+    r = simulate(w, cfg(max_num_seqs=1, max_num_batched_tokens=8), ONE_SECOND, replicas=2)
+    # each replica serves two requests one after the other: finishes at 2 and 4 on both
+    assert sorted(finish_times(r).values()) == [2.0, 2.0, 4.0, 4.0]
+    assert {s.replica for s in r.steps} == {0, 1} and len(r.requests) == 4
+
+
+def test_least_outstanding_avoids_the_busy_replica():
+    # long request goes to replica 0; round robin would send the third request back to it
+    w = Workload([RequestSpec("long", 0.0, prompt_len=4, output_len=10), RequestSpec("s1", 0.1, prompt_len=4, output_len=1),
+                  RequestSpec("s2", 2.0, prompt_len=4, output_len=1)])
+    c = cfg(max_num_seqs=1, max_num_batched_tokens=8)
+    rr = simulate(w, c, ONE_SECOND, replicas=2, router="round_robin")
+    lor = simulate(w, c, ONE_SECOND, replicas=2, router="least_outstanding")
+    assert finish_times(rr)["s2"] == 11.0  # queued behind "long" (done at 10), then one step
+    assert finish_times(lor)["s2"] == 3.0
+
+
+# -- step models -------------------------------------------------------------------------------
+def test_fitted_model_recovers_known_coefficients():
+    true = FittedStepModel({"const": 0.002, "prefill_tokens": 1e-4, "decode_seqs": 5e-4, "decode_context": 1e-6})
+    w = synthetic(60, rate=20, prompt_lens=np.random.default_rng(0).integers(5, 200, 60), output_lens=20, seed=1)
+    steps = simulate(w, cfg(num_blocks=4000, max_num_seqs=16, max_num_batched_tokens=256), true).steps
+    fit = FittedStepModel.fit(steps)
+    for k, v in true.coef.items():
+        assert fit.coef[k] == pytest.approx(v, rel=1e-3, abs=1e-9)
+    assert all(c >= 0 for c in fit.coef.values())
+    with pytest.raises(ValueError, match="back-to-back"):
+        FittedStepModel.fit(steps[:3])
+
+
+def test_shapes_from_trace_replays_contexts():
+    steps = [StepRecord(0, 0, 1, 8, 0, 1, 0, 2, batch=[("a", 8)]), StepRecord(1, 1, 1, 2, 1, 2, 0, 3,
+                                                                              batch=[("a", 1), ("b", 2)])]
+    first, second = shapes_from_trace(steps)
+    assert first == BatchShape(prefill_tokens=8, prefill_seqs=1, context_tokens=8, prefill_attention=36)
+    assert (second.decode_seqs, second.decode_context, second.prefill_tokens, second.context_tokens) == (1, 9, 2, 11)
+
+
+def test_roofline_decode_is_bandwidth_bound_prefill_compute_bound():
+    m = RooflineStepModel("H100-SXM", "llama-3.1-8b", overhead_s=0.0)
+    decode = m.step_time(BatchShape(decode_seqs=1, decode_context=1000, max_decode_context=1000, context_tokens=1000))
+    weights = 8.03e9 * 2 / (3350e9 * 0.8)
+    assert decode == pytest.approx(weights + 1000 * 131072 / (3350e9 * 0.8))
+    prefill = m.step_time(BatchShape(prefill_tokens=4096, prefill_seqs=1, context_tokens=4096,
+                                     prefill_attention=4096 * 4097 // 2))
+    flops = 2 * 8.03e9 * 4096 + 4 * 32 * 4096 * (4096 * 4097 // 2)
+    assert prefill == pytest.approx(flops / (989.5e12 * 0.6))
+    assert RooflineStepModel("H200").step_time(BatchShape(decode_seqs=1)) < m.step_time(BatchShape(decode_seqs=1))
+    with pytest.raises(ValueError, match="allowed: H100-SXM"):
+        RooflineStepModel("V100")
+
+
+def test_kv_capacity():
+    # (80e9 * 0.9 - 16.06e9 - 1 GiB) / (128 KiB/token * 16 tokens) for Llama 3.1 8B on an H100
+    assert kv_cache_blocks("H100-SXM", "llama-3.1-8b") == int((72e9 - 16.06e9 - 2**30) // (131072 * 16))
+    assert kv_cache_blocks("H200", "llama-3.1-70b", tensor_parallel=2) > 0
+    with pytest.raises(ValueError, match="no room"):
+        kv_cache_blocks("L4", "llama-3.1-70b")
+    assert get_gpu("L4").bandwidth_gbps == 300
+
+
+def test_azure_window_on_simulated_h100():
+    w = azure_trace("conv", end_s=60)
+    r = simulate(w, EngineConfig(max_num_seqs=256, max_num_batched_tokens=8192), RooflineStepModel(),
+                 record_steps=False)
+    s = r.summary()
+    assert s["completed"] == len(w) and s["failed"] == 0 and not r.steps
+    assert 0 < s["mean_ttft_ms"] < s["mean_e2el_ms"]

@@ -1,0 +1,166 @@
+"""lab.workload: arrivals, length distributions, corpus prompts, Azure trace loaders and their errors."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lab.workload import (
+    Empirical,
+    Exponential,
+    Fixed,
+    LogNormal,
+    RequestSpec,
+    Uniform,
+    Workload,
+    azure_trace,
+    corpus_text,
+    gamma_arrivals,
+    lengths,
+    poisson_arrivals,
+    synthetic,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+TRACES = DATA / "traces"
+CORPUS = DATA / "corpus" / "tinyshakespeare.txt"
+if not CORPUS.exists():  # the corpus may land in data/ after this file does
+    CORPUS = Path("/work/shared/data/corpus/tinyshakespeare.txt")
+
+
+def _read_rows(kind):
+    with (TRACES / f"AzureLLMInferenceTrace_{kind}.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+# -- arrivals ----------------------------------------------------------------------------------
+def test_poisson_mean_gap_and_start():
+    t = poisson_arrivals(20000, rate=5.0, seed=1)
+    assert t[0] == 0 and np.all(np.diff(t) >= 0)
+    assert np.diff(t).mean() == pytest.approx(0.2, rel=0.03)
+
+
+def test_burstiness_changes_spread_not_mean():
+    # gamma gaps with shape k: mean 1/rate, coefficient of variation 1/sqrt(k), as vLLM's --burstiness
+    for k in (0.25, 1.0, 4.0):
+        gaps = np.diff(gamma_arrivals(40000, rate=2.0, burstiness=k, seed=2))
+        assert gaps.mean() == pytest.approx(0.5, rel=0.05)
+        assert gaps.std() / gaps.mean() == pytest.approx(1 / np.sqrt(k), rel=0.05)
+
+
+def test_infinite_rate_and_burstiness():
+    assert poisson_arrivals(3, float("inf")).tolist() == [0, 0, 0]
+    assert poisson_arrivals(4, 2.0, burstiness=float("inf")).tolist() == [0, 0.5, 1.0, 1.5]
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(rate=0), "rate"), (dict(rate=-1), "rate"),
+                                           (dict(rate=1, burstiness=0), "burstiness")])
+def test_arrival_errors(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        poisson_arrivals(5, **kwargs)
+
+
+# -- lengths -----------------------------------------------------------------------------------
+def test_distributions_respect_bounds_and_means():
+    rng = np.random.default_rng(0)
+    assert (Fixed(7).sample(5, rng) == 7).all()
+    u = Uniform(3, 5).sample(3000, rng)
+    assert set(u.tolist()) == {3, 4, 5}
+    e = Exponential(100, low=1, high=1000).sample(20000, rng)
+    assert e.min() >= 1 and e.max() <= 1000 and e.mean() == pytest.approx(100, rel=0.05)
+    ln = LogNormal(200, 0.5).sample(20000, rng)
+    assert np.median(ln) == pytest.approx(200, rel=0.05)
+    emp = Empirical([10, 20], weights=[1, 3]).sample(20000, rng)
+    assert set(emp.tolist()) == {10, 20} and (emp == 20).mean() == pytest.approx(0.75, abs=0.02)
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: Fixed(0), "Fixed.value"), (lambda: Uniform(5, 4), "Uniform.high"),
+    (lambda: Exponential(-1), "Exponential.mean"), (lambda: LogNormal(10, -1), "LogNormal.sigma"),
+    (lambda: LogNormal(10, high=0), "LogNormal.high"), (lambda: Empirical([]), "Empirical.values"),
+    (lambda: Empirical([1, 2], weights=[0, 0]), "Empirical.weights"),
+    (lambda: lengths([1, 2], 3), "lengths"), (lambda: lengths(0, 3, field_name="output_lens"), "output_lens"),
+])
+def test_length_errors(make, field):
+    with pytest.raises(ValueError, match=field):
+        make()
+
+
+def test_synthetic_lengths_only_and_distribution():
+    w = synthetic(50, rate=10, prompt_lens=Uniform(10, 20), output_lens=[3] * 50, seed=4)
+    assert len(w) == 50 and all(10 <= r.prompt_len <= 20 and r.prompt is None for r in w)
+    assert w.total_output_tokens == 150
+    assert synthetic(50, rate=10, prompt_lens=Uniform(10, 20), seed=4)[7].prompt_len == w[7].prompt_len
+
+
+def test_synthetic_text_prompts_come_from_the_corpus():
+    text = corpus_text(CORPUS)
+    w = synthetic(5, prompt_lens=40, text_prompts=True, chars_per_token=1.0, corpus_path=CORPUS, seed=3)
+    for r in w:
+        assert len(r.prompt) == 40 and r.prompt in text and r.prompt_len == 40
+
+
+def test_corpus_missing_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus"):
+        corpus_text(tmp_path / "nope.txt")
+
+
+def test_request_spec_and_workload_checks():
+    with pytest.raises(ValueError, match="prompt_len"):
+        RequestSpec("a")
+    with pytest.raises(ValueError, match="unique"):
+        Workload([RequestSpec("a", prompt_len=1), RequestSpec("a", prompt_len=2)])
+    w = Workload([RequestSpec("b", 2.0, prompt_len=1), RequestSpec("a", 1.0, prompt_token_ids=[1, 2])])
+    assert [r.id for r in w] == ["a", "b"] and w.total_prompt_tokens == 3 and w.duration_s == 2.0
+
+
+# -- Azure traces ------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, rows", [("code", 8819), ("conv", 19366)])
+def test_trace_row_counts_and_sums_match_the_file(kind, rows):
+    raw = _read_rows(kind)
+    w = azure_trace(kind)
+    assert len(raw) == len(w) == rows
+    assert w.total_prompt_tokens == sum(int(r["ContextTokens"]) for r in raw)
+    assert w.total_output_tokens == sum(int(r["GeneratedTokens"]) for r in raw)
+    assert w[0].arrival_s == 0 and w.name == f"azure-{kind}"
+
+
+def test_conv_trace_span_and_stats():
+    w = azure_trace("conv")
+    assert w.duration_s == pytest.approx(3501.72, abs=0.01)  # 18:15:46.68 -> 19:14:08.40
+    assert np.mean([r.prompt_len for r in w]) == pytest.approx(1154.7, abs=0.05)
+
+
+def test_trace_window_and_rate_scale():
+    full = azure_trace("code")
+    t = np.array([r.arrival_s for r in full])
+    win = azure_trace("code", start_s=600, end_s=900)
+    assert len(win) == ((t >= 600) & (t < 900)).sum() > 0
+    assert win[0].arrival_s == 0 and win.duration_s < 300
+    fast = azure_trace("code", start_s=600, end_s=900, rate_scale=2.0)
+    assert fast.duration_s == pytest.approx(win.duration_s / 2)
+    assert [r.prompt_len for r in fast] == [r.prompt_len for r in win]
+    assert len(azure_trace("code", max_requests=10)) == 10
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rate_scale=-1.0), "rate_scale"), (dict(rate_scale=0), "rate_scale"),
+    (dict(start_s=100, end_s=50), "start_s"), (dict(start_s=5000), "holds no requests"),
+    (dict(kind="chat"), "allowed: code, conv"),
+])
+def test_trace_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        azure_trace(**({"kind": "code"} | kwargs))
+
+
+def test_trace_missing_column_and_file(tmp_path):
+    bad = tmp_path / "t.csv"
+    bad.write_text("TIMESTAMP,ContextTokens\n2023-11-16 18:17:03.9799600,10\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['GeneratedTokens'\]"):
+        azure_trace("code", path=bad)
+    bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,10,-3\n")
+    with pytest.raises(ValueError, match="GeneratedTokens must be >= 1"):
+        azure_trace("code", path=bad)
+    with pytest.raises(FileNotFoundError, match="trace file"):
+        azure_trace("code", path=tmp_path / "none.csv")
