@@ -1,0 +1,135 @@
+"""`batching-lab simulate`: a trace or a generated workload on simulated GPUs, summary at the end.
+
+`add_simulate_args(parser)` declares the options, `simulate_main(args) -> int` runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+from lab.sim.cluster import ROUTERS
+from lab.sim.gpus import GPUS, MODELS
+
+
+def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    src = p.add_argument_group("workload: an Azure trace, or generated (vllm bench serve's random dataset)")
+    src.add_argument("--trace", choices=["code", "conv"], help="Azure LLM inference trace 2023")
+    src.add_argument("--trace-start", type=float, default=0.0, help="seconds into the trace")
+    src.add_argument("--trace-end", type=float, default=None, help="seconds into the trace (default: its end)")
+    src.add_argument("--rate-scale", type=float, default=1.0, help="2.0 replays the trace at twice its rate")
+    src.add_argument("--max-requests", type=int, default=None)
+    src.add_argument("--num-prompts", type=int, default=1000)
+    src.add_argument("--rate", type=float, default=math.inf, help="requests per second (default: inf)")
+    src.add_argument("--burstiness", type=float, default=1.0, help="1 = Poisson; < 1 burstier")
+    src.add_argument("--input-len", type=int, default=1024)
+    src.add_argument("--output-len", type=int, default=128)
+    src.add_argument("--range-ratio", type=float, default=0.0, help="lengths uniform in len x [1-r, 1+r]")
+    src.add_argument("--seed", type=int, default=0)
+    hw = p.add_argument_group("hardware and engine")
+    hw.add_argument("--gpu", choices=list(GPUS), default="H100-SXM")
+    hw.add_argument("--model", choices=list(MODELS), default="llama-3.1-8b")
+    hw.add_argument("--tensor-parallel", type=int, default=1)
+    hw.add_argument("--replicas", type=int, default=1)
+    hw.add_argument("--router", choices=list(ROUTERS), default="round_robin")
+    hw.add_argument("--policy", choices=["continuous", "static"], default="continuous")
+    hw.add_argument("--max-num-seqs", type=int, default=256)
+    hw.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    hw.add_argument("--block-size", type=int, default=16)
+    hw.add_argument("--num-blocks", type=int, default=None, help="default: what fits on the GPU")
+    hw.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    hw.add_argument("--no-prefix-caching", action="store_true")
+    hw.add_argument("--no-chunked-prefill", action="store_true")
+    out = p.add_argument_group("output")
+    out.add_argument("--goodput", nargs="*", default=[], metavar="KEY:MS", help="SLOs, e.g. ttft:500 tpot:50")
+    out.add_argument("--result-json", help="also write the summary here")
+    out.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _workload(args):
+    from lab.workload import Uniform, azure_trace, synthetic
+
+    if args.trace:
+        return azure_trace(args.trace, start_s=args.trace_start, end_s=args.trace_end, rate_scale=args.rate_scale,
+                           max_requests=args.max_requests)
+    if not 0 <= args.range_ratio < 1:
+        raise ValueError(f"--range-ratio: must be in [0, 1), got {args.range_ratio}")
+
+    def dist(n):
+        lo, hi = max(1, round(n * (1 - args.range_ratio))), max(1, round(n * (1 + args.range_ratio)))
+        return Uniform(lo, hi) if hi > lo else lo
+
+    return synthetic(args.num_prompts, rate=args.rate, prompt_lens=dist(args.input_len),
+                     output_lens=dist(args.output_len), burstiness=args.burstiness, seed=args.seed, name="random")
+
+
+def _slos(pairs: list[str]) -> dict[str, float]:
+    slos = {}
+    for pair in pairs:
+        key, _, value = pair.partition(":")
+        if key not in ("ttft", "tpot", "e2el") or not value:
+            raise ValueError(f"--goodput: {pair!r} should be KEY:MS with KEY one of ttft, tpot, e2el")
+        slos[key] = float(value)
+    return slos
+
+
+def simulate_main(args) -> int:
+    from lab.engine.config import EngineConfig
+    from lab.sim.simulate import simulate
+    from lab.sim.step_models import RooflineStepModel
+
+    workload = _workload(args)
+    model = RooflineStepModel(args.gpu, args.model, tensor_parallel=args.tensor_parallel)
+    num_blocks = args.num_blocks or model.kv_cache_blocks(args.block_size, args.gpu_memory_utilization)
+    config = EngineConfig(policy=args.policy, block_size=args.block_size, num_blocks=num_blocks,
+                          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                          enable_prefix_caching=not args.no_prefix_caching,
+                          enable_chunked_prefill=not args.no_chunked_prefill)
+    slos = _slos(args.goodput)
+    where = f"{args.replicas} x {args.gpu}" + (f" (TP {args.tensor_parallel})" if args.tensor_parallel > 1 else "")
+    print(f"{workload.name}: {len(workload)} requests over {workload.duration_s:.0f} s on {where}, {args.model}, "
+          f"{args.policy}, {num_blocks} KV blocks of {args.block_size} per replica")
+    t0 = time.perf_counter()
+    result = simulate(workload, config, model, replicas=args.replicas, router=args.router,
+                      progress=not args.no_progress, record_steps=False)
+    wall = time.perf_counter() - t0
+    summary = result.summary(slos or None)
+    print(format_summary(summary))
+    print(f"simulated in {wall:.1f} s of wall time ({len(workload) / wall:,.0f} requests/s)")
+    if args.result_json:
+        with open(args.result_json, "w", encoding="utf-8") as f:
+            json.dump({"args": vars(args) | {"run": None}, "summary": summary, "wall_s": wall}, f, indent=2,
+                      default=str)
+    return 0 if summary["failed"] == 0 else 1
+
+
+_SECTIONS = (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
+             ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency"))
+
+
+def format_summary(s: dict, title: str = "Simulated Serving Result") -> str:
+    """`Result.summary()` laid out as `vllm bench serve` prints it."""
+    lines = [f"{' ' + title + ' ':=^50}"]
+
+    def row(name, value, fmt="{:.2f}"):
+        lines.append(f"{name:<40}{fmt.format(value):>10}")
+
+    row("Successful requests:", s["completed"], "{:d}")
+    row("Failed requests:", s["failed"], "{:d}")
+    row("Benchmark duration (s):", s["duration_s"])
+    row("Total input tokens:", s["total_input_tokens"], "{:d}")
+    row("Total generated tokens:", s["total_output_tokens"], "{:d}")
+    row("Request throughput (req/s):", s["request_throughput"])
+    if "goodput" in s:
+        row("Request goodput (req/s):", s["goodput"])
+    row("Output token throughput (tok/s):", s["output_throughput"])
+    row("Total token throughput (tok/s):", s["total_token_throughput"])
+    for key, name in _SECTIONS:
+        lines.append(f"{name:-^50}")
+        for stat in ("mean", "median", "p90", "p99"):
+            row(f"{stat.capitalize() if stat[0] != 'p' else stat.upper()} {key.upper()} (ms):", s[f"{stat}_{key}_ms"])
+    lines.append("=" * 50)
+    return "\n".join(lines)
