@@ -1,0 +1,198 @@
+"""Server benchmark over HTTP: TTFT, TPOT and output tokens/s at several request rates, for this
+server (static and continuous policy) and, on the same model folder and workload, for
+`transformers serve --continuous-batching`. Prints a table; writes bench/results/server.json.
+
+    .venv/bin/python bench/server.py [--rates 4,16,inf] [--num-requests 64] [--skip-transformers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import socket
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from lab.client import Client, run_workload
+from lab.engine.loader import bundled_model_dir
+from lab.workload import RequestSpec, Workload, poisson_arrivals
+
+ROOT = Path(__file__).resolve().parents[1]
+RANDOM_MODEL = Path("/tmp/lab-bench-llama")
+COLUMNS = ("output_throughput", "request_throughput", "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms",
+           "p99_tpot_ms", "completed", "failed")
+
+
+def model_folder() -> tuple[Path, str]:
+    """The bundled model if it has been trained by now, else a random Llama (same shape class)."""
+    bundled = bundled_model_dir()
+    if (bundled / "config.json").exists():
+        return bundled, "bundled tiny-shakespeare"
+    if not (RANDOM_MODEL / "config.json").exists():
+        build_random_llama(RANDOM_MODEL)
+    return RANDOM_MODEL, "random Llama: hidden 256, 4 layers, 8 heads (4 KV), vocab 101 (characters), 3.5M params"
+
+
+def build_random_llama(folder: Path) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<eos>": 0} | {c: i + 1 for i, c in enumerate(string.printable)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))  # one token per character
+    tok.add_special_tokens(["<eos>"])
+    tok.decoder = decoders.Fuse()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<eos>", "tokenizer_class": "PreTrainedTokenizerFast"}))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+                         bos_token_id=0, eos_token_id=0, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(folder)
+
+
+def workload(n: int, rate: float, input_len: int, output_len: int, seed: int = 0) -> Workload:
+    """Greedy, EOS honoured (transformers serve has no ignore_eos): both servers do the same work."""
+    rng = random.Random(seed)
+    letters = string.ascii_letters + " " * 10 + ".,\n"
+    arrivals = poisson_arrivals(n, rate, seed=seed)
+    return Workload([RequestSpec(id=f"r{i}", arrival_s=float(arrivals[i]), output_len=output_len,
+                                 prompt="".join(rng.choice(letters) for _ in range(input_len)),
+                                 temperature=0.0, ignore_eos=False) for i in range(n)],
+                    name=f"rate {rate}", meta={"rate": "inf" if rate == float("inf") else f"{rate:g}"})
+
+
+def run_rates(url: str, model: str, workloads: list[Workload], label: str) -> list[dict]:
+    client = Client(base_url=url, api_key="bench", max_retries=0, timeout=600)
+    run_workload(client, workload(4, float("inf"), 16, 4, seed=99), model=model)  # warm up
+    rows = []
+    for wl in workloads:
+        result = run_workload(client, wl, model=model)
+        s = result.summary()
+        errors = sorted({r.error for r in result.requests if r.error})[:3]
+        rows.append({"system": label, "rate": wl.meta['rate'], **{k: s[k] for k in COLUMNS}, "errors": errors})
+        print(f"  {label:<24} rate {wl.meta['rate']:>5}: {s['output_throughput']:8.1f} tok/s, "
+              f"p99 TTFT {s['p99_ttft_ms']:8.1f} ms, failed {s['failed']}", flush=True)
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# our server through its CLI entry point, in its own process like the peer (no GIL shared with the client)
+SERVE = ("import argparse, sys; from lab.server.cli_commands import add_serve_args, serve_main; "
+         "sys.exit(serve_main(add_serve_args(argparse.ArgumentParser()).parse_args(sys.argv[1:])))")
+
+
+def serve_process(label: str, cmd: list[str], port: int, model: str, workloads: list[Workload],
+                  threads: int) -> list[dict]:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{label} exited: {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{label} did not come up within 180 s")
+            time.sleep(0.5)
+        return run_rates(f"http://127.0.0.1:{port}/v1", model, workloads, label)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_ours(folder: Path, policy: str, workloads: list[Workload], args) -> list[dict]:
+    port = free_port()
+    cmd = [sys.executable, "-c", SERVE, "--model", str(folder), "--port", str(port), "--policy", policy,
+           "--device", "cpu", "--dtype", "float32", "--max-num-seqs", str(args.max_num_seqs),
+           "--served-model-name", "bench", "--log-level", "error", "--torch-threads", str(args.threads)]
+    return serve_process(f"batching-lab {policy}", cmd, port, "bench", workloads, args.threads)
+
+
+def run_transformers(folder: Path, workloads: list[Workload], args) -> list[dict]:
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("transformers")), "serve", "--continuous-batching", "--device", "cpu",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", str(folder)]
+    return serve_process("transformers serve --cb", cmd, port, str(folder), workloads, args.threads)
+
+
+def table(rows: list[dict]) -> str:
+    head = "| system | rate (req/s) | output tok/s | req/s | mean TTFT ms | p99 TTFT ms | mean TPOT ms | p99 TPOT ms | ok/failed |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['rate']} | {r['output_throughput']:.1f} | {r['request_throughput']:.2f} "
+                     f"| {r['mean_ttft_ms']:.1f} | {r['p99_ttft_ms']:.1f} | {r['mean_tpot_ms']:.1f} "
+                     f"| {r['p99_tpot_ms']:.1f} | {r['completed']}/{r['failed']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rates", default="4,16,inf", help="request rates, comma-separated (inf: all at once)")
+    p.add_argument("--num-requests", type=int, default=64)
+    p.add_argument("--input-len", type=int, default=64, help="prompt characters")
+    p.add_argument("--output-len", type=int, default=64, help="max_tokens")
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for both servers (OMP_NUM_THREADS); on a shared 2-core CPU 1 is steadiest")
+    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "server.json"))
+    args = p.parse_args(argv)
+    folder, model_desc = model_folder()
+    rates = [float(r) for r in args.rates.split(",")]
+    workloads = [workload(args.num_requests, rate, args.input_len, args.output_len) for rate in rates]
+    print(f"model: {folder} ({model_desc}); {args.num_requests} requests per rate, "
+          f"{args.input_len} prompt chars, max_tokens {args.output_len}", flush=True)
+    rows = []
+    started = time.monotonic()
+    for policy in ("continuous", "static"):
+        rows += run_ours(folder, policy, workloads, args)
+    if not args.skip_transformers:
+        rows += run_transformers(folder, workloads, args)
+    print()
+    print(table(rows))
+    out = {"machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU",
+           "model": model_desc, "model_folder": str(folder), "num_requests": args.num_requests,
+           "input_len_chars": args.input_len, "output_len": args.output_len, "max_num_seqs": args.max_num_seqs,
+           "torch_threads": args.threads,
+           "wall_s": round(time.monotonic() - started, 1), "rows": rows}
+    ours = {r["rate"]: r for r in rows if r["system"] == "batching-lab continuous"}
+    peer = {r["rate"]: r for r in rows if r["system"].startswith("transformers")}
+    if peer:
+        out["vs_transformers"] = {
+            rate: {"throughput_ratio": ours[rate]["output_throughput"] / max(peer[rate]["output_throughput"], 1e-9),
+                   "p99_ttft_ms": [ours[rate]["p99_ttft_ms"], peer[rate]["p99_ttft_ms"]]}
+            for rate in ours if rate in peer}
+        for rate, v in out["vs_transformers"].items():
+            print(f"rate {rate}: {v['throughput_ratio']:.2f}x transformers' output tok/s; p99 TTFT "
+                  f"{v['p99_ttft_ms'][0]:.0f} ms vs {v['p99_ttft_ms'][1]:.0f} ms")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
