@@ -79,14 +79,15 @@ def tiny_model_dir() -> Path:
     return _cache["dir"]
 
 
-def tiny_llm():
-    """One engine for the whole session; servers take turns on it (one AsyncEngine at a time)."""
-    if "llm" not in _cache:
+def tiny_llm(name: str = "main"):
+    """Engines for the whole session, by name: a server owns its engine while it runs, so a test that
+    starts a second server while a module's server is up uses another one ("aux")."""
+    if name not in _cache:
         from lab.engine import LLM
 
-        _cache["llm"] = LLM(model=tiny_model_dir(), device="cpu", dtype="float32", num_blocks=512,
+        _cache[name] = LLM(model=tiny_model_dir(), device="cpu", dtype="float32", num_blocks=512,
                             max_num_seqs=64, max_num_batched_tokens=2048)
-    return _cache["llm"]
+    return _cache[name]
 
 
 def wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.01) -> bool:

@@ -80,3 +80,8 @@ async def test_stop_ends_open_streams():
     assert tiny_llm().engine.block_manager.num_used == 0
     with pytest.raises(RuntimeError, match="not running"):
         await engine.add_request("late", SamplingParams(max_tokens=2), "st-2")
+
+
+def test_one_engine_thread_per_engine(aengine):
+    with pytest.raises(RuntimeError, match="already drives it"):
+        AsyncEngine(aengine.engine).start()

@@ -90,8 +90,8 @@ def test_unknown_model_and_route(http):
 
 
 def test_queue_full_is_429(monkeypatch):
-    monkeypatch.setattr(tiny_llm().engine.config, "max_num_seqs", 1)  # one slot: the second request waits
-    with serve(llm=tiny_llm(), max_queued_requests=1) as s, httpx.Client(timeout=30) as c:
+    monkeypatch.setattr(tiny_llm("aux").engine.config, "max_num_seqs", 1)  # one slot: the second request waits
+    with serve(llm=tiny_llm("aux"), max_queued_requests=1) as s, httpx.Client(timeout=30) as c:
         long = {**COMP, "max_tokens": 200, "ignore_eos": True, "stream": True}
         with c.stream("POST", s.url + "/completions", json=long) as first:  # running
             next(first.iter_lines())
@@ -105,7 +105,7 @@ def test_queue_full_is_429(monkeypatch):
 
 
 def test_shutdown_answers_503_and_ends_streams():
-    s = start_server(llm=tiny_llm())
+    s = start_server(llm=tiny_llm("aux"))
     c = httpx.Client(timeout=30)
     with c.stream("POST", s.url + "/completions", json={**COMP, "max_tokens": 200, "stream": True,
                                                         "ignore_eos": True}) as r:
@@ -120,6 +120,6 @@ def test_shutdown_answers_503_and_ends_streams():
     closer.join(15)
     assert not closer.is_alive()
     assert "data: [DONE]" not in rest and '"code":"shutting_down"' in rest[-1]
-    assert tiny_llm().engine.block_manager.num_used == 0
+    assert tiny_llm("aux").engine.block_manager.num_used == 0
     with pytest.raises(httpx.ConnectError):  # the port is released
         c.get(s.base + "/health")

@@ -90,7 +90,7 @@ def test_sdk_exception_classes(server, client):
 
 
 def test_rate_limit_per_key_with_headers():
-    with serve(llm=tiny_llm(), api_keys=[KEY, "sk-other-key-0000"], requests_per_minute=2,
+    with serve(llm=tiny_llm("aux"), api_keys=[KEY, "sk-other-key-0000"], requests_per_minute=2,
                tokens_per_minute=100) as s:
         with openai.OpenAI(base_url=s.url, api_key=KEY, max_retries=0) as c:
             ok = c.completions.with_raw_response.create(model="tiny-llama", prompt="abc", max_tokens=4)
@@ -133,7 +133,7 @@ def test_health_metrics_and_open_server_log(server, caplog):
                  "lab_e2e_request_latency_seconds_bucket"):
         assert name in text
     with caplog.at_level("WARNING", logger="lab.server"):
-        with serve(llm=tiny_llm()) as s:
+        with serve(llm=tiny_llm("aux")) as s:
             assert httpx.post(s.url + "/completions", json={"model": "tiny-llama", "prompt": "a", "max_tokens": 1}
                               ).status_code == 200
     assert "no API keys" in caplog.text

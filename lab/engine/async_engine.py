@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ from lab.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.002  # static policy waiting for a batch to fill: how often to re-check its timeout
+IDLE_POLL_S = 0.002
+_DRIVEN: weakref.WeakSet = weakref.WeakSet()  # engines with a live engine thread: one each, never two  # static policy waiting for a batch to fill: how often to re-check its timeout
 
 
 @dataclass(slots=True)
@@ -85,6 +87,9 @@ class AsyncEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> AsyncEngine:
+        if self.engine in _DRIVEN:
+            raise RuntimeError("engine: another AsyncEngine (a running server?) already drives it; stop that one first")
+        _DRIVEN.add(self.engine)
         self._thread = threading.Thread(target=self._run, name="lab-engine", daemon=True)
         self._thread.start()
         return self
@@ -98,6 +103,7 @@ class AsyncEngine:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise RuntimeError(f"engine thread did not stop within {timeout}s (a step is stuck?)")
+        _DRIVEN.discard(self.engine)
 
     @property
     def is_running(self) -> bool:
