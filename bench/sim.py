@@ -1,0 +1,158 @@
+"""Simulator benchmark: accuracy against the engine, and speed on an hour of real traffic.
+
+Accuracy: fit a FittedStepModel on one engine run (a small random Llama on this CPU), then
+simulate other workloads (other rates, length mixes, both policies) and compare with the engine's
+measured runs. Speed: the full Azure conv trace on a simulated H100 serving Llama 3.1 8B.
+Prints a table and writes bench/results/sim.json.
+
+    python bench/sim.py                  # about 3 minutes of engine runs plus the trace
+    python bench/sim.py --skip-engine    # the trace timing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab.engine import LLM
+from lab.engine.config import EngineConfig
+from lab.sim import FittedStepModel, RooflineStepModel, simulate
+from lab.workload import LogNormal, Uniform, azure_trace, synthetic
+
+ENGINE = dict(block_size=16, num_blocks=1024, max_num_seqs=16, max_num_batched_tokens=256)
+SHAPE = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+             num_key_value_heads=4, max_position_embeddings=1024)
+METRICS = ("output_throughput", "request_throughput", "mean_e2el_ms", "mean_ttft_ms", "mean_tpot_ms")
+
+
+def workloads():
+    """The fit run is bursty with a wide length mix, so every feature of the step model varies."""
+    fit = ("fit", "continuous", synthetic(260, rate=9, burstiness=0.4, prompt_lens=LogNormal(80, 0.9, low=8, high=480),
+                                          output_lens=Uniform(8, 128), seed=1, name="fit"))
+    tests = [
+        ("A", "continuous", synthetic(240, rate=12, prompt_lens=LogNormal(64, 0.6, high=400),
+                                      output_lens=Uniform(16, 48), seed=2, name="A")),
+        ("B", "static", synthetic(160, rate=6, prompt_lens=Uniform(16, 96), output_lens=Uniform(8, 64), seed=3,
+                                  name="B")),
+        ("C", "continuous", synthetic(120, rate=4, prompt_lens=Uniform(128, 384), output_lens=Uniform(32, 96), seed=4,
+                                      name="C")),
+        ("D", "static", synthetic(200, prompt_lens=Uniform(16, 256), output_lens=Uniform(8, 96), seed=5, name="D")),
+    ]
+    return fit, tests
+
+
+def describe(w) -> str:
+    rate = w.meta["rate"]
+    p = [r.prompt_len for r in w]
+    o = [r.output_len for r in w]
+    arrivals = "all at t=0" if np.isinf(rate) else f"{rate:g}/s" + (
+        f" gamma {w.meta['burstiness']:g}" if w.meta["burstiness"] != 1 else " Poisson")
+    return f"{len(w)} req, {arrivals}, prompt {min(p)}-{max(p)} (mean {np.mean(p):.0f}), out {min(o)}-{max(o)}"
+
+
+def wait_for_quiet(limit: float | None, max_wait_s: float = 180) -> None:
+    """Optionally wait (up to 3 min) for the shared CPU's 1-minute load to fall below `limit`."""
+    t0 = time.time()
+    while limit is not None and os.getloadavg()[0] > limit and time.time() - t0 < max_wait_s:
+        time.sleep(5)
+
+
+def run_engine(folder: Path, policy: str, workload, quiet: float | None):
+    wait_for_quiet(quiet)
+    llm = LLM(model=folder, device="cpu", dtype="float32", policy=policy, **ENGINE)
+    load = os.getloadavg()[0]
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = llm.run_workload(workload, progress=False)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return result, {"wall_s": wall, "cpu_share": cpu / wall, "load_before": load, "load_after": os.getloadavg()[0],
+                    "steps": len(result.steps)}
+
+
+def accuracy(quiet: float | None) -> dict:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = Path(tempfile.mkdtemp(prefix="sim-bench-"))
+    LlamaForCausalLM(LlamaConfig(**SHAPE, bos_token_id=None, eos_token_id=None, pad_token_id=None)).save_pretrained(folder)
+    run_engine(folder, "continuous", synthetic(16, prompt_lens=64, output_lens=16), None)  # warm-up
+    fit, tests = workloads()
+    fit_result, fit_info = run_engine(folder, fit[1], fit[2], quiet)
+    model = FittedStepModel.fit(fit_result.steps)
+    rows = []
+    for name, policy, w in [fit] + tests:
+        engine, info = (fit_result, fit_info) if w is fit[2] else run_engine(folder, policy, w, quiet)
+        sim = simulate(w, EngineConfig(policy=policy, **ENGINE), model)
+        e, s = engine.summary(), sim.summary()
+        rows.append({"workload": name, "policy": policy, "description": describe(w), "engine_run": info,
+                     "sim_steps": len(sim.steps), "engine": {k: e[k] for k in METRICS},
+                     "sim": {k: s[k] for k in METRICS},
+                     "error_pct": {k: 100 * (s[k] - e[k]) / e[k] for k in METRICS}})
+    return {"coef": model.coef, "rows": rows}
+
+
+def trace_speed() -> dict:
+    w = azure_trace("conv")
+    step_model = RooflineStepModel("H100-SXM", "llama-3.1-8b")
+    config = EngineConfig(max_num_seqs=256, max_num_batched_tokens=8192)
+    out = {"requests": len(w), "trace_s": w.duration_s, "kv_blocks": step_model.kv_cache_blocks()}
+    for record in (False, True):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = simulate(w, config, step_model, record_steps=record)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        s = result.summary()
+        key = "with_steps" if record else "no_steps"
+        out[key] = {"wall_s": wall, "cpu_s": cpu, "requests_per_s": len(w) / wall, "steps": len(result.steps),
+                    "completed": s["completed"], "mean_ttft_ms": s["mean_ttft_ms"],
+                    "mean_tpot_ms": s["mean_tpot_ms"], "mean_e2el_ms": s["mean_e2el_ms"]}
+    return out
+
+
+def print_tables(report: dict) -> None:
+    acc = report.get("accuracy")
+    if acc:
+        print(f"{'workload':<9}{'policy':<11}{'metric':<20}{'engine':>10}{'sim':>10}{'error':>9}")
+        for row in acc["rows"]:
+            for k in METRICS:
+                print(f"{row['workload']:<9}{row['policy']:<11}{k:<20}{row['engine'][k]:>10.2f}"
+                      f"{row['sim'][k]:>10.2f}{row['error_pct'][k]:>8.1f}%")
+            info = row["engine_run"]
+            print(f"{'':<20}engine {info['wall_s']:.1f} s, CPU share {info['cpu_share']:.2f}, "
+                  f"load {info['load_before']:.1f} -> {info['load_after']:.1f}")
+        print("coefficients:", {k: f"{v:.3g}" for k, v in acc["coef"].items()})
+    t = report["trace"]
+    for key in ("no_steps", "with_steps"):
+        r = t[key]
+        print(f"azure conv, {t['requests']} requests / {t['trace_s']:.0f} s on H100 + Llama 3.1 8B ({key}): "
+              f"{r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, {r['requests_per_s']:.0f} requests/s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--skip-engine", action="store_true", help="only the Azure trace timing")
+    ap.add_argument("--quiet-load", type=float, default=None, help="wait for 1-min load below this first")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # two torch threads on a shared 2-core CPU make step times erratic
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                          "python": platform.python_version(), "torch": torch.__version__,
+                          "torch_threads": torch.get_num_threads()},
+              "engine_config": ENGINE, "model_shape": SHAPE}
+    if not args.skip_engine:
+        report["accuracy"] = accuracy(args.quiet_load)
+    report["trace"] = trace_speed()
+    print_tables(report)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
