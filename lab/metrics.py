@@ -112,7 +112,9 @@ class StepRecord:
 
 def _stats(values, prefix: str) -> dict[str, float]:
     """mean, median, std and p90/p99 in ms, as `vllm bench serve` reports them (np.std: population)."""
-    arr = np.asarray([v for v in values if v is not None] if isinstance(values, list) else values, dtype=float)
+    if isinstance(values, list):
+        values = [v for v in values if v is not None]
+    arr = np.asarray(values, dtype=float)
     keys = ["mean", "median", "std"] + [f"p{p}" for p in PERCENTILES if p != 50]
     if arr.size == 0:
         return {f"{k}_{prefix}_ms": float("nan") for k in keys}

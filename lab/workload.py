@@ -14,11 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "Empirical", "Exponential", "Fixed", "LogNormal", "RequestSpec", "Uniform", "Workload", "azure_trace",
-    "corpus_text", "gamma_arrivals", "lengths", "poisson_arrivals", "synthetic",
-]
-
 
 @dataclass(slots=True)
 class RequestSpec:
@@ -181,8 +176,10 @@ def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: st
         return np.full(n, int(spec), dtype=np.int64)
     arr = np.asarray(spec, dtype=np.int64)
     if arr.ndim != 1 or len(arr) != n:
-        raise ValueError(f"{field_name}: need {n} values, got {arr.size}; or give an int or a distribution "
-                         f"({', '.join(k.__name__ for k in LENGTH_KINDS)})")
+        raise ValueError(
+            f"{field_name}: need {n} values, got {arr.size}; or give an int or a distribution "
+            f"({', '.join(k.__name__ for k in LENGTH_KINDS)})"
+        )
     if (arr < 1).any():
         raise ValueError(f"{field_name}: every length must be >= 1, found {arr.min()}")
     return arr
@@ -256,7 +253,7 @@ def _text_prompts(n_chars: np.ndarray, rng: np.random.Generator, corpus_path) ->
     for k in n_chars:
         k = int(min(max(k, 1), len(text)))
         start = int(rng.integers(0, len(text) - k + 1))
-        out.append(text[start:start + k])
+        out.append(text[start : start + k])
     return out
 
 
@@ -286,8 +283,13 @@ def synthetic(
     o = lengths(output_lens, n, rng, "output_lens")
     texts = _text_prompts(np.round(p * chars_per_token), rng, corpus_path) if text_prompts else [None] * n
     reqs = [
-        RequestSpec(id=f"req-{i}", arrival_s=float(arrivals[i]), prompt=texts[i], prompt_len=int(p[i]),
-                    output_len=int(o[i]))
+        RequestSpec(
+            id=f"req-{i}",
+            arrival_s=float(arrivals[i]),
+            prompt=texts[i],
+            prompt_len=int(p[i]),
+            output_len=int(o[i]),
+        )
         for i in range(n)
     ]
     return Workload(reqs, name=name, meta={"rate": rate, "burstiness": burstiness, "seed": seed})
@@ -323,11 +325,17 @@ def azure_trace(
     keep = (t >= start_s) & (t < (np.inf if end_s is None else end_s))
     idx = np.flatnonzero(keep)[:max_requests]
     if idx.size == 0:
-        raise ValueError(f"start_s/end_s: the window [{start_s}, {end_s}) of {path.name} holds no requests "
-                         f"(the trace spans 0 .. {t[-1]:.1f} s)")
+        raise ValueError(
+            f"start_s/end_s: the window [{start_s}, {end_s}) of {path.name} holds no requests "
+            f"(the trace spans 0 .. {t[-1]:.1f} s)"
+        )
     arrivals = (t[idx] - t[idx[0]]) / rate_scale
-    reqs = [RequestSpec(id=f"{kind}-{i}", arrival_s=float(a), prompt_len=int(prompt[i]), output_len=int(output[i]))
-            for i, a in zip(idx, arrivals, strict=True)]
+    reqs = [
+        RequestSpec(
+            id=f"{kind}-{i}", arrival_s=float(a), prompt_len=int(prompt[i]), output_len=int(output[i])
+        )
+        for i, a in zip(idx, arrivals, strict=True)
+    ]
     meta = {"source": path.name, "start_s": start_s, "end_s": end_s, "rate_scale": rate_scale}
     return Workload(reqs, name=f"azure-{kind}", meta=meta)
 
@@ -340,7 +348,9 @@ def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         header = next(reader, None) or []
         missing = [c for c in TRACE_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{path.name}: missing column(s) {missing}; expected columns {list(TRACE_COLUMNS)}")
+            raise ValueError(
+                f"{path.name}: missing column(s) {missing}; expected columns {list(TRACE_COLUMNS)}"
+            )
         cols = [header.index(c) for c in TRACE_COLUMNS]
         rows = [[row[c] for c in cols] for row in reader if row]
     if not rows:

@@ -8,18 +8,28 @@ from lab.metrics import RequestMetrics, Result, StepRecord
 
 
 def _req(rid, arrival, times, status="ok"):
-    return RequestMetrics(rid, arrival, prompt_tokens=10, output_tokens=len(times), first_token_s=times[0],
-                          finish_s=times[-1], token_times_s=list(times), status=status)
+    return RequestMetrics(
+        rid,
+        arrival,
+        prompt_tokens=10,
+        output_tokens=len(times),
+        first_token_s=times[0],
+        finish_s=times[-1],
+        token_times_s=list(times),
+        status=status,
+    )
 
 
 @pytest.fixture
 def result():
-    return Result([
-        _req("a", 0.0, [0.1, 0.2, 0.4]),  # ttft 100 ms, tpot (0.4-0.1)/2 = 150 ms, itl 100, 200
-        _req("b", 1.0, [1.5]),  # ttft 500, one token: no tpot, no itl
-        _req("c", 2.0, [2.2, 2.3, 2.4, 2.5]),  # ttft 200, tpot 100, itl 100 x3
-        RequestMetrics("d", 3.0, prompt_tokens=10, status="error", error="boom"),
-    ])
+    return Result(
+        [
+            _req("a", 0.0, [0.1, 0.2, 0.4]),  # ttft 100 ms, tpot (0.4-0.1)/2 = 150 ms, itl 100, 200
+            _req("b", 1.0, [1.5]),  # ttft 500, one token: no tpot, no itl
+            _req("c", 2.0, [2.2, 2.3, 2.4, 2.5]),  # ttft 200, tpot 100, itl 100 x3
+            RequestMetrics("d", 3.0, prompt_tokens=10, status="error", error="boom"),
+        ]
+    )
 
 
 def test_counts_duration_and_throughput(result):
@@ -39,8 +49,9 @@ def test_latency_stats_match_vllm_definitions(result):
     assert s["mean_tpot_ms"] == pytest.approx(125)  # (150 + 100) / 2: one-token request skipped
     assert s["mean_itl_ms"] == pytest.approx(600 / 5)  # gaps 100, 200, 100, 100, 100 pooled
     assert s["p99_itl_ms"] == pytest.approx(196)  # numpy linear interpolation, as vLLM
-    assert s["std_ttft_ms"] == pytest.approx(math.sqrt(((100 - 800 / 3) ** 2 + (500 - 800 / 3) ** 2
-                                                         + (200 - 800 / 3) ** 2) / 3))
+    assert s["std_ttft_ms"] == pytest.approx(
+        math.sqrt(((100 - 800 / 3) ** 2 + (500 - 800 / 3) ** 2 + (200 - 800 / 3) ** 2) / 3)
+    )
     assert s["mean_e2el_ms"] == pytest.approx((400 + 500 + 500) / 3)
 
 
@@ -62,8 +73,10 @@ def test_empty_result_is_nan_not_an_error():
 def test_frames_and_merge(result):
     df = result.to_frame()
     assert list(df.request_id) == ["a", "b", "c", "d"] and df.loc[0, "tpot_s"] == pytest.approx(0.15)
-    steps = [StepRecord(0, 1.0, 0.1, 4, 0, 1, 0, 2, batch=[("a", 4)], replica=1),
-             StepRecord(0, 0.5, 0.1, 0, 2, 2, 0, 3, batch=[("b", 1), ("c", 1)])]
+    steps = [
+        StepRecord(0, 1.0, 0.1, 4, 0, 1, 0, 2, batch=[("a", 4)], replica=1),
+        StepRecord(0, 0.5, 0.1, 0, 2, 2, 0, 3, batch=[("b", 1), ("c", 1)]),
+    ]
     merged = Result.merge([Result(result.requests[:2], steps[:1]), Result(result.requests[2:], steps[1:])])
     assert len(merged.requests) == 4 and [s.start_s for s in merged.steps] == [0.5, 1.0]
     frame = merged.steps_frame()

@@ -21,8 +21,18 @@ ONE_SECOND = ConstantStepModel(1.0)
 
 
 def cfg(**kw):
-    return EngineConfig(**({"block_size": 4, "num_blocks": 64, "max_num_seqs": 4, "max_num_batched_tokens": 64,
-                            "enable_prefix_caching": False} | kw))
+    return EngineConfig(
+        **(
+            {
+                "block_size": 4,
+                "num_blocks": 64,
+                "max_num_seqs": 4,
+                "max_num_batched_tokens": 64,
+                "enable_prefix_caching": False,
+            }
+            | kw
+        )
+    )
 
 
 def finish_times(result):
@@ -30,8 +40,13 @@ def finish_times(result):
 
 
 def three_requests():
-    return Workload([RequestSpec("A", 0.0, prompt_len=4, output_len=3), RequestSpec("B", 0.0, prompt_len=4, output_len=1),
-                     RequestSpec("C", 1.5, prompt_len=4, output_len=2)])
+    return Workload(
+        [
+            RequestSpec("A", 0.0, prompt_len=4, output_len=3),
+            RequestSpec("B", 0.0, prompt_len=4, output_len=1),
+            RequestSpec("C", 1.5, prompt_len=4, output_len=2),
+        ]
+    )
 
 
 def test_continuous_hand_computed():
@@ -52,7 +67,12 @@ def test_static_hand_computed():
 
 def test_static_waits_for_its_timeout_then_flushes():
     # A alone, batch not full: starts after the 0.5 s timeout. B is the last arrival: flush, no wait.
-    w = Workload([RequestSpec("A", 0.0, prompt_len=4, output_len=2), RequestSpec("B", 10.0, prompt_len=4, output_len=1)])
+    w = Workload(
+        [
+            RequestSpec("A", 0.0, prompt_len=4, output_len=2),
+            RequestSpec("B", 10.0, prompt_len=4, output_len=1),
+        ]
+    )
     r = simulate(w, cfg(policy="static", max_num_seqs=2, static_batch_timeout_s=0.5), ONE_SECOND)
     assert finish_times(r) == {"A": 2.5, "B": 11.0}
     assert r.steps[0].start_s == 0.5
@@ -76,15 +96,21 @@ def test_preemption_when_blocks_run_out():
 
 def test_prefix_cache_hits_for_equal_token_prompts():
     ids = list(range(1, 18))
-    w = Workload([RequestSpec("A", 0.0, prompt_token_ids=ids, output_len=1),
-                  RequestSpec("B", 5.0, prompt_token_ids=ids, output_len=1),
-                  RequestSpec("C", 9.0, prompt_len=17, output_len=1)])
+    w = Workload(
+        [
+            RequestSpec("A", 0.0, prompt_token_ids=ids, output_len=1),
+            RequestSpec("B", 5.0, prompt_token_ids=ids, output_len=1),
+            RequestSpec("C", 9.0, prompt_len=17, output_len=1),
+        ]
+    )
     r = simulate(w, cfg(enable_prefix_caching=True), ONE_SECOND)
     assert [s.batch for s in r.steps] == [[("A", 17)], [("B", 1)], [("C", 17)]]  # B reuses 4 full blocks
 
 
 def test_invalid_request_is_recorded_as_failed():
-    w = Workload([RequestSpec("big", 0.0, prompt_len=300, output_len=10), RequestSpec("ok", 0.0, prompt_len=4)])
+    w = Workload(
+        [RequestSpec("big", 0.0, prompt_len=300, output_len=10), RequestSpec("ok", 0.0, prompt_len=4)]
+    )
     r = simulate(w, cfg(num_blocks=16), ONE_SECOND)
     big, ok = r.requests
     assert big.status == "error" and "KV cache" in big.error and ok.ok
@@ -112,8 +138,13 @@ def test_round_robin_alternates_and_merges():
 
 def test_least_outstanding_avoids_the_busy_replica():
     # long request goes to replica 0; round robin would send the third request back to it
-    w = Workload([RequestSpec("long", 0.0, prompt_len=4, output_len=10), RequestSpec("s1", 0.1, prompt_len=4, output_len=1),
-                  RequestSpec("s2", 2.0, prompt_len=4, output_len=1)])
+    w = Workload(
+        [
+            RequestSpec("long", 0.0, prompt_len=4, output_len=10),
+            RequestSpec("s1", 0.1, prompt_len=4, output_len=1),
+            RequestSpec("s2", 2.0, prompt_len=4, output_len=1),
+        ]
+    )
     c = cfg(max_num_seqs=1, max_num_batched_tokens=8)
     rr = simulate(w, c, ONE_SECOND, replicas=2, router="round_robin")
     lor = simulate(w, c, ONE_SECOND, replicas=2, router="least_outstanding")
@@ -123,8 +154,12 @@ def test_least_outstanding_avoids_the_busy_replica():
 
 # -- step models -------------------------------------------------------------------------------
 def test_fitted_model_recovers_known_coefficients():
-    true = FittedStepModel({"const": 0.002, "prefill_tokens": 1e-4, "decode_seqs": 5e-4, "decode_context": 1e-6})
-    w = synthetic(60, rate=20, prompt_lens=np.random.default_rng(0).integers(5, 200, 60), output_lens=20, seed=1)
+    true = FittedStepModel(
+        {"const": 0.002, "prefill_tokens": 1e-4, "decode_seqs": 5e-4, "decode_context": 1e-6}
+    )
+    w = synthetic(
+        60, rate=20, prompt_lens=np.random.default_rng(0).integers(5, 200, 60), output_lens=20, seed=1
+    )
     steps = simulate(w, cfg(num_blocks=4000, max_num_seqs=16, max_num_batched_tokens=256), true).steps
     fit = FittedStepModel.fit(steps)
     for k, v in true.coef.items():
@@ -135,23 +170,37 @@ def test_fitted_model_recovers_known_coefficients():
 
 
 def test_shapes_from_trace_replays_contexts():
-    steps = [StepRecord(0, 0, 1, 8, 0, 1, 0, 2, batch=[("a", 8)]), StepRecord(1, 1, 1, 2, 1, 2, 0, 3,
-                                                                              batch=[("a", 1), ("b", 2)])]
+    steps = [
+        StepRecord(0, 0, 1, 8, 0, 1, 0, 2, batch=[("a", 8)]),
+        StepRecord(1, 1, 1, 2, 1, 2, 0, 3, batch=[("a", 1), ("b", 2)]),
+    ]
     first, second = shapes_from_trace(steps)
     assert first == BatchShape(prefill_tokens=8, prefill_seqs=1, context_tokens=8, prefill_attention=36)
-    assert (second.decode_seqs, second.decode_context, second.prefill_tokens, second.context_tokens) == (1, 9, 2, 11)
+    assert (second.decode_seqs, second.decode_context, second.prefill_tokens, second.context_tokens) == (
+        1,
+        9,
+        2,
+        11,
+    )
 
 
 def test_roofline_decode_is_bandwidth_bound_prefill_compute_bound():
     m = RooflineStepModel("H100-SXM", "llama-3.1-8b", overhead_s=0.0)
-    decode = m.step_time(BatchShape(decode_seqs=1, decode_context=1000, max_decode_context=1000, context_tokens=1000))
+    decode = m.step_time(
+        BatchShape(decode_seqs=1, decode_context=1000, max_decode_context=1000, context_tokens=1000)
+    )
     weights = 8.03e9 * 2 / (3350e9 * 0.8)
     assert decode == pytest.approx(weights + 1000 * 131072 / (3350e9 * 0.8))
-    prefill = m.step_time(BatchShape(prefill_tokens=4096, prefill_seqs=1, context_tokens=4096,
-                                     prefill_attention=4096 * 4097 // 2))
+    prefill = m.step_time(
+        BatchShape(
+            prefill_tokens=4096, prefill_seqs=1, context_tokens=4096, prefill_attention=4096 * 4097 // 2
+        )
+    )
     flops = 2 * 8.03e9 * 4096 + 4 * 32 * 4096 * (4096 * 4097 // 2)
     assert prefill == pytest.approx(flops / (989.5e12 * 0.6))
-    assert RooflineStepModel("H200").step_time(BatchShape(decode_seqs=1)) < m.step_time(BatchShape(decode_seqs=1))
+    assert RooflineStepModel("H200").step_time(BatchShape(decode_seqs=1)) < m.step_time(
+        BatchShape(decode_seqs=1)
+    )
     with pytest.raises(ValueError, match="allowed: H100-SXM"):
         RooflineStepModel("V100")
 
@@ -167,8 +216,12 @@ def test_kv_capacity():
 
 def test_azure_window_on_simulated_h100():
     w = azure_trace("conv", end_s=60)
-    r = simulate(w, EngineConfig(max_num_seqs=256, max_num_batched_tokens=8192), RooflineStepModel(),
-                 record_steps=False)
+    r = simulate(
+        w,
+        EngineConfig(max_num_seqs=256, max_num_batched_tokens=8192),
+        RooflineStepModel(),
+        record_steps=False,
+    )
     s = r.summary()
     assert s["completed"] == len(w) and s["failed"] == 0 and not r.steps
     assert 0 < s["mean_ttft_ms"] < s["mean_e2el_ms"]

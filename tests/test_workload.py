@@ -54,8 +54,10 @@ def test_infinite_rate_and_burstiness():
     assert poisson_arrivals(4, 2.0, burstiness=float("inf")).tolist() == [0, 0.5, 1.0, 1.5]
 
 
-@pytest.mark.parametrize("kwargs, field", [(dict(rate=0), "rate"), (dict(rate=-1), "rate"),
-                                           (dict(rate=1, burstiness=0), "burstiness")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [(dict(rate=0), "rate"), (dict(rate=-1), "rate"), (dict(rate=1, burstiness=0), "burstiness")],
+)
 def test_arrival_errors(kwargs, field):
     with pytest.raises(ValueError, match=field):
         poisson_arrivals(5, **kwargs)
@@ -75,13 +77,20 @@ def test_distributions_respect_bounds_and_means():
     assert set(emp.tolist()) == {10, 20} and (emp == 20).mean() == pytest.approx(0.75, abs=0.02)
 
 
-@pytest.mark.parametrize("make, field", [
-    (lambda: Fixed(0), "Fixed.value"), (lambda: Uniform(5, 4), "Uniform.high"),
-    (lambda: Exponential(-1), "Exponential.mean"), (lambda: LogNormal(10, -1), "LogNormal.sigma"),
-    (lambda: LogNormal(10, high=0), "LogNormal.high"), (lambda: Empirical([]), "Empirical.values"),
-    (lambda: Empirical([1, 2], weights=[0, 0]), "Empirical.weights"),
-    (lambda: lengths([1, 2], 3), "lengths"), (lambda: lengths(0, 3, field_name="output_lens"), "output_lens"),
-])
+@pytest.mark.parametrize(
+    "make, field",
+    [
+        (lambda: Fixed(0), "Fixed.value"),
+        (lambda: Uniform(5, 4), "Uniform.high"),
+        (lambda: Exponential(-1), "Exponential.mean"),
+        (lambda: LogNormal(10, -1), "LogNormal.sigma"),
+        (lambda: LogNormal(10, high=0), "LogNormal.high"),
+        (lambda: Empirical([]), "Empirical.values"),
+        (lambda: Empirical([1, 2], weights=[0, 0]), "Empirical.weights"),
+        (lambda: lengths([1, 2], 3), "lengths"),
+        (lambda: lengths(0, 3, field_name="output_lens"), "output_lens"),
+    ],
+)
 def test_length_errors(make, field):
     with pytest.raises(ValueError, match=field):
         make()
@@ -144,11 +153,16 @@ def test_trace_window_and_rate_scale():
     assert len(azure_trace("code", max_requests=10)) == 10
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(rate_scale=-1.0), "rate_scale"), (dict(rate_scale=0), "rate_scale"),
-    (dict(start_s=100, end_s=50), "start_s"), (dict(start_s=5000), "holds no requests"),
-    (dict(kind="chat"), "allowed: code, conv"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rate_scale=-1.0), "rate_scale"),
+        (dict(rate_scale=0), "rate_scale"),
+        (dict(start_s=100, end_s=50), "start_s"),
+        (dict(start_s=5000), "holds no requests"),
+        (dict(kind="chat"), "allowed: code, conv"),
+    ],
+)
 def test_trace_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         azure_trace(**({"kind": "code"} | kwargs))

@@ -16,7 +16,22 @@ from lab.sim.step_models import (
 )
 
 __all__ = [
-    "FEATURES", "GPU", "GPUS", "MODELS", "ROUTERS", "BatchShape", "ConstantStepModel", "FittedStepModel",
-    "ModelShape", "RooflineStepModel", "batch_shape", "get_gpu", "get_model", "kv_cache_blocks",
-    "least_outstanding", "round_robin", "shapes_from_trace", "simulate",
+    "FEATURES",
+    "GPU",
+    "GPUS",
+    "MODELS",
+    "ROUTERS",
+    "BatchShape",
+    "ConstantStepModel",
+    "FittedStepModel",
+    "ModelShape",
+    "RooflineStepModel",
+    "batch_shape",
+    "get_gpu",
+    "get_model",
+    "kv_cache_blocks",
+    "least_outstanding",
+    "round_robin",
+    "shapes_from_trace",
+    "simulate",
 ]

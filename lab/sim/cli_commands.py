@@ -18,7 +18,9 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_argument_group("workload: an Azure trace, or generated (vllm bench serve's random dataset)")
     src.add_argument("--trace", choices=["code", "conv"], help="Azure LLM inference trace 2023")
     src.add_argument("--trace-start", type=float, default=0.0, help="seconds into the trace")
-    src.add_argument("--trace-end", type=float, default=None, help="seconds into the trace (default: its end)")
+    src.add_argument(
+        "--trace-end", type=float, default=None, help="seconds into the trace (default: its end)"
+    )
     src.add_argument("--rate-scale", type=float, default=1.0, help="2.0 replays the trace at twice its rate")
     src.add_argument("--max-requests", type=int, default=None)
     src.add_argument("--num-prompts", type=int, default=1000)
@@ -53,8 +55,13 @@ def _workload(args):
     from lab.workload import Uniform, azure_trace, synthetic
 
     if args.trace:
-        return azure_trace(args.trace, start_s=args.trace_start, end_s=args.trace_end, rate_scale=args.rate_scale,
-                           max_requests=args.max_requests)
+        return azure_trace(
+            args.trace,
+            start_s=args.trace_start,
+            end_s=args.trace_end,
+            rate_scale=args.rate_scale,
+            max_requests=args.max_requests,
+        )
     if not 0 <= args.range_ratio < 1:
         raise ValueError(f"--range-ratio: must be in [0, 1), got {args.range_ratio}")
 
@@ -62,8 +69,15 @@ def _workload(args):
         lo, hi = max(1, round(n * (1 - args.range_ratio))), max(1, round(n * (1 + args.range_ratio)))
         return Uniform(lo, hi) if hi > lo else lo
 
-    return synthetic(args.num_prompts, rate=args.rate, prompt_lens=dist(args.input_len),
-                     output_lens=dist(args.output_len), burstiness=args.burstiness, seed=args.seed, name="random")
+    return synthetic(
+        args.num_prompts,
+        rate=args.rate,
+        prompt_lens=dist(args.input_len),
+        output_lens=dist(args.output_len),
+        burstiness=args.burstiness,
+        seed=args.seed,
+        name="random",
+    )
 
 
 def _slos(pairs: list[str]) -> dict[str, float]:
@@ -84,30 +98,54 @@ def simulate_main(args) -> int:
     workload = _workload(args)
     model = RooflineStepModel(args.gpu, args.model, tensor_parallel=args.tensor_parallel)
     num_blocks = args.num_blocks or model.kv_cache_blocks(args.block_size, args.gpu_memory_utilization)
-    config = EngineConfig(policy=args.policy, block_size=args.block_size, num_blocks=num_blocks,
-                          max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          enable_prefix_caching=not args.no_prefix_caching,
-                          enable_chunked_prefill=not args.no_chunked_prefill)
+    config = EngineConfig(
+        policy=args.policy,
+        block_size=args.block_size,
+        num_blocks=num_blocks,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_prefix_caching=not args.no_prefix_caching,
+        enable_chunked_prefill=not args.no_chunked_prefill,
+    )
     slos = _slos(args.goodput)
-    where = f"{args.replicas} x {args.gpu}" + (f" (TP {args.tensor_parallel})" if args.tensor_parallel > 1 else "")
-    print(f"{workload.name}: {len(workload)} requests over {workload.duration_s:.0f} s on {where}, {args.model}, "
-          f"{args.policy}, {num_blocks} KV blocks of {args.block_size} per replica")
+    where = f"{args.replicas} x {args.gpu}" + (
+        f" (TP {args.tensor_parallel})" if args.tensor_parallel > 1 else ""
+    )
+    print(
+        f"{workload.name}: {len(workload)} requests over {workload.duration_s:.0f} s on {where}, "
+        f"{args.model}, {args.policy}, {num_blocks} KV blocks of {args.block_size} per replica"
+    )
     t0 = time.perf_counter()
-    result = simulate(workload, config, model, replicas=args.replicas, router=args.router,
-                      progress=not args.no_progress, record_steps=False)
+    result = simulate(
+        workload,
+        config,
+        model,
+        replicas=args.replicas,
+        router=args.router,
+        progress=not args.no_progress,
+        record_steps=False,
+    )
     wall = time.perf_counter() - t0
     summary = result.summary(slos or None)
     print(format_summary(summary))
     print(f"simulated in {wall:.1f} s of wall time ({len(workload) / wall:,.0f} requests/s)")
     if args.result_json:
         with open(args.result_json, "w", encoding="utf-8") as f:
-            json.dump({"args": vars(args) | {"run": None}, "summary": summary, "wall_s": wall}, f, indent=2,
-                      default=str)
+            json.dump(
+                {"args": vars(args) | {"run": None}, "summary": summary, "wall_s": wall},
+                f,
+                indent=2,
+                default=str,
+            )
     return 0 if summary["failed"] == 0 else 1
 
 
-_SECTIONS = (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
-             ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency"))
+_SECTIONS = (
+    ("ttft", "Time to First Token"),
+    ("tpot", "Time per Output Token (excl. 1st token)"),
+    ("itl", "Inter-token Latency"),
+    ("e2el", "End-to-end Latency"),
+)
 
 
 def format_summary(s: dict, title: str = "Simulated Serving Result") -> str:
@@ -130,6 +168,9 @@ def format_summary(s: dict, title: str = "Simulated Serving Result") -> str:
     for key, name in _SECTIONS:
         lines.append(f"{name:-^50}")
         for stat in ("mean", "median", "p90", "p99"):
-            row(f"{stat.capitalize() if stat[0] != 'p' else stat.upper()} {key.upper()} (ms):", s[f"{stat}_{key}_ms"])
+            row(
+                f"{stat.capitalize() if stat[0] != 'p' else stat.upper()} {key.upper()} (ms):",
+                s[f"{stat}_{key}_ms"],
+            )
     lines.append("=" * 50)
     return "\n".join(lines)

@@ -36,7 +36,10 @@ def least_outstanding() -> Router:
     return route
 
 
-ROUTERS: dict[str, Callable[[], Router]] = {"round_robin": round_robin, "least_outstanding": least_outstanding}
+ROUTERS: dict[str, Callable[[], Router]] = {
+    "round_robin": round_robin,
+    "least_outstanding": least_outstanding,
+}
 
 
 def make_router(router: str | Router) -> Router:
@@ -81,8 +84,10 @@ def run(workload: Workload, replicas: list[Replica], router: Router, progress: b
         bar.update(n - finished_before)
     stuck = [s.request_id for rep in replicas for s in list(rep.sched.waiting) + rep.sched.running]
     if stuck:
-        raise RuntimeError(f"simulation stalled with {len(stuck)} requests unfinished (first: {stuck[0]}); "
-                           "the KV cache cannot hold the next request while nothing else runs")
+        raise RuntimeError(
+            f"simulation stalled with {len(stuck)} requests unfinished (first: {stuck[0]}); "
+            "the KV cache cannot hold the next request while nothing else runs"
+        )
 
 
 def _next_t(r: Replica) -> float:

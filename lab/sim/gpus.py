@@ -16,19 +16,20 @@ class GPU:
     source: str
 
 
-# Spec sheets, seen 2026-11-23. The sheets list BF16 "with sparsity"; dense is half of it.
+# NVIDIA's spec sheets, seen 2026-11-23; they print BF16 "with sparsity", dense is half of it.
+H100 = "https://www.nvidia.com/en-us/data-center/h100/"
+# fmt: off
 GPUS: dict[str, GPU] = {g.name: g for g in [
-    GPU("H100-SXM", 80, 3350, 989.5,
-        "https://www.nvidia.com/en-us/data-center/h100/ (H100 SXM: 80GB, 3.35TB/s, BF16 1,979 TFLOPS sparse)"),
-    GPU("H100-PCIe", 80, 2000, 756.5,
-        "https://www.nvidia.com/en-us/data-center/h100/ (H100 PCIe: 80GB, 2TB/s, BF16 1,513 TFLOPS sparse)"),
+    GPU("H100-SXM", 80, 3350, 989.5, H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 TFLOPS sparse)"),
+    GPU("H100-PCIe", 80, 2000, 756.5, H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 TFLOPS sparse)"),
     GPU("H200", 141, 4800, 989.5,
-        "https://www.nvidia.com/en-us/data-center/h200/ (H200 SXM: 141GB, 4.8TB/s, BF16 1,979 TFLOPS sparse)"),
+        "https://www.nvidia.com/en-us/data-center/h200/ (SXM: 141GB, 4.8TB/s, BF16 1,979 TFLOPS sparse)"),
     GPU("A100-80GB", 80, 2039, 312,
-        "https://www.nvidia.com/en-us/data-center/a100/ (A100 80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense)"),
+        "https://www.nvidia.com/en-us/data-center/a100/ (80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense)"),
     GPU("L4", 24, 300, 121,
-        "https://www.nvidia.com/en-us/data-center/l4/ (L4: 24GB, 300GB/s, BF16 242 TFLOPS sparse)"),
+        "https://www.nvidia.com/en-us/data-center/l4/ (24GB, 300GB/s, BF16 242 TFLOPS sparse)"),
 ]}
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +60,14 @@ class ModelShape:
 
 # config.json of each model on the Hugging Face Hub (meta-llama/Llama-3.1-8B, Qwen/Qwen2.5-*);
 # parameter counts from the model cards.
+# fmt: off
 MODELS: dict[str, ModelShape] = {m.name: m for m in [
     ModelShape("qwen2.5-0.5b", 0.494e9, 24, 896, 2, 64, max_model_len=32768),
     ModelShape("qwen2.5-7b", 7.62e9, 28, 3584, 4, 128, max_model_len=32768),
     ModelShape("llama-3.1-8b", 8.03e9, 32, 4096, 8, 128, max_model_len=131072),
     ModelShape("llama-3.1-70b", 70.6e9, 80, 8192, 8, 128, max_model_len=131072),
 ]}
+# fmt: on
 
 
 def get_gpu(gpu: str | GPU) -> GPU:
@@ -83,9 +86,14 @@ def get_model(model: str | ModelShape) -> ModelShape:
     return MODELS[model]
 
 
-def kv_cache_blocks(gpu: str | GPU, model: str | ModelShape, block_size: int = 16,
-                    gpu_memory_utilization: float = 0.9, activation_gib: float = 1.0,
-                    tensor_parallel: int = 1) -> int:
+def kv_cache_blocks(
+    gpu: str | GPU,
+    model: str | ModelShape,
+    block_size: int = 16,
+    gpu_memory_utilization: float = 0.9,
+    activation_gib: float = 1.0,
+    tensor_parallel: int = 1,
+) -> int:
     """KV blocks that fit: vLLM's rule, memory x utilization minus weights minus activation peak.
 
     With tensor parallelism each GPU holds 1/tp of the weights and of every block.
@@ -95,10 +103,14 @@ def kv_cache_blocks(gpu: str | GPU, model: str | ModelShape, block_size: int = 1
         raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {gpu_memory_utilization}")
     if not isinstance(tensor_parallel, int) or tensor_parallel < 1:
         raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
-    free = g.memory_gb * 1e9 * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
+    free = (
+        g.memory_gb * 1e9 * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
+    )
     per_block = m.kv_bytes_per_token * block_size / tensor_parallel
     blocks = int(free // per_block)
     if blocks < 1:
-        raise ValueError(f"model: {m.name} ({m.weight_bytes / 1e9:.0f} GB of weights) leaves no room for a KV "
-                         f"cache on {tensor_parallel} x {g.name} ({g.memory_gb:g} GB); use a larger GPU or more")
+        raise ValueError(
+            f"model: {m.name} ({m.weight_bytes / 1e9:.0f} GB of weights) leaves no room for a KV "
+            f"cache on {tensor_parallel} x {g.name} ({g.memory_gb:g} GB); use a larger GPU or more"
+        )
     return blocks

@@ -30,9 +30,11 @@ class SimBlockManager(BlockManager):
         hits: list[int] = []
         parent = None
         bs = self.block_size
-        ids = seq.prompt_token_ids if not seq.output_token_ids else seq.prompt_token_ids + seq.output_token_ids
+        ids = (
+            seq.prompt_token_ids if not seq.output_token_ids else seq.prompt_token_ids + seq.output_token_ids
+        )
         for i in range((seq.num_tokens - 1) // bs):
-            tokens = tuple(ids[i * bs:(i + 1) * bs])
+            tokens = tuple(ids[i * bs : (i + 1) * bs])
             h = chain_hash(parent, tokens)
             block_id = self.hash_to_block.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
@@ -54,7 +56,7 @@ class SimBlockManager(BlockManager):
         while seq.num_hashed_blocks < full:
             i = seq.num_hashed_blocks
             parent = self.blocks[seq.block_table[i - 1]].hash if i else None
-            tokens = tuple(ids[i * bs:(i + 1) * bs])
+            tokens = tuple(ids[i * bs : (i + 1) * bs])
             block = self.blocks[seq.block_table[i]]
             block.hash, block.token_ids = chain_hash(parent, tokens), tokens
             self.hash_to_block.setdefault(block.hash, block.id)
@@ -64,8 +66,15 @@ class SimBlockManager(BlockManager):
 class Replica:
     """An engine in virtual time. `next_t`: when it next wants to step (inf: waiting for work)."""
 
-    def __init__(self, config: EngineConfig, step_model, num_blocks: int, max_model_len: float,
-                 index: int = 0, record_steps: bool = True):
+    def __init__(
+        self,
+        config: EngineConfig,
+        step_model,
+        num_blocks: int,
+        max_model_len: float,
+        index: int = 0,
+        record_steps: bool = True,
+    ):
         self.config = config
         self.step_time = step_model.step_time
         self.bm = SimBlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
@@ -87,11 +96,17 @@ class Replica:
         ids, out = _token_ids(spec, serial)
         error = self._invalid(len(ids), spec.output_len)
         if error:
-            self.done[spec.id] = RequestMetrics(spec.id, spec.arrival_s, prompt_tokens=len(ids), status="error",
-                                                error=error)
+            self.done[spec.id] = RequestMetrics(
+                spec.id, spec.arrival_s, prompt_tokens=len(ids), status="error", error=error
+            )
             return
-        params = SamplingParams(max_tokens=spec.output_len, temperature=spec.temperature, top_p=spec.top_p,
-                                seed=spec.seed, ignore_eos=True)
+        params = SamplingParams(
+            max_tokens=spec.output_len,
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            seed=spec.seed,
+            ignore_eos=True,
+        )
         self.sched.add(Sequence(spec.id, ids, params, spec.arrival_s))
         self.out_token[spec.id] = out
         self.outstanding += 1
@@ -100,13 +115,19 @@ class Replica:
         """The engine's add_request checks; the engine raises, the simulator records a failure."""
         cfg = self.config
         if prompt_len >= self.max_model_len:
-            return f"prompt: {prompt_len} tokens leaves no room to generate (max_model_len={self.max_model_len})"
+            return (
+                f"prompt: {prompt_len} tokens leaves no room to generate (max_model_len={self.max_model_len})"
+            )
         if not cfg.enable_chunked_prefill and prompt_len > cfg.max_num_batched_tokens:
-            return (f"prompt: {prompt_len} tokens exceed max_num_batched_tokens={cfg.max_num_batched_tokens} "
-                    "with chunked prefill off")
+            return (
+                f"prompt: {prompt_len} tokens exceed max_num_batched_tokens={cfg.max_num_batched_tokens} "
+                "with chunked prefill off"
+            )
         longest = min(prompt_len + max_tokens, self.max_model_len)
         if self.bm.blocks_for(longest) > self.bm.num_blocks:
-            return f"max_tokens: {longest} tokens cannot fit in the KV cache (num_blocks={self.bm.num_blocks})"
+            return (
+                f"max_tokens: {longest} tokens cannot fit in the KV cache (num_blocks={self.bm.num_blocks})"
+            )
         return None
 
     def outstanding_at(self, now: float) -> int:
@@ -135,15 +156,24 @@ class Replica:
                 finished += 1
         self.num_steps += 1
         if self.record_steps:
-            self.steps.append(StepRecord(
-                step=len(self.steps), start_s=now, duration_s=end - now,
-                prefill_tokens=batch.num_prefill_tokens, decode_seqs=batch.num_decode_seqs,
-                num_running=len(sched.running), num_waiting=len(sched.waiting),
-                kv_blocks_used=self.bm.num_used, num_preempted=len(batch.preempted),
-                num_finished=finished, context_tokens=shape.context_tokens,
-                idle_slots=self.config.max_num_seqs - len(seqs),
-                batch=[(s.request_id, n) for s, n in zip(seqs, counts, strict=True)], replica=self.index,
-            ))
+            self.steps.append(
+                StepRecord(
+                    step=len(self.steps),
+                    start_s=now,
+                    duration_s=end - now,
+                    prefill_tokens=batch.num_prefill_tokens,
+                    decode_seqs=batch.num_decode_seqs,
+                    num_running=len(sched.running),
+                    num_waiting=len(sched.waiting),
+                    kv_blocks_used=self.bm.num_used,
+                    num_preempted=len(batch.preempted),
+                    num_finished=finished,
+                    context_tokens=shape.context_tokens,
+                    idle_slots=self.config.max_num_seqs - len(seqs),
+                    batch=[(s.request_id, n) for s, n in zip(seqs, counts, strict=True)],
+                    replica=self.index,
+                )
+            )
         self.free_at = self.next_t = end
         self.last_finished = finished
         self.outstanding -= finished
@@ -152,10 +182,16 @@ class Replica:
     def _record_finish(self, seq: Sequence) -> None:
         del self.out_token[seq.request_id]
         self.done[seq.request_id] = RequestMetrics(
-            request_id=seq.request_id, arrival_s=seq.arrival_s, prompt_tokens=seq.num_prompt_tokens,
-            output_tokens=len(seq.output_token_ids), first_scheduled_s=seq.first_scheduled_s,
-            first_token_s=seq.first_token_s, finish_s=seq.finish_s, token_times_s=seq.token_times_s,
-            status="ok", finish_reason=seq.finish_reason,
+            request_id=seq.request_id,
+            arrival_s=seq.arrival_s,
+            prompt_tokens=seq.num_prompt_tokens,
+            output_tokens=len(seq.output_token_ids),
+            first_scheduled_s=seq.first_scheduled_s,
+            first_token_s=seq.first_token_s,
+            finish_s=seq.finish_s,
+            token_times_s=seq.token_times_s,
+            status="ok",
+            finish_reason=seq.finish_reason,
         )
 
     def _wake_time(self, now: float) -> float:

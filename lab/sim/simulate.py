@@ -36,8 +36,10 @@ def simulate(
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config: expected an EngineConfig, got {type(config).__name__}")
     if not callable(getattr(step_model, "step_time", None)):
-        raise TypeError("step_model: needs a step_time(BatchShape) -> seconds method "
-                        "(FittedStepModel, RooflineStepModel, ConstantStepModel)")
+        raise TypeError(
+            "step_model: needs a step_time(BatchShape) -> seconds method "
+            "(FittedStepModel, RooflineStepModel, ConstantStepModel)"
+        )
     if not isinstance(replicas, int) or replicas < 1:
         raise ValueError(f"replicas: must be an integer >= 1, got {replicas!r}")
     route = make_router(router)
@@ -61,8 +63,10 @@ def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
     elif hasattr(step_model, "kv_cache_blocks"):
         blocks = step_model.kv_cache_blocks(config.block_size)
     else:
-        raise ValueError("config.num_blocks: required with this step model (only a RooflineStepModel knows "
-                         "its GPU memory); set EngineConfig(num_blocks=...)")
+        raise ValueError(
+            "config.num_blocks: required with this step model (only a RooflineStepModel knows "
+            "its GPU memory); set EngineConfig(num_blocks=...)"
+        )
     if math.isfinite(max_model_len):  # as the engine: never more than every slot at full length needs
         blocks = min(blocks, config.max_num_seqs * -(-int(max_model_len) // config.block_size))
     return max(1, blocks)

@@ -76,13 +76,27 @@ def shapes_from_trace(steps: list[StepRecord]) -> list[BatchShape]:
     return shapes
 
 
-FEATURES = ("const", "prefill_tokens", "prefill_seqs", "decode_seqs", "decode_context", "decode_padded",
-            "prefill_attention")
+FEATURES = (
+    "const",
+    "prefill_tokens",
+    "prefill_seqs",
+    "decode_seqs",
+    "decode_context",
+    "decode_padded",
+    "prefill_attention",
+)
 
 
 def _row(s: BatchShape) -> list[float]:
-    return [1.0, s.prefill_tokens, s.prefill_seqs, s.decode_seqs, s.decode_context,
-            s.decode_seqs * s.max_decode_context, s.prefill_attention]
+    return [
+        1.0,
+        s.prefill_tokens,
+        s.prefill_seqs,
+        s.decode_seqs,
+        s.decode_context,
+        s.decode_seqs * s.max_decode_context,
+        s.prefill_attention,
+    ]
 
 
 @dataclass(slots=True)
@@ -99,10 +113,15 @@ class FittedStepModel:
 
     def step_time(self, s: BatchShape) -> float:
         c = self.coef
-        return (c["const"] + c["prefill_tokens"] * s.prefill_tokens + c["prefill_seqs"] * s.prefill_seqs
-                + c["decode_seqs"] * s.decode_seqs + c["decode_context"] * s.decode_context
-                + c["decode_padded"] * s.decode_seqs * s.max_decode_context
-                + c["prefill_attention"] * s.prefill_attention)
+        return (
+            c["const"]
+            + c["prefill_tokens"] * s.prefill_tokens
+            + c["prefill_seqs"] * s.prefill_seqs
+            + c["decode_seqs"] * s.decode_seqs
+            + c["decode_context"] * s.decode_context
+            + c["decode_padded"] * s.decode_seqs * s.max_decode_context
+            + c["prefill_attention"] * s.prefill_attention
+        )
 
     @classmethod
     def fit(cls, steps: list[StepRecord], features: tuple[str, ...] = FEATURES) -> FittedStepModel:
@@ -121,7 +140,9 @@ class FittedStepModel:
                 rows.append(_row(shapes[i]))
                 y.append(steps[i + 1].start_s - st.start_s)
         if len(y) < len(features) + 1:
-            raise ValueError(f"steps: need at least {len(features) + 1} back-to-back steps to fit, got {len(y)}")
+            raise ValueError(
+                f"steps: need at least {len(features) + 1} back-to-back steps to fit, got {len(y)}"
+            )
         cols = [FEATURES.index(f) for f in features]
         w = _nnls(np.asarray(rows, dtype=float)[:, cols], np.asarray(y))
         return cls(dict(zip(features, w.tolist(), strict=True)))
@@ -191,8 +212,12 @@ class RooflineStepModel:
         g, m, tp = self.gpu, self.model, self.tensor_parallel
         flops = g.bf16_tflops * 1e12 * self.flops_efficiency * tp
         bandwidth = g.bandwidth_gbps * 1e9 * self.bandwidth_efficiency * tp
-        self._k = (2 * m.params / flops, 4 * m.layers * m.hidden / flops,
-                   m.weight_bytes / bandwidth, m.kv_bytes_per_token / bandwidth)
+        self._k = (
+            2 * m.params / flops,
+            4 * m.layers * m.hidden / flops,
+            m.weight_bytes / bandwidth,
+            m.kv_bytes_per_token / bandwidth,
+        )
 
     def step_time(self, s: BatchShape) -> float:
         per_token, per_pair, weights, per_kv = self._k
@@ -201,8 +226,9 @@ class RooflineStepModel:
         return self.overhead_s + (compute if compute > memory else memory)
 
     def kv_cache_blocks(self, block_size: int = 16, gpu_memory_utilization: float = 0.9) -> int:
-        return kv_cache_blocks(self.gpu, self.model, block_size, gpu_memory_utilization,
-                               tensor_parallel=self.tensor_parallel)
+        return kv_cache_blocks(
+            self.gpu, self.model, block_size, gpu_memory_utilization, tensor_parallel=self.tensor_parallel
+        )
 
     @property
     def max_model_len(self) -> int:
