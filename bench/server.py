@@ -8,6 +8,7 @@ server (static and continuous policy) and, on the same model folder and workload
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from lab.client import Client, run_workload
 from lab.engine.loader import bundled_model_dir
+from lab.metrics import RequestMetrics, Result
 from lab.workload import RequestSpec, Workload, poisson_arrivals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def model_folder() -> tuple[Path, str]:
         return bundled, "bundled tiny-shakespeare"
     if not (RANDOM_MODEL / "config.json").exists():
         build_random_llama(RANDOM_MODEL)
-    return RANDOM_MODEL, "random Llama: hidden 256, 4 layers, 8 heads (4 KV), vocab 101 (characters), 3.5M params"
+    return RANDOM_MODEL, "random Llama: hidden 256, 4 layers, 8 heads (4 KV), vocab 101 (characters), about 3M params"
 
 
 def build_random_llama(folder: Path) -> None:
@@ -72,15 +73,55 @@ def workload(n: int, rate: float, input_len: int, output_len: int, seed: int = 0
                     name=f"rate {rate}", meta={"rate": "inf" if rate == float("inf") else f"{rate:g}"})
 
 
+async def _one(http: httpx.AsyncClient, url: str, model: str, spec: RequestSpec, t0: float) -> RequestMetrics:
+    await asyncio.sleep(max(0.0, t0 + spec.arrival_s - time.perf_counter()))
+    m = RequestMetrics(spec.id, arrival_s=time.perf_counter() - t0)  # latencies start when it is sent
+    body = {"model": model, "prompt": spec.prompt, "max_tokens": spec.output_len, "temperature": spec.temperature,
+            "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        async with http.stream("POST", url + "/completions", json=body) as r:
+            if r.status_code != 200:
+                m.status, m.error = "error", f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+            async for line in r.aiter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if any(c.get("text") for c in chunk.get("choices") or ()):
+                    m.token_times_s.append(time.perf_counter() - t0)
+                if chunk.get("usage"):
+                    m.prompt_tokens = chunk["usage"]["prompt_tokens"]
+                    m.output_tokens = chunk["usage"]["completion_tokens"]
+    except httpx.HTTPError as exc:
+        m.status, m.error = "error", f"{type(exc).__name__}: {exc}"
+    m.finish_s = time.perf_counter() - t0
+    m.first_token_s = m.token_times_s[0] if m.token_times_s else None
+    m.output_tokens = m.output_tokens or len(m.token_times_s)
+    return m
+
+
+def run_http(url: str, model: str, wl: Workload, label: str) -> Result:
+    """A lean streaming loop: one shared httpx client, every request on its own connection. (Here,
+    lab.client.run_workload measured TTFT about 10x higher than this loop at 16 req/s: its own
+    client-side cost on a 2-core CPU, not the server's; see docs/benchmarks.md.)"""
+
+    async def go() -> Result:
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+        async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+            t0 = time.perf_counter()
+            metrics = await asyncio.gather(*(_one(http, url, model, spec, t0) for spec in wl))
+            return Result(list(metrics), duration_s=time.perf_counter() - t0, label=label)
+
+    return asyncio.run(go())
+
+
 def run_rates(url: str, model: str, workloads: list[Workload], label: str) -> list[dict]:
-    client = Client(base_url=url, api_key="bench", max_retries=0, timeout=600)
-    run_workload(client, workload(4, float("inf"), 16, 4, seed=99), model=model)  # warm up
+    run_http(url, model, workload(4, float("inf"), 16, 4, seed=99), label)  # warm up
     rows = []
     for wl in workloads:
-        result = run_workload(client, wl, model=model)
+        result = run_http(url, model, wl, label)
         s = result.summary()
         errors = sorted({r.error for r in result.requests if r.error})[:3]
-        rows.append({"system": label, "rate": wl.meta['rate'], **{k: s[k] for k in COLUMNS}, "errors": errors})
+        rows.append({"system": label, "rate": wl.meta["rate"], **{k: s[k] for k in COLUMNS}, "errors": errors})
         print(f"  {label:<24} rate {wl.meta['rate']:>5}: {s['output_throughput']:8.1f} tok/s, "
               f"p99 TTFT {s['p99_ttft_ms']:8.1f} ms, failed {s['failed']}", flush=True)
     return rows
@@ -138,6 +179,16 @@ def run_transformers(folder: Path, workloads: list[Workload], args) -> list[dict
     return serve_process("transformers serve --cb", cmd, port, str(folder), workloads, args.threads)
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def table(rows: list[dict]) -> str:
     head = "| system | rate (req/s) | output tok/s | req/s | mean TTFT ms | p99 TTFT ms | mean TPOT ms | p99 TPOT ms | ok/failed |"
     lines = [head, "|" + "---|" * 9]
@@ -173,7 +224,7 @@ def main(argv=None) -> int:
         rows += run_transformers(folder, workloads, args)
     print()
     print(table(rows))
-    out = {"machine": f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU",
+    out = {"machine": f"{os.cpu_count()}-core {cpu_name()} CPU, no GPU",
            "model": model_desc, "model_folder": str(folder), "num_requests": args.num_requests,
            "input_len_chars": args.input_len, "output_len": args.output_len, "max_num_seqs": args.max_num_seqs,
            "torch_threads": args.threads,
