@@ -174,6 +174,10 @@ def test_trace_records_every_step(tiny_llama):
     assert sum(s.num_finished for s in trace) == 6
     assert sum(n for s in trace for _, n in s.batch) == sum(s.prefill_tokens + s.decode_seqs for s in trace)
     assert all(s.num_running <= 4 for s in trace)
+    total = len(trace)
+    del trace[:-2]  # a server trims its trace; step numbers must not restart
+    llm.generate([[1] * 3], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert [s.step for s in trace] == list(range(total - 2, total + 2))
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -181,10 +181,10 @@ class AsyncEngine:
 
     def _step(self) -> bool:
         engine = self.engine
-        before = engine.trace[-1] if engine.trace else None
+        before = engine.num_steps
         # flush=False: a server never knows that no more requests are coming
         events = engine.step(flush=False)
-        ran = bool(engine.trace) and engine.trace[-1] is not before
+        ran = engine.num_steps != before
         out: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)
         for ev in events:
             stream = self._streams.get(ev.request_id)

@@ -49,7 +49,8 @@ class Engine:
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
         self.runner = ModelRunner(model, model_config, num_blocks, config.block_size, device, dtype, seed)
-        self.trace: list[StepRecord] = []
+        self.trace: list[StepRecord] = []  # a long-running owner may trim it; steps keep their numbers
+        self.num_steps = 0
         self.seqs: dict[str, Sequence] = {}
         self._aborted: list[Sequence] = []  # reported as events by the next step
         self._t0 = time.perf_counter()
@@ -157,7 +158,7 @@ class Engine:
             events.append(event)
         sched = self.scheduler
         self.trace.append(StepRecord(
-            step=len(self.trace), start_s=start, duration_s=end - start,
+            step=self.num_steps, start_s=start, duration_s=end - start,
             prefill_tokens=batch.num_prefill_tokens, decode_seqs=batch.num_decode_seqs,
             num_running=len(sched.running), num_waiting=len(sched.waiting),
             kv_blocks_used=self.block_manager.num_used, num_preempted=len(batch.preempted),
@@ -165,6 +166,7 @@ class Engine:
             idle_slots=self.config.max_num_seqs - len(batch.seqs),
             batch=[(s.request_id, n) for s, n in zip(batch.seqs, batch.num_new_tokens)],
         ))
+        self.num_steps += 1
         return events
 
     def _append_token(self, seq: Sequence, token: int, now: float) -> TokenEvent:

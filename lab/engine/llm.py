@@ -102,9 +102,9 @@ class LLM:
                     spec = pending.popleft()
                     engine.add_request(self._prompt_of(spec), _params_of(spec), spec.id, t0 + spec.arrival_s)
                     ids.append(spec.id)
-                before = len(engine.trace)
+                before = engine.num_steps
                 bar.update(sum(e.finished for e in engine.step(flush=not pending)))
-                if len(engine.trace) == before:  # nothing ran: idle until the next arrival
+                if engine.num_steps == before:  # nothing ran: idle until the next arrival
                     wait = pending[0].arrival_s - (engine.now() - t0) if pending else 0.0
                     time.sleep(min(max(wait, 0.0), 0.005) if engine.has_unfinished() else max(wait, 0.0))
         requests = [engine.metrics(engine.seqs[i]).shifted(t0) for i in ids]
