@@ -104,6 +104,7 @@ class StepRecord:
     idle_slots: int = 0  # of max_num_seqs, slots that computed nothing this step
     batch: list[tuple[str, int]] = field(default_factory=list)  # (request id, tokens computed)
     replica: int = 0  # which replica ran it, when a router spreads a workload over several
+    computed: list[int] = field(default_factory=list)  # per batch entry: tokens in the KV cache before
 
     @property
     def num_tokens(self) -> int:
@@ -207,7 +208,10 @@ class Result:
         import pandas as pd
 
         return pd.DataFrame(
-            [{k: v for k, v in asdict(s).items() if k != "batch"} | {"num_tokens": s.num_tokens} for s in self.steps]
+            [
+                {k: v for k, v in asdict(s).items() if k not in ("batch", "computed")} | {"num_tokens": s.num_tokens}
+                for s in self.steps
+            ]
         )
 
 

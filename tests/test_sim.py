@@ -225,3 +225,17 @@ def test_azure_window_on_simulated_h100():
     s = r.summary()
     assert s["completed"] == len(w) and s["failed"] == 0 and not r.steps
     assert 0 < s["mean_ttft_ms"] < s["mean_e2el_ms"]
+
+
+def test_shapes_use_recorded_contexts_even_after_preemption():
+    # with few blocks the trace preempts; the simulator records each entry's cached tokens, so the
+    # rebuilt shapes equal the ones the step model saw, recompute and prefix hits included
+    w = Workload([RequestSpec(x, 0.0, prompt_len=7, output_len=8) for x in "ABC"])
+    steps = simulate(w, cfg(num_blocks=5, enable_prefix_caching=True), ONE_SECOND).steps
+    assert sum(s.num_preempted for s in steps) > 0
+    exact = shapes_from_trace(steps)
+    assert [sh.context_tokens for sh in exact] == [s.context_tokens for s in steps]
+    for s in steps:
+        s.computed = []
+    replayed = [sh.context_tokens for sh in shapes_from_trace(steps)]
+    assert replayed != [s.context_tokens for s in steps]  # replay misses the recompute's prefix hits

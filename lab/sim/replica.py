@@ -143,6 +143,7 @@ class Replica:
             return False
         shape = batch_shape(seqs, counts)
         end = now + self.step_time(shape)
+        computed = [s.num_computed_tokens for s in seqs] if self.record_steps else None
         sampled = sched.on_computed(batch)
         finished = 0
         for seq in sampled:
@@ -171,6 +172,7 @@ class Replica:
                     context_tokens=shape.context_tokens,
                     idle_slots=self.config.max_num_seqs - len(seqs),
                     batch=[(s.request_id, n) for s, n in zip(seqs, counts, strict=True)],
+                    computed=computed,
                     replica=self.index,
                 )
             )

@@ -56,16 +56,23 @@ def _add(s: BatchShape, cached: int, n: int) -> None:
 
 
 def shapes_from_trace(steps: list[StepRecord]) -> list[BatchShape]:
-    """Rebuild each step's shape from the trace's (request id, tokens) lists by replaying them.
+    """Each step's shape: exact where the record lists `computed` (tokens cached before the step),
+    else rebuilt by replaying the (request id, tokens) lists.
 
-    The trace does not say who was preempted; a request that decoded and then computes several
-    tokens again is taken as recomputing from zero (prefix-cache hits on recompute are missed).
+    Replaying cannot see preemption; a request that decoded and then computes several tokens again
+    is taken as recomputing from zero (prefix-cache hits on recompute are missed).
     """
     computed: dict[str, int] = {}
     last_n: dict[str, int] = {}
     shapes = []
     for st in steps:
         s = BatchShape()
+        if len(st.computed) == len(st.batch) and st.batch:
+            for (rid, n), cached in zip(st.batch, st.computed, strict=True):
+                _add(s, cached, n)
+                computed[rid], last_n[rid] = cached + n, n
+            shapes.append(s)
+            continue
         for rid, n in st.batch:
             cached = computed.get(rid, 0)
             if n > 1 and last_n.get(rid) == 1 and cached > 0:
