@@ -155,11 +155,10 @@ class Replica:
                 sched.finish(seq, "length", end)
                 self._record_finish(seq)
                 finished += 1
-        self.num_steps += 1
         if self.record_steps:
             self.steps.append(
                 StepRecord(
-                    step=len(self.steps),
+                    step=self.num_steps,
                     start_s=now,
                     duration_s=end - now,
                     prefill_tokens=batch.num_prefill_tokens,
@@ -176,6 +175,7 @@ class Replica:
                     replica=self.index,
                 )
             )
+        self.num_steps += 1
         self.free_at = self.next_t = end
         self.last_finished = finished
         self.outstanding -= finished
