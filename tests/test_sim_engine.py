@@ -43,6 +43,7 @@ def test_same_batches_with_preemption(tiny_llama, policy, prefix):
     assert [s.batch for s in sim.steps] == [s.batch for s in engine.steps]
     assert sum(s.num_preempted for s in engine.steps) > 0
     for field in (
+        "step",
         "prefill_tokens",
         "decode_seqs",
         "num_running",
