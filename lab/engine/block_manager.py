@@ -62,8 +62,9 @@ class BlockManager:
         hits: list[int] = []
         parent = None
         bs = self.block_size
+        ids = seq.token_ids  # one list, sliced per block: token_at per token dominated long prompts
         for i in range((seq.num_tokens - 1) // bs):
-            tokens = tuple(seq.token_at(j) for j in range(i * bs, (i + 1) * bs))
+            tokens = tuple(ids[i * bs:(i + 1) * bs])
             h = chain_hash(parent, tokens)
             block_id = self.hash_to_block.get(h)
             if block_id is None or self.blocks[block_id].token_ids != tokens:
@@ -115,10 +116,13 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
+        if seq.num_hashed_blocks >= seq.num_computed_tokens // bs:
+            return  # the common case (a decode inside a block): skip building the token list
+        ids = seq.token_ids
         while seq.num_hashed_blocks < seq.num_computed_tokens // bs:
             i = seq.num_hashed_blocks
             parent = self.blocks[seq.block_table[i - 1]].hash if i else None
-            tokens = tuple(seq.token_at(j) for j in range(i * bs, (i + 1) * bs))
+            tokens = tuple(ids[i * bs:(i + 1) * bs])
             block = self.blocks[seq.block_table[i]]
             block.hash, block.token_ids = chain_hash(parent, tokens), tokens
             self.hash_to_block.setdefault(block.hash, block.id)

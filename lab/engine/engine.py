@@ -148,6 +148,7 @@ class Engine:
         if not batch.seqs:
             return events
         context_tokens = batch.context_tokens
+        computed = [s.num_computed_tokens for s in batch.seqs]  # lets FittedStepModel.fit see exact contexts
         sampled = self.runner.execute(batch)
         self.scheduler.on_computed(batch)
         end = self.now()
@@ -164,7 +165,7 @@ class Engine:
             kv_blocks_used=self.block_manager.num_used, num_preempted=len(batch.preempted),
             num_finished=finished, context_tokens=context_tokens,
             idle_slots=self.config.max_num_seqs - len(batch.seqs),
-            batch=[(s.request_id, n) for s, n in zip(batch.seqs, batch.num_new_tokens)],
+            batch=[(s.request_id, n) for s, n in zip(batch.seqs, batch.num_new_tokens)], computed=computed,
         ))
         self.num_steps += 1
         return events

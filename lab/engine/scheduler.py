@@ -88,10 +88,10 @@ class Scheduler:
         return True
 
     def _schedule_running(self, batch: ScheduledBatch, budget: int) -> int:
-        queue = list(self.running)
+        queue = deque(self.running)  # popleft is O(1); list.pop(0) made a step O(running^2)
         kept: list[Sequence] = []
         while queue:
-            seq = queue.pop(0)
+            seq = queue.popleft()
             n = min(seq.num_uncomputed_tokens, budget)
             if n == 0:  # budget spent: stays running, computes next step
                 kept.append(seq)

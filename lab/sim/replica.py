@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import zlib
 
-from lab.engine.block_manager import BlockManager, chain_hash
+from lab.engine.block_manager import BlockManager
 from lab.engine.config import EngineConfig
 from lab.engine.scheduler import Scheduler
 from lab.engine.sequence import SamplingParams, Sequence
@@ -16,51 +16,6 @@ from lab.sim.step_models import batch_shape
 from lab.workload import RequestSpec
 
 DUMMY_TOKEN_BASE = 1 << 40  # dummy prompt tokens: one id per request, clear of real vocabularies
-
-
-class SimBlockManager(BlockManager):
-    """The engine's BlockManager with its two per-token loops replaced by list slices.
-
-    Same hashes, same hits, same order; `Sequence.token_at` per token dominated long prompts.
-    """
-
-    def lookup_prefix(self, seq: Sequence) -> list[int]:
-        if not self.enable_prefix_caching:
-            return []
-        hits: list[int] = []
-        parent = None
-        bs = self.block_size
-        ids = (
-            seq.prompt_token_ids if not seq.output_token_ids else seq.prompt_token_ids + seq.output_token_ids
-        )
-        for i in range((seq.num_tokens - 1) // bs):
-            tokens = tuple(ids[i * bs : (i + 1) * bs])
-            h = chain_hash(parent, tokens)
-            block_id = self.hash_to_block.get(h)
-            if block_id is None or self.blocks[block_id].token_ids != tokens:
-                break
-            hits.append(block_id)
-            parent = h
-        return hits
-
-    def register_full_blocks(self, seq: Sequence) -> None:
-        if not self.enable_prefix_caching:
-            return
-        bs = self.block_size
-        full = seq.num_computed_tokens // bs
-        if seq.num_hashed_blocks >= full:
-            return
-        ids = seq.prompt_token_ids
-        if full * bs > len(ids):
-            ids = ids + seq.output_token_ids
-        while seq.num_hashed_blocks < full:
-            i = seq.num_hashed_blocks
-            parent = self.blocks[seq.block_table[i - 1]].hash if i else None
-            tokens = tuple(ids[i * bs : (i + 1) * bs])
-            block = self.blocks[seq.block_table[i]]
-            block.hash, block.token_ids = chain_hash(parent, tokens), tokens
-            self.hash_to_block.setdefault(block.hash, block.id)
-            seq.num_hashed_blocks += 1
 
 
 class Replica:
@@ -77,7 +32,7 @@ class Replica:
     ):
         self.config = config
         self.step_time = step_model.step_time
-        self.bm = SimBlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.bm = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.sched = Scheduler(config, self.bm)
         self.max_model_len = max_model_len
         self.index = index
