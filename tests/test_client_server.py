@@ -127,15 +127,16 @@ def fresh_book(book):
 
 
 def batch_lines(n: int, forced: dict[str, str] | None = None) -> list[dict]:
-    """Batch API lines with distinct prompts; `forced` maps custom ids to an `x-lab-fault` on every attempt."""
+    """Batch API lines with distinct prompts; `forced` maps custom ids to an `x-lab-fault` sent on every
+    attempt."""
     lines = []
     for i in range(n):
         cid = f"req-{i:03d}"
         headers = {"x-test-id": cid}
         if forced and cid in forced:
             headers["x-lab-fault"] = forced[cid]
-        body = {"model": MODEL, "messages": [{"role": "user", "content": f"line {i}: to be"}], "max_tokens": 4,
-                "temperature": 0.0, "extra_headers": headers}
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"line {i}: to be"}],
+                "max_tokens": 4, "temperature": 0.0, "extra_headers": headers}
         lines.append({"custom_id": cid, "method": "POST", "url": CHAT, "body": body})
     return lines
 
@@ -148,7 +149,7 @@ def assert_record_matches_attempts(rec: dict, attempts: list[str]) -> None:
     """The record tells the truth about what the server saw, and the retry policy was followed."""
     cid, last = rec["custom_id"], attempts[-1]
     assert "sent" not in attempts, f"{cid}: an attempt never got an answer: {attempts}"
-    assert rec["retries"] == len(attempts) - 1, f"{cid}: record says {rec['retries']} retries, server saw {attempts}"
+    assert rec["retries"] == len(attempts) - 1, f"{cid}: {rec['retries']} retries, server saw {attempts}"
     assert all(a != "200" for a in attempts[:-1]), f"{cid}: a success was sent again: {attempts}"
     if last == "200":
         assert rec["error"] is None and rec["response"]["status_code"] == 200, cid
@@ -202,7 +203,8 @@ from lab.client import Client, RetryPolicy, run_batch
 from lab.client.batch import load_requests
 
 url, key, inp, out = sys.argv[1:5]
-client = Client(base_url=url, api_key=key, retry=RetryPolicy(max_retries=2, initial_delay=0.01, max_delay=0.05))
+retry = RetryPolicy(max_retries=2, initial_delay=0.01, max_delay=0.05)
+client = Client(base_url=url, api_key=key, retry=retry)
 run_batch(client, load_requests(inp), concurrency=8, checkpoint=out, progress=False)
 """
 
@@ -295,14 +297,15 @@ async def test_ttft_runs_from_send_to_first_content_chunk(monkeypatch):
             yield b": keep-alive\n\n"  # a comment is not a token
             for i in range(n):
                 clock.now += first_s if i == 0 else gap_s
-                chunk = {"id": "c", "object": "text_completion", "model": MODEL,
-                         "choices": [{"index": 0, "text": f" t{i}", "finish_reason": "length" if i == n - 1 else None}]}
+                choice = {"index": 0, "text": f" t{i}", "finish_reason": "length" if i == n - 1 else None}
+                chunk = {"id": "c", "object": "text_completion", "model": MODEL, "choices": [choice]}
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             yield b"data: [DONE]\n\n"
 
         return httpx.Response(200, content=events(), headers={"content-type": "text/event-stream"})
 
-    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler)) as c:
+    mock = httpx.MockTransport(handler)
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=mock) as c:
         clock.now = 10.0  # t0 is whatever the clock says when the run starts
         result = await arun_workload(c, Workload([RequestSpec(id="only", prompt="hi", output_len=n)]))
     (m,) = result.requests
