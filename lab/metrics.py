@@ -222,3 +222,32 @@ def _meets(r: RequestMetrics, slo_ms: dict[str, float]) -> bool:
         if value is not None and value * 1e3 > limit:
             return False
     return True
+
+
+_SECTIONS = (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
+             ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency"))
+
+
+def format_summary(s: dict, title: str = "Serving Benchmark Result") -> str:
+    """A `Result.summary()` laid out as `vllm bench serve` prints it."""
+    lines = [f"{' ' + title + ' ':=^50}"]
+
+    def row(name, value, fmt="{:.2f}"):
+        lines.append(f"{name:<40}{fmt.format(value):>10}")
+
+    row("Successful requests:", s["completed"], "{:d}")
+    row("Failed requests:", s["failed"], "{:d}")
+    row("Benchmark duration (s):", s["duration_s"])
+    row("Total input tokens:", s["total_input_tokens"], "{:d}")
+    row("Total generated tokens:", s["total_output_tokens"], "{:d}")
+    row("Request throughput (req/s):", s["request_throughput"])
+    if "goodput" in s:
+        row("Request goodput (req/s):", s["goodput"])
+    row("Output token throughput (tok/s):", s["output_throughput"])
+    row("Total token throughput (tok/s):", s["total_token_throughput"])
+    for key, name in _SECTIONS:
+        lines.append(f"{name:-^50}")
+        for stat in ("Mean", "Median", "P90", "P99"):
+            row(f"{stat} {key.upper()} (ms):", s[f"{stat.lower()}_{key}_ms"])
+    lines.append("=" * 50)
+    return "\n".join(lines)

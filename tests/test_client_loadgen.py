@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from lab.client import AsyncClient, Client, run_workload
-from lab.client.cli_commands import add_batch_args, add_bench_args, batch_main, bench_main, format_summary
+from lab.client.cli_commands import add_batch_args, add_bench_args, batch_main, bench_main
 from lab.client.loadgen import arun_workload, synthetic_prompt
-from lab.metrics import Result
+from lab.metrics import Result, format_summary
 from lab.workload import RequestSpec, Workload
 
 KEY = "sk-test-0123456789abcdef"

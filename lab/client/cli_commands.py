@@ -11,6 +11,7 @@ import math
 import sys
 
 from lab.client.providers import PROVIDERS
+from lab.metrics import format_summary
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
@@ -59,33 +60,6 @@ def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-_SECTIONS = (("ttft", "Time to First Token"), ("tpot", "Time per Output Token (excl. 1st token)"),
-             ("itl", "Inter-token Latency"), ("e2el", "End-to-end Latency"))
-
-
-def format_summary(s: dict, title: str = "Serving Benchmark Result") -> str:
-    """The summary as `vllm bench serve` prints it."""
-    lines = [f"{' ' + title + ' ':=^50}"]
-
-    def row(name, value, fmt="{:.2f}"):
-        lines.append(f"{name:<40}{fmt.format(value):>10}")
-
-    row("Successful requests:", s["completed"], "{:d}")
-    row("Failed requests:", s["failed"], "{:d}")
-    row("Benchmark duration (s):", s["duration_s"])
-    row("Total input tokens:", s["total_input_tokens"], "{:d}")
-    row("Total generated tokens:", s["total_output_tokens"], "{:d}")
-    row("Request throughput (req/s):", s["request_throughput"])
-    row("Output token throughput (tok/s):", s["output_throughput"])
-    row("Total token throughput (tok/s):", s["total_token_throughput"])
-    for key, name in _SECTIONS:
-        lines.append(f"{name:-^50}")
-        row(f"Mean {key.upper()} (ms):", s[f"mean_{key}_ms"])
-        row(f"Median {key.upper()} (ms):", s[f"median_{key}_ms"])
-        row(f"P90 {key.upper()} (ms):", s[f"p90_{key}_ms"])
-        row(f"P99 {key.upper()} (ms):", s[f"p99_{key}_ms"])
-    lines.append("=" * 50)
-    return "\n".join(lines)
 
 
 def bench_main(args) -> int:

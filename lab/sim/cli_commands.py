@@ -10,6 +10,7 @@ import json
 import math
 import time
 
+from lab.metrics import format_summary
 from lab.sim.cluster import ROUTERS
 from lab.sim.gpus import GPUS, MODELS
 
@@ -127,7 +128,7 @@ def simulate_main(args) -> int:
     )
     wall = time.perf_counter() - t0
     summary = result.summary(slos or None)
-    print(format_summary(summary))
+    print(format_summary(summary, "Simulated Serving Result"))
     print(f"simulated in {wall:.1f} s of wall time ({len(workload) / wall:,.0f} requests/s)")
     if args.result_json:
         with open(args.result_json, "w", encoding="utf-8") as f:
@@ -140,37 +141,3 @@ def simulate_main(args) -> int:
     return 0 if summary["failed"] == 0 else 1
 
 
-_SECTIONS = (
-    ("ttft", "Time to First Token"),
-    ("tpot", "Time per Output Token (excl. 1st token)"),
-    ("itl", "Inter-token Latency"),
-    ("e2el", "End-to-end Latency"),
-)
-
-
-def format_summary(s: dict, title: str = "Simulated Serving Result") -> str:
-    """`Result.summary()` laid out as `vllm bench serve` prints it."""
-    lines = [f"{' ' + title + ' ':=^50}"]
-
-    def row(name, value, fmt="{:.2f}"):
-        lines.append(f"{name:<40}{fmt.format(value):>10}")
-
-    row("Successful requests:", s["completed"], "{:d}")
-    row("Failed requests:", s["failed"], "{:d}")
-    row("Benchmark duration (s):", s["duration_s"])
-    row("Total input tokens:", s["total_input_tokens"], "{:d}")
-    row("Total generated tokens:", s["total_output_tokens"], "{:d}")
-    row("Request throughput (req/s):", s["request_throughput"])
-    if "goodput" in s:
-        row("Request goodput (req/s):", s["goodput"])
-    row("Output token throughput (tok/s):", s["output_throughput"])
-    row("Total token throughput (tok/s):", s["total_token_throughput"])
-    for key, name in _SECTIONS:
-        lines.append(f"{name:-^50}")
-        for stat in ("mean", "median", "p90", "p99"):
-            row(
-                f"{stat.capitalize() if stat[0] != 'p' else stat.upper()} {key.upper()} (ms):",
-                s[f"{stat}_{key}_ms"],
-            )
-    lines.append("=" * 50)
-    return "\n".join(lines)
