@@ -7,12 +7,15 @@ in-process engine, HTTP client) consumes the same `Workload` and returns a `lab.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+# re-exported: lengths are part of describing a workload
+from lab.lengths import LENGTH_KINDS, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
 
 
 @dataclass(slots=True)
@@ -75,129 +78,6 @@ class Workload:
     @property
     def total_prompt_tokens(self) -> int:
         return sum(r.prompt_len or 0 for r in self.requests)
-
-
-# -- length distributions ----------------------------------------------------------------------
-@dataclass(slots=True)
-class Fixed:
-    value: int
-
-    def __post_init__(self):
-        _check_int("Fixed.value", self.value)
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return np.full(n, self.value, dtype=np.int64)
-
-
-@dataclass(slots=True)
-class Uniform:
-    """Integers in [low, high], both included (vLLM's random dataset with a range ratio)."""
-
-    low: int
-    high: int
-
-    def __post_init__(self):
-        _check_int("Uniform.low", self.low)
-        if self.high < self.low:
-            raise ValueError(f"Uniform.high: must be >= low ({self.low}), got {self.high}")
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return rng.integers(self.low, self.high + 1, size=n)
-
-
-@dataclass(slots=True)
-class Exponential:
-    """Mean `mean`, rounded and clipped to [low, high]: many short requests, a long tail."""
-
-    mean: float
-    low: int = 1
-    high: int | None = None
-
-    def __post_init__(self):
-        if not self.mean > 0:
-            raise ValueError(f"Exponential.mean: must be > 0, got {self.mean}")
-        _check_bounds("Exponential", self.low, self.high)
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return _clip(rng.exponential(self.mean, size=n), self.low, self.high)
-
-
-@dataclass(slots=True)
-class LogNormal:
-    """Median `median` and log-space spread `sigma`, the usual fit to chat prompt lengths."""
-
-    median: float
-    sigma: float = 1.0
-    low: int = 1
-    high: int | None = None
-
-    def __post_init__(self):
-        if not self.median > 0:
-            raise ValueError(f"LogNormal.median: must be > 0, got {self.median}")
-        if self.sigma < 0:
-            raise ValueError(f"LogNormal.sigma: must be >= 0, got {self.sigma}")
-        _check_bounds("LogNormal", self.low, self.high)
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return _clip(rng.lognormal(np.log(self.median), self.sigma, size=n), self.low, self.high)
-
-
-@dataclass(slots=True)
-class Empirical:
-    """Resample observed lengths (e.g. a trace's), with optional weights."""
-
-    values: Sequence[int]
-    weights: Sequence[float] | None = None
-
-    def __post_init__(self):
-        self.values = np.asarray(self.values, dtype=np.int64)
-        if self.values.size == 0 or (self.values < 1).any():
-            raise ValueError("Empirical.values: need at least one value, all >= 1")
-        if self.weights is not None:
-            w = np.asarray(self.weights, dtype=float)
-            if w.shape != self.values.shape or (w < 0).any() or w.sum() <= 0:
-                raise ValueError("Empirical.weights: need one weight >= 0 per value, not all zero")
-            self.weights = w / w.sum()
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return rng.choice(self.values, size=n, p=self.weights)
-
-
-LENGTH_KINDS = (Fixed, Uniform, Exponential, LogNormal, Empirical)
-
-
-def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: str = "lengths") -> np.ndarray:
-    """`n` lengths from an int (fixed), a sequence (one per request) or a distribution."""
-    rng = rng if rng is not None else np.random.default_rng(0)
-    if isinstance(spec, LENGTH_KINDS):
-        return spec.sample(n, rng)
-    if np.isscalar(spec):
-        _check_int(field_name, spec)
-        return np.full(n, int(spec), dtype=np.int64)
-    arr = np.asarray(spec, dtype=np.int64)
-    if arr.ndim != 1 or len(arr) != n:
-        raise ValueError(
-            f"{field_name}: need {n} values, got {arr.size}; or give an int or a distribution "
-            f"({', '.join(k.__name__ for k in LENGTH_KINDS)})"
-        )
-    if (arr < 1).any():
-        raise ValueError(f"{field_name}: every length must be >= 1, found {arr.min()}")
-    return arr
-
-
-def _check_int(name: str, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
-
-
-def _check_bounds(kind: str, low: int, high: int | None) -> None:
-    _check_int(f"{kind}.low", low)
-    if high is not None and high < low:
-        raise ValueError(f"{kind}.high: must be >= low ({low}), got {high}")
-
-
-def _clip(x: np.ndarray, low: int, high: int | None) -> np.ndarray:
-    return np.clip(np.rint(x), low, high if high is not None else np.inf).astype(np.int64)
 
 
 # -- arrivals ----------------------------------------------------------------------------------
