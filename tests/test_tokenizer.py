@@ -1,0 +1,116 @@
+"""Tokenizers: the character vocabulary round-trips the corpus (ours and transformers'), unknown
+characters are named in a clear error, chat templates render speaker lines, and folders without a
+tokenizer or template fail clearly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lab.engine import LLM, SamplingParams
+from lab.engine.chat import SPEAKER_LINES_TEMPLATE, render_chat
+from lab.engine.tokenizer import Tokenizer, build_char_tokenizer
+from tests.conftest import make_hf_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data" / "corpus" / "tinyshakespeare.txt"
+BUNDLED = ROOT / "data" / "models" / "tiny-shakespeare"
+MESSAGES = [{"role": "system", "content": "Speak in verse."}, {"role": "user", "content": "Who goes there?"},
+            {"role": "assistant", "content": "A friend."}, {"role": "user", "content": "What news?"}]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> str:
+    return CORPUS.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def char_folder(tmp_path_factory, corpus) -> Path:
+    folder = tmp_path_factory.mktemp("chars")
+    build_char_tokenizer(sorted(set(corpus))).save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": SPEAKER_LINES_TEMPLATE}))
+    return folder
+
+
+def test_round_trip_whole_corpus(char_folder, corpus):
+    tok = Tokenizer.from_folder(char_folder)
+    ids = tok.encode(corpus)
+    chars = sorted(set(corpus))
+    assert len(ids) == len(corpus) == 1_115_394 and tok.vocab_size == len(chars) == 65
+    assert ids[:20] == [chars.index(ch) for ch in corpus[:20]]  # nanoGPT's stoi: index in sorted(set(text))
+    assert tok.decode(ids) == corpus
+
+
+def test_transformers_loads_the_same_vocabulary(char_folder, corpus):
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(char_folder / "tokenizer.json"), clean_up_tokenization_spaces=False)
+    text = corpus[:5000]
+    ids = hf(text)["input_ids"]
+    assert ids == Tokenizer.from_folder(char_folder).encode(text)
+    assert hf.decode(ids) == text
+
+
+def test_bundled_tokenizer_is_the_corpus_alphabet(corpus):
+    tok = Tokenizer.from_folder(BUNDLED)
+    assert tok.alphabet == frozenset(corpus) and tok.eos_token_ids == ()
+    assert tok.decode(tok.encode(corpus[-3000:])) == corpus[-3000:]
+
+
+def test_unknown_character_is_named(char_folder):
+    tok = Tokenizer.from_folder(char_folder)
+    with pytest.raises(ValueError, match=r"character\(s\) '#é' are not in this model's vocabulary; allowed: "):
+        tok.encode("Cafe #, café")
+    with pytest.raises(ValueError, match="'é' are not in this model's vocabulary"):  # before the model runs
+        LLM(device="cpu").generate(["ROMEO: café"], SamplingParams(max_tokens=2))
+
+
+def test_speaker_line_chat_template(char_folder):
+    tok = Tokenizer.from_folder(char_folder)
+    prompt = tok.apply_chat_template(MESSAGES)
+    assert prompt == ("SYSTEM:\nSpeak in verse.\n\nUSER:\nWho goes there?\n\nASSISTANT:\nA friend.\n\n"
+                      "USER:\nWhat news?\n\nASSISTANT:\n")
+    assert tok.apply_chat_template(MESSAGES[:2], add_generation_prompt=False).endswith("there?\n\n")
+    assert tok.decode(tok.encode(prompt)) == prompt
+    with pytest.raises(ValueError, match=r"messages\[1\]: must be a dict with 'role' and 'content'"):
+        tok.apply_chat_template([MESSAGES[0], {"role": "user"}])
+
+
+def test_bundled_chat_template_renders_as_in_transformers():
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(BUNDLED)
+    ours = LLM(device="cpu").tokenizer
+    assert ours.apply_chat_template(MESSAGES) == hf.apply_chat_template(MESSAGES, tokenize=False,
+                                                                         add_generation_prompt=True)
+
+
+def test_bundled_model_answers_a_chat():
+    llm = LLM(device="cpu")
+    prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": "Good morrow, my lord."}])
+    out = llm.generate([prompt], SamplingParams(max_tokens=40, temperature=0.8, seed=1), use_tqdm=False)[0]
+    assert len(out.token_ids) == 40 and out.finish_reason == "length" and out.text
+
+
+def test_folder_without_tokenizer_or_template(tmp_path):
+    folder = make_hf_model(tmp_path / "bare", "llama", with_tokenizer=False)
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        Tokenizer.from_folder(folder)
+    llm = LLM(folder, device="cpu")
+    with pytest.raises(ValueError, match="no tokenizer; pass token ids"):
+        llm.generate(["hello"], SamplingParams(max_tokens=2))
+    assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2, ignore_eos=True))[0].token_ids) == 2
+
+    folder = make_hf_model(tmp_path / "no-template", "llama")  # tokenizer.json but no chat template
+    with pytest.raises(ValueError, match="no chat template"):
+        LLM(folder, device="cpu").tokenizer.apply_chat_template(MESSAGES)
+
+
+def test_bad_template_is_a_clear_error():
+    with pytest.raises(ValueError, match="chat_template: not valid jinja2"):
+        render_chat("{% for m in messages %}", MESSAGES)
+    with pytest.raises(ValueError, match="chat template: only user"):
+        render_chat("{{ raise_exception('only user') }}", MESSAGES)
