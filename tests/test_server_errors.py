@@ -59,6 +59,8 @@ BAD = [
     ("completion", {**COMP, "prompt": ""}, "prompt"),
     ("completion", {**COMP, "prompt": []}, "prompt"),
     ("completion", {**COMP, "prompt": [1, 2, 10**6]}, "prompt"),  # token id outside the vocabulary
+    ("completion", {**COMP, "prompt": "snow \u2603 man"}, "prompt"),  # a character the vocabulary lacks
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": "caf\u00e9"}]}, "messages"),
     ("completion", {**COMP, "prompt": {"text": "x"}}, "prompt"),
     ("completion", {**COMP, "n": 3}, "n"),
     ("completion", {**COMP, "stop": 5}, "stop"),

@@ -37,9 +37,10 @@ class Tokenizer:
         self.eos_token_ids = eos_token_ids
         self.chat_template = chat_template
         self.special_tokens = special_tokens or {}
-        vocab = hf.get_vocab()
-        # a character vocabulary cannot spell an unseen character: name it rather than drop it
-        self.alphabet = frozenset(vocab) if vocab and all(len(t) == 1 for t in vocab) else None
+        # a character vocabulary (special tokens such as an end marker aside) cannot spell an unseen
+        # character, and tokenizers without an unk token drop it silently: name it instead
+        chars = set(hf.get_vocab()) - set(self.special_tokens.values())
+        self.alphabet = frozenset(chars) if chars and all(len(t) == 1 for t in chars) else None
 
     @classmethod
     def from_folder(cls, folder: str | Path, eos_token_ids: tuple[int, ...] = ()) -> Tokenizer:

@@ -196,7 +196,11 @@ def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
         raise APIError(400, f"{field}: the chat template failed: {exc}", param=field, code="invalid_value") from None
     if not text:
         raise APIError(400, f"{field}: must not be empty", param=field, code="invalid_value")
-    return tokenizer.encode(text)
+    try:
+        return tokenizer.encode(text)
+    except ValueError as exc:  # a character outside a character-level vocabulary, named by the tokenizer
+        detail = str(exc).removeprefix("prompt: ")  # the field is ours to name: prompt or messages
+        raise APIError(400, f"{field}: {detail}", param=field, code="invalid_value") from None
 
 
 def _max_tokens(max_model_len: int, prompt_tokens: int, req, field: str) -> int:
