@@ -29,6 +29,9 @@ SHAPES = {
     # a small Llama-shaped model: big enough that the forward pass is real work on a CPU
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, vocab_size=4096, max_position_embeddings=1024),
+    # the bundled model's shape (random weights): per-step overhead weighs more than per-token compute
+    "bundled": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=6, num_attention_heads=6,
+                    num_key_value_heads=6, vocab_size=65, max_position_embeddings=1024),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=151936, max_position_embeddings=4096,
                          tie_word_embeddings=True),
