@@ -20,6 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
+from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
+
 BODY = json.dumps({
     "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub-model",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the stub server."},
@@ -164,7 +166,7 @@ def main():
         print(line)
     result = {
         "benchmark": "client overhead, loopback stub, non-streaming chat completion",
-        "machine": {"cpus": os.cpu_count(), "processor": _cpu_name(), "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "processor": cpu_name(), "python": platform.python_version(),
                     "platform": platform.platform(), "gpu": None,
                     "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
         "versions": {"httpx": httpx.__version__, "openai": openai.__version__},
@@ -175,16 +177,6 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out} ({wall:.0f} s)")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
 from lab.engine import LLM
 from lab.engine.loader import data_dir
@@ -217,7 +218,7 @@ def main() -> None:
         ratios["ours_over_hf_continuous"] = (
             by["ours continuous"]["output_tok_s"] / by["transformers continuous batching"]["output_tok_s"])
     print({k: round(v, 2) for k, v in ratios.items()})
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpu_threads": torch.get_num_threads(),
+    machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

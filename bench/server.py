@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import socket
 import string
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
 from lab.engine.loader import bundled_model_dir
 from lab.metrics import RequestMetrics, Result
@@ -177,16 +177,6 @@ def run_transformers(folder: Path, workloads: list[Workload], args) -> list[dict
     cmd = [str(Path(sys.executable).with_name("transformers")), "serve", "--continuous-batching", "--device", "cpu",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", str(folder)]
     return serve_process("transformers serve --cb", cmd, port, str(folder), workloads, args.threads)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def table(rows: list[dict]) -> str:

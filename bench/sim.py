@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
 from lab.engine import LLM
 from lab.engine.config import EngineConfig
@@ -266,7 +267,7 @@ def main() -> None:
     torch.set_num_threads(1)  # two torch threads on a shared 2-core CPU make step times erratic
     report = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
