@@ -188,7 +188,6 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["hf-generate", "hf-continuous"])
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)

@@ -6,7 +6,7 @@ them; `Result.summary()` reports what `vllm bench serve` reports.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -70,20 +70,9 @@ class RequestMetrics:
         def sh(t):
             return None if t is None else t - offset_s
 
-        return RequestMetrics(
-            request_id=self.request_id,
-            arrival_s=self.arrival_s - offset_s,
-            prompt_tokens=self.prompt_tokens,
-            output_tokens=self.output_tokens,
-            first_scheduled_s=sh(self.first_scheduled_s),
-            first_token_s=sh(self.first_token_s),
-            finish_s=sh(self.finish_s),
-            token_times_s=[t - offset_s for t in self.token_times_s],
-            status=self.status,
-            finish_reason=self.finish_reason,
-            error=self.error,
-            retries=self.retries,
-        )
+        return replace(self, arrival_s=self.arrival_s - offset_s, first_scheduled_s=sh(self.first_scheduled_s),
+                       first_token_s=sh(self.first_token_s), finish_s=sh(self.finish_s),
+                       token_times_s=[t - offset_s for t in self.token_times_s])
 
 
 @dataclass(slots=True)

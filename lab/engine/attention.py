@@ -28,8 +28,7 @@ class AttentionMetadata:
     prefills: list[PrefillSpan] = field(default_factory=list)
     decode_index: torch.Tensor | None = None  # [D] positions in the flat batch of decode tokens
     decode_block_tables: torch.Tensor | None = None  # [D, max_blocks], padded with block 0
-    decode_context_lens: torch.Tensor | None = None  # [D] tokens to attend, the new one included
-    decode_mask: torch.Tensor | None = None  # [D, 1, 1, S] True where a key is real
+    decode_mask: torch.Tensor | None = None  # [D, 1, 1, S] True for the keys each decode attends to
 
 
 def build_decode_mask(context_lens: torch.Tensor, num_slots: int) -> torch.Tensor:

@@ -63,7 +63,6 @@ class ModelRunner:
             meta.decode_index = torch.tensor(decode_rows, dtype=torch.long, device=dev)
             meta.decode_block_tables = torch.tensor(tables, dtype=torch.long, device=dev)
             lens = torch.tensor([s.num_computed_tokens + 1 for s in decode_seqs], dtype=torch.long, device=dev)
-            meta.decode_context_lens = lens
             meta.decode_mask = build_decode_mask(lens, width * bs)
 
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)

@@ -62,10 +62,6 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    @property
-    def static_batch_active(self) -> bool:
-        return bool(self.static_batch)
-
     # -- one step --------------------------------------------------------------------------
     def schedule(self, now: float, flush: bool = False) -> ScheduledBatch:
         """Pick this step's work. `flush`: no more requests will arrive (static stops waiting)."""
