@@ -44,8 +44,8 @@ def paged_attention(
     meta: AttentionMetadata,
 ) -> torch.Tensor:
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, num_kv_heads, head_dim)[meta.slot_mapping] = k
-    v_cache.view(-1, num_kv_heads, head_dim)[meta.slot_mapping] = v
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
 
     for span in meta.prefills:
@@ -78,8 +78,10 @@ def paged_attention(
 def _gather(cache: torch.Tensor, block_tables: torch.Tensor, num_slots: int) -> torch.Tensor:
     """[B, max_blocks] block ids -> [B, KVH, num_slots, D] keys or values."""
     b = block_tables.shape[0]
-    kv = cache[block_tables].reshape(b, -1, cache.shape[2], cache.shape[3])[:, :num_slots]
-    return kv.transpose(1, 2)
+    # index_select on the flattened table, not cache[block_tables]: the same copy, but advanced
+    # indexing takes a slower general path on the CPU (5x slower for a batch of 16 decodes)
+    kv = cache.index_select(0, block_tables.reshape(-1)).view(b, -1, cache.shape[2], cache.shape[3])
+    return kv[:, :num_slots].transpose(1, 2)
 
 
 def dense_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
