@@ -97,7 +97,7 @@ def run_hf_generate(folder, workload, args) -> Result:
     from transformers import AutoModelForCausalLM, LogitsProcessorList
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(args)).to(args.device).eval()
-    reqs, t0, wasted = [], time.perf_counter(), 0
+    reqs, t0, wasted, steps, computed = [], time.perf_counter(), 0, 0, 0
     for start in range(0, len(workload), args.batch):
         batch = workload.requests[start:start + args.batch]
         width = max(r.prompt_len for r in batch)
@@ -112,6 +112,9 @@ def run_hf_generate(folder, workload, args) -> Result:
             model.generate(ids.to(args.device), attention_mask=mask.to(args.device), max_new_tokens=longest,
                            min_new_tokens=longest, do_sample=False, pad_token_id=0,
                            logits_processor=LogitsProcessorList([clock]))
+        # one padded prefill of the whole batch, then a decode of every row per further token
+        steps += longest
+        computed += len(batch) * (width + longest - 1)
         # same definition as the engine's trace: a slot idle while a request waits for one
         still_waiting = len(workload) - start - len(batch)
         for step in range(1, longest + 1):
@@ -120,7 +123,8 @@ def run_hf_generate(folder, workload, args) -> Result:
         for r in batch:
             times = [t - t0 for t in clock.times[: r.output_len]]
             reqs.append(RequestMetrics(r.id, 0.0, r.prompt_len, r.output_len, begin - t0, times[0], times[-1], times))
-    return Result(reqs, label="transformers generate (static)", duration_s=time.perf_counter() - t0), wasted
+    result = Result(reqs, label="transformers generate (static)", duration_s=time.perf_counter() - t0)
+    return result, {"wasted_slot_steps": wasted, "steps": steps, "tokens_computed": computed}
 
 
 def run_hf_continuous(folder, workload, args):
@@ -154,26 +158,49 @@ def run_hf_continuous(folder, workload, args):
     return Result(reqs, label="transformers continuous batching")
 
 
+def predict_gpu(workload, args) -> list[dict]:
+    """The simulator's prediction for the same workload on a GPU (a roofline step model for a
+    Qwen2.5-0.5B-shaped model in bf16): labelled a prediction, not a measurement, in the table and JSON."""
+    from lab.engine.config import EngineConfig
+    from lab.sim import RooflineStepModel, simulate
+
+    step_model = RooflineStepModel(gpu=args.predict_gpu, model="qwen2.5-0.5b")
+    rows = []
+    for policy in ("static", "continuous"):
+        config = EngineConfig(policy=policy, max_num_seqs=args.batch, max_num_batched_tokens=args.token_budget,
+                              enable_prefix_caching=False)
+        result = simulate(workload, config, step_model, label=f"predicted {args.predict_gpu}, sim {policy}")
+        rows.append(row(result))
+    return rows
+
+
 def _dtype(args):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
 
 
-def row(result: Result, wasted=None) -> dict:
-    s = result.summary()
+def row(result: Result, counts: dict | None = None) -> dict:
+    """One table row. `counts` (steps, tokens computed, wasted slot-steps) for runners without a trace."""
+    s, counts = result.summary(), dict(counts or {})
+    if result.steps:  # our engine and the simulator: count from the step trace
+        counts = {"wasted_slot_steps": s["wasted_slot_steps"], "steps": len(result.steps),
+                  "tokens_computed": sum(st.num_tokens for st in result.steps)}
+    steps = counts.get("steps")
     return {
         "runner": result.label, "completed": s["completed"], "output_tok_s": s["output_throughput"],
         "req_s": s["request_throughput"], "mean_ttft_ms": s["mean_ttft_ms"], "mean_e2el_ms": s["mean_e2el_ms"],
-        "p99_e2el_ms": s["p99_e2el_ms"], "wasted_slot_steps": s.get("wasted_slot_steps", wasted),
-        "duration_s": s["duration_s"],
+        "p99_e2el_ms": s["p99_e2el_ms"], "wasted_slot_steps": counts.get("wasted_slot_steps"),
+        "steps": steps, "tokens_computed": counts.get("tokens_computed"),
+        "ms_per_step": s["duration_s"] * 1e3 / steps if steps else None, "duration_s": s["duration_s"],
     }
 
 
 def print_table(rows: list[dict]) -> None:
     cols = ["runner", "completed", "output_tok_s", "req_s", "mean_ttft_ms", "mean_e2el_ms", "p99_e2el_ms",
-            "wasted_slot_steps"]
+            "wasted_slot_steps", "steps", "tokens_computed", "ms_per_step"]
     print(" | ".join(cols))
     for r in rows:
-        print(" | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        print(" | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else "-" if r[c] is None else str(r[c])
+                         for c in cols))
 
 
 def main() -> None:
@@ -186,6 +213,8 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=2048, help="max_num_batched_tokens")
     ap.add_argument("--max-output", type=int, default=256, help="Azure output lengths are scaled to this maximum")
     ap.add_argument("--skip", nargs="*", default=[], choices=["hf-generate", "hf-continuous"])
+    ap.add_argument("--predict-gpu", default="H100-SXM",
+                    help="also print the simulator's prediction for this GPU (lab.sim.GPUS), or 'none'")
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
 
@@ -197,8 +226,8 @@ def main() -> None:
             rows.append(row(run_ours(folder, workload, policy, args)))
             print_table(rows[-1:])
         if "hf-generate" not in args.skip:
-            result, wasted = run_hf_generate(folder, workload, args)
-            rows.append(row(result, wasted))
+            result, counts = run_hf_generate(folder, workload, args)
+            rows.append(row(result, counts))
         if "hf-continuous" not in args.skip:
             try:
                 rows.append(row(run_hf_continuous(folder, workload, args)))
@@ -217,11 +246,19 @@ def main() -> None:
         ratios["ours_over_hf_continuous"] = (
             by["ours continuous"]["output_tok_s"] / by["transformers continuous batching"]["output_tok_s"])
     print({k: round(v, 2) for k, v in ratios.items()})
+    predicted = []
+    if args.predict_gpu != "none":
+        predicted = predict_gpu(workload, args)
+        print("\nPredicted by lab.sim (a roofline step model, not a measurement):")
+        print_table(predicted)
+        ratios["predicted_continuous_over_static"] = predicted[1]["output_tok_s"] / predicted[0]["output_tok_s"]
+        print({"predicted_continuous_over_static": round(ratios["predicted_continuous_over_static"], 2)})
     machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
                "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows, "ratios": ratios},
+    Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows, "ratios": ratios,
+                                         "predicted": predicted},
                                          indent=2))
     print(f"wrote {args.out}")
 
