@@ -5,6 +5,7 @@ tokenizer or template fail clearly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,3 +115,49 @@ def test_bad_template_is_a_clear_error():
         render_chat("{% for m in messages %}", MESSAGES)
     with pytest.raises(ValueError, match="chat template: only user"):
         render_chat("{{ raise_exception('only user') }}", MESSAGES)
+
+
+def _byte_level_bpe() -> Tokenizer:
+    """A byte-level BPE (GPT-2 / Qwen style) trained here: characters outside ASCII span several tokens."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(["the cat sat on the mat", "café au lait", "a b c d e"], trainer)
+    return Tokenizer(hf)
+
+
+@pytest.mark.parametrize("text", ["the cat sat on the mat", "naïve café, 東京 🐈 ok", "🐈🐈 é"])
+def test_incremental_decode_matches_full_decode(text):
+    tok = _byte_level_bpe()
+    ids = tok.encode(text)
+    if not text.isascii():  # the case that matters: a character really is split over tokens
+        assert any("\ufffd" in tok.decode([i]) for i in ids)
+    out, prefix, read, pieces = "", 0, 0, []
+    for n in range(1, len(ids) + 1):
+        new, prefix, read = tok.decode_next(ids[:n], prefix, read)
+        assert "\ufffd" not in new  # half a character is held back, never emitted
+        pieces.append(new)
+        out += new
+    assert out == tok.decode(ids) == text
+    assert read - prefix < 8  # the decode window stays short, whatever the length
+
+
+def test_engine_text_is_the_full_decode_cut_at_the_stop_string(tmp_path):
+    """Random weights, sampled: the output wanders through split multi-byte characters."""
+    tok = _byte_level_bpe()
+    folder = make_hf_model(tmp_path / "bpe", "llama", vocab_size=tok.vocab_size, with_tokenizer=False)
+    tok.hf.save(str(folder / "tokenizer.json"))
+    llm = LLM(folder)
+    params = SamplingParams(max_tokens=60, temperature=1.0, seed=3, ignore_eos=True)
+    plain = llm.generate(["the cat"], params, use_tqdm=False)[0]
+    assert plain.text == tok.decode(plain.token_ids)
+    stop = plain.text[10:12]  # a string the same seeded run is known to produce
+    cut = llm.generate(["the cat"], dataclasses.replace(params, stop=[stop]), use_tqdm=False)[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == plain.text[: plain.text.find(stop)]
+    streamed = "".join(ev.text for ev in llm.stream("the cat", params))
+    assert streamed == plain.text

@@ -179,21 +179,23 @@ class Engine:
         reason = None
         if (token in self.model_config.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
             reason = "stop"
-        hold = 0
-        if self.tokenizer is not None:
-            seq.text = self.tokenizer.decode(seq.output_token_ids)
-            cut = min((i for i in (seq.text.find(s) for s in p.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                seq.text, reason = seq.text[:cut], "stop"
-            elif p.stop:  # a stop string may be completing: hold its possible start back
-                hold = max(len(s) for s in p.stop) - 1
-            if seq.text.endswith("\ufffd"):  # a multi-byte character is half decoded
-                hold = max(hold, 1)
         if reason is None and (len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= self.config.max_model_len):
             reason = "length"
+        hold = 0
+        if self.tokenizer is not None:
+            # decode only the new tokens (a full decode per token is quadratic in the output length)
+            longest_stop = max((len(s) for s in p.stop), default=0)
+            search_from = max(0, len(seq.text) - longest_stop + 1)
+            new, seq.detok_prefix, seq.detok_read = self.tokenizer.decode_next(
+                seq.output_token_ids, seq.detok_prefix, seq.detok_read, final=reason is not None)
+            seq.text += new
+            cut = min((i for i in (seq.text.find(s, search_from) for s in p.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                seq.text, reason = seq.text[:cut], "stop"
+            elif reason is None and p.stop:  # a stop string may be completing: hold its possible start back
+                hold = longest_stop - 1
         if reason is not None:
             self.scheduler.finish(seq, reason, now)
-            hold = 0
         visible = seq.text[: max(seq.stream_offset, len(seq.text) - hold)]
         delta, seq.stream_offset = visible[seq.stream_offset:], len(visible)
         return TokenEvent(seq.request_id, token, delta, reason is not None, reason)

@@ -64,6 +64,8 @@ class Sequence:
     finish_reason: str | None = None
     text: str = ""
     stream_offset: int = 0  # chars of `text` already handed to stream consumers
+    detok_prefix: int = 0  # output tokens [detok_prefix, detok_read) are the detokenizer's context
+    detok_read: int = 0  # output tokens before this one are in `text`
     num_preemptions: int = 0
     first_scheduled_s: float | None = None
     first_token_s: float | None = None

@@ -80,6 +80,20 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
 
+    def decode_next(self, ids: list[int], prefix: int, read: int, final: bool = False) -> tuple[str, int, int]:
+        """Text that `ids[read:]` adds, decoding only a short window instead of all of `ids`.
+
+        `ids[prefix:read]` were already turned into text; decoding them again together with the new
+        tokens keeps what depends on the neighbour (a leading space, bytes of one character split
+        over tokens) right. Returns (new text, next prefix, next read). While the new tokens end in
+        half a character nothing is returned, unless `final`. Same scheme as vLLM's detokenizer.
+        """
+        before = self.decode(ids[prefix:read])
+        after = self.decode(ids[prefix:])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            return after[len(before):], read, len(ids)
+        return "", prefix, read
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if self.chat_template is None:
             raise ValueError(
