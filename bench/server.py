@@ -2,7 +2,7 @@
 server (static and continuous policy) and, on the same model folder and workload, for
 `transformers serve --continuous-batching`. Prints a table; writes bench/results/server.json.
 
-    .venv/bin/python bench/server.py [--rates 4,16,inf] [--num-requests 64] [--skip-transformers]
+    .venv/bin/python bench/server.py [--rates 4,16,32,inf] [--num-requests 64] [--skip-transformers]
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rates", default="4,16,inf", help="request rates, comma-separated (inf: all at once)")
+    p.add_argument("--rates", default="4,16,32,inf", help="request rates, comma-separated (inf: all at once)")
     p.add_argument("--num-requests", type=int, default=64)
     p.add_argument("--input-len", type=int, default=64, help="prompt characters")
     p.add_argument("--output-len", type=int, default=64, help="max_tokens")
