@@ -97,6 +97,10 @@ class AttemptLog:
                     half = message.get("body", b"")[: len(message.get("body", b"")) // 2]
                     await send({"type": "http.response.body", "body": half, "more_body": True})
                 return
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                # book the outcome before the last byte leaves: the client may finish (and the test
+                # read the book) before this coroutine runs again
+                book.attempts[test_id][slot] = str(state["status"])
             await send(message)
 
         await self.app(scope, receive, watched_send)
