@@ -30,6 +30,9 @@ SHAPES = {
     # a small Llama-shaped model: big enough that the forward pass is real work on a CPU
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, vocab_size=4096, max_position_embeddings=1024),
+    # the test suite's shape: so little compute per token that each step's fixed cost decides
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024),
     # the bundled model's shape (random weights): per-step overhead weighs more than per-token compute
     "bundled": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=6, num_attention_heads=6,
                     num_key_value_heads=6, vocab_size=65, max_position_embeddings=1024),
