@@ -245,3 +245,25 @@ def test_cuda_matches_cpu_greedy(tiny_llama):
     cpu = make_llm(tiny_llama).generate(prompts, GREEDY, use_tqdm=False)
     gpu = LLM(tiny_llama, device="cuda", dtype="float32").generate(prompts, GREEDY, use_tqdm=False)
     assert [o.token_ids for o in gpu] == [o.token_ids for o in cpu]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; this machine has none")
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_cuda_matches_transformers_on_cuda(tiny_models, family, policy):
+    from tests.conftest import hf_greedy
+
+    prompts = [list(range(1, 1 + n)) for n in (3, 9, 17, 33)]
+    ours = LLM(tiny_models[family], device="cuda", dtype="float32", policy=policy, max_num_seqs=4,
+               max_num_batched_tokens=16).generate(prompts, GREEDY, use_tqdm=False)  # chunked prefill too
+    assert [o.token_ids for o in ours] == hf_greedy(tiny_models[family], prompts, GREEDY.max_tokens, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; this machine has none")
+def test_cuda_bfloat16_runs_and_frees_every_block(tiny_llama):
+    llm = LLM(tiny_llama, device="cuda", dtype="bfloat16")
+    outs = llm.generate([[1, 2, 3], list(range(4, 40))], GREEDY, use_tqdm=False)
+    assert [len(o.token_ids) for o in outs] == [GREEDY.max_tokens] * 2
+    assert llm.engine.block_manager.num_used == 0
