@@ -44,3 +44,25 @@ def test_greedy_matches_transformers(tiny_models, prompts, references, arch, pol
     if mode == "preemption":
         assert sum(s.num_preempted for s in trace) > 0, "the pressure setting must really preempt"
     assert llm.engine.block_manager.num_used == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_decodes_attending_in_groups_match_transformers(tiny_models, prompts, references, arch, monkeypatch):
+    """Groups of 4 decodes (the CPU default is 16): 9 sequences of different lengths, 3 groups a step."""
+    from lab.engine import model_runner
+
+    group_sizes = []
+
+    class CountedGroup(model_runner.DecodeGroup):
+        __slots__ = ()
+
+        def __init__(self, rows, block_tables, mask):
+            super().__init__(rows, block_tables, mask)
+            group_sizes.append(len(rows))
+
+    monkeypatch.setattr(model_runner, "CPU_DECODE_GROUP", 4)
+    monkeypatch.setattr(model_runner, "DecodeGroup", CountedGroup)
+    llm = LLM(tiny_models[arch], device="cpu", dtype="float32")
+    outs = llm.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert [o.token_ids for o in outs] == references[arch]
+    assert max(group_sizes) == 4 and group_sizes.count(1) > 0  # 9 decodes: groups of 4, 4 and 1

@@ -2,7 +2,7 @@
 
 All tokens of a step are packed into one flat batch. Each layer writes the new K/V into their
 cache slots, then attends: each prefill chunk on its own (its cached prefix gathered from its
-blocks), all decodes together (their blocks gathered, padding masked). Without metadata the same
+blocks), decodes in groups (their blocks gathered, padding masked). Without metadata the same
 layer does plain causal attention over [batch, time], which is what training and scoring use.
 """
 
@@ -23,12 +23,17 @@ class PrefillSpan:
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    rows: torch.Tensor  # [D] positions in the flat batch of these decode tokens
+    block_tables: torch.Tensor  # [D, max_blocks], padded with block 0
+    mask: torch.Tensor  # [D, 1, 1, S] True for the keys each decode attends to
+
+
+@dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] cache slot (block * block_size + offset) of each new token
     prefills: list[PrefillSpan] = field(default_factory=list)
-    decode_index: torch.Tensor | None = None  # [D] positions in the flat batch of decode tokens
-    decode_block_tables: torch.Tensor | None = None  # [D, max_blocks], padded with block 0
-    decode_mask: torch.Tensor | None = None  # [D, 1, 1, S] True for the keys each decode attends to
+    decodes: list[DecodeGroup] = field(default_factory=list)  # one attention call per group
 
 
 def build_decode_mask(context_lens: torch.Tensor, num_slots: int) -> torch.Tensor:
@@ -64,14 +69,13 @@ def paged_attention(
             o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
         out[rows] = o[0].transpose(0, 1)
 
-    if meta.decode_index is not None:
-        tables = meta.decode_block_tables
-        num_slots = tables.shape[1] * k_cache.shape[1]
-        ks = _gather(k_cache, tables, num_slots)
-        vs = _gather(v_cache, tables, num_slots)
-        qd = q[meta.decode_index][:, :, None, :]  # [D, H, 1, D]
-        o = F.scaled_dot_product_attention(qd, ks, vs, attn_mask=meta.decode_mask, enable_gqa=True)
-        out[meta.decode_index] = o[:, :, 0, :]
+    for group in meta.decodes:
+        num_slots = group.block_tables.shape[1] * k_cache.shape[1]
+        ks = _gather(k_cache, group.block_tables, num_slots)
+        vs = _gather(v_cache, group.block_tables, num_slots)
+        qd = q[group.rows][:, :, None, :]  # [D, H, 1, D]
+        o = F.scaled_dot_product_attention(qd, ks, vs, attn_mask=group.mask, enable_gqa=True)
+        out[group.rows] = o[:, :, 0, :]
     return out
 
 

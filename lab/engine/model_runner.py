@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from lab.engine.attention import AttentionMetadata, PrefillSpan, build_decode_mask
+from lab.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan, build_decode_mask
 from lab.engine.model import ModelConfig
 from lab.engine.sampler import sample
 from lab.engine.scheduler import ScheduledBatch
 from lab.engine.sequence import Sequence
+
+# On the CPU, decodes attend in groups of at most this many sequences, similar contexts together.
+# One SDPA call over 64 decodes' gathered (strided) K/V falls out of the CPU caches: 2.1 ms for 64
+# contexts of 128 tokens against 0.16 ms for each group of 16 (bundled model's heads, one thread).
+# A GPU wants one call for all of them.
+CPU_DECODE_GROUP = 16
 
 
 def kv_bytes_per_block(mc: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -58,12 +64,17 @@ class ModelRunner:
         dev = self.device
         meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), prefills=prefills)
         if decode_seqs:
-            width = max(len(s.block_table) for s in decode_seqs)
-            tables = [s.block_table + [0] * (width - len(s.block_table)) for s in decode_seqs]
-            meta.decode_index = torch.tensor(decode_rows, dtype=torch.long, device=dev)
-            meta.decode_block_tables = torch.tensor(tables, dtype=torch.long, device=dev)
-            lens = torch.tensor([s.num_computed_tokens + 1 for s in decode_seqs], dtype=torch.long, device=dev)
-            meta.decode_mask = build_decode_mask(lens, width * bs)
+            group = CPU_DECODE_GROUP if dev.type == "cpu" else len(decode_seqs)
+            order = sorted(range(len(decode_seqs)), key=lambda i: decode_seqs[i].num_computed_tokens)
+            for first in range(0, len(order), group):
+                members = [decode_seqs[i] for i in order[first:first + group]]
+                width = max(len(s.block_table) for s in members)
+                tables = [s.block_table + [0] * (width - len(s.block_table)) for s in members]
+                lens = torch.tensor([s.num_computed_tokens + 1 for s in members], dtype=torch.long, device=dev)
+                meta.decodes.append(DecodeGroup(
+                    rows=torch.tensor([decode_rows[i] for i in order[first:first + group]], dtype=torch.long, device=dev),
+                    block_tables=torch.tensor(tables, dtype=torch.long, device=dev),
+                    mask=build_decode_mask(lens, width * bs)))
 
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
