@@ -2,7 +2,10 @@
 server (static and continuous policy) and, on the same model folder and workload, for
 `transformers serve --continuous-batching`. Prints a table; writes bench/results/server.json.
 
-    .venv/bin/python bench/server.py [--rates 4,16,32,inf] [--num-requests 64] [--skip-transformers]
+    .venv/bin/python bench/server.py [--rates 4,16,32,inf] [--num-requests 64] [--repeat 3] [--skip-transformers]
+
+With --repeat N the three servers run N rounds, interleaved, and the table shows each cell's median
+(the output tok/s range across rounds alongside): on a small shared CPU one round can be off by 1.5x.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import random
 import socket
+import statistics
 import string
 import subprocess
 import sys
@@ -179,13 +183,31 @@ def run_transformers(folder: Path, workloads: list[Workload], args) -> list[dict
     return serve_process("transformers serve --cb", cmd, port, str(folder), workloads, args.threads)
 
 
+def medians(rounds: list[list[dict]]) -> list[dict]:
+    """One row per (system, rate): the median of each figure over the rounds, counts summed."""
+    rows = []
+    for same in zip(*rounds, strict=True):
+        row = {"system": same[0]["system"], "rate": same[0]["rate"], "rounds": len(same),
+               "errors": sorted({e for r in same for e in r["errors"]})[:3]}
+        for k in COLUMNS:
+            values = [r[k] for r in same]
+            row[k] = sum(values) if k in ("completed", "failed") else statistics.median(values)
+        tput = [r["output_throughput"] for r in same]
+        row["output_throughput_range"] = [min(tput), max(tput)]
+        rows.append(row)
+    return rows
+
+
 def table(rows: list[dict]) -> str:
-    head = "| system | rate (req/s) | output tok/s | req/s | mean TTFT ms | p99 TTFT ms | mean TPOT ms | p99 TPOT ms | ok/failed |"
-    lines = [head, "|" + "---|" * 9]
+    ranged = any(r.get("rounds", 1) > 1 for r in rows)
+    head = ("| system | rate (req/s) | output tok/s | " + ("tok/s range | " if ranged else "")
+            + "req/s | mean TTFT ms | p99 TTFT ms | mean TPOT ms | p99 TPOT ms | ok/failed |")
+    lines = [head, "|" + "---|" * (10 if ranged else 9)]
     for r in rows:
-        lines.append(f"| {r['system']} | {r['rate']} | {r['output_throughput']:.1f} | {r['request_throughput']:.2f} "
-                     f"| {r['mean_ttft_ms']:.1f} | {r['p99_ttft_ms']:.1f} | {r['mean_tpot_ms']:.1f} "
-                     f"| {r['p99_tpot_ms']:.1f} | {r['completed']}/{r['failed']} |")
+        spread = f"{r['output_throughput_range'][0]:.0f}-{r['output_throughput_range'][1]:.0f} | " if ranged else ""
+        lines.append(f"| {r['system']} | {r['rate']} | {r['output_throughput']:.1f} | {spread}"
+                     f"{r['request_throughput']:.2f} | {r['mean_ttft_ms']:.1f} | {r['p99_ttft_ms']:.1f} "
+                     f"| {r['mean_tpot_ms']:.1f} | {r['p99_tpot_ms']:.1f} | {r['completed']}/{r['failed']} |")
     return "\n".join(lines)
 
 
@@ -198,6 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for both servers (OMP_NUM_THREADS); on a shared 2-core CPU 1 is steadiest")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of every server, interleaved; the table shows medians")
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "server.json"))
     args = p.parse_args(argv)
@@ -206,19 +229,27 @@ def main(argv=None) -> int:
     workloads = [workload(args.num_requests, rate, args.input_len, args.output_len) for rate in rates]
     print(f"model: {folder} ({model_desc}); {args.num_requests} requests per rate, "
           f"{args.input_len} prompt chars, max_tokens {args.output_len}", flush=True)
-    rows = []
+    if args.repeat < 1:
+        p.error(f"--repeat: must be >= 1, got {args.repeat}")
+    rounds = []
     started = time.monotonic()
-    for policy in ("continuous", "static"):
-        rows += run_ours(folder, policy, workloads, args)
-    if not args.skip_transformers:
-        rows += run_transformers(folder, workloads, args)
+    for n in range(args.repeat):
+        if args.repeat > 1:
+            print(f"round {n + 1} of {args.repeat}", flush=True)
+        rows = []
+        for policy in ("continuous", "static"):
+            rows += run_ours(folder, policy, workloads, args)
+        if not args.skip_transformers:
+            rows += run_transformers(folder, workloads, args)
+        rounds.append(rows)
+    rows = medians(rounds) if args.repeat > 1 else rounds[0]
     print()
     print(table(rows))
     out = {"machine": f"{os.cpu_count()}-core {cpu_name()} CPU, no GPU",
            "model": model_desc, "model_folder": str(folder), "num_requests": args.num_requests,
            "input_len_chars": args.input_len, "output_len": args.output_len, "max_num_seqs": args.max_num_seqs,
-           "torch_threads": args.threads,
-           "wall_s": round(time.monotonic() - started, 1), "rows": rows}
+           "torch_threads": args.threads, "repeat": args.repeat,
+           "wall_s": round(time.monotonic() - started, 1), "rows": rows, "rounds": rounds}
     ours = {r["rate"]: r for r in rows if r["system"] == "batching-lab continuous"}
     peer = {r["rate"]: r for r in rows if r["system"].startswith("transformers")}
     if peer:
