@@ -28,6 +28,20 @@ def _json(content: bytes, status: int, request_id: str | None):
                        request_id=request_id) from None
 
 
+def _answer(client: BaseClient, response, content: bytes, method: str, rid, est: int, start_t: float,
+            head_t: float, retries: int):
+    """A read, non-streamed response: raise its APIError, or return the JSON (GET) or a Completion."""
+    if response.status_code >= 400:
+        raise error_from_response(response.status_code, content, response.headers)
+    data = _json(content, response.status_code, rid)
+    if method == "GET":
+        return data
+    if client._limiter is not None:
+        client._limiter.core.settle(est, client._used_tokens(Usage.from_dict(data.get("usage")), est))
+    return client._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
+                              retries=retries, request_id=rid)
+
+
 class Client(BaseClient):
     """Blocking client. `Client(base_url=..., api_key=...)` or `Client(provider="openai")`."""
 
@@ -100,15 +114,7 @@ class Client(BaseClient):
             raise from_httpx(e) from e
         finally:
             response.close()
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, content, response.headers)
-        data = _json(content, response.status_code, rid)
-        if method == "GET":
-            return data
-        if self._limiter is not None:
-            self._limiter.core.settle(est, self._used_tokens(Usage.from_dict(data.get("usage")), est))
-        return self._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
-                                retries=retries, request_id=rid)
+        return _answer(self, response, content, method, rid, est, start_t, head_t, retries)
 
     def _open_stream(self, response, start_t, retries, est, rid) -> Stream:
         # read up to the first chunk here, inside the retry loop: until the caller has seen a chunk,
@@ -232,15 +238,7 @@ class AsyncClient(BaseClient):
             raise from_httpx(e) from e
         finally:
             await response.aclose()
-        if response.status_code >= 400:
-            raise error_from_response(response.status_code, content, response.headers)
-        data = _json(content, response.status_code, rid)
-        if method == "GET":
-            return data
-        if self._limiter is not None:
-            self._limiter.core.settle(est, self._used_tokens(Usage.from_dict(data.get("usage")), est))
-        return self._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
-                                retries=retries, request_id=rid)
+        return _answer(self, response, content, method, rid, est, start_t, head_t, retries)
 
     async def _open_stream(self, response, start_t, retries, est, release_pool) -> AsyncStream:
         if self._limiter is not None:
