@@ -30,10 +30,10 @@ SHAPES = {
     # a small Llama-shaped model: big enough that the forward pass is real work on a CPU
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, vocab_size=4096, max_position_embeddings=1024),
-    # the test suite's shape: so little compute per token that each step's fixed cost decides
+    # the test suite's shape: almost no compute per token (checks whether model size moves the ratios)
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=4096, max_position_embeddings=1024),
-    # the bundled model's shape (random weights): per-step overhead weighs more than per-token compute
+    # the bundled model's shape (random weights)
     "bundled": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=6, num_attention_heads=6,
                     num_key_value_heads=6, vocab_size=65, max_position_embeddings=1024),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -183,10 +183,11 @@ def _dtype(args):
 
 def row(result: Result, counts: dict | None = None) -> dict:
     """One table row. `counts` (steps, tokens computed, wasted slot-steps) for runners without a trace."""
-    s, counts = result.summary(), dict(counts or {})
+    s = result.summary()
     if result.steps:  # our engine and the simulator: count from the step trace
         counts = {"wasted_slot_steps": s["wasted_slot_steps"], "steps": len(result.steps),
                   "tokens_computed": sum(st.num_tokens for st in result.steps)}
+    counts = counts or {}
     steps = counts.get("steps")
     return {
         "runner": result.label, "completed": s["completed"], "output_tok_s": s["output_throughput"],

@@ -136,11 +136,10 @@ def test_incremental_decode_matches_full_decode(text):
     ids = tok.encode(text)
     if not text.isascii():  # the case that matters: a character really is split over tokens
         assert any("\ufffd" in tok.decode([i]) for i in ids)
-    out, prefix, read, pieces = "", 0, 0, []
+    out, prefix, read = "", 0, 0
     for n in range(1, len(ids) + 1):
         new, prefix, read = tok.decode_next(ids[:n], prefix, read)
         assert "\ufffd" not in new  # half a character is held back, never emitted
-        pieces.append(new)
         out += new
     assert out == tok.decode(ids) == text
     assert read - prefix < 8  # the decode window stays short, whatever the length

@@ -39,11 +39,27 @@ class ModelRunner:
             layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.generator = torch.Generator().manual_seed(seed)
 
+    def _decode_groups(self, decodes: list[tuple[Sequence, int]]) -> list[DecodeGroup]:
+        """(sequence, row) pairs -> attention groups, shortest contexts first (less padding)."""
+        dev, bs = self.device, self.block_size
+        decodes = sorted(decodes, key=lambda d: d[0].num_computed_tokens)
+        size = CPU_DECODE_GROUP if dev.type == "cpu" else max(len(decodes), 1)
+        groups = []
+        for first in range(0, len(decodes), size):
+            seqs, rows = zip(*decodes[first:first + size])
+            width = max(len(s.block_table) for s in seqs)
+            tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
+            lens = torch.tensor([s.num_computed_tokens + 1 for s in seqs], dtype=torch.long, device=dev)
+            groups.append(DecodeGroup(rows=torch.tensor(rows, dtype=torch.long, device=dev),
+                                      block_tables=torch.tensor(tables, dtype=torch.long, device=dev),
+                                      mask=build_decode_mask(lens, width * bs)))
+        return groups
+
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[tuple[Sequence, int]]:
         """Run one step; return (sequence, sampled token) for sequences that finished their chunk."""
         ids, positions, slots = [], [], []
-        prefills, decode_rows, decode_seqs, sample_rows, sample_seqs = [], [], [], [], []
+        prefills, decodes, sample_rows, sample_seqs = [], [], [], []
         bs = self.block_size
         for seq, n, is_decode in zip(batch.seqs, batch.num_new_tokens, batch.is_decode):
             start, first = len(ids), seq.num_computed_tokens
@@ -52,8 +68,7 @@ class ModelRunner:
                 positions.append(pos)
                 slots.append(seq.block_table[pos // bs] * bs + pos % bs)
             if is_decode or (n == 1 and first > 0):  # one token on top of a cached context
-                decode_rows.append(start)
-                decode_seqs.append(seq)
+                decodes.append((seq, start))
             else:
                 table = torch.tensor(seq.block_table, dtype=torch.long, device=self.device)
                 prefills.append(PrefillSpan(start, n, first, table))
@@ -62,20 +77,8 @@ class ModelRunner:
                 sample_seqs.append(seq)
 
         dev = self.device
-        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), prefills=prefills)
-        if decode_seqs:
-            group = CPU_DECODE_GROUP if dev.type == "cpu" else len(decode_seqs)
-            order = sorted(range(len(decode_seqs)), key=lambda i: decode_seqs[i].num_computed_tokens)
-            for first in range(0, len(order), group):
-                members = [decode_seqs[i] for i in order[first:first + group]]
-                width = max(len(s.block_table) for s in members)
-                tables = [s.block_table + [0] * (width - len(s.block_table)) for s in members]
-                lens = torch.tensor([s.num_computed_tokens + 1 for s in members], dtype=torch.long, device=dev)
-                meta.decodes.append(DecodeGroup(
-                    rows=torch.tensor([decode_rows[i] for i in order[first:first + group]], dtype=torch.long, device=dev),
-                    block_tables=torch.tensor(tables, dtype=torch.long, device=dev),
-                    mask=build_decode_mask(lens, width * bs)))
-
+        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), prefills=prefills,
+                                 decodes=self._decode_groups(decodes))
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         hidden = self.model(input_ids, pos, meta)
