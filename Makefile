@@ -1,19 +1,34 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   builds .venv on first use, then runs `batching-lab demo` on the bundled model
 #   make test   builds .venv on first use, then runs the test suite (notebooks included)
-# Torch: with no NVIDIA GPU visible we pin the CPU wheel first, so pip never pulls CUDA packages;
-# with one, PyPI's default (CUDA) build is taken. Override with `make TORCH_SPEC=... venv`.
+# Torch: PyPI's Linux wheel is the CUDA build (several GB of nvidia-* packages). With no NVIDIA GPU
+# visible we install the CPU wheel (torch==2.13.0+cpu from PyTorch's CPU index) first, so pip never
+# pulls CUDA packages; macOS wheels on PyPI are CPU-only already; with `nvidia-smi` present PyPI's
+# default (CUDA) build is taken. Override with `make TORCH_SPEC=... TORCH_INDEX=... venv`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.4" || echo "torch==2.13.0")
+HAS_GPU    := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+ifeq ($(HAS_GPU),yes)
+TORCH_SPEC  ?= torch>=2.4
+TORCH_INDEX ?=
+else ifeq ($(shell uname -s),Darwin)
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+else
+TORCH_SPEC  ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+endif
+# --retries 1: where that index is unreachable (offline machines with a local wheel mirror) pip
+# falls back to the mirror in seconds instead of retrying each package for a minute
+TORCH_PIP_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --retries 1)
 
 .PHONY: venv demo test lint bench gpu-check clean
 
 $(BIN)/batching-lab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
