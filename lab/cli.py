@@ -57,8 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; bad option values exit 2 with one line on stderr, as argparse's own errors do."""
+    from lab.client.errors import MissingAPIKeyError
+
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, MissingAPIKeyError) as e:  # how the subcommands report bad options and keys
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

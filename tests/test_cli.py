@@ -32,3 +32,22 @@ def test_demo_prints_table_and_writes_report(tiny_llama, tmp_path, capsys):
     assert f"report: {report.resolve()}" in out
     page = report.read_text()
     assert page.count("plotly-graph-div") >= 6 and "Static versus continuous batching" in page
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["simulate", "--num-prompts", "2", "--range-ratio", "1.5", "--no-progress"], "error: --range-ratio: "),
+        (["simulate", "--num-prompts", "2", "--params", "8B", "--no-progress"], "error: --layers: a custom model"),
+    ],
+)
+def test_bad_option_values_exit_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_api_key_exits_2_before_any_request(monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(["bench", "--provider", "openai", "--num-prompts", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: no API key for provider 'openai': set the environment")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -19,10 +20,12 @@ KEY = "sk-test-0123456789abcdef"
 
 
 class StreamingServer:
-    """/models lists one model; /completions streams one chunk per token (max_tokens of them) and usage."""
+    """/models lists one model; /completions and /chat/completions stream one chunk per token
+    (max_tokens of them) and usage. `paths` records where each request went."""
 
     def __init__(self, fail_ids=()):
         self.bodies: list[dict] = []
+        self.paths: list[str] = []
         self.fail_ids = set(fail_ids)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -30,16 +33,29 @@ class StreamingServer:
             return httpx.Response(200, json={"object": "list", "data": [{"id": "tiny-model"}]})
         body = json.loads(request.content)
         self.bodies.append(body)
-        if str(body["prompt"]) in self.fail_ids:
+        self.paths.append(request.url.path)
+        chat = request.url.path.endswith("/chat/completions")
+        prompt = body["messages"][0]["content"] if chat else body["prompt"]
+        if str(prompt) in self.fail_ids:
             return httpx.Response(400, json={"error": {"message": "refused"}})
         n = body["max_tokens"]
-        prompt_tokens = len(body["prompt"]) if isinstance(body["prompt"], list) else len(body["prompt"].split())
+        prompt_tokens = len(prompt) if isinstance(prompt, list) else len(prompt.split())
+
+        def choice(i):
+            finish = "length" if i == n - 1 else None
+            if chat:
+                return {"index": 0, "delta": {"content": f" t{i}"}, "finish_reason": finish}
+            return {"index": 0, "text": f" t{i}", "finish_reason": finish}
 
         async def events():
+            if chat:  # chat streams open with a role-only delta, which carries no token
+                c = {"id": "x", "object": "chat.completion.chunk", "model": body["model"],
+                     "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+                yield f"data: {json.dumps(c)}\n\n".encode()
             for i in range(n):
                 await asyncio.sleep(0.001)
-                c = {"id": "x", "object": "text_completion", "model": body["model"],
-                     "choices": [{"index": 0, "text": f" t{i}", "finish_reason": "length" if i == n - 1 else None}]}
+                c = {"id": "x", "object": "chat.completion.chunk" if chat else "text_completion",
+                     "model": body["model"], "choices": [choice(i)]}
                 yield f"data: {json.dumps(c)}\n\n".encode()
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}
             yield f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n".encode()
@@ -48,8 +64,8 @@ class StreamingServer:
         return httpx.Response(200, content=events(), headers={"content-type": "text/event-stream"})
 
 
-def client_for(server, cls=AsyncClient):
-    return cls(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(server))
+def client_for(server, cls=AsyncClient, provider=None):
+    return cls(base_url="http://test/v1", api_key=KEY, provider=provider, transport=httpx.MockTransport(server))
 
 
 async def test_run_workload_measures_like_vllm_bench():
@@ -80,6 +96,52 @@ async def test_run_workload_measures_like_vllm_bench():
     s = result.summary()
     assert s["completed"] == 3 and s["total_output_tokens"] == 9 and s["total_input_tokens"] == 17
     assert s["mean_ttft_ms"] > 0 and s["mean_itl_ms"] > 0
+
+
+async def test_chat_endpoint_sends_one_user_message_to_chat_completions():
+    server = StreamingServer()
+    workload = Workload([
+        RequestSpec(id="a", prompt_len=6, output_len=4),
+        RequestSpec(id="b", arrival_s=0.01, prompt="hello there", output_len=2, ignore_eos=False),
+    ])
+    async with client_for(server) as client:
+        result = await arun_workload(client, workload, endpoint="chat")
+    assert server.paths == ["/v1/chat/completions"] * 2
+    body_a, body_b = sorted(server.bodies, key=lambda body: body["max_tokens"], reverse=True)
+    assert "prompt" not in body_a and body_a["messages"][0]["role"] == "user"
+    assert len(body_a["messages"]) == 1 and len(body_a["messages"][0]["content"].split()) == 6
+    assert body_a["max_tokens"] == 4 and body_a["stream"] is True and body_a["stream_options"] == {"include_usage": True}
+    assert body_a["ignore_eos"] is True  # no known provider behind http://test/v1: a vLLM-like server
+    assert body_b["messages"] == [{"role": "user", "content": "hello there"}] and "ignore_eos" not in body_b
+    a, b = result.requests
+    assert a.ok and (a.prompt_tokens, a.output_tokens) == (6, 4)
+    assert len(a.token_times_s) == 4 and a.first_token_s == a.token_times_s[0]  # the role-only chunk is no token
+    assert b.ok and b.output_tokens == 2 and b.finish_reason == "length"
+
+
+@pytest.mark.parametrize("provider, sends_ignore_eos", [
+    ("openai", False), ("deepseek", False), ("local", True), ("vllm", True), (None, True)])
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+async def test_ignore_eos_only_where_the_provider_accepts_it(provider, sends_ignore_eos, endpoint):
+    server = StreamingServer()
+    workload = Workload([RequestSpec(id="a", prompt_len=3, output_len=2)])  # ignore_eos=True by default
+    async with client_for(server, provider=provider) as client:
+        result = await arun_workload(client, workload, model="m", endpoint=endpoint)
+    assert result.requests[0].ok
+    assert server.paths == ["/v1/chat/completions" if endpoint == "chat" else "/v1/completions"]
+    assert ("ignore_eos" in server.bodies[0]) is sends_ignore_eos
+    assert ("messages" in server.bodies[0]) is (endpoint == "chat")
+
+
+async def test_endpoint_is_validated_before_any_request():
+    server = StreamingServer()
+    async with client_for(server) as client:
+        with pytest.raises(ValueError, match="endpoint: must be one of completions, chat, got 'embeddings'"):
+            await arun_workload(client, Workload([RequestSpec(id="a", prompt_len=2)]), endpoint="embeddings")
+        with pytest.raises(ValueError, match="endpoint: chat takes text prompts; request 'ids'"):
+            await arun_workload(client, Workload([RequestSpec(id="ids", prompt_token_ids=[1, 2])]), model="m",
+                                endpoint="chat")
+    assert server.bodies == []
 
 
 async def test_run_workload_records_failures_and_caps_concurrency():
@@ -143,6 +205,20 @@ def test_bench_main_prints_the_summary(monkeypatch, capsys):
     assert bench_main(args) == 0
     printed = capsys.readouterr().out
     assert "Successful requests:" in printed and "Mean TTFT (ms):" in printed and "P99 ITL (ms):" in printed
+
+
+def test_bench_main_endpoint_chat(monkeypatch, capsys):
+    server = StreamingServer()
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(server), **kw))
+    parser = add_bench_args(argparse.ArgumentParser())
+    assert parser.parse_args([]).endpoint == "completions"
+    args = parser.parse_args(["--base-url", "http://h/v1", "--num-prompts", "3", "--input-len", "2",
+                              "--output-len", "2", "--endpoint", "chat"])
+    assert bench_main(args) == 0
+    assert server.paths == ["/v1/chat/completions"] * 3 and all("messages" in b for b in server.bodies)
+    assert re.search(r"Successful requests: +3\n", capsys.readouterr().out)
 
 
 def test_format_summary_layout():

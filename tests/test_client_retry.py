@@ -20,6 +20,7 @@ from lab.client import (
     ConflictError,
     InternalServerError,
     MissingAPIKeyError,
+    ModelPage,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -355,6 +356,63 @@ def test_completion_fields_and_cost(monkeypatch):
     other = dict(OK_BODY, model="who-knows")
     handler, _ = scripted(httpx.Response(200, json=other))
     assert client_for(handler).chat.completions.create(model="x", messages=MESSAGES).cost_usd is None
+
+
+# usage for a dated OpenAI snapshot, 1,000 of the 1,200 prompt tokens from the prompt cache
+DATED_MODEL = "gpt-4.1-2025-04-14"
+CACHED_USAGE = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500,
+                "prompt_tokens_details": {"cached_tokens": 1000}}
+
+
+def _real_cost(monkeypatch):
+    """lab.cost.usage_cost for the dated model and CACHED_USAGE, with the client's cost hook reset to it."""
+    import lab.client.types as types
+    from lab.cost import usage_cost
+
+    monkeypatch.setattr(types, "_COST_FN", [])  # look lab.cost up afresh, not whatever another test left
+    expected = usage_cost(DATED_MODEL, 1200, 300, 1000)
+    assert expected != usage_cost(DATED_MODEL, 1200, 300)  # the cached share is priced differently
+    return expected
+
+
+def test_cost_of_a_dated_model_comes_from_lab_cost(monkeypatch):
+    expected = _real_cost(monkeypatch)
+    body = dict(OK_BODY, model=DATED_MODEL, usage=CACHED_USAGE)
+    handler, _ = scripted(httpx.Response(200, json=body))
+    r = client_for(handler).chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert r.usage.cached_tokens == 1000 and r.cost_usd == pytest.approx(expected)
+
+
+def test_cost_of_a_streamed_response_comes_from_its_usage_chunk(monkeypatch):
+    expected = _real_cost(monkeypatch)
+
+    def event(choices, **extra):
+        chunk = {"id": "s", "object": "chat.completion.chunk", "model": DATED_MODEL, "choices": choices, **extra}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    sse = (event([{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}])
+           + event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+           + event([], usage=CACHED_USAGE) + "data: [DONE]\n\n")
+    handler, calls = scripted(httpx.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"}))
+    stream = client_for(handler).chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
+    assert stream.usage is None and stream.cost_usd is None  # the usage comes in the last chunk
+    assert "".join(c.text for c in stream) == "hi"
+    assert json.loads(calls[0].content)["stream_options"] == {"include_usage": True}
+    assert stream.usage.cached_tokens == 1000 and stream.cost_usd == pytest.approx(expected)
+
+
+def test_models_list_is_a_page_and_a_list():
+    handler, _ = scripted(httpx.Response(200, json={"object": "list", "data": [{"id": "a"}, {"id": "b"}]}))
+    page = client_for(handler).models.list()
+    assert isinstance(page, ModelPage) and [m.id for m in page.data] == ["a", "b"]  # openai-python's shape
+    assert [m.id for m in page] == ["a", "b"] and len(page) == 2 and page[0].id == "a" and page[-1].id == "b"
+
+
+async def test_async_models_list_is_a_page():
+    handler, _ = scripted(httpx.Response(200, json={"object": "list", "data": [{"id": "a"}]}))
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler)) as c:
+        page = await c.models.list()
+    assert isinstance(page, ModelPage) and page.data[0].id == "a" and page[0].id == "a" and len(page) == 1
 
 
 def test_models_list_and_timeouts():

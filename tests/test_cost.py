@@ -19,8 +19,11 @@ from lab.cost import (
     self_hosted_usd_per_mtok,
     usage_cost,
 )
+from lab.engine.config import EngineConfig
+from lab.lengths import Uniform
 from lab.metrics import RequestMetrics, Result
-from lab.workload import RequestSpec, Workload
+from lab.sim import GPUS, ConstantStepModel, simulate
+from lab.workload import RequestSpec, Workload, synthetic
 
 HEADER = (
     "provider,model,input_per_mtok,cached_input_per_mtok,output_per_mtok,batch_input_per_mtok,"
@@ -162,6 +165,24 @@ def test_shipped_gpu_table():
         gpu_price("H100 SMX")
 
 
+@pytest.mark.parametrize("name", ["H100-SXM", "A100-80GB", "H200", "L4"])
+def test_gpu_price_accepts_the_simulators_gpu_names(name):
+    # lab.sim spells "H100-SXM", the price table "H100 SXM": the lookup ignores case, spaces, - and _
+    row = gpu_price(name)
+    assert row.memory_gb == GPUS[name].memory_gb
+    assert gpu_price(name.lower().replace("-", "_")) == row
+    assert gpu_price(name, provider="runpod").provider == "runpod"
+
+
+def test_unknown_gpu_name_error_names_the_field_and_the_choices():
+    with pytest.raises(
+        UnknownGpuError, match=r"^gpu: no price for 'H100-PCIe'.*closest GPUs: H100 SXM.*known:"
+    ):
+        gpu_price("H100-PCIe")
+    with pytest.raises(UnknownGpuError, match=r"provider='lambda'"):
+        gpu_price("H200", provider="lambda")
+
+
 def test_gpu_loader_rejects_negative_price(tmp_path):
     path = tmp_path / "gpu_prices.csv"
     path.write_text(
@@ -208,25 +229,29 @@ def test_self_hosted_cost_from_fixed_throughput():
         self_hosted_usd_per_mtok(3.60, 1000.0, utilization=0.0)
 
 
-def _result(finish_times):
-    """Four requests of 10 prompt + 100 output tokens, all arriving at t=0."""
-    return Result(
-        [
-            RequestMetrics(f"r{i}", 0.0, prompt_tokens=10, output_tokens=100, first_token_s=0.1, finish_s=t)
-            for i, t in enumerate(finish_times)
-        ]
+def _simulated(policy: str) -> Result:
+    """32 requests arriving together, 16 prompt tokens and 10-100 output tokens each, on a simulated
+    engine with at most 8 sequences and 20 ms per step: static batching leaves the slots of short
+    requests empty until the longest of its batch ends, continuous refills them."""
+    workload = synthetic(32, prompt_lens=16, output_lens=Uniform(10, 100), seed=0)
+    config = EngineConfig(
+        policy=policy, block_size=16, num_blocks=512, max_num_seqs=8, max_num_batched_tokens=512
     )
+    return simulate(workload, config, ConstantStepModel(0.02), record_steps=False)
 
 
-def test_static_vs_continuous_cost_ratio_follows_throughput():
-    static = _result([2.0, 2.0, 4.0, 4.0])  # second batch waits for the first: 400 tokens in 4 s
-    continuous = _result([1.0, 1.5, 2.0, 2.5])  # freed slots refilled: 400 tokens in 2.5 s
-    assert static.summary()["output_throughput"] == pytest.approx(100.0)
-    assert continuous.summary()["output_throughput"] == pytest.approx(160.0)
+def test_static_vs_continuous_cost_ratio_follows_simulated_throughput():
+    static, continuous = _simulated("static"), _simulated("continuous")
+    s, c = static.summary(), continuous.summary()
+    assert s["completed"] == c["completed"] == 32 and s["total_output_tokens"] == c["total_output_tokens"]
     static_cost = self_hosted_usd_per_mtok(2.0, static, utilization=1.0)
     continuous_cost = self_hosted_usd_per_mtok(2.0, continuous, utilization=1.0)
-    assert static_cost == pytest.approx(2.0 / (100 * 3600) * 1e6)
-    assert static_cost / continuous_cost == pytest.approx(160.0 / 100.0)
+    assert continuous_cost < static_cost  # same tokens in less GPU time
+    assert static_cost / continuous_cost == pytest.approx(c["output_throughput"] / s["output_throughput"])
+    # the same tokens, so the cost ratio is also the ratio of the simulated durations
+    assert static_cost / continuous_cost == pytest.approx(s["duration_s"] / c["duration_s"])
+    total = self_hosted_usd_per_mtok(2.0, static, utilization=1.0, kind="total")
+    assert total == pytest.approx(2.0 / (s["total_token_throughput"] * 3600) * 1e6)
 
 
 def test_break_even_volume():

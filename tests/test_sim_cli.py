@@ -70,3 +70,58 @@ def test_generated_workload_static_on_l4(capsys):
 def test_bad_options(argv, match):
     with pytest.raises(ValueError, match=match):
         simulate_main(_args("--num-prompts", "2", "--no-progress", *argv))
+
+
+# qwen2.5-0.5b of lab.sim.gpus.MODELS, spelled as command-line flags
+QWEN_05B_SHAPE = tuple(
+    "--params 494M --layers 24 --hidden 896 --kv-heads 2 --head-dim 64 --max-model-len 32768".split()
+)
+SMALL_RUN = tuple("--num-prompts 12 --rate 6 --input-len 100 --output-len 10 --gpu L4 --no-progress".split())
+
+
+def _summary(tmp_path, capsys, *argv):
+    out = tmp_path / "s.json"
+    assert simulate_main(_args(*SMALL_RUN, "--result-json", str(out), *argv)) == 0
+    return capsys.readouterr().out, json.loads(out.read_text())["summary"]
+
+
+def test_custom_model_shape_matches_the_named_one(tmp_path, capsys):
+    named_text, named = _summary(tmp_path, capsys, "--model", "qwen2.5-0.5b")
+    custom_text, custom = _summary(tmp_path, capsys, *QWEN_05B_SHAPE)
+    assert "custom-0.494B" in custom_text and "qwen2.5-0.5b" in named_text
+    blocks = [line.split(", ")[-1] for line in (named_text.splitlines()[0], custom_text.splitlines()[0])]
+    assert blocks[0] == blocks[1] and "KV blocks" in blocks[0]
+    assert custom == named
+
+
+def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, capsys):
+    _, small = _summary(tmp_path, capsys, *QWEN_05B_SHAPE)
+    bigger = [("4B" if a == "494M" else a) for a in QWEN_05B_SHAPE]  # 8x the weights to read every step
+    _, big = _summary(tmp_path, capsys, *bigger)
+    assert big["mean_tpot_ms"] > small["mean_tpot_ms"]
+
+    def blocks(*argv):
+        simulate_main(_args("--num-prompts", "1", "--no-progress", *argv))
+        return int(capsys.readouterr().out.splitlines()[0].split(", ")[-1].split()[0])
+
+    assert blocks("--model", "llama-3.1-8b", "--dtype-bytes", "1") > blocks("--model", "llama-3.1-8b")
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (("--params", "8B", "--layers", "32"), r"^--hidden: a custom model shape needs all of --params, "),
+        (("--model", "qwen2.5-7b", *QWEN_05B_SHAPE), r"^--model: give a named model or a custom shape"),
+        (("--params", "900B", *QWEN_05B_SHAPE[2:]), r"^model: custom-900B .* leaves no room"),
+    ],
+)
+def test_bad_custom_shapes(argv, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_main(_args("--num-prompts", "2", "--no-progress", *argv))
+
+
+@pytest.mark.parametrize("argv", [("--layers", "0"), ("--params", "lots"), ("--head-dim", "1.5")])
+def test_custom_shape_flags_are_checked_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        _args(*argv)
+    assert info.value.code == 2 and f"argument {argv[0]}:" in capsys.readouterr().err

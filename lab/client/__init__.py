@@ -27,13 +27,13 @@ from lab.client.loadgen import arun_workload, run_workload
 from lab.client.providers import PROVIDERS, Provider, mask_key
 from lab.client.retry import RetryPolicy
 from lab.client.streaming import AsyncStream, Stream
-from lab.client.types import ChatCompletion, ChatMessage, Choice, Chunk, Completion, Model, Usage
+from lab.client.types import ChatCompletion, ChatMessage, Choice, Chunk, Completion, Model, ModelPage, Usage
 
 __all__ = [
     "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AsyncClient", "AsyncStream",
     "AuthenticationError", "BadRequestError", "ChatCompletion", "ChatMessage", "Choice", "Chunk", "Client",
-    "Completion", "ConflictError", "InternalServerError", "MissingAPIKeyError", "Model", "NotFoundError",
-    "PROVIDERS", "PermissionDeniedError", "Provider", "RateLimitError", "RateLimits", "RetryPolicy", "Stream",
-    "StreamInterruptedError", "UnprocessableEntityError", "Usage", "arun_batch", "arun_workload", "mask_key",
-    "run_batch", "run_workload",
+    "Completion", "ConflictError", "InternalServerError", "MissingAPIKeyError", "Model", "ModelPage",
+    "NotFoundError", "PROVIDERS", "PermissionDeniedError", "Provider", "RateLimitError", "RateLimits",
+    "RetryPolicy", "Stream", "StreamInterruptedError", "UnprocessableEntityError", "Usage", "arun_batch",
+    "arun_workload", "mask_key", "run_batch", "run_workload",
 ]

@@ -41,7 +41,12 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=math.inf, help="requests per second (default: inf)")
     parser.add_argument("--burstiness", type=float, default=1.0, help="1 = Poisson; < 1 burstier")
     parser.add_argument("--input-len", type=int, default=32, help="prompt tokens per request (synthetic text)")
-    parser.add_argument("--output-len", type=int, default=32, help="max_tokens per request (ignore_eos)")
+    parser.add_argument("--output-len", type=int, default=32,
+                        help="max_tokens per request (with ignore_eos where the server accepts it: local, vllm "
+                             "or a base URL of no known provider)")
+    parser.add_argument("--endpoint", choices=["completions", "chat"], default="completions",
+                        help="completions: /completions with a text prompt; chat: /chat/completions with one "
+                             "user message (for chat-only APIs such as OpenAI's and DeepSeek's)")
     parser.add_argument("--max-concurrency", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result-json", help="also write the summary here")
@@ -60,8 +65,6 @@ def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def bench_main(args) -> int:
     from lab.client.loadgen import run_workload
     from lab.workload import synthetic
@@ -69,7 +72,7 @@ def bench_main(args) -> int:
     workload = synthetic(args.num_prompts, rate=args.rate, prompt_lens=args.input_len,
                          output_lens=args.output_len, burstiness=args.burstiness, seed=args.seed, name="bench")
     with _client_from(args) as client:
-        result = run_workload(client, workload, args.max_concurrency, model=args.model)
+        result = run_workload(client, workload, args.max_concurrency, model=args.model, endpoint=args.endpoint)
     summary = result.summary()
     print(format_summary(summary))
     errors = sorted({r.error for r in result.requests if r.error})

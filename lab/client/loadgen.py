@@ -1,7 +1,12 @@
 """Load generation over HTTP: replay a `Workload`'s arrivals as streaming requests, measure like `vllm bench serve`.
 
-Each request is sent at its arrival time (optionally capped at `max_concurrency` in flight) to the
-completions endpoint with max_tokens=output_len; TTFT, ITL, TPOT and E2EL come from chunk arrival times.
+Each request is sent at its arrival time (optionally capped at `max_concurrency` in flight) to
+/completions (default) or /chat/completions (`endpoint="chat"`, for APIs with chat models only) with
+max_tokens=output_len; TTFT, ITL, TPOT and E2EL come from chunk arrival times.
+
+`ignore_eos` (vLLM's extension that fixes the output length) is sent only to servers that accept it:
+ours, vLLM, or a base_url of no known provider (assumed self-hosted). Hosted APIs reject unknown
+arguments, so there a request may stop before output_len at the model's end-of-sequence.
 """
 
 from __future__ import annotations
@@ -32,29 +37,45 @@ def synthetic_prompt(num_tokens: int, seed: int | str = 0) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(num_tokens))
 
 
-def request_body(spec: RequestSpec, model: str) -> dict:
+ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
+# provider names (lab.client.providers) whose servers take vLLM's ignore_eos; None: a base_url of no
+# known hosted provider, i.e. a self-hosted vLLM-compatible server
+IGNORE_EOS_PROVIDERS = (None, "local", "vllm")
+
+
+def _prompt(spec: RequestSpec) -> str | list[int]:
     if spec.prompt is not None:
-        prompt: str | list[int] = spec.prompt
-    elif spec.prompt_token_ids is not None:
-        prompt = list(spec.prompt_token_ids)  # OpenAI-compatible servers accept token ids as the prompt
+        return spec.prompt
+    if spec.prompt_token_ids is not None:
+        return list(spec.prompt_token_ids)  # OpenAI-compatible servers accept token ids as the prompt
+    return synthetic_prompt(spec.prompt_len or 1, seed=spec.id)
+
+
+def request_body(spec: RequestSpec, model: str, endpoint: str = "completions", ignore_eos: bool = True) -> dict:
+    """The streamed request for `spec`; `ignore_eos=False` leaves vLLM's extension out whatever the spec says."""
+    prompt = _prompt(spec)
+    if endpoint == "chat":
+        if not isinstance(prompt, str):
+            raise ValueError(f"endpoint: chat takes text prompts; request {spec.id!r} has only prompt_token_ids")
+        # one user message; the chat template adds a few prompt tokens, which usage.prompt_tokens counts
+        body: dict = {"model": model, "messages": [{"role": "user", "content": prompt}]}
     else:
-        prompt = synthetic_prompt(spec.prompt_len or 1, seed=spec.id)
-    body = {"model": model, "prompt": prompt, "max_tokens": spec.output_len, "temperature": spec.temperature,
-            "top_p": spec.top_p, "stream": True}
+        body = {"model": model, "prompt": prompt}
+    body.update(max_tokens=spec.output_len, temperature=spec.temperature, top_p=spec.top_p, stream=True)
     if spec.seed is not None:
         body["seed"] = spec.seed
-    if spec.ignore_eos:
+    if spec.ignore_eos and ignore_eos:
         body["extra_body"] = {"ignore_eos": True}  # vLLM's extension; fixes the output length
     return body
 
 
-async def _one(client: AsyncClient, spec: RequestSpec, model: str, t0: float) -> RequestMetrics:
+async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0: float) -> RequestMetrics:
     send_t = time.perf_counter()
     # like vllm bench serve, latencies start when the request leaves (after any client-side queue)
     m = RequestMetrics(request_id=spec.id, arrival_s=send_t - t0, prompt_tokens=spec.prompt_len or 0)
     stream = None
     try:
-        stream = await client._create("/completions", request_body(spec, model))
+        stream = await client._create(path, body)
         async for _ in stream:
             pass
     except Exception as e:  # noqa: BLE001 - a failed request is a measurement, not a crash
@@ -78,14 +99,19 @@ async def _one(client: AsyncClient, spec: RequestSpec, model: str, t0: float) ->
 
 
 async def arun_workload(client, workload: Workload, max_concurrency: int | None = None, *,
-                        model: str | None = None, max_retries: int = 0, label: str | None = None) -> Result:
+                        model: str | None = None, max_retries: int = 0, label: str | None = None,
+                        endpoint: str = "completions") -> Result:
     """Replay `workload` against the server; one `RequestMetrics` per request, failures included.
 
     `model` defaults to the server's first model. Retries are off by default (`max_retries=0`) so
-    latencies are those of single attempts, as in `vllm bench serve`.
+    latencies are those of single attempts, as in `vllm bench serve`. `endpoint="chat"` sends each
+    prompt as one user message to /chat/completions (text prompts only).
     """
     if max_concurrency is not None and max_concurrency < 1:
-        raise ValueError(f"max_concurrency must be >= 1 or None, got {max_concurrency}")
+        raise ValueError(f"max_concurrency: must be >= 1 or None, got {max_concurrency}")
+    if endpoint not in ENDPOINTS:
+        raise ValueError(f"endpoint: must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
+    ignore_eos = client.provider in IGNORE_EOS_PROVIDERS
     own = not isinstance(client, AsyncClient)
     aclient = AsyncClient(**client.config()) if own else client
     try:
@@ -95,19 +121,22 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
             if not models:
                 raise ValueError(f"{aclient.base_url}/models lists no model; pass model=...")
             model = models[0].id
+        # built before the clock starts: a bad spec fails the call, not one request in the measurement
+        bodies = [request_body(spec, model, endpoint, ignore_eos) for spec in workload]
+        path = ENDPOINTS[endpoint]
         gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         t0 = time.perf_counter()
 
-        async def timed(spec: RequestSpec) -> RequestMetrics:
+        async def timed(spec: RequestSpec, body: dict) -> RequestMetrics:
             delay = t0 + spec.arrival_s - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if gate is None:
-                return await _one(aclient, spec, model, t0)
+                return await _one(aclient, spec, body, path, t0)
             async with gate:
-                return await _one(aclient, spec, model, t0)
+                return await _one(aclient, spec, body, path, t0)
 
-        metrics = await asyncio.gather(*(timed(spec) for spec in workload))
+        metrics = await asyncio.gather(*(timed(spec, body) for spec, body in zip(workload, bodies)))
         duration = time.perf_counter() - t0
     finally:
         if own:

@@ -151,6 +151,24 @@ class Model:
         return cls(d.get("id", ""), d.get("owned_by"), d.get("created"), d)
 
 
+@dataclass(slots=True)
+class ModelPage:
+    """What `client.models.list()` returns: `.data` as openai-python's page has, and also usable as
+    the plain list it used to be (`for m in page`, `page[0]`, `len(page)`)."""
+
+    data: list[Model] = field(default_factory=list)
+    object: str = "list"
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.data[i]
+
+
 def cost_of(model: str, usage: Usage | None, provider: str | None) -> float | None:
     """Price of a usage via lab.cost, or None when that module or the model's price is unknown."""
     if usage is None or not model:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -38,7 +39,11 @@ class GpuPrice:
 
 
 def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
-    """Read and validate data/gpu_prices.csv (on-demand hourly prices, source and date per row)."""
+    """Read and validate data/gpu_prices.csv (USD per GPU-hour, source and date per row).
+
+    Rows are on-demand hourly prices, or where `offering` says so (the shipped L4 row) an always-on
+    price per second x 3600.
+    """
     path = Path(path) if path is not None else default_prices_path("gpu_prices.csv")
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
@@ -79,20 +84,29 @@ def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
     return rows
 
 
+def gpu_key(name: str) -> str:
+    """A GPU name without case, spaces, hyphens or underscores: lab.sim says "H100-SXM" and "A100-80GB",
+    the price table "H100 SXM" and "A100 80GB"; both become "h100sxm" and "a10080gb"."""
+    return re.sub(r"[\s\-_]+", "", name).lower()
+
+
 def gpu_price(gpu: str, provider: str | None = None, path: str | Path | None = None) -> GpuPrice:
-    """The cheapest listed row for `gpu` (optionally from one provider)."""
+    """The cheapest listed row for `gpu` (optionally from one provider); "H100-SXM" finds "H100 SXM"."""
     rows = load_gpu_prices(path)
+    key = gpu_key(gpu)
     matches = [
         r
         for r in rows
-        if r.gpu.lower() == gpu.strip().lower() and (provider is None or r.provider == provider.lower())
+        if gpu_key(r.gpu) == key and (provider is None or r.provider == provider.strip().lower())
     ]
     if not matches:
+        names = sorted({r.gpu for r in rows})
+        by_key = {gpu_key(n): n for n in names}
+        close = difflib.get_close_matches(key, sorted(by_key), n=3, cutoff=0.3)
         known = sorted({f"{r.gpu} ({r.provider})" for r in rows})
-        close = difflib.get_close_matches(gpu, sorted({r.gpu for r in rows}), n=3, cutoff=0.3)
         raise UnknownGpuError(
-            f"no price for gpu={gpu!r} provider={provider!r}; closest GPUs: "
-            f"{', '.join(close) or '-'}; known: {', '.join(known)}"
+            f"gpu: no price for {gpu!r} (provider={provider!r}); closest GPUs: "
+            f"{', '.join(by_key[k] for k in close) or '-'}; known: {', '.join(known)}"
         )
     return min(matches, key=lambda r: r.usd_per_gpu_hour)
 

@@ -6,13 +6,48 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 
 from lab.metrics import format_summary
 from lab.sim.cluster import ROUTERS
-from lab.sim.gpus import GPUS, MODELS
+from lab.sim.gpus import GPUS, MODELS, ModelShape, get_model
+
+DEFAULT_MODEL = "llama-3.1-8b"
+# custom model shape: option -> ModelShape field; all five are needed to describe a model
+SHAPE_OPTIONS = {
+    "--params": "params",
+    "--layers": "layers",
+    "--hidden": "hidden",
+    "--kv-heads": "kv_heads",
+    "--head-dim": "head_dim",
+}
+_UNITS = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def _count(text: str) -> float:
+    """A parameter count: 8030000000, 8.03e9, 8.03B or 494M."""
+    t = text.strip().lower()
+    scale = _UNITS.get(t[-1:], 1.0)
+    try:
+        value = float(t[:-1] if t[-1:] in _UNITS else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count such as 8e9, 8B or 500M, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite count > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -33,7 +68,9 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, default=0)
     hw = p.add_argument_group("hardware and engine")
     hw.add_argument("--gpu", choices=list(GPUS), default="H100-SXM")
-    hw.add_argument("--model", choices=list(MODELS), default="llama-3.1-8b")
+    hw.add_argument(
+        "--model", choices=list(MODELS), default=None, help=f"a named shape (default: {DEFAULT_MODEL})"
+    )
     hw.add_argument("--tensor-parallel", type=int, default=1)
     hw.add_argument("--replicas", type=int, default=1)
     hw.add_argument("--router", choices=list(ROUTERS), default="round_robin")
@@ -45,6 +82,21 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     hw.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     hw.add_argument("--no-prefix-caching", action="store_true")
     hw.add_argument("--no-chunked-prefill", action="store_true")
+    shape = p.add_argument_group(
+        "custom model shape, instead of --model (from the model's config.json; all of the first five)"
+    )
+    shape.add_argument("--params", type=_count, help="parameter count: 8.03e9, 8.03B, 494M")
+    shape.add_argument("--layers", type=_positive_int, help="num_hidden_layers")
+    shape.add_argument("--hidden", type=_positive_int, help="hidden_size (query heads x head size)")
+    shape.add_argument("--kv-heads", type=_positive_int, help="num_key_value_heads")
+    shape.add_argument("--head-dim", type=_positive_int, help="head size (hidden_size / num_attention_heads)")
+    # these two also adjust a named --model (fp8 weights and cache: --dtype-bytes 1)
+    shape.add_argument(
+        "--dtype-bytes", type=_positive_int, help="bytes per weight and KV value (default 2: bf16)"
+    )
+    shape.add_argument(
+        "--max-model-len", type=_positive_int, help="longest context allowed (custom default 8192)"
+    )
     out = p.add_argument_group("output")
     out.add_argument("--goodput", nargs="*", default=[], metavar="KEY:MS", help="SLOs, e.g. ttft:500 tpot:50")
     out.add_argument("--result-json", help="also write the summary here")
@@ -91,13 +143,32 @@ def _slos(pairs: list[str]) -> dict[str, float]:
     return slos
 
 
+def _model(args) -> ModelShape:
+    """The named --model, or a ModelShape from the custom-shape options; --dtype-bytes and
+    --max-model-len apply to either."""
+    given = [opt for opt, field in SHAPE_OPTIONS.items() if getattr(args, field) is not None]
+    extra = {k: v for k, v in (("dtype_bytes", args.dtype_bytes), ("max_model_len", args.max_model_len)) if v}
+    if not given:
+        return dataclasses.replace(get_model(args.model or DEFAULT_MODEL), **extra)
+    if args.model is not None:
+        raise ValueError(f"--model: give a named model or a custom shape ({', '.join(given)}), not both")
+    missing = [opt for opt, field in SHAPE_OPTIONS.items() if getattr(args, field) is None]
+    if missing:
+        raise ValueError(
+            f"{missing[0]}: a custom model shape needs all of {', '.join(SHAPE_OPTIONS)}; "
+            f"missing {', '.join(missing)}"
+        )
+    fields = {field: getattr(args, field) for field in SHAPE_OPTIONS.values()}
+    return ModelShape(f"custom-{args.params / 1e9:.3g}B", **fields, **extra)
+
+
 def simulate_main(args) -> int:
     from lab.engine.config import EngineConfig
     from lab.sim.simulate import simulate
     from lab.sim.step_models import RooflineStepModel
 
     workload = _workload(args)
-    model = RooflineStepModel(args.gpu, args.model, tensor_parallel=args.tensor_parallel)
+    model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
     num_blocks = args.num_blocks or model.kv_cache_blocks(args.block_size, args.gpu_memory_utilization)
     config = EngineConfig(
         policy=args.policy,
@@ -114,7 +185,7 @@ def simulate_main(args) -> int:
     )
     print(
         f"{workload.name}: {len(workload)} requests over {workload.duration_s:.0f} s on {where}, "
-        f"{args.model}, {args.policy}, {num_blocks} KV blocks of {args.block_size} per replica"
+        f"{model.model.name}, {args.policy}, {num_blocks} KV blocks of {args.block_size} per replica"
     )
     t0 = time.perf_counter()
     result = simulate(
@@ -139,5 +210,3 @@ def simulate_main(args) -> int:
                 default=str,
             )
     return 0 if summary["failed"] == 0 else 1
-
-

@@ -1,5 +1,8 @@
 """One simulated engine: the engine's own Scheduler and BlockManager, with a step-time model in
 place of the forward pass. `step` mirrors `lab.engine.engine.Engine.step` line for line.
+
+Prompts are token ids, not text (no tokenizer): text prompts that share only a prefix never share
+cached blocks here, unlike in the engine (see `_token_ids`).
 """
 
 from __future__ import annotations
@@ -170,6 +173,11 @@ def _token_ids(spec: RequestSpec, serial: int) -> tuple[list[int], int]:
     a cached prefix (but a preempted request still hits its own blocks, as in the engine). Equal
     token-id or text prompts get equal ids and outputs, so they hit each other exactly as in a
     greedy engine.
+
+    Limitation: there is no tokenizer here, so a text prompt becomes `prompt_len` copies of one id
+    hashed from the whole text. Two texts that share only a prefix (one system prompt, different
+    questions) share no ids and never hit each other's cached blocks, though the engine's would;
+    pass `prompt_token_ids` to simulate prefix caching between different prompts.
     """
     if spec.prompt_token_ids is not None:
         ids = list(spec.prompt_token_ids)
