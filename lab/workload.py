@@ -199,6 +199,11 @@ def azure_trace(
         raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale}")
     if start_s < 0 or (end_s is not None and end_s <= start_s):
         raise ValueError(f"start_s/end_s: need 0 <= start_s < end_s, got {start_s}, {end_s}")
+    if max_requests is not None and (
+        not isinstance(max_requests, (int, np.integer)) or isinstance(max_requests, bool) or max_requests < 1
+    ):
+        # a negative slice bound would silently drop rows from the end
+        raise ValueError(f"max_requests: must be an integer >= 1 or None, got {max_requests!r}")
     path = Path(path) if path is not None else _data_dir() / "traces" / f"AzureLLMInferenceTrace_{kind}.csv"
     stamps, prompt, output = _read_trace(path)
     t = (stamps - stamps[0]).astype("int64") / 1e9
@@ -232,15 +237,42 @@ def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 f"{path.name}: missing column(s) {missing}; expected columns {list(TRACE_COLUMNS)}"
             )
         cols = [header.index(c) for c in TRACE_COLUMNS]
-        rows = [[row[c] for c in cols] for row in reader if row]
-    if not rows:
+        stamps, prompt, output = [], [], []
+        for row in reader:
+            if not row:
+                continue
+            # row numbers as a spreadsheet or an editor shows them: the header is row 1
+            where = f"{path.name}: row {reader.line_num}"
+            short = [name for name, c in zip(TRACE_COLUMNS, cols) if c >= len(row)]
+            if short:
+                raise ValueError(f"{where}, column {short[0]}: missing (the row has {len(row)} cells)")
+            stamp, context, generated = (row[c] for c in cols)
+            stamps.append(_timestamp(stamp, where))
+            prompt.append(_token_count(context, where, "ContextTokens"))
+            output.append(_token_count(generated, where, "GeneratedTokens"))
+    if not stamps:
         raise ValueError(f"{path.name}: no data rows")
-    stamps = np.array([r[0] for r in rows], dtype="datetime64[ns]")
-    prompt = np.array([r[1] for r in rows], dtype=np.int64)
-    output = np.array([r[2] for r in rows], dtype=np.int64)
-    for name, col in (("ContextTokens", prompt), ("GeneratedTokens", output)):
-        if (col < 1).any():
-            raise ValueError(f"{path.name}: column {name} must be >= 1, found {col.min()}")
+    stamps = np.array(stamps, dtype="datetime64[ns]")
     if (np.diff(stamps).astype("int64") < 0).any():
         raise ValueError(f"{path.name}: column TIMESTAMP is not sorted")
-    return stamps, prompt, output
+    return stamps, np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
+
+
+def _timestamp(cell: str, where: str) -> np.datetime64:
+    try:
+        t = np.datetime64(cell.strip(), "ns")
+    except ValueError:
+        t = np.datetime64("NaT")
+    if np.isnat(t):  # an empty cell parses as NaT rather than failing
+        raise ValueError(f"{where}, column TIMESTAMP: {cell!r} is not a timestamp like 2023-11-16 18:15:46.6805900")
+    return t
+
+
+def _token_count(cell: str, where: str, column: str) -> int:
+    try:
+        n = int(cell)
+    except ValueError:
+        raise ValueError(f"{where}, column {column}: {cell!r} is not a whole number") from None
+    if n < 1:
+        raise ValueError(f"{where}, column {column} must be >= 1, found {n}")
+    return n

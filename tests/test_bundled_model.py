@@ -46,6 +46,34 @@ def test_folder_is_complete_and_small(record):
     assert f"{record['parameters']:,}" in card
 
 
+def test_folder_total_size_is_at_most_10_mb():
+    sizes = {p.name: p.stat().st_size for p in FOLDER.rglob("*") if p.is_file()}
+    assert "model.safetensors" in sizes
+    assert sum(sizes.values()) <= 10_000_000, sizes
+
+
+def test_card_names_its_data_and_context_length():
+    card = (FOLDER / "README.md").read_text()
+    context = json.loads((FOLDER / "config.json").read_text())["max_position_embeddings"]
+    assert "tinyshakespeare" in card and "data/corpus/tinyshakespeare.txt" in card
+    rows = [line for line in card.splitlines() if "context length" in line.lower()]
+    assert rows, "the card has no context-length line"
+    assert any(re.search(rf"\b({context}|{context:,})\b", r) for r in rows), (context, rows)
+
+
+def test_bundled_tokenizer_round_trips_the_whole_corpus():
+    from lab.engine.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_folder(FOLDER)  # the bundled tokenizer.json
+    files = sorted((data_dir() / "corpus").glob("*.txt"))
+    assert files
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        ids = tok.encode(text)
+        assert len(ids) == len(text), path.name  # one token per character
+        assert tok.decode(ids) == text, path.name
+
+
 def test_greedy_matches_transformers(llm):
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 

@@ -4,13 +4,23 @@ workload replay, streaming, and clear errors for bad input."""
 from __future__ import annotations
 
 import json
+import math
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from lab.engine import LLM, SamplingParams
+from lab.engine import loader as loader_module
 from lab.engine.config import EngineConfig
+from lab.engine.model_runner import kv_bytes_per_block
+from lab.engine.sampler import filter_top_k_top_p
 from lab.workload import RequestSpec, Workload, synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GREEDY = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
 
@@ -103,6 +113,85 @@ def test_stop_token_ids_and_max_tokens(tiny_llama):
     assert out.token_ids == free.token_ids[: free.token_ids.index(stop_id) + 1]
 
 
+def copy_model(src: Path, dst: Path, **config_changes) -> Path:
+    """A copy of a model folder with some config.json fields changed."""
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps(config | config_changes))
+    return dst
+
+
+def test_eos_stops_unless_ignored(tiny_llama, tmp_path):
+    free = make_llm(tiny_llama).generate([[1, 2]], GREEDY, use_tqdm=False)[0].token_ids
+    # a token greedy decoding produces early, but not first and not before
+    k = next(i for i in range(2, len(free)) if free[i] not in free[:i])
+    llm = make_llm(copy_model(tiny_llama, tmp_path / "eos", eos_token_id=free[k]))
+    assert llm.engine.model_config.eos_token_ids == (free[k],)
+    stopped = llm.generate([[1, 2]], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False)[0]
+    assert stopped.finish_reason == "stop" and stopped.token_ids == free[: k + 1]
+    ignored = llm.generate([[1, 2]], SamplingParams(max_tokens=16, temperature=0, ignore_eos=True), use_tqdm=False)[0]
+    assert ignored.finish_reason == "length" and ignored.token_ids == free
+    assert llm.engine.block_manager.num_used == 0
+
+
+def test_top_k_and_top_p_filters_on_hand_made_logits():
+    # probabilities 0.05, 0.5, 0.15, 0.3 (shuffled, so the sort really has to be undone)
+    logits = torch.tensor([0.05, 0.5, 0.15, 0.3]).log()
+
+    def kept(top_k, top_p):
+        return torch.isfinite(filter_top_k_top_p(logits, top_k, top_p)).nonzero().flatten().tolist()
+
+    assert kept(0, 1.0) == [0, 1, 2, 3]
+    assert kept(0, 0.4) == [1]  # the top token alone reaches 0.4
+    assert kept(0, 0.75) == [1, 3]  # 0.5 < 0.75 <= 0.5 + 0.3
+    assert kept(0, 0.9) == [1, 2, 3]  # 0.8 < 0.9 <= 0.95
+    assert kept(0, 0.99) == [0, 1, 2, 3]
+    assert kept(2, 1.0) == [1, 3]
+    assert kept(3, 1.0) == [1, 2, 3]
+    assert kept(1, 1.0) == [1]
+    assert kept(3, 0.75) == [1, 3]  # both filters apply
+    out = filter_top_k_top_p(logits, 2, 1.0)
+    assert torch.equal(out[[1, 3]], logits[[1, 3]]), "kept tokens keep their logits"
+
+
+def test_temperature_near_zero_is_greedy_and_high_is_not(tiny_llama):
+    llm = make_llm(tiny_llama)
+    greedy = llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids
+    cold = SamplingParams(max_tokens=16, temperature=1e-4, seed=1, ignore_eos=True)
+    hot = SamplingParams(max_tokens=16, temperature=5.0, seed=1, ignore_eos=True)
+    assert llm.generate([[1, 2, 3]], cold, use_tqdm=False)[0].token_ids == greedy
+    hot_ids = llm.generate([[1, 2, 3]], hot, use_tqdm=False)[0].token_ids
+    assert hot_ids != greedy
+    assert llm.generate([[1, 2, 3]], hot, use_tqdm=False)[0].token_ids == hot_ids, "a seed repeats"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_on_cpu_runs_and_frees_every_block(tiny_llama, dtype):
+    llm = LLM(tiny_llama, device="cpu", dtype=str(dtype).removeprefix("torch."),
+              max_num_batched_tokens=16, max_num_seqs=4)
+    assert next(llm.engine.runner.model.parameters()).dtype == dtype
+    assert llm.engine.runner.model.attention_layers[0].k_cache.dtype == dtype
+    outs = llm.generate([[1, 2, 3], list(range(4, 40))], GREEDY, use_tqdm=False)  # a chunked prefill too
+    assert [len(o.token_ids) for o in outs] == [GREEDY.max_tokens] * 2
+    assert all(0 <= t < 96 for o in outs for t in o.token_ids)
+    assert llm.engine.block_manager.num_used == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_kv_cache_memory_gib_sets_the_number_of_blocks(tiny_llama, dtype):
+    torch_dtype = getattr(torch, dtype)
+    # K and V x 2 layers x 16 tokens x 2 KV heads x 16 dims (64 hidden / 4 heads) x bytes per value
+    per_block = kv_bytes_per_block(make_llm(tiny_llama).engine.model_config, 16, torch_dtype)
+    assert per_block == 2 * 2 * 16 * 2 * 16 * torch_dtype.itemsize
+    gib = 0.001
+    llm = LLM(tiny_llama, device="cpu", dtype=dtype, kv_cache_memory_gib=gib)
+    assert llm.engine.block_manager.num_blocks == int(gib * 2**30 // per_block)
+    assert llm.engine.runner.model.attention_layers[0].k_cache.shape[0] == int(gib * 2**30 // per_block)
+    # a budget beyond every slot at full length is capped there: 4 seqs x 256 tokens / 16 per block
+    big = LLM(tiny_llama, device="cpu", dtype=dtype, kv_cache_memory_gib=1.0, max_num_seqs=4)
+    assert 2**30 // per_block > 64 and big.engine.block_manager.num_blocks == 4 * math.ceil(256 / 16)
+
+
 def test_static_batch_admits_nothing_until_it_ends(tiny_llama):
     llm = make_llm(tiny_llama, policy="static", max_num_seqs=4)
     lens = [4, 12, 4, 4, 2, 2, 2, 2]
@@ -135,14 +224,17 @@ def test_run_workload_respects_arrivals(tiny_llama):
     wl = synthetic(12, rate=40.0, prompt_lens=[5, 9, 14] * 4, output_lens=8, seed=3)
     result = llm.run_workload(wl, progress=False)
     assert [r.request_id for r in result.requests] == [r.id for r in wl]
+    assert wl.duration_s > 0.1, "arrivals must really be staggered"
     for spec, m in zip(wl, result.requests):
         assert m.ok and m.output_tokens == 8 and m.prompt_tokens == spec.prompt_len
-        assert m.arrival_s == pytest.approx(spec.arrival_s)
-        assert m.arrival_s <= m.first_scheduled_s <= m.first_token_s <= m.finish_s
+        # the engine's own clock: nothing is scheduled before the workload says it arrives
+        assert m.first_scheduled_s >= spec.arrival_s
+        assert m.first_scheduled_s <= m.first_token_s <= m.finish_s
         assert len(m.token_times_s) == 8
     s = result.summary()
     assert s["completed"] == 12 and s["total_output_tokens"] == 96
-    assert result.steps and result.steps[0].start_s >= 0
+    assert s["duration_s"] > wl.duration_s, "the run lasts at least until the last arrival"
+    assert result.steps and result.steps[0].start_s >= 0 and result.steps[-1].start_s >= wl[-1].arrival_s
 
 
 def test_run_workload_text_prompts(tiny_llama):
@@ -236,6 +328,75 @@ def test_bad_dtype_and_device_rejected(tiny_llama):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device: 'cuda' requested but CUDA is not available"):
             LLM(tiny_llama, device="cuda")
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu", ""])
+def test_unsupported_device_rejected(tiny_llama, device):
+    with pytest.raises(ValueError, match=re.escape(
+            f"device: {device!r} is not supported; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")):
+        LLM(tiny_llama, device=device)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stop=5), "stop: must be a string or a list of strings, got 5"),
+    (dict(stop=["ok", 3]), "stop: must be a string or a list of strings"),
+    (dict(temperature="hot"), "temperature: must be a finite number >= 0 (0: greedy), got 'hot'"),
+    (dict(temperature=float("nan")), "temperature: must be a finite number >= 0"),
+    (dict(temperature=-1), "temperature: must be a finite number >= 0"),
+    (dict(top_p="0.9"), "top_p: must be a number in (0, 1], got '0.9'"),
+    (dict(top_p=0), "top_p: must be a number in (0, 1]"),
+    (dict(top_k=2.5), "top_k: must be an integer >= 0 (0 or -1: off), got 2.5"),
+    (dict(max_tokens="8"), "max_tokens: must be an integer >= 1, got '8'"),
+    (dict(seed="1"), "seed: must be an integer or None, got '1'"),
+    (dict(stop_token_ids=5), "stop_token_ids: must be a list of integers, got 5"),
+    (dict(stop_token_ids=[1.5]), "stop_token_ids: must be a list of integers"),
+    (dict(ignore_eos="yes"), "ignore_eos: must be true or false, got 'yes'"),
+])
+def test_sampling_params_types_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SamplingParams(**kwargs)
+
+
+def test_sampling_params_accepts_what_it_should():
+    p = SamplingParams(temperature=1, top_p=1, top_k=-1, stop="\n\n", stop_token_ids=(3,), seed=2)
+    assert (p.stop, p.stop_token_ids, p.top_k, p.greedy) == (["\n\n"], [3], 0, False)
+    assert SamplingParams(temperature=0, stop=["", "x"]).stop == ["x"] and SamplingParams(temperature=0).greedy
+
+
+def test_unexpected_checkpoint_tensor_rejected_and_named(tiny_models, tmp_path):
+    extra = copy_model(tiny_models["llama"], tmp_path / "extra")
+    tensors = load_file(extra / "model.safetensors")
+    tensors["model.layers.0.self_attn.sinks"] = torch.zeros(4)
+    save_file(tensors, extra / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(
+            f"model: {extra} has weights this model does not use: ['model.layers.0.self_attn.sinks']")):
+        make_llm(extra)
+
+
+def test_legitimately_unused_checkpoint_tensors_load(tiny_models, tmp_path):
+    # old Llama checkpoints carry rotary inverse frequencies; a tied model may still store its head
+    llama = copy_model(tiny_models["llama"], tmp_path / "llama")
+    tensors = load_file(llama / "model.safetensors")
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
+    save_file(tensors, llama / "model.safetensors", metadata={"format": "pt"})
+    qwen2 = copy_model(tiny_models["qwen2"], tmp_path / "qwen2")
+    tensors = load_file(qwen2 / "model.safetensors")
+    assert "lm_head.weight" not in tensors and json.loads((qwen2 / "config.json").read_text())["tie_word_embeddings"]
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, qwen2 / "model.safetensors", metadata={"format": "pt"})
+    for original, copy in ((tiny_models["llama"], llama), (tiny_models["qwen2"], qwen2)):
+        assert make_llm(copy).generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids == \
+            make_llm(original).generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids
+
+
+def test_missing_bundled_model_hint_names_files_that_exist(monkeypatch, tmp_path):
+    monkeypatch.setattr(loader_module, "bundled_model_dir", lambda: tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="is not a folder") as err:
+        LLM(device="cpu")
+    named = re.findall(r"data/[\w./-]*\w", str(err.value))
+    assert named, str(err.value)
+    for path in named:
+        assert (ROOT / path).is_file(), f"the hint points to {path}, which does not exist"
 
 
 @pytest.mark.gpu

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from lab.engine import LLM, SamplingParams
-from tests.conftest import hf_greedy
+from tests.conftest import hf_greedy, make_hf_model
 
 PROMPT_LENS = (1, 3, 7, 12, 17, 26, 33, 40, 58)
 MAX_TOKENS = 24
@@ -40,7 +41,16 @@ def test_greedy_matches_transformers(tiny_models, prompts, references, arch, pol
     trace = llm.engine.trace
     if mode == "chunked_prefill":
         assert max(s.num_tokens for s in trace) <= 16
-        assert any(n not in (1, len(out.prompt_token_ids)) for s in trace for _, n in s.batch for out in outs[:1])
+        longest = outs[PROMPT_LENS.index(max(PROMPT_LENS))]
+        chunks = [n for s in trace for rid, n in s.batch if rid == longest.request_id]
+        prefill, done = [], 0
+        for n in chunks:  # its chunks up to the whole prompt; the 1-token decodes follow
+            if done >= len(longest.prompt_token_ids):
+                break
+            prefill.append(n)
+            done += n
+        assert sum(prefill) == max(PROMPT_LENS) and len(prefill) >= -(-max(PROMPT_LENS) // 16), (
+            f"the longest prompt must be prefilled in several chunks of <= 16, got {prefill}")
     if mode == "preemption":
         assert sum(s.num_preempted for s in trace) > 0, "the pressure setting must really preempt"
     assert llm.engine.block_manager.num_used == 0
@@ -66,3 +76,26 @@ def test_decodes_attending_in_groups_match_transformers(tiny_models, prompts, re
     outs = llm.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True), use_tqdm=False)
     assert [o.token_ids for o in outs] == references[arch]
     assert max(group_sizes) == 4 and group_sizes.count(1) > 0  # 9 decodes: groups of 4, 4 and 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_attention_bias_with_o_proj_bias_matches_transformers(tmp_path, prompts, arch):
+    """Llama and Qwen3 with attention_bias=True give q/k/v *and* o_proj a bias. transformers
+    initialises biases to zero, so they are set to random values here: a dropped bias must show."""
+    folder = make_hf_model(tmp_path / arch, arch, seed=3, attention_bias=True)
+    tensors = load_file(folder / "model.safetensors")
+    g = torch.Generator().manual_seed(4)
+    biases = [k for k in tensors if k.endswith("_proj.bias")]
+    assert {k.split(".")[-2] for k in biases} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    for k in biases:
+        tensors[k] = torch.randn(tensors[k].shape, generator=g) * 0.5
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    reference = hf_greedy(folder, prompts[:5], MAX_TOKENS)
+    for policy in ("continuous", "static"):
+        llm = LLM(folder, device="cpu", dtype="float32", policy=policy, max_num_batched_tokens=16, max_num_seqs=8)
+        outs = llm.generate(prompts[:5], SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True),
+                            use_tqdm=False)
+        assert [o.token_ids for o in outs] == reference, policy
+    layer = llm.engine.runner.model.model.layers[0].self_attn
+    torch.testing.assert_close(layer.o_proj.bias, tensors["model.layers.0.self_attn.o_proj.bias"])

@@ -178,3 +178,50 @@ def test_trace_missing_column_and_file(tmp_path):
         azure_trace("code", path=bad)
     with pytest.raises(FileNotFoundError, match="trace file"):
         azure_trace("code", path=tmp_path / "none.csv")
+
+
+HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+GOOD_ROW = "2023-11-16 18:17:03.9799600,10,4\n"
+
+
+@pytest.mark.parametrize(
+    "bad_row, match",
+    [
+        ("2023-11-16 18:17:04.0,12\n", r"t\.csv: row 3, column GeneratedTokens: missing \(the row has 2 cells\)"),
+        ("2023-11-16 18:17:04.0\n", r"t\.csv: row 3, column ContextTokens: missing \(the row has 1 cells\)"),
+        ("2023-11-16 18:17:04.0,twelve,4\n", r"t\.csv: row 3, column ContextTokens: 'twelve' is not a whole number"),
+        ("2023-11-16 18:17:04.0,12,4.5\n", r"t\.csv: row 3, column GeneratedTokens: '4\.5' is not a whole number"),
+        ("yesterday,12,4\n", r"t\.csv: row 3, column TIMESTAMP: 'yesterday' is not a timestamp"),
+        ("2023-13-40 00:00:00,12,4\n", r"t\.csv: row 3, column TIMESTAMP: '2023-13-40 00:00:00' is not a timestamp"),
+        (",12,4\n", r"t\.csv: row 3, column TIMESTAMP: '' is not a timestamp"),
+        ("2023-11-16 18:17:04.0,0,4\n", r"t\.csv: row 3, column ContextTokens must be >= 1, found 0"),
+    ],
+)
+def test_trace_bad_rows_name_file_row_and_column(tmp_path, bad_row, match):
+    bad = tmp_path / "t.csv"
+    bad.write_text(HEADER + GOOD_ROW + bad_row + GOOD_ROW.replace("03.9", "05.9"))
+    with pytest.raises(ValueError, match=match):
+        azure_trace("code", path=bad)
+
+
+def test_trace_rows_numbered_as_in_the_file_past_blank_lines(tmp_path):
+    bad = tmp_path / "t.csv"
+    bad.write_text(HEADER + GOOD_ROW + "\n" + GOOD_ROW + "2023-11-16 18:17:06.0,7,x\n")
+    with pytest.raises(ValueError, match=r"row 5, column GeneratedTokens: 'x'"):
+        azure_trace("code", path=bad)
+    bad.write_text(HEADER + GOOD_ROW + "\n" + GOOD_ROW.replace("03.9", "06.0"))
+    w = azure_trace("code", path=bad)
+    assert [r.prompt_len for r in w] == [10, 10] and w.duration_s == pytest.approx(2.1)  # 03.97996 -> 06.07996
+
+
+@pytest.mark.parametrize("max_requests", [0, -5, 2.5, "3", True])
+def test_trace_max_requests_must_be_positive(max_requests):
+    with pytest.raises(ValueError, match=r"max_requests: must be an integer >= 1 or None, got "):
+        azure_trace("code", max_requests=max_requests)
+
+
+def test_trace_max_requests_keeps_the_first_rows():
+    full = azure_trace("code", start_s=600, end_s=900)
+    first = azure_trace("code", start_s=600, end_s=900, max_requests=np.int64(5))
+    assert [r.prompt_len for r in first] == [r.prompt_len for r in full[:5]]
+    assert len(azure_trace("code", max_requests=None)) == 8819

@@ -5,6 +5,7 @@ bundled tiny-shakespeare model when no folder is given.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -26,9 +27,14 @@ def bundled_model_dir() -> Path:
     return data_dir() / "models" / "tiny-shakespeare"
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # checked here: torch.device("tpu") would raise a RuntimeError listing every backend torch knows
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device: {device!r} is not supported; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {device!r} requested but CUDA is not available; allowed here: 'auto', 'cpu'")
     return torch.device(device)
@@ -61,7 +67,8 @@ def load_model(folder: str | Path | None, device: torch.device, dtype: torch.dty
     """Returns (model, model_config, tokenizer or None)."""
     folder = Path(folder) if folder is not None else bundled_model_dir()
     if not folder.is_dir():
-        hint = " (the bundled model is missing: see data/models/README)" if folder == bundled_model_dir() else ""
+        hint = (" (the bundled model is missing: data/SOURCES.md says how it was made, "
+                "data/models/tiny-shakespeare/README.md is its card)") if folder == bundled_model_dir() else ""
         raise FileNotFoundError(f"model: {folder} is not a folder{hint}")
     config = read_config(folder)
     with torch.device("meta"):
@@ -83,20 +90,35 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
         raise FileNotFoundError(f"model: {folder} has no *.safetensors weights")
     params = dict(model.named_parameters())
     rename = getattr(model, "checkpoint_name_map", lambda name: name)
-    loaded = set()
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    loaded, unexpected = set(), []
     for f in files:
         with safe_open(f, framework="pt") as st:
             for name in st.keys():
                 target = rename(name)
-                if target is None or target not in params:
-                    continue  # buffers such as GPT-2's attention mask, or heads we do not use
+                if target is None or _unused_on_purpose(target, tied):
+                    continue
+                if target not in params:
+                    # a weight we would drop silently means a layer the model lacks (e.g. a bias)
+                    unexpected.append(name)
+                    continue
                 tensor = st.get_tensor(name)
                 if hasattr(model, "convert_checkpoint_tensor"):
                     tensor = model.convert_checkpoint_tensor(target, tensor)
                 with torch.no_grad():
                     params[target].copy_(tensor)
                 loaded.add(target)
+    if unexpected:
+        unexpected.sort()
+        raise ValueError(f"model: {folder} has weights this model does not use: "
+                         f"{unexpected[:5]}{f' ... ({len(unexpected)} in all)' if len(unexpected) > 5 else ''}")
     # tied embeddings appear once in named_parameters, under the embedding's name
     missing = sorted(set(params) - loaded)
     if missing:
         raise ValueError(f"model: {folder} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+def _unused_on_purpose(target: str, tied: bool) -> bool:
+    """Checkpoint tensors with nothing to load into: a tied head (the embedding holds it) and the
+    rotary inverse frequencies old Llama checkpoints saved (we compute them from rope_theta)."""
+    return (tied and target == "lm_head.weight") or target.endswith(".rotary_emb.inv_freq")

@@ -38,6 +38,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # q/k/v bias (Qwen2: always)
+    o_proj_bias: bool = False  # Llama and Qwen3 follow attention_bias here; Qwen2 never has one
     mlp_bias: bool = False
     qk_norm: bool = False  # Qwen3
     hidden_act: str = "silu"
@@ -78,6 +79,7 @@ class ModelConfig:
             rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
+            o_proj_bias=arch != "qwen2" and bool(cfg.get("attention_bias", False)),
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             qk_norm=arch == "qwen3",
             hidden_act=cfg.get("hidden_act", "silu"),
@@ -121,7 +123,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=c.attention_bias)
         self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias)
         self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=c.attention_bias)
-        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=c.o_proj_bias)
         if c.qk_norm:
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps)
