@@ -245,6 +245,25 @@ def test_run_workload_text_prompts(tiny_llama):
     assert result.requests[0].prompt_tokens == 5
 
 
+def test_run_workload_function_is_the_spine_runner(tiny_llama):
+    from lab.engine import run_workload
+
+    wl = Workload([RequestSpec("a", prompt="To be", output_len=4), RequestSpec("b", prompt_token_ids=[1, 2], output_len=6)])
+    result = run_workload(make_llm(tiny_llama), wl, progress=False, label="spine")
+    assert result.label == "spine"
+    assert [(r.request_id, r.output_tokens) for r in result.requests] == [("a", 4), ("b", 6)]
+
+
+def test_import_lab_is_light_and_reexports_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, lab; assert 'torch' not in sys.modules, 'import lab pulled torch'; "
+            "from lab.engine import LLM; assert lab.LLM is LLM; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def test_stream_events_rebuild_generate_output(tiny_llama):
     llm = make_llm(tiny_llama)
     params = SamplingParams(max_tokens=12, temperature=0)

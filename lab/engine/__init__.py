@@ -6,7 +6,7 @@
 
 from lab.engine.config import EngineConfig
 from lab.engine.engine import Engine, TokenEvent
-from lab.engine.llm import LLM, RequestOutput
+from lab.engine.llm import LLM, RequestOutput, run_workload
 from lab.engine.sequence import SamplingParams
 
-__all__ = ["LLM", "Engine", "EngineConfig", "RequestOutput", "SamplingParams", "TokenEvent"]
+__all__ = ["LLM", "Engine", "EngineConfig", "RequestOutput", "SamplingParams", "TokenEvent", "run_workload"]

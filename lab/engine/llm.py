@@ -131,3 +131,9 @@ def _params_of(spec: RequestSpec) -> SamplingParams:
 
 def _shift_step(s: StepRecord, t0: float) -> StepRecord:
     return StepRecord(**{f.name: getattr(s, f.name) for f in fields(StepRecord)} | {"start_s": s.start_s - t0})
+
+
+def run_workload(llm: LLM, workload: Workload, progress: bool = True, label: str | None = None) -> Result:
+    """The in-process runner of the Workload -> runner -> Result spine (`llm.run_workload` as a function,
+    alongside `lab.sim.simulate` and `lab.client.run_workload`)."""
+    return llm.run_workload(workload, progress=progress, label=label)
