@@ -4,7 +4,7 @@ Rows: ours static, ours continuous, transformers `generate` in padded static bat
 transformers' own continuous batching (its ContinuousBatchingManager, the engine behind
 `generate_batch`) where it runs. Prints a table and writes bench/results/engine.json.
 
-    python bench/engine.py                      # CPU, small random Llama, 64 requests
+    python bench/engine.py                      # small random Llama, 64 requests; CUDA when present
     python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16
 """
 
@@ -22,7 +22,7 @@ import torch
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
 from lab.engine import LLM
-from lab.engine.loader import data_dir
+from lab.engine.loader import data_dir, resolve_device
 from lab.metrics import RequestMetrics, Result
 from lab.workload import RequestSpec, Workload
 
@@ -210,7 +210,7 @@ def print_table(rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--num-requests", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16, help="max_num_seqs, and the static batch size")
@@ -221,6 +221,7 @@ def main() -> None:
                     help="also print the simulator's prediction for this GPU (lab.sim.GPUS), or 'none'")
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
+    args.device = str(resolve_device(args.device))  # the transformers rows need a concrete device
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)
