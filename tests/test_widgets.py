@@ -43,9 +43,23 @@ def test_cost_playground_updates_bars_and_filters_providers():
     assert "openai" in pg.status.value
 
 
-def test_faults_playground_loses_nothing():
-    from lab.server import serve
+def _accounted_once(result, status_html: str, ids: list[str], max_tokens: int) -> tuple[list, list]:
+    """Every request of the workload exactly once, each ended ok (a whole answer) or with its error;
+    the playground's status line counts what the result holds."""
+    assert sorted(r.request_id for r in result.requests) == sorted(ids)
+    ok = [r for r in result.requests if r.ok]
+    failed = [r for r in result.requests if not r.ok]
+    assert all(r.finish_reason == "length" and r.output_tokens == max_tokens and r.error is None for r in ok)
+    assert all(r.status == "error" and r.error for r in failed)
+    assert f"<b>{len(ok)}</b> ok · <b>{len(failed)}</b> failed" in status_html
+    return ok, failed
 
+
+def test_faults_playground_accounts_for_every_request_once():
+    from lab.server import serve
+    from lab.workload import synthetic
+
+    ids = [spec.id for spec in synthetic(8)]  # the ids of the playground's workload (n=8)
     with serve(llm=tiny_llm(), api_keys=["sk-widgets"]) as server:
         pg = widgets.faults_playground(server, api_key="sk-widgets", n=8, max_tokens=4)
         assert not pg.figures["outcomes"].data
@@ -53,8 +67,17 @@ def test_faults_playground_loses_nothing():
         pg.controls["p504"].value = 0.5
         pg.controls["max_retries"].value = 0
         pg.controls["send"].click()
-        result = pg.results["http"]
-        assert len(result.requests) == 8  # every request accounted for, ok or with its error
-        assert any(not r.ok for r in result.requests)
-        assert pg.figures["outcomes"].data and "0</b> lost" in pg.status.value
+        ok, failed = _accounted_once(pg.results["http"], pg.status.value, ids, max_tokens=4)
+        assert ok and failed and pg.figures["outcomes"].data
+        assert all(r.error.startswith("InternalServerError") and r.retries == 0 for r in failed)
         assert server.faults is None  # the playground leaves the server as it found it
+
+        # cut streams: never retried (the caller already holds part of the answer), each one its own error
+        pg.controls["p504"].value = 0.0
+        pg.controls["cut"].value = 0.5
+        pg.controls["max_retries"].value = 3
+        pg.controls["send"].click()
+        ok, failed = _accounted_once(pg.results["http"], pg.status.value, ids, max_tokens=4)
+        assert ok and failed
+        assert all(r.error.startswith("StreamInterruptedError") and r.retries == 0 for r in failed)
+        assert server.faults is None
