@@ -174,7 +174,9 @@ def faults_playground(server, *, api_key: str | None = None, n: int = 16, max_to
             replace_figure(figures["outcomes"], viz.retries_and_errors(result))
             replace_figure(figures["latency"], viz.latency_cdf(result, metric="e2e"))
             ok = len(result.completed)
-            lost = len(work) - len(result.requests)
+            # lost: a request with no final record, or one that failed without saying why
+            accounted = {r.request_id for r in result.requests if r.ok or r.error}
+            lost = len({spec.id for spec in work} - accounted)
             tried = sum(r.retries for r in result.requests)
             status.value = (f"<b>{ok}</b> ok · <b>{len(result.requests) - ok}</b> failed (each with its error) · "
                             f"<b>{tried}</b> retries · <b>{lost}</b> lost")
