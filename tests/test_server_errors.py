@@ -4,12 +4,14 @@ also 413 (body too large), 429 (queue full), 404 routes, and 503 while shutting 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from helpers_server import tiny_llm, wait_until
 
 from lab.server import serve, start_server
+from lab.server.ratelimit import RateLimiter
 
 CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
 COMP = {"model": "tiny-llama", "prompt": "Hi", "max_tokens": 2}
@@ -29,6 +31,7 @@ def http(server):
 
 def _error(r: httpx.Response, status: int, param: str | None) -> dict:
     assert r.status_code == status, r.text
+    assert r.headers["x-request-id"].startswith(("req-", "cmpl-", "chatcmpl-"))  # for the client's error
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
     assert err["param"] == param
@@ -91,19 +94,63 @@ def test_unknown_model_and_route(http):
     assert _error(http.get("/nope"), 404, None)
 
 
+@contextmanager
+def _queue_full(c: httpx.Client, url: str):
+    """One request running in the one slot, one waiting: the queue (max_queued_requests=1) is full until
+    the first of them finishes (~200 steps) or this block hangs up on both."""
+    long = {**COMP, "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with c.stream("POST", url + "/completions", json=long) as first:  # running
+        lines = first.iter_lines()  # kept: a discarded, half-read iterator closes the connection when
+        next(lines)  # collected (httpcore closes on GeneratorExit), and the server aborts the request
+        with c.stream("POST", url + "/completions", json=long) as second:  # waiting for the slot
+            assert second.status_code == 200
+            yield
+
+
 def test_queue_full_is_429(monkeypatch):
     monkeypatch.setattr(tiny_llm("aux").engine.config, "max_num_seqs", 1)  # one slot: the second request waits
-    with serve(llm=tiny_llm("aux"), max_queued_requests=1) as s, httpx.Client(timeout=30) as c:
-        long = {**COMP, "max_tokens": 200, "ignore_eos": True, "stream": True}
-        with c.stream("POST", s.url + "/completions", json=long) as first:  # running
-            next(first.iter_lines())
-            with c.stream("POST", s.url + "/completions", json=long) as second:  # waiting for the slot
-                assert second.status_code == 200
-                r = c.post(s.url + "/completions", json=COMP)
-                err = _error(r, 429, None)
-                assert err["code"] == "queue_full" and r.headers["retry-after"] == "1"
+    rpm, tpm = 100, 10_000
+    with serve(llm=tiny_llm("aux"), max_queued_requests=1, requests_per_minute=rpm, tokens_per_minute=tpm) as s, \
+            httpx.Client(timeout=30) as c:
+        s.state.limiter.clock = lambda: 0.0  # stopped before the first request: no refill, exact counts
+        with _queue_full(c, s.url):
+            r = c.post(s.url + "/completions", json=COMP)
+        err = _error(r, 429, None)
+        assert err["code"] == "queue_full" and r.headers["retry-after"] == "1"
+        # this key's budget after the two admitted requests (2 prompt + 200 tokens each)
+        assert r.headers["x-ratelimit-limit-requests"] == str(rpm)
+        assert r.headers["x-ratelimit-remaining-requests"] == str(rpm - 2)
+        assert r.headers["x-ratelimit-limit-tokens"] == str(tpm)
+        assert r.headers["x-ratelimit-remaining-tokens"] == str(tpm - 2 * 202)
+        assert r.headers["x-ratelimit-reset-requests"] and r.headers["x-ratelimit-reset-tokens"]
         assert wait_until(lambda: s.engine.stats.num_waiting == 0, 5.0)  # hang-ups noticed, queue drained
+        ok = c.post(s.url + "/completions", json=COMP)
+        assert ok.status_code == 200  # the 429 took nothing from the budget: this is the third request
+        assert ok.headers["x-ratelimit-remaining-requests"] == str(rpm - 3)
+        assert ok.headers["x-ratelimit-remaining-tokens"] == str(tpm - 2 * 202 - (2 + COMP["max_tokens"]))
+
+        s.state.limiter = RateLimiter()  # no per-key limits: no budget to report, so no x-ratelimit-* at all
+        with _queue_full(c, s.url):
+            r = c.post(s.url + "/completions", json=COMP)
+        assert _error(r, 429, None)["code"] == "queue_full" and r.headers["retry-after"] == "1"
+        assert not [h for h in r.headers if h.startswith("x-ratelimit-")]
+        assert wait_until(lambda: s.engine.stats.num_waiting == 0, 5.0)
         assert c.post(s.url + "/completions", json=COMP).status_code == 200
+
+
+def test_rate_limiter_peek_takes_nothing():
+    now = [0.0]
+    limiter = RateLimiter(requests_per_minute=10, tokens_per_minute=1000, clock=lambda: now[0])
+    fresh = limiter.peek("k")
+    assert fresh["x-ratelimit-remaining-requests"] == "10" and fresh["x-ratelimit-remaining-tokens"] == "1000"
+    assert limiter.buckets == {}  # a key only looked at gets no bucket
+    taken = limiter.check("k", 100)
+    assert limiter.peek("k") == limiter.peek("k") == taken  # looking twice changes nothing
+    assert taken["x-ratelimit-remaining-requests"] == "9" and taken["x-ratelimit-remaining-tokens"] == "900"
+    now[0] = 6.0  # a tenth of a minute: one request and 100 tokens back
+    assert limiter.peek("k")["x-ratelimit-remaining-requests"] == "10"
+    assert limiter.peek("k")["x-ratelimit-remaining-tokens"] == "1000"
+    assert RateLimiter().peek("k") == {}
 
 
 def test_shutdown_answers_503_and_ends_streams():

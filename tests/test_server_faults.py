@@ -1,5 +1,6 @@
 """Fault injection: the `x-lab-fault` header provokes one exact failure (429, 504, a cut or stalled
-stream); seeded random faults repeat; faults switch on and off at run time."""
+stream, a whole answer cut half-way); seeded random faults repeat; faults switch on and off at run time;
+FaultConfig names a bad field."""
 
 from __future__ import annotations
 
@@ -117,3 +118,67 @@ def test_random_cuts_are_seeded(server, http):
     assert True in first and False in first
     server.faults = None
     assert wait_until(lambda: tiny_llm().engine.block_manager.num_used == 0, 3.0)  # cut requests aborted
+
+
+@pytest.mark.parametrize("path", ["/completions", "/chat/completions"])
+def test_cut_whole_answer_drops_the_connection(server, http, path):
+    body = COMP if path == "/completions" else {**COMP, "messages": [{"role": "user", "content": "Hi"}]}
+    with http.stream("POST", path, json=body, headers={"x-lab-fault": "cut"}) as r:
+        assert r.status_code == 200 and int(r.headers["content-length"]) > 0  # the head promised a body
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError, match="incomplete|without sending complete"):
+            for part in r.iter_raw():
+                received += part
+    assert 0 < len(received) < int(r.headers["content-length"])  # part of it came, then nothing
+    with pytest.raises(httpx.RemoteProtocolError):
+        http.post(path, json=body, headers={"x-lab-fault": "cut"})
+    with openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.APIConnectionError):
+            c.completions.create(model="tiny-llama", prompt="x", max_tokens=4, extra_headers={"x-lab-fault": "cut"})
+    assert http.post(path, json=body).json()["usage"]["completion_tokens"] == 8  # the next answer is whole
+
+
+def test_random_cuts_reach_whole_answers(server, http):
+    server.faults = FaultConfig(cut_rate=1.0, seed=0)
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.post("/completions", json=COMP)
+    finally:
+        server.faults = None
+    assert http.post("/completions", json=COMP).status_code == 200
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"error_rates": "x"}, "error_rates"),
+    ({"error_rates": [429]}, "error_rates"),
+    ({"error_rates": {"teapot": 0.1}}, "error_rates"),
+    ({"error_rates": {418: 0.1}}, "error_rates"),
+    ({"error_rates": {429: "often"}}, "error_rates[429]"),
+    ({"error_rates": {429: 1.5}}, "error_rates[429]"),
+    ({"error_rates": {429: 0.7, 500: 0.7}}, "error_rates"),
+    ({"cut_rate": "0.5"}, "cut_rate"),
+    ({"cut_rate": float("nan")}, "cut_rate"),
+    ({"stall_rate": -0.1}, "stall_rate"),
+    ({"latency_s": None}, "latency_s"),
+    ({"stall_s": -1}, "stall_s"),
+    ({"cut_after_chunks": 2.5}, "cut_after_chunks"),
+    ({"stall_after_chunks": -1}, "stall_after_chunks"),
+    ({"seed": "seven"}, "seed"),
+])
+def test_fault_config_names_the_bad_field(kwargs, field):
+    with pytest.raises(ValueError) as e:
+        FaultConfig(**kwargs)
+    assert str(e.value).startswith(field + ":")
+
+
+def test_fault_config_accepts_json_shapes():
+    cfg = FaultConfig(error_rates={"429": 0.25, 503: 0}, cut_rate=1, latency_s=0)  # JSON keys are strings
+    assert cfg.error_rates == {429: 0.25, 503: 0.0} and cfg.cut_rate == 1.0
+
+
+def test_admin_faults_bad_body_is_400_naming_the_field(server, http):
+    for body, param in (({"error_rates": "x"}, "error_rates"), ([1, 2], "faults"), ({"cut_rate": 2}, "cut_rate")):
+        r = http.put(server.base + "/admin/faults", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        assert r.json()["error"]["message"].startswith(param + ":")
+    assert server.faults is None

@@ -1,5 +1,7 @@
 """The official openai SDK against `serve()`: models, chat, completions, streaming with usage, its
-exception classes for our 401/400/404/429; and greedy output over HTTP equal to `LLM.generate`."""
+exception classes for our 401/400/404/429; greedy output over HTTP equal to `LLM.generate`; sampling
+parameters (stop, seed, max_tokens) over HTTP; /metrics counting what the answers said; the OpenAPI
+document describing the request bodies."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import httpx
 import openai
 import pytest
 from helpers_server import tiny_llm, tiny_model_dir
+from prometheus_client.parser import text_string_to_metric_families
 
 from lab.engine import LLM, SamplingParams
 from lab.server import serve
@@ -137,3 +140,86 @@ def test_health_metrics_and_open_server_log(server, caplog):
             assert httpx.post(s.url + "/completions", json={"model": "tiny-llama", "prompt": "a", "max_tokens": 1}
                               ).status_code == 200
     assert "no API keys" in caplog.text
+
+
+def test_stop_cuts_the_text(client):
+    args = dict(model="tiny-llama", prompt="To be", max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+    whole = client.completions.create(**args).choices[0].text
+    stop = whole[6:8]
+    cut = whole.find(stop)
+    assert cut > 0, f"pick another stop for {whole!r}"
+    r = client.completions.create(**args, stop=["never-seen", stop])
+    assert r.choices[0].text == whole[:cut] and r.choices[0].finish_reason == "stop"  # the stop text excluded
+    assert r.usage.completion_tokens < 16
+    chunks = list(client.completions.create(**args, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole[:cut]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_seed_repeats_sampling(client):
+    def sample(seed: int) -> str:
+        return client.completions.create(model="tiny-llama", prompt="To be", max_tokens=16, temperature=1.0,
+                                          seed=seed, extra_body={"ignore_eos": True}).choices[0].text
+
+    first = sample(1)
+    assert sample(1) == first  # same seed, same text, though sampled
+    others = [sample(seed) for seed in (2, 3, 4)]
+    assert any(text != first for text in others)  # 16 tokens from ~100: all equal would be a fixed seed
+
+
+@pytest.mark.parametrize("max_tokens", [1, 7])
+def test_max_tokens_is_honoured(client, max_tokens):
+    exact = client.completions.create(model="tiny-llama", prompt="To be", max_tokens=max_tokens,
+                                      extra_body={"ignore_eos": True})
+    assert exact.usage.completion_tokens == max_tokens and len(exact.choices[0].text) == max_tokens
+    assert exact.choices[0].finish_reason == "length"
+    free = client.completions.create(model="tiny-llama", prompt="To be", max_tokens=max_tokens, temperature=0)
+    assert 1 <= free.usage.completion_tokens <= max_tokens
+    assert (free.choices[0].finish_reason == "length") == (free.usage.completion_tokens == max_tokens)
+
+
+def _counters(server) -> dict[str, float]:
+    text = httpx.get(server.base + "/metrics").text
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if not s.labels}
+
+
+def test_metrics_count_what_the_answers_said(server, client):
+    before = _counters(server)
+    answers = [client.completions.create(model="tiny-llama", prompt=f"Line {i}", max_tokens=3 + i, temperature=0)
+               for i in range(4)]
+    answers.append(client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "Hi"}],
+                                                  max_tokens=5, extra_body={"ignore_eos": True}))
+    chunks = list(client.completions.create(model="tiny-llama", prompt="Go", max_tokens=6, stream=True,
+                                            stream_options={"include_usage": True}))
+    usages = [a.usage for a in answers] + [chunks[-1].usage]
+    after = _counters(server)
+    assert after["lab_generation_tokens_total"] - before["lab_generation_tokens_total"] == \
+        sum(u.completion_tokens for u in usages)
+    assert after["lab_prompt_tokens_total"] - before["lab_prompt_tokens_total"] == sum(u.prompt_tokens for u in usages)
+    assert after["lab_e2e_request_latency_seconds_count"] - before["lab_e2e_request_latency_seconds_count"] == 6
+
+
+def test_openapi_describes_request_bodies(server):
+    doc = server.app.openapi()
+    for path, field in (("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")):
+        body = doc["paths"][path]["post"]["requestBody"]
+        schema = body["content"]["application/json"]["schema"]
+        assert body["required"] and field in schema["properties"] and {"model", field} <= set(schema["required"])
+        assert "max_tokens" in schema["properties"] and "stream" in schema["properties"]
+    refs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            refs.extend(v for k, v in node.items() if k == "$ref")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(doc)
+    schemas = doc["components"]["schemas"]
+    assert {"ChatMessage", "StreamOptions"} <= set(schemas)
+    assert all(ref.removeprefix("#/components/schemas/") in schemas for ref in refs), refs  # none dangle
+    assert httpx.get(server.base + "/openapi.json").json()["paths"] == doc["paths"]  # served as built

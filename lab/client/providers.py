@@ -83,6 +83,9 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
     if api_key is None and preset is not None:
         api_key = os.environ.get(preset.env_var)
         source = f"environment variable {preset.env_var}"
+        if api_key and preset.name == "local" and "," in api_key:
+            # `batching-lab serve` reads the same variable and accepts several keys, comma-separated
+            api_key = next((k.strip() for k in api_key.split(",") if k.strip()), "")
     else:
         source = "api_key argument"
     if api_key is not None and is_placeholder(api_key):

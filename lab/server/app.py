@@ -1,6 +1,6 @@
 """The FastAPI app: OpenAI's routes, and the checks every generation request passes in order:
 shutting down (503), API key (401), injected faults, body size (413), body (400), model (404),
-context (400), queue (429), rate limit (429); then the engine.
+context (400), queue (429), rate limit (429); then the engine. Every answer carries `x-request-id`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from lab.server.config import ServerConfig
 from lab.server.errors import APIError, bad_request, from_validation, install_handlers
 from lab.server.faults import HEADER, FaultConfig, FaultInjector
 from lab.server.metrics import ServerMetrics
+from lab.server.openapi import add_nested_schemas, request_body
 from lab.server.protocol import ChatCompletionRequest, CompletionRequest
 from lab.server.ratelimit import RateLimiter
+from lab.server.request_id import STATE_KEY, RequestIdMiddleware
 from lab.server.responses import Admitted, full_response, stream_events
 
 
@@ -43,6 +45,8 @@ def build_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="batching-lab", summary="OpenAI-compatible server on the batching-lab engine")
     app.state.lab = state
     install_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    add_nested_schemas(app, [ChatCompletionRequest, CompletionRequest])
 
     @app.get("/health")
     async def health():
@@ -65,11 +69,11 @@ def build_app(state: ServerState) -> FastAPI:
         _check_model(state, model)
         return _model_card(state)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(request: Request):
         return await _generate(state, request, "chat")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request):
         return await _generate(state, request, "completion")
 
@@ -86,6 +90,9 @@ def build_app(state: ServerState) -> FastAPI:
         raw = await _read_body(request, state.config.max_body_bytes)
         try:
             body = json.loads(raw) if raw.strip() else None  # an empty body, like `null`: faults off
+            if body is not None and not isinstance(body, dict):
+                raise ValueError(f"faults: the body must be a JSON object of FaultConfig fields or null, "
+                                 f"got {type(body).__name__}")
             cfg = None if body is None else FaultConfig(**body)
         except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise bad_request(ValueError(str(exc)), default_param="faults") from None
@@ -143,13 +150,19 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
         params = req.sampling_params(max_tokens)
     except ValueError as exc:
         raise bad_request(exc) from None
+    client = request.client.host if request.client else "unknown"
+    bucket = key or f"address:{client}"
     if engine.stats.num_waiting >= cfg.max_queued_requests:
+        # x-ratelimit-* describe this key's own budget, untouched by a full queue: peek() shows it
+        # without taking from it. With no per-key limits there is no budget to show, so none are sent:
+        # the queue is shared by every client, and dressing its depth up as "remaining requests" would
+        # tell a client's rate limiter that its own budget ran out.
         raise APIError(429, f"The server's queue is full ({cfg.max_queued_requests} requests waiting); "
                        "retry shortly.", code="queue_full", type="server_overloaded",
-                       headers={"retry-after": "1", "retry-after-ms": "1000"})
-    client = request.client.host if request.client else "unknown"
-    headers = state.limiter.check(key or f"address:{client}", len(ids) + max_tokens)
+                       headers={"retry-after": "1", "retry-after-ms": "1000"} | state.limiter.peek(bucket))
+    headers = state.limiter.check(bucket, len(ids) + max_tokens)
     request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+    setattr(request.state, STATE_KEY, request_id)  # the x-request-id of this answer, error or not
     try:
         stream = await engine.add_request(ids, params, request_id)
     except ValueError as exc:

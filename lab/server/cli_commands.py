@@ -11,7 +11,9 @@ import signal
 import sys
 import threading
 
-KEYS_ENV = "LAB_API_KEYS"  # comma-separated; keeps keys out of shell history
+# the variable the client's provider="local" preset reads, so one export serves both ends; one key or
+# several separated by commas (the client sends the first). Keeps keys out of shell history.
+KEYS_ENV = "BATCHING_LAB_API_KEY"
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -20,7 +22,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--api-key", action="append", default=[],
-                        help=f"accepted Bearer key (repeatable; or {KEYS_ENV}=k1,k2); none: open server")
+                        help=f"accepted Bearer key (repeatable), added to those in the environment variable "
+                        f"{KEYS_ENV} (one key, or several separated by commas); none at all: open server")
     parser.add_argument("--policy", choices=("continuous", "static"), default="continuous")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -34,6 +37,16 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--fault", action="append", default=[], metavar="STATUS=P",
                         help="inject STATUS (401/429/500/503/504) with probability P; repeatable")
     parser.add_argument("--fault-latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--fault-cut-rate", type=float, default=0.0, metavar="P",
+                        help="drop the connection mid-answer with probability P (streams and whole answers)")
+    parser.add_argument("--fault-cut-after", type=int, default=3, metavar="CHUNKS",
+                        help="chunks a cut stream sends first (default 3)")
+    parser.add_argument("--fault-stall-rate", type=float, default=0.0, metavar="P",
+                        help="stall a stream (delay a whole answer) with probability P")
+    parser.add_argument("--fault-stall-seconds", type=float, default=5.0, metavar="S",
+                        help="how long a stall lasts (default 5)")
+    parser.add_argument("--fault-stall-after", type=int, default=1, metavar="CHUNKS",
+                        help="chunks a stalled stream sends before going quiet (default 1)")
     parser.add_argument("--fault-seed", type=int, default=None)
     parser.add_argument("--no-fault-header", action="store_true", help="ignore the x-lab-fault header")
     parser.add_argument("--torch-threads", type=int, default=None,
@@ -48,12 +61,38 @@ def _faults(args):
     rates = {}
     for item in args.fault:
         status, sep, p = item.partition("=")
-        if not sep or not status.isdigit():
-            raise ValueError(f"--fault: expected STATUS=PROBABILITY such as 429=0.1, got {item!r}")
-        rates[int(status)] = float(p)
-    if not rates and not args.fault_latency:
+        try:
+            if not sep or not status.isdigit():
+                raise ValueError(item)
+            rates[int(status)] = float(p)
+        except ValueError:
+            raise ValueError(f"--fault: expected STATUS=PROBABILITY such as 429=0.1, got {item!r}") from None
+    if not (rates or args.fault_latency or args.fault_cut_rate or args.fault_stall_rate):
         return None
-    return FaultConfig(error_rates=rates, latency_s=args.fault_latency, seed=args.fault_seed)
+    try:
+        return FaultConfig(error_rates=rates, latency_s=args.fault_latency, cut_rate=args.fault_cut_rate,
+                           cut_after_chunks=args.fault_cut_after, stall_rate=args.fault_stall_rate,
+                           stall_s=args.fault_stall_seconds, stall_after_chunks=args.fault_stall_after,
+                           seed=args.fault_seed)
+    except ValueError as exc:  # name the flag, not the field: the user typed the flag
+        field, _, detail = str(exc).partition(": ")
+        flag = FLAGS.get(field.split("[")[0])
+        if flag is None or not detail:
+            raise
+        where = "" if field in FLAGS else f"{field}: "  # error_rates[429]: which status
+        raise ValueError(f"{flag}: {where}{detail}") from None
+
+
+FLAGS = {"error_rates": "--fault", "latency_s": "--fault-latency", "cut_rate": "--fault-cut-rate",
+         "cut_after_chunks": "--fault-cut-after", "stall_rate": "--fault-stall-rate",
+         "stall_s": "--fault-stall-seconds", "stall_after_chunks": "--fault-stall-after",
+         "seed": "--fault-seed"}
+
+
+def api_keys(args, environ=os.environ) -> list[str]:
+    """--api-key values, then those in BATCHING_LAB_API_KEY; blanks dropped, each once."""
+    keys = list(args.api_key) + [k.strip() for k in environ.get(KEYS_ENV, "").split(",")]
+    return list(dict.fromkeys(k for k in keys if k))
 
 
 def serve_main(args) -> int:
@@ -62,7 +101,7 @@ def serve_main(args) -> int:
     from lab.server.serve import serve
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    keys = list(args.api_key) + [k for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
+    keys = api_keys(args)
     engine = {"policy": args.policy, "max_num_seqs": args.max_num_seqs,
               "max_num_batched_tokens": args.max_num_batched_tokens, "num_blocks": args.num_blocks,
               "max_model_len": args.max_model_len}

@@ -5,7 +5,9 @@ streams (seeded, so a run repeats), or one exact failure per request with the `x
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from lab.server.errors import APIError
@@ -25,9 +27,11 @@ MESSAGES = {
 
 @dataclass(slots=True)
 class FaultConfig:
-    """`error_rates`: status -> probability per request (their sum at most 1). Streams are cut (closed
-    without `[DONE]`) after `cut_after_chunks` with probability `cut_rate`, or stall for `stall_s`
-    after `stall_after_chunks` with probability `stall_rate`."""
+    """`error_rates`: status -> probability per request (their sum at most 1). With probability
+    `cut_rate` the connection drops mid-answer: a stream after `cut_after_chunks` chunks (no `[DONE]`),
+    a non-streamed answer half-way through its body (the client sees an incomplete read). With
+    probability `stall_rate` a stream goes quiet for `stall_s` after `stall_after_chunks` chunks (a
+    non-streamed answer is `stall_s` late)."""
 
     error_rates: dict[int, float] = field(default_factory=dict)
     latency_s: float = 0.0  # added before every answer
@@ -39,20 +43,42 @@ class FaultConfig:
     seed: int | None = None
 
     def __post_init__(self):
-        self.error_rates = {int(k): float(v) for k, v in self.error_rates.items()}
-        bad = sorted(set(self.error_rates) - set(STATUSES))
-        if bad:
-            raise ValueError(f"error_rates: unsupported status {bad}; allowed: {', '.join(map(str, STATUSES))}")
-        probs = {"cut_rate": self.cut_rate, "stall_rate": self.stall_rate}
-        probs |= {f"error_rates[{k}]": v for k, v in self.error_rates.items()}
-        for name, p in probs.items():
+        # fields arrive from JSON (PUT /admin/faults) and the command line as well as from Python:
+        # every wrong type is a ValueError naming the field, never an AttributeError from deep inside
+        allowed = ", ".join(map(str, STATUSES))
+        if not isinstance(self.error_rates, Mapping):
+            raise ValueError(f"error_rates: must be a mapping of HTTP status to probability such as "
+                             f"{{429: 0.1}}, got {self.error_rates!r}")
+        rates = {}
+        for status, p in self.error_rates.items():
+            if isinstance(status, bool) or str(status).strip() not in {str(s) for s in STATUSES}:
+                raise ValueError(f"error_rates: unsupported status {status!r}; allowed: {allowed}")
+            rates[int(status)] = _number(f"error_rates[{status}]", p)
+        self.error_rates = rates
+        for name in ("cut_rate", "stall_rate", "latency_s", "stall_s"):
+            setattr(self, name, _number(name, getattr(self, name)))
+        for name, p in {"cut_rate": self.cut_rate, "stall_rate": self.stall_rate,
+                        **{f"error_rates[{k}]": v for k, v in rates.items()}}.items():
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}: a probability must be in [0, 1], got {p}")
-        if sum(self.error_rates.values()) > 1.0 + 1e-9:
-            raise ValueError(f"error_rates: probabilities sum to {sum(self.error_rates.values())}, more than 1")
-        for name in ("latency_s", "stall_s", "cut_after_chunks", "stall_after_chunks"):
+        if sum(rates.values()) > 1.0 + 1e-9:
+            raise ValueError(f"error_rates: probabilities sum to {sum(rates.values())}, more than 1")
+        for name in ("latency_s", "stall_s"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+                raise ValueError(f"{name}: must be >= 0 seconds, got {getattr(self, name)}")
+        for name in ("cut_after_chunks", "stall_after_chunks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: must be an integer >= 0 (chunks), got {value!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ValueError(f"seed: must be an integer or None, got {self.seed!r}")
+
+
+def _number(name: str, value) -> float:
+    """A finite int or float (a bool or a numeric string is a mistake, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+    return float(value)
 
 
 @dataclass(slots=True)

@@ -87,6 +87,23 @@ class RateLimiter:
                 bucket.level -= amount
         return self._headers(req, tok)
 
+    def peek(self, key: str) -> dict[str, str]:
+        """`key`'s x-ratelimit-* headers as they stand, taking nothing: for answers refused for another
+        reason (a full queue). {} when no limits are configured. A key never seen shows a full budget,
+        and no bucket is made for it."""
+        if self.rpm is None and self.tpm is None:
+            return {}
+        now = self.clock()
+        found = []
+        for kind, capacity in (("requests", self.rpm), ("tokens", self.tpm)):
+            bucket = self.buckets.get((key, kind)) if capacity else None
+            if bucket is not None:
+                bucket.refill(now)  # only brings the level up to now; check() would do the same
+            elif capacity:
+                bucket = Bucket(capacity, capacity, now)
+            found.append(bucket)
+        return self._headers(*found)
+
     @staticmethod
     def _headers(req: Bucket | None, tok: Bucket | None) -> dict[str, str]:
         out = {}

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from lab.engine.async_engine import AsyncEngine, RequestStream
 from lab.server.errors import APIError
@@ -84,7 +84,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
 
 
 async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics,
-                        request: Request) -> JSONResponse:
+                        request: Request) -> JSONResponse | StreamingResponse:
     watcher = asyncio.create_task(_abort_on_disconnect(request, engine, a.request_id))
     stream, parts, last = a.stream, [], None
     try:
@@ -105,7 +105,23 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                      time.perf_counter() - a.arrival_s)
     body = completion_body(a.kind, a.request_id, a.model, "".join(parts), last.finish_reason,
                            usage(stream.prompt_tokens, last.num_output_tokens))
+    if a.fault.cut_after is not None:
+        return _cut_response(JSONResponse(body, headers=a.headers), a.request_id)
     return JSONResponse(body, headers=a.headers)
+
+
+def _cut_response(whole: JSONResponse, request_id: str) -> StreamingResponse:
+    """A dropped connection, as the client sees one: the head promises the whole body (Content-Length),
+    half of it arrives, then the exception makes uvicorn close the socket. httpx raises
+    RemoteProtocolError (incomplete body); the chunk count of a stream cut means nothing here."""
+    body = whole.body
+
+    async def half_then_cut():
+        yield body[: len(body) // 2]
+        raise StreamCut(f"{request_id}: injected cut after {len(body) // 2} of {len(body)} bytes")
+
+    # whole.headers carries the full content-length and content-type; StreamingResponse keeps them
+    return StreamingResponse(half_then_cut(), headers=dict(whole.headers))
 
 
 async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
