@@ -104,9 +104,9 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, spec: RequestSpec,
 
 
 def run_http(url: str, model: str, wl: Workload, label: str) -> Result:
-    """A lean streaming loop: one shared httpx client, every request on its own connection. (Here,
-    lab.client.run_workload measured TTFT about 10x higher than this loop at 16 req/s: its own
-    client-side cost on a 2-core CPU, not the server's; see docs/benchmarks.md.)"""
+    """A bare streaming loop over one shared httpx client (`--loadgen loop`): the yardstick for the
+    load generator's own cost. An early lab.client.run_workload measured TTFT 10x higher than this at
+    16 req/s; since its pool fixes the two agree (docs/benchmarks.md), and run_workload is the default."""
 
     async def go() -> Result:
         limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
@@ -118,11 +118,23 @@ def run_http(url: str, model: str, wl: Workload, label: str) -> Result:
     return asyncio.run(go())
 
 
-def run_rates(url: str, model: str, workloads: list[Workload], label: str) -> list[dict]:
-    run_http(url, model, workload(4, float("inf"), 16, 4, seed=99), label)  # warm up
+def run_lab_client(url: str, model: str, wl: Workload, label: str) -> Result:
+    """The same requests through lab.client.run_workload (single attempts, like vllm bench serve)."""
+    from lab.client import Client, run_workload
+
+    with Client(base_url=url, api_key="unused", max_retries=0) as client:
+        return run_workload(client, wl, model=model, label=label)
+
+
+LOADGENS = {"loop": run_http, "lab": run_lab_client}
+
+
+def run_rates(url: str, model: str, workloads: list[Workload], label: str, loadgen: str = "loop") -> list[dict]:
+    send = LOADGENS[loadgen]
+    send(url, model, workload(4, float("inf"), 16, 4, seed=99), label)  # warm up
     rows = []
     for wl in workloads:
-        result = run_http(url, model, wl, label)
+        result = send(url, model, wl, label)
         s = result.summary()
         errors = sorted({r.error for r in result.requests if r.error})[:3]
         rows.append({"system": label, "rate": wl.meta["rate"], **{k: s[k] for k in COLUMNS}, "errors": errors})
@@ -143,7 +155,7 @@ SERVE = ("import argparse, sys; from lab.server.cli_commands import add_serve_ar
 
 
 def serve_process(label: str, cmd: list[str], port: int, model: str, workloads: list[Workload],
-                  threads: int) -> list[dict]:
+                  threads: int, loadgen: str = "loop") -> list[dict]:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -159,7 +171,7 @@ def serve_process(label: str, cmd: list[str], port: int, model: str, workloads: 
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{label} did not come up within 180 s")
             time.sleep(0.5)
-        return run_rates(f"http://127.0.0.1:{port}/v1", model, workloads, label)
+        return run_rates(f"http://127.0.0.1:{port}/v1", model, workloads, label, loadgen)
     finally:
         proc.terminate()
         try:
@@ -173,14 +185,14 @@ def run_ours(folder: Path, policy: str, workloads: list[Workload], args) -> list
     cmd = [sys.executable, "-c", SERVE, "--model", str(folder), "--port", str(port), "--policy", policy,
            "--device", "cpu", "--dtype", "float32", "--max-num-seqs", str(args.max_num_seqs),
            "--served-model-name", "bench", "--log-level", "error", "--torch-threads", str(args.threads)]
-    return serve_process(f"batching-lab {policy}", cmd, port, "bench", workloads, args.threads)
+    return serve_process(f"batching-lab {policy}", cmd, port, "bench", workloads, args.threads, args.loadgen)
 
 
 def run_transformers(folder: Path, workloads: list[Workload], args) -> list[dict]:
     port = free_port()
     cmd = [str(Path(sys.executable).with_name("transformers")), "serve", "--continuous-batching", "--device", "cpu",
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", str(folder)]
-    return serve_process("transformers serve --cb", cmd, port, str(folder), workloads, args.threads)
+    return serve_process("transformers serve --cb", cmd, port, str(folder), workloads, args.threads, args.loadgen)
 
 
 def medians(rounds: list[list[dict]]) -> list[dict]:
@@ -222,6 +234,9 @@ def main(argv=None) -> int:
                    help="torch CPU threads for both servers (OMP_NUM_THREADS); on a shared 2-core CPU 1 is steadiest")
     p.add_argument("--repeat", type=int, default=1, help="rounds of every server, interleaved; the table shows medians")
     p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--skip-static", action="store_true")
+    p.add_argument("--loadgen", choices=sorted(LOADGENS), default="lab",
+                   help="lab: lab.client.run_workload (default); loop: a bare httpx loop, to check the client's cost")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "server.json"))
     args = p.parse_args(argv)
     folder, model_desc = model_folder()
@@ -237,7 +252,7 @@ def main(argv=None) -> int:
         if args.repeat > 1:
             print(f"round {n + 1} of {args.repeat}", flush=True)
         rows = []
-        for policy in ("continuous", "static"):
+        for policy in ("continuous",) if args.skip_static else ("continuous", "static"):
             rows += run_ours(folder, policy, workloads, args)
         if not args.skip_transformers:
             rows += run_transformers(folder, workloads, args)
@@ -248,7 +263,7 @@ def main(argv=None) -> int:
     out = {"machine": f"{os.cpu_count()}-core {cpu_name()} CPU, no GPU",
            "model": model_desc, "model_folder": str(folder), "num_requests": args.num_requests,
            "input_len_chars": args.input_len, "output_len": args.output_len, "max_num_seqs": args.max_num_seqs,
-           "torch_threads": args.threads, "repeat": args.repeat,
+           "torch_threads": args.threads, "repeat": args.repeat, "loadgen": args.loadgen,
            "wall_s": round(time.monotonic() - started, 1), "rows": rows, "rounds": rounds}
     ours = {r["rate"]: r for r in rows if r["system"] == "batching-lab continuous"}
     peer = {r["rate"]: r for r in rows if r["system"].startswith("transformers")}
