@@ -29,7 +29,7 @@ from lab.server.request_id import STATE_KEY, RequestIdMiddleware
 from lab.server.responses import Admitted, full_response, stream_events
 
 
-@dataclass
+@dataclass(slots=True)
 class ServerState:
     engine: AsyncEngine
     config: ServerConfig
