@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -207,6 +208,38 @@ def print_table(rows: list[dict]) -> None:
                          for c in cols))
 
 
+def run_round(folder, workload, args) -> list[dict]:
+    rows = []
+    for policy in ("static", "continuous"):
+        rows.append(row(run_ours(folder, workload, policy, args)))
+        print_table(rows[-1:])
+    if "hf-generate" not in args.skip:
+        result, counts = run_hf_generate(folder, workload, args)
+        rows.append(row(result, counts))
+    if "hf-continuous" not in args.skip:
+        try:
+            rows.append(row(run_hf_continuous(folder, workload, args)))
+        except Exception as e:  # report, don't hide: the row says why it is missing
+            rows.append({"runner": "transformers continuous batching", "error": f"{type(e).__name__}: {e}"})
+            print(rows[-1])
+    return rows
+
+
+def median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """One row per runner: each figure's median over the rounds, and the output tok/s range."""
+    if len(rounds) == 1:
+        return rounds[0]
+    rows = []
+    for same in zip(*rounds, strict=True):
+        if any("error" in r for r in same):
+            rows.append(next(r for r in same if "error" in r))
+            continue
+        med = {k: (statistics.median(r[k] for r in same) if isinstance(v, float) else v) for k, v in same[0].items()}
+        med["output_tok_s_range"] = [min(r["output_tok_s"] for r in same), max(r["output_tok_s"] for r in same)]
+        rows.append(med)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
@@ -219,27 +252,22 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["hf-generate", "hf-continuous"])
     ap.add_argument("--predict-gpu", default="H100-SXM",
                     help="also print the simulator's prediction for this GPU (lab.sim.GPUS), or 'none'")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of every runner, interleaved; medians reported")
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
     args.device = str(resolve_device(args.device))  # the transformers rows need a concrete device
+    if args.repeat < 1:
+        ap.error(f"--repeat: must be >= 1, got {args.repeat}")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)
         workload = make_workload(args.num_requests, SHAPES[args.shape]["vocab_size"], args.max_output)
-        rows = []
-        for policy in ("static", "continuous"):
-            rows.append(row(run_ours(folder, workload, policy, args)))
-            print_table(rows[-1:])
-        if "hf-generate" not in args.skip:
-            result, counts = run_hf_generate(folder, workload, args)
-            rows.append(row(result, counts))
-        if "hf-continuous" not in args.skip:
-            try:
-                rows.append(row(run_hf_continuous(folder, workload, args)))
-            except Exception as e:  # report, don't hide: the row says why it is missing
-                rows.append({"runner": "transformers continuous batching", "error": f"{type(e).__name__}: {e}"})
-                print(rows[-1])
-
+        rounds = []
+        for n in range(args.repeat):  # rounds interleave the runners, so a slow spell hits all of them
+            if args.repeat > 1:
+                print(f"round {n + 1} of {args.repeat}", flush=True)
+            rounds.append(run_round(folder, workload, args))
+    rows = median_rows(rounds)
     print()
     print_table([r for r in rows if "error" not in r])
     by = {r["runner"]: r for r in rows if "error" not in r}
@@ -263,7 +291,7 @@ def main() -> None:
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows, "ratios": ratios,
-                                         "predicted": predicted},
+                                         "predicted": predicted, "rounds": rounds},
                                          indent=2))
     print(f"wrote {args.out}")
 
