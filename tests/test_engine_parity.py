@@ -99,3 +99,24 @@ def test_attention_bias_with_o_proj_bias_matches_transformers(tmp_path, prompts,
         assert [o.token_ids for o in outs] == reference, policy
     layer = llm.engine.runner.model.model.layers[0].self_attn
     torch.testing.assert_close(layer.o_proj.bias, tensors["model.layers.0.self_attn.o_proj.bias"])
+
+
+def test_llamafied_qwen_without_o_proj_bias_matches_transformers(tmp_path, prompts):
+    """Llama-format copies of Qwen set attention_bias for their q/k/v biases but store no o_proj
+    bias; transformers starts the missing bias at zero, and so must we (not refuse the folder)."""
+    folder = make_hf_model(tmp_path / "llamafied", "llama", seed=5, attention_bias=True)
+    tensors = load_file(folder / "model.safetensors")
+    g = torch.Generator().manual_seed(6)
+    for k in [k for k in tensors if k.endswith("_proj.bias")]:
+        if k.endswith("o_proj.bias"):
+            del tensors[k]
+        else:
+            tensors[k] = torch.randn(tensors[k].shape, generator=g) * 0.5
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+    reference = hf_greedy(folder, prompts[:4], MAX_TOKENS)
+    llm = LLM(folder, device="cpu", dtype="float32", max_num_batched_tokens=16, max_num_seqs=8)
+    outs = llm.generate(prompts[:4], SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True),
+                        use_tqdm=False)
+    assert [o.token_ids for o in outs] == reference
+    assert not llm.engine.runner.model.model.layers[0].self_attn.o_proj.bias.any()

@@ -91,31 +91,43 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     params = dict(model.named_parameters())
     rename = getattr(model, "checkpoint_name_map", lambda name: name)
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    loaded, unexpected = set(), []
+    # names first, tensors after: a checkpoint that does not fit fails before gigabytes are read
+    plan: dict[Path, list[tuple[str, str]]] = {}  # file -> (checkpoint name, parameter name)
+    unexpected = []
     for f in files:
         with safe_open(f, framework="pt") as st:
             for name in st.keys():
                 target = rename(name)
                 if target is None or _unused_on_purpose(target, tied):
                     continue
-                if target not in params:
-                    # a weight we would drop silently means a layer the model lacks (e.g. a bias)
+                if target not in params:  # dropping it silently would change the model (a bias, a layer)
                     unexpected.append(name)
-                    continue
-                tensor = st.get_tensor(name)
-                if hasattr(model, "convert_checkpoint_tensor"):
-                    tensor = model.convert_checkpoint_tensor(target, tensor)
-                with torch.no_grad():
-                    params[target].copy_(tensor)
-                loaded.add(target)
+                else:
+                    plan.setdefault(f, []).append((name, target))
     if unexpected:
         unexpected.sort()
         raise ValueError(f"model: {folder} has weights this model does not use: "
                          f"{unexpected[:5]}{f' ... ({len(unexpected)} in all)' if len(unexpected) > 5 else ''}")
     # tied embeddings appear once in named_parameters, under the embedding's name
-    missing = sorted(set(params) - loaded)
+    absent = set(params) - {target for pairs in plan.values() for _, target in pairs}
+    missing = sorted(absent - _zero_if_absent(params))
     if missing:
         raise ValueError(f"model: {folder} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    convert = getattr(model, "convert_checkpoint_tensor", lambda target, tensor: tensor)
+    with torch.no_grad():
+        for name in absent:
+            params[name].zero_()
+        for f, pairs in plan.items():
+            with safe_open(f, framework="pt") as st:
+                for name, target in pairs:
+                    params[target].copy_(convert(target, st.get_tensor(name)))
+
+
+def _zero_if_absent(params: dict) -> set[str]:
+    """o_proj biases a checkpoint may leave out: Llama-format ("llamafied") Qwen folders set
+    attention_bias for their q/k/v biases but store no o_proj bias; transformers then starts it at
+    zero, and so do we."""
+    return {name for name in params if name.endswith("self_attn.o_proj.bias")}
 
 
 def _unused_on_purpose(target: str, tied: bool) -> bool:
