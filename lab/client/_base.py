@@ -6,14 +6,13 @@ Only the sending differs between the two (blocking or awaited), so everything el
 from __future__ import annotations
 
 import copy
-import inspect
 
 import httpx
 
 from lab.client.limits import RateLimits
 from lab.client.providers import mask_key, resolve
 from lab.client.retry import RetryPolicy
-from lab.client.types import Completion, ModelPage, Usage, cost_of
+from lab.client.types import Completion, Usage, cost_of
 
 # read generously (a long non-streaming generation), connect quickly (a dead host should fail fast)
 DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
@@ -87,14 +86,7 @@ class _Models:
 
     def list(self):
         """The models the server offers: a `ModelPage` (`.data`, iterable, indexable); awaitable on AsyncClient."""
-        models = self._client._list_models()
-        if inspect.isawaitable(models):  # AsyncClient: hand back a coroutine, as the call is awaited
-            return _page_when_done(models)
-        return ModelPage(list(models))
-
-
-async def _page_when_done(models) -> ModelPage:
-    return ModelPage(list(await models))
+        return self._client._list_models()
 
 
 class BaseClient:

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 
+from lab.client.loadgen import ENDPOINTS
 from lab.client.providers import PROVIDERS
 from lab.metrics import format_summary
 
@@ -44,7 +45,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--output-len", type=int, default=32,
                         help="max_tokens per request (with ignore_eos where the server accepts it: local, vllm "
                              "or a base URL of no known provider)")
-    parser.add_argument("--endpoint", choices=["completions", "chat"], default="completions",
+    parser.add_argument("--endpoint", choices=list(ENDPOINTS), default="completions",
                         help="completions: /completions with a text prompt; chat: /chat/completions with one "
                              "user message (for chat-only APIs such as OpenAI's and DeepSeek's)")
     parser.add_argument("--max-concurrency", type=int, default=None)

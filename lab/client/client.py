@@ -17,7 +17,7 @@ from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
 from lab.client.limits import AsyncLimiter, SyncLimiter
 from lab.client.streaming import AsyncStream, Stream, StreamState, anext_chunk, next_chunk
-from lab.client.types import Model, Usage
+from lab.client.types import Model, ModelPage, Usage
 
 
 def _json(content: bytes, status: int, request_id: str | None):
@@ -61,9 +61,9 @@ class Client(BaseClient):
     def __exit__(self, *exc):
         self.close()
 
-    def _list_models(self) -> list[Model]:
+    def _list_models(self) -> ModelPage:
         data = self._call("GET", "/models", None, False, self.timeout, None, 0)
-        return [Model.from_dict(m) for m in data.get("data") or ()]
+        return ModelPage([Model.from_dict(m) for m in data.get("data") or ()])
 
     def _create(self, path: str, params: dict):
         body, stream, timeout, headers = self._prepare(params)
@@ -173,9 +173,9 @@ class AsyncClient(BaseClient):
     async def __aexit__(self, *exc):
         await self.close()
 
-    async def _list_models(self) -> list[Model]:
+    async def _list_models(self) -> ModelPage:
         data = await self._call("GET", "/models", None, False, self.timeout, None, 0)
-        return [Model.from_dict(m) for m in data.get("data") or ()]
+        return ModelPage([Model.from_dict(m) for m in data.get("data") or ()])
 
     async def _create(self, path: str, params: dict):
         body, stream, timeout, headers = self._prepare(params)

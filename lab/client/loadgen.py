@@ -17,6 +17,7 @@ import time
 
 from lab.client._aio import run_sync
 from lab.client.client import AsyncClient
+from lab.client.providers import PROVIDERS
 from lab.metrics import RequestMetrics, Result
 from lab.workload import RequestSpec, Workload
 
@@ -38,9 +39,6 @@ def synthetic_prompt(num_tokens: int, seed: int | str = 0) -> str:
 
 
 ENDPOINTS = {"completions": "/completions", "chat": "/chat/completions"}
-# provider names (lab.client.providers) whose servers take vLLM's ignore_eos; None: a base_url of no
-# known hosted provider, i.e. a self-hosted vLLM-compatible server
-IGNORE_EOS_PROVIDERS = (None, "local", "vllm")
 
 
 def _prompt(spec: RequestSpec) -> str | list[int]:
@@ -111,7 +109,8 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
         raise ValueError(f"max_concurrency: must be >= 1 or None, got {max_concurrency}")
     if endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint: must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
-    ignore_eos = client.provider in IGNORE_EOS_PROVIDERS
+    # no provider: a base_url of no known hosted API, taken to be a self-hosted vLLM-compatible server
+    ignore_eos = client.provider is None or PROVIDERS[client.provider].vllm_extensions
     own = not isinstance(client, AsyncClient)
     aclient = AsyncClient(**client.config()) if own else client
     try:

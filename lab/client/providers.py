@@ -20,13 +20,15 @@ class Provider:
     base_url: str
     env_var: str
     key_required: bool = True  # local servers (ours, vLLM) usually run without keys
+    vllm_extensions: bool = False  # takes vLLM's extra request fields, such as ignore_eos
 
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p
     for p in (
-        Provider("local", "http://127.0.0.1:8000/v1", "BATCHING_LAB_API_KEY", key_required=False),
-        Provider("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", key_required=False),
+        Provider("local", "http://127.0.0.1:8000/v1", "BATCHING_LAB_API_KEY", key_required=False,
+                 vllm_extensions=True),
+        Provider("vllm", "http://127.0.0.1:8000/v1", "VLLM_API_KEY", key_required=False, vllm_extensions=True),
         Provider("openai", "https://api.openai.com/v1", "OPENAI_API_KEY"),
         Provider("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"),
         Provider("holysheep", "https://api.holysheep.ai/v1", "HOLYSHEEP_API_KEY"),
@@ -83,9 +85,9 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
     if api_key is None and preset is not None:
         api_key = os.environ.get(preset.env_var)
         source = f"environment variable {preset.env_var}"
-        if api_key and preset.name == "local" and "," in api_key:
+        if api_key and preset.name == "local":
             # `batching-lab serve` reads the same variable and accepts several keys, comma-separated
-            api_key = next((k.strip() for k in api_key.split(",") if k.strip()), "")
+            api_key = next(iter(split_keys(api_key)), "")
     else:
         source = "api_key argument"
     if api_key is not None and is_placeholder(api_key):
@@ -97,3 +99,8 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
             "or pass api_key=..."
         )
     return url, api_key, preset.name if preset else None
+
+
+def split_keys(value: str | None) -> list[str]:
+    """'sk-a, sk-b,,sk-a' -> ['sk-a', 'sk-b']: the keys in a comma-separated variable, blanks dropped."""
+    return list(dict.fromkeys(k.strip() for k in (value or "").split(",") if k.strip()))

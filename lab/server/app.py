@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from dataclasses import asdict, dataclass
 
 from fastapi import FastAPI, Request
@@ -25,7 +24,7 @@ from lab.server.metrics import ServerMetrics
 from lab.server.openapi import add_nested_schemas, request_body
 from lab.server.protocol import ChatCompletionRequest, CompletionRequest
 from lab.server.ratelimit import RateLimiter
-from lab.server.request_id import STATE_KEY, RequestIdMiddleware
+from lab.server.request_id import STATE_KEY, RequestIdMiddleware, new_request_id
 from lab.server.responses import Admitted, full_response, stream_events
 
 
@@ -161,7 +160,7 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
                        "retry shortly.", code="queue_full", type="server_overloaded",
                        headers={"retry-after": "1", "retry-after-ms": "1000"} | state.limiter.peek(bucket))
     headers = state.limiter.check(bucket, len(ids) + max_tokens)
-    request_id = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+    request_id = new_request_id("chatcmpl-" if kind == "chat" else "cmpl-")
     setattr(request.state, STATE_KEY, request_id)  # the x-request-id of this answer, error or not
     try:
         stream = await engine.add_request(ids, params, request_id)

@@ -11,9 +11,48 @@ import signal
 import sys
 import threading
 
+from lab.client.providers import PROVIDERS, split_keys
+from lab.server.faults import STATUSES
+
 # the variable the client's provider="local" preset reads, so one export serves both ends; one key or
 # several separated by commas (the client sends the first). Keeps keys out of shell history.
-KEYS_ENV = "BATCHING_LAB_API_KEY"
+KEYS_ENV = PROVIDERS["local"].env_var
+OLD_KEYS_ENV = "LAB_API_KEYS"  # its name before; still set, it would leave a server silently open
+
+
+def _probability(text: str) -> float:
+    return _unit(float(text))  # argparse turns a ValueError into "invalid _probability value: ..."
+
+
+def _unit(p: float) -> float:
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability must be in [0, 1], got {p:g}")
+    return p
+
+
+def _seconds(text: str) -> float:
+    s = float(text)
+    if not 0.0 <= s < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return s
+
+
+def _chunks(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return n
+
+
+def _status_rate(text: str) -> tuple[int, float]:
+    status, _, p = text.partition("=")
+    try:
+        status_code, rate = int(status), float(p)  # no "=": float("") fails too
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STATUS=PROBABILITY such as 429=0.1, got {text!r}") from None
+    if status_code not in STATUSES:
+        raise argparse.ArgumentTypeError(f"unsupported status {status_code}; allowed: {', '.join(map(str, STATUSES))}")
+    return status_code, _unit(rate)
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,18 +73,18 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-queued-requests", type=int, default=1024, help="beyond this, 429")
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute, per key")
     parser.add_argument("--tpm", type=int, default=None, help="tokens (prompt + max_tokens) per minute, per key")
-    parser.add_argument("--fault", action="append", default=[], metavar="STATUS=P",
+    parser.add_argument("--fault", action="append", default=[], metavar="STATUS=P", type=_status_rate,
                         help="inject STATUS (401/429/500/503/504) with probability P; repeatable")
-    parser.add_argument("--fault-latency", type=float, default=0.0, help="seconds added to every answer")
-    parser.add_argument("--fault-cut-rate", type=float, default=0.0, metavar="P",
+    parser.add_argument("--fault-latency", type=_seconds, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--fault-cut-rate", type=_probability, default=0.0, metavar="P",
                         help="drop the connection mid-answer with probability P (streams and whole answers)")
-    parser.add_argument("--fault-cut-after", type=int, default=3, metavar="CHUNKS",
+    parser.add_argument("--fault-cut-after", type=_chunks, default=3, metavar="CHUNKS",
                         help="chunks a cut stream sends first (default 3)")
-    parser.add_argument("--fault-stall-rate", type=float, default=0.0, metavar="P",
+    parser.add_argument("--fault-stall-rate", type=_probability, default=0.0, metavar="P",
                         help="stall a stream (delay a whole answer) with probability P")
-    parser.add_argument("--fault-stall-seconds", type=float, default=5.0, metavar="S",
+    parser.add_argument("--fault-stall-seconds", type=_seconds, default=5.0, metavar="S",
                         help="how long a stall lasts (default 5)")
-    parser.add_argument("--fault-stall-after", type=int, default=1, metavar="CHUNKS",
+    parser.add_argument("--fault-stall-after", type=_chunks, default=1, metavar="CHUNKS",
                         help="chunks a stalled stream sends before going quiet (default 1)")
     parser.add_argument("--fault-seed", type=int, default=None)
     parser.add_argument("--no-fault-header", action="store_true", help="ignore the x-lab-fault header")
@@ -56,43 +95,26 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _faults(args):
+    """FaultConfig from the flags (each already checked by its argparse type), or None if none is set."""
     from lab.server.faults import FaultConfig
 
-    rates = {}
-    for item in args.fault:
-        status, sep, p = item.partition("=")
-        try:
-            if not sep or not status.isdigit():
-                raise ValueError(item)
-            rates[int(status)] = float(p)
-        except ValueError:
-            raise ValueError(f"--fault: expected STATUS=PROBABILITY such as 429=0.1, got {item!r}") from None
+    rates = dict(args.fault)
     if not (rates or args.fault_latency or args.fault_cut_rate or args.fault_stall_rate):
         return None
-    try:
-        return FaultConfig(error_rates=rates, latency_s=args.fault_latency, cut_rate=args.fault_cut_rate,
-                           cut_after_chunks=args.fault_cut_after, stall_rate=args.fault_stall_rate,
-                           stall_s=args.fault_stall_seconds, stall_after_chunks=args.fault_stall_after,
-                           seed=args.fault_seed)
-    except ValueError as exc:  # name the flag, not the field: the user typed the flag
-        field, _, detail = str(exc).partition(": ")
-        flag = FLAGS.get(field.split("[")[0])
-        if flag is None or not detail:
-            raise
-        where = "" if field in FLAGS else f"{field}: "  # error_rates[429]: which status
-        raise ValueError(f"{flag}: {where}{detail}") from None
-
-
-FLAGS = {"error_rates": "--fault", "latency_s": "--fault-latency", "cut_rate": "--fault-cut-rate",
-         "cut_after_chunks": "--fault-cut-after", "stall_rate": "--fault-stall-rate",
-         "stall_s": "--fault-stall-seconds", "stall_after_chunks": "--fault-stall-after",
-         "seed": "--fault-seed"}
+    if sum(rates.values()) > 1.0:
+        raise ValueError(f"--fault: the probabilities sum to {sum(rates.values()):g}, more than 1")
+    return FaultConfig(error_rates=rates, latency_s=args.fault_latency, cut_rate=args.fault_cut_rate,
+                       cut_after_chunks=args.fault_cut_after, stall_rate=args.fault_stall_rate,
+                       stall_s=args.fault_stall_seconds, stall_after_chunks=args.fault_stall_after,
+                       seed=args.fault_seed)
 
 
 def api_keys(args, environ=os.environ) -> list[str]:
     """--api-key values, then those in BATCHING_LAB_API_KEY; blanks dropped, each once."""
-    keys = list(args.api_key) + [k.strip() for k in environ.get(KEYS_ENV, "").split(",")]
-    return list(dict.fromkeys(k for k in keys if k))
+    if environ.get(OLD_KEYS_ENV):
+        raise ValueError(f"{OLD_KEYS_ENV}: this variable was renamed {KEYS_ENV} (the one the client reads "
+                         f"too); set that instead, or unset {OLD_KEYS_ENV}")
+    return split_keys(",".join([*args.api_key, environ.get(KEYS_ENV, "")]))
 
 
 def serve_main(args) -> int:

@@ -48,12 +48,15 @@ class RateLimiter:
         self.rpm, self.tpm, self.clock = requests_per_minute, tokens_per_minute, clock
         self.buckets: dict[tuple[str, str], Bucket] = {}
 
-    def _bucket(self, key: str, kind: str, capacity: int, now: float) -> Bucket:
+    def _bucket(self, key: str, kind: str, capacity: int, now: float, keep: bool = True) -> Bucket:
+        """`key`'s bucket refilled to `now`; a new full one if it has none (kept only if `keep`)."""
         b = self.buckets.get((key, kind))
         if b is None:
-            if len(self.buckets) > MAX_IDLE_BUCKETS:
-                self._forget_full(now)
-            b = self.buckets[(key, kind)] = Bucket(capacity, capacity, now)
+            b = Bucket(capacity, capacity, now)
+            if keep:
+                if len(self.buckets) > MAX_IDLE_BUCKETS:
+                    self._forget_full(now)
+                self.buckets[(key, kind)] = b
         b.refill(now)
         return b
 
@@ -94,15 +97,8 @@ class RateLimiter:
         if self.rpm is None and self.tpm is None:
             return {}
         now = self.clock()
-        found = []
-        for kind, capacity in (("requests", self.rpm), ("tokens", self.tpm)):
-            bucket = self.buckets.get((key, kind)) if capacity else None
-            if bucket is not None:
-                bucket.refill(now)  # only brings the level up to now; check() would do the same
-            elif capacity:
-                bucket = Bucket(capacity, capacity, now)
-            found.append(bucket)
-        return self._headers(*found)
+        return self._headers(*(self._bucket(key, kind, capacity, now, keep=False) if capacity else None
+                               for kind, capacity in (("requests", self.rpm), ("tokens", self.tpm))))
 
     @staticmethod
     def _headers(req: Bucket | None, tok: Bucket | None) -> dict[str, str]:

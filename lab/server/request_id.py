@@ -9,17 +9,18 @@ disconnect from the route (the server aborts requests on disconnect to free thei
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
+
+from lab.server.errors import APIError
 
 log = logging.getLogger("lab.server")
 HEADER = b"x-request-id"
 STATE_KEY = "request_id"  # request.state.request_id, set by a route that made a completion id
 
 
-def new_request_id() -> str:
-    return "req-" + uuid.uuid4().hex
+def new_request_id(prefix: str = "req-") -> str:
+    return prefix + uuid.uuid4().hex
 
 
 class RequestIdMiddleware:
@@ -52,12 +53,5 @@ class RequestIdMiddleware:
             # shape with the id instead, log it here, and keep the connection
             rid = state.setdefault(STATE_KEY, new_request_id())  # the same id in the log and the answer
             log.exception("unhandled error in %s %s (request id %s)", scope.get("method"), scope.get("path"), rid)
-            await _internal_error(send_with_id)
-
-
-async def _internal_error(send) -> None:
-    body = json.dumps({"error": {"message": "The server had an error while processing your request.",
-                                 "type": "server_error", "param": None, "code": "internal_error"}}).encode()
-    await send({"type": "http.response.start", "status": 500,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+            error = APIError(500, "The server had an error while processing your request.", code="internal_error")
+            await error.response()(scope, receive, send_with_id)
