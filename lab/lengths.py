@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lab._checks import is_int
+
 
 @dataclass(slots=True)
 class Fixed:
@@ -119,7 +121,7 @@ def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: st
 
 
 def _check_int(name: str, v) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+    if not is_int(v) or v < 1:
         raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
 
 

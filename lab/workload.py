@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # re-exported: lengths are part of describing a workload
+from lab._checks import is_int
 from lab.lengths import LENGTH_KINDS, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
 
 
@@ -199,9 +200,7 @@ def azure_trace(
         raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale}")
     if start_s < 0 or (end_s is not None and end_s <= start_s):
         raise ValueError(f"start_s/end_s: need 0 <= start_s < end_s, got {start_s}, {end_s}")
-    if max_requests is not None and (
-        not isinstance(max_requests, (int, np.integer)) or isinstance(max_requests, bool) or max_requests < 1
-    ):
+    if max_requests is not None and (not is_int(max_requests) or max_requests < 1):
         # a negative slice bound would silently drop rows from the end
         raise ValueError(f"max_requests: must be an integer >= 1 or None, got {max_requests!r}")
     path = Path(path) if path is not None else _data_dir() / "traces" / f"AzureLLMInferenceTrace_{kind}.csv"

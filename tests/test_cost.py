@@ -229,6 +229,9 @@ def test_self_hosted_cost_from_fixed_throughput():
         self_hosted_usd_per_mtok(3.60, 1000.0, utilization=0.0)
 
 
+STEP_S = 0.02  # simulated seconds per engine step
+
+
 def _simulated(policy: str) -> Result:
     """32 requests arriving together, 16 prompt tokens and 10-100 output tokens each, on a simulated
     engine with at most 8 sequences and 20 ms per step: static batching leaves the slots of short
@@ -237,7 +240,7 @@ def _simulated(policy: str) -> Result:
     config = EngineConfig(
         policy=policy, block_size=16, num_blocks=512, max_num_seqs=8, max_num_batched_tokens=512
     )
-    return simulate(workload, config, ConstantStepModel(0.02), record_steps=False)
+    return simulate(workload, config, ConstantStepModel(STEP_S))
 
 
 def test_static_vs_continuous_cost_ratio_follows_simulated_throughput():
@@ -250,6 +253,14 @@ def test_static_vs_continuous_cost_ratio_follows_simulated_throughput():
     assert static_cost / continuous_cost == pytest.approx(c["output_throughput"] / s["output_throughput"])
     # the same tokens, so the cost ratio is also the ratio of the simulated durations
     assert static_cost / continuous_cost == pytest.approx(s["duration_s"] / c["duration_s"])
+    # by hand from each run: every request arrives at t=0 and the GPU never idles, so the paid time is
+    # steps x the step time; $2/h over that time, per million output tokens
+    for result, cost in ((static, static_cost), (continuous, continuous_cost)):
+        gpu_hours = len(result.steps) * STEP_S / 3600
+        out_tokens = sum(r.output_tokens for r in result.requests)
+        assert cost == pytest.approx(2.0 * gpu_hours / out_tokens * 1e6)
+    # static holds a batch's slots until its longest request ends, continuous refills them: fewer steps
+    assert len(continuous.steps) < len(static.steps)
     total = self_hosted_usd_per_mtok(2.0, static, utilization=1.0, kind="total")
     assert total == pytest.approx(2.0 / (s["total_token_throughput"] * 3600) * 1e6)
 

@@ -1,19 +1,22 @@
 """The simulator and the engine, given the same workload and config, schedule the same batches.
 
-Requests arrive at t=0, or in groups far enough apart that each group has finished before the
-next arrives, so wall-clock jitter cannot change what the engine schedules; compositions (request
-id, tokens) are compared step by step, not times.
+Requests arrive at t=0, or in groups on a virtual clock (a fixed time per step), so wall-clock
+jitter cannot change what the engine schedules; compositions (request id, tokens) are compared
+step by step.
 """
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from lab.engine import LLM, SamplingParams
+from lab.engine import LLM
 from lab.engine.config import EngineConfig
 from lab.sim import ConstantStepModel, simulate
 from lab.workload import RequestSpec, Workload, synthetic
 
-STEP = ConstantStepModel(0.01)
+STEP_S = 0.01
+STEP = ConstantStepModel(STEP_S)
 
 
 def _both(folder, workload, **kw):
@@ -87,12 +90,39 @@ def test_same_prefix_cache_hits_on_shared_prompts(tiny_llama):
 GAP_S = 1.2
 
 
+class VirtualClock:
+    """The engine's clock in a test: it moves only by STEP_S per model step and by the idle waits
+    `run_workload` sleeps, so arrivals land between the same steps on any machine, however slow."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+    def install(self, monkeypatch, llm) -> None:
+        execute = llm.engine.runner.execute
+
+        def timed_execute(batch):
+            out = execute(batch)
+            self.t += STEP_S
+            return out
+
+        monkeypatch.setattr(llm.engine, "now", self.now)
+        monkeypatch.setattr(llm.engine.runner, "execute", timed_execute)
+        # run_workload sleeps while idle: on the virtual clock that moves time instead of waiting
+        monkeypatch.setattr("lab.engine.llm.time", SimpleNamespace(sleep=self.sleep))
+
+
 @pytest.mark.parametrize("policy", ["continuous", "static"])
-def test_same_batches_with_staggered_arrivals(tiny_llama, policy):
-    """Three groups of 4 requests, GAP_S apart. A warm engine runs a group's ~10 short steps in well
-    under 0.3 s even on a shared CPU (0.1 s simulated), so each group has finished before the next
-    arrives and wall-clock jitter cannot move a request into another step. Within a group, 2 slots
-    for 4 requests make the scheduler queue, chunk and (static) batch as the simulator must."""
+def test_same_batches_with_staggered_arrivals(tiny_llama, policy, monkeypatch):
+    """Three groups of 4 requests, GAP_S apart, replayed on a virtual clock (STEP_S a step, as the
+    simulator's step model), so the result does not depend on the machine's speed. Within a group,
+    2 slots for 4 requests make the scheduler queue, chunk and (static) batch as the simulator must;
+    each group finishes before the next arrives, and the engine idles until it does."""
     rng = np.random.default_rng(5)
     reqs = [
         RequestSpec(f"g{g}-{i}", GAP_S * g, prompt_len=int(rng.integers(3, 30)), output_len=int(rng.integers(2, 7)))
@@ -101,14 +131,12 @@ def test_same_batches_with_staggered_arrivals(tiny_llama, policy):
     ]
     kw = dict(policy=policy, block_size=4, num_blocks=64, max_num_seqs=2, max_num_batched_tokens=16)
     llm = LLM(model=tiny_llama, device="cpu", dtype="float32", **kw)
-    # the first forward passes are slow (lazy initialisation); 3 tokens fill no block, so nothing is cached
-    llm.generate([[5, 5, 5]] * 2, SamplingParams(max_tokens=2, temperature=0, ignore_eos=True), use_tqdm=False)
+    VirtualClock().install(monkeypatch, llm)
     engine = llm.run_workload(Workload(reqs), progress=False)
     sim = simulate(Workload(reqs), EngineConfig(**kw), STEP)
     finish = {r.request_id: r.finish_s for r in engine.requests}
     for g in (1, 2):
-        done = max(finish[f"g{g - 1}-{i}"] for i in range(4))
-        assert done < GAP_S * g, f"group {g - 1} ran past the next arrival ({done:.2f} s): the machine is too slow"
+        assert max(finish[f"g{g - 1}-{i}"] for i in range(4)) < GAP_S * g, "groups must not overlap"
     for r, spec in zip(engine.requests, reqs):
         assert r.first_scheduled_s >= spec.arrival_s
     assert [s.batch for s in sim.steps] == [s.batch for s in engine.steps]
@@ -116,5 +144,7 @@ def test_same_batches_with_staggered_arrivals(tiny_llama, policy):
     assert any(r.prompt_len > 16 for r in reqs) and max(s.num_tokens for s in engine.steps) <= 16
     for field in ("prefill_tokens", "decode_seqs", "num_running", "num_waiting", "kv_blocks_used", "num_finished"):
         assert [getattr(s, field) for s in sim.steps] == [getattr(s, field) for s in engine.steps], field
+    # on the same clock, the steps also run at the same times: each group starts on its arrival
+    assert [s.start_s for s in engine.steps] == pytest.approx([s.start_s for s in sim.steps], abs=1e-9)
     sim_start = {r.request_id: r.first_scheduled_s for r in sim.requests}
     assert all(sim_start[f"g{g}-0"] == pytest.approx(GAP_S * g) for g in range(3)), "each group starts on arrival"

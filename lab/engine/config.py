@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab._checks import is_int
+
 POLICIES = ("static", "continuous")
 
 
@@ -45,5 +47,5 @@ class EngineConfig:
 
 
 def _positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_int(value, numpy=False) or value < 1:
         raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 import math
-import numbers
 from dataclasses import dataclass, field
+
+from lab._checks import is_int, is_number
 
 
 @dataclass(slots=True)
@@ -25,17 +26,17 @@ class SamplingParams:
 
     def __post_init__(self):
         # types first: a wrong type would otherwise surface as a TypeError deep in a comparison
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+        if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens: must be an integer >= 1, got {self.max_tokens!r}")
-        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+        if not is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError(f"temperature: must be a finite number >= 0 (0: greedy), got {self.temperature!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be a number in (0, 1], got {self.top_p!r}")
         if self.top_k == -1:
             self.top_k = 0
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k: must be an integer >= 0 (0 or -1: off), got {self.top_k!r}")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed: must be an integer or None, got {self.seed!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
@@ -44,7 +45,7 @@ class SamplingParams:
             raise ValueError(f"stop: must be a string or a list of strings, got {self.stop!r}")
         self.stop = [s for s in (self.stop or []) if s]
         if self.stop_token_ids is not None and (not isinstance(self.stop_token_ids, (list, tuple))
-                                                or not all(_is_int(t) for t in self.stop_token_ids)):
+                                                or not all(is_int(t) for t in self.stop_token_ids)):
             raise ValueError(f"stop_token_ids: must be a list of integers, got {self.stop_token_ids!r}")
         self.stop_token_ids = [int(t) for t in self.stop_token_ids or []]
         if not isinstance(self.ignore_eos, bool):
@@ -53,14 +54,6 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)  # numpy ints count, True does not
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 class SequenceStatus(enum.Enum):

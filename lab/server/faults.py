@@ -10,6 +10,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from lab._checks import is_int, is_number
 from lab.server.errors import APIError
 
 STATUSES = (401, 429, 500, 503, 504)
@@ -68,15 +69,17 @@ class FaultConfig:
                 raise ValueError(f"{name}: must be >= 0 seconds, got {getattr(self, name)}")
         for name in ("cut_after_chunks", "stall_after_chunks"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if not is_int(value, numpy=False) or value < 0:
                 raise ValueError(f"{name}: must be an integer >= 0 (chunks), got {value!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+        if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed: must be an integer or None, got {self.seed!r}")
+        if self.seed is not None:
+            self.seed = int(self.seed)  # a numpy int: random.Random and the JSON of /faults need a Python int
 
 
 def _number(name: str, value) -> float:
     """A finite int or float (a bool or a numeric string is a mistake, not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value, numpy=False) or not math.isfinite(value):
         raise ValueError(f"{name}: must be a finite number, got {value!r}")
     return float(value)
 

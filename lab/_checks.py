@@ -1,0 +1,20 @@
+"""Shared type checks for config validation: an integer or a real number, never a bool.
+
+A leaf module (it imports nothing from lab), so any layer may use it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+
+def is_int(x, *, numpy: bool = True) -> bool:
+    """An integer, not a bool (True is an int in Python). `numpy=False`: a Python int only."""
+    kind = numbers.Integral if numpy else int
+    return isinstance(x, kind) and not isinstance(x, bool)
+
+
+def is_number(x, *, numpy: bool = True) -> bool:
+    """A real number, not a bool. `numpy=False`: a Python int or float only (np.float64 is a float)."""
+    kinds = numbers.Real if numpy else (int, float)
+    return isinstance(x, kinds) and not isinstance(x, bool)
