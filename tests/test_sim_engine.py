@@ -148,3 +148,25 @@ def test_same_batches_with_staggered_arrivals(tiny_llama, policy, monkeypatch):
     assert [s.start_s for s in engine.steps] == pytest.approx([s.start_s for s in sim.steps], abs=1e-9)
     sim_start = {r.request_id: r.first_scheduled_s for r in sim.requests}
     assert all(sim_start[f"g{g}-0"] == pytest.approx(GAP_S * g) for g in range(3)), "each group starts on arrival"
+
+
+def test_static_batch_starts_on_its_timeout_as_in_the_simulator(tiny_llama, monkeypatch):
+    """Groups of 3 requests for 4 static slots: the batch never fills, so each one starts when its
+    oldest request has waited `static_batch_timeout_s` (the last group: when no more can arrive).
+    The engine polls every 5 ms while it waits; the simulator jumps to the timeout exactly."""
+    reqs = [RequestSpec(f"g{g}-{i}", 2.0 * g + 0.05 * i, prompt_len=5 + 3 * i, output_len=3 + i)
+            for g in range(3) for i in range(3)]
+    kw = dict(policy="static", block_size=4, num_blocks=64, max_num_seqs=4, max_num_batched_tokens=32,
+              static_batch_timeout_s=0.5)
+    llm = LLM(model=tiny_llama, device="cpu", dtype="float32", **kw)
+    VirtualClock().install(monkeypatch, llm)
+    engine = llm.run_workload(Workload(reqs), progress=False)
+    sim = simulate(Workload(reqs), EngineConfig(**kw), STEP)
+    assert [s.batch for s in sim.steps] == [s.batch for s in engine.steps]
+    for result in (engine, sim):
+        start = {r.request_id: r.first_scheduled_s for r in result.requests}
+        for g in range(2):  # a group's whole batch starts together, on the timeout of its first arrival
+            assert [start[f"g{g}-{i}"] for i in range(3)] == pytest.approx([2.0 * g + 0.5] * 3, abs=0.006)
+        # the last group is flushed as soon as its last request arrives: nobody else can come
+        assert [start[f"g2-{i}"] for i in range(3)] == pytest.approx([4.1] * 3, abs=0.006)
+    assert [s.start_s for s in engine.steps] == pytest.approx([s.start_s for s in sim.steps], abs=0.006)
