@@ -301,6 +301,40 @@ def test_empty_prompt_rejected(tiny_llama):
         llm.generate([[]], GREEDY, use_tqdm=False)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda llm: llm.generate(123), "prompts: must be a prompt"),
+    (lambda llm: llm.generate([None]), "prompt: must be text .* got NoneType"),
+    (lambda llm: llm.generate([["a", "b"]]), r"prompt: must be text .* got list \['a', 'b'\]"),
+    (lambda llm: llm.generate(["a"], {"max_tokens": 3}), "params: must be a SamplingParams or a list of them, got dict"),
+    (lambda llm: llm.engine.add_request("a", {"max_tokens": 3}), "params: must be a SamplingParams, got dict"),
+    (lambda llm: llm.engine.add_request("a", GREEDY, request_id=5), "request_id: must be a string or None, got int"),
+    (lambda llm: llm.run_workload([1, 2], progress=False), "workload: must be a lab.workload.Workload, got list"),
+])
+def test_wrong_types_rejected_with_the_field_named(tiny_llama, call, message):
+    llm = make_llm(tiny_llama)
+    with pytest.raises(ValueError, match=message):
+        call(llm)
+
+
+def test_a_bad_prompt_queues_none_of_its_batch(tiny_llama):
+    llm = make_llm(tiny_llama)
+    with pytest.raises(ValueError, match="prompt: must not be empty"):
+        llm.generate([[1, 2, 3], [4, 5], ""], GREEDY, use_tqdm=False)
+    assert not llm.engine.has_unfinished()  # the two good prompts were not left behind in the queue
+    with pytest.raises(ValueError, match="prompt: token id 999"):
+        list(llm.stream([[1, 2], [1, 999]], GREEDY))
+    assert not llm.engine.has_unfinished()
+
+
+def test_token_ids_as_tensor_or_array_equal_a_list(tiny_llama):
+    import numpy as np
+
+    llm = make_llm(tiny_llama)
+    expected = llm.generate([[5, 6, 7]], GREEDY, use_tqdm=False)[0].token_ids
+    assert llm.generate(torch.tensor([5, 6, 7]), GREEDY, use_tqdm=False)[0].token_ids == expected
+    assert llm.generate([np.array([5, 6, 7])], GREEDY, use_tqdm=False)[0].token_ids == expected
+
+
 def test_max_tokens_below_one_rejected():
     with pytest.raises(ValueError, match="max_tokens: must be an integer >= 1"):
         SamplingParams(max_tokens=0)

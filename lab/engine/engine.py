@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lab._checks import is_int
 from lab.engine.block_manager import BlockManager
 from lab.engine.config import EngineConfig
 from lab.engine.model import ModelConfig
@@ -77,19 +78,28 @@ class Engine:
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, arrival_s: float | None = None) -> Sequence:
         params = params or SamplingParams()
+        if request_id is not None and not isinstance(request_id, str):
+            raise ValueError(f"request_id: must be a string or None, got {type(request_id).__name__}")
         if request_id is None:
             request_id = f"req-{self._next_id}"
             self._next_id += 1
         if request_id in self.seqs and not self.seqs[request_id].is_finished:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
-        text, ids = self._tokenize(prompt)
-        self._validate(ids, params)
+        text, ids = self.check_request(prompt, params)
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
         if params.seed is not None:
             seq.generator = torch.Generator().manual_seed(params.seed)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
         return seq
+
+    def check_request(self, prompt: str | list[int], params: SamplingParams) -> tuple[str | None, list[int]]:
+        """Validate a request without queueing it: (text or None, token ids), or a ValueError naming the field."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params: must be a SamplingParams, got {type(params).__name__}")
+        text, ids = self._tokenize(prompt)
+        self._validate(ids, params)
+        return text, ids
 
     def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
@@ -98,10 +108,12 @@ class Engine:
             if self.tokenizer is None:
                 raise ValueError("prompt: this model folder has no tokenizer; pass token ids instead of text")
             return prompt, self.tokenizer.encode(prompt)
-        ids = [int(t) for t in prompt]
+        ids = prompt.tolist() if hasattr(prompt, "tolist") else prompt  # a tensor or an array of ids
+        if not isinstance(ids, (list, tuple)) or not all(is_int(t) for t in ids):
+            raise ValueError(f"prompt: must be text (str) or token ids (a list of ints), got {_describe(prompt)}")
         if not ids:
             raise ValueError("prompt: must not be empty")
-        return None, ids
+        return None, [int(t) for t in ids]
 
     def _validate(self, ids: list[int], params: SamplingParams) -> None:
         cfg, vocab = self.config, self.model_config.vocab_size
@@ -215,3 +227,7 @@ class Engine:
         if seq is not None and seq.status is SequenceStatus.FINISHED:
             del self.seqs[request_id]
 
+
+def _describe(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from lab._checks import is_int
 from lab.engine.config import EngineConfig
 from lab.engine.engine import Engine, TokenEvent
 from lab.engine.loader import load_model, resolve_device, resolve_dtype
@@ -60,7 +61,7 @@ class LLM:
     # -- batch generation --------------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
-        seqs = [self.engine.add_request(p, sp) for p, sp in zip(*self._pair(prompts, params))]
+        seqs = self._add_all(prompts, params)
         with tqdm(total=len(seqs), desc="generate", disable=not use_tqdm or len(seqs) < 2) as bar:
             while self.engine.has_unfinished():
                 bar.update(sum(e.finished for e in self.engine.step(flush=True)))
@@ -68,17 +69,29 @@ class LLM:
 
     def stream(self, prompts, params=None) -> Iterator[TokenEvent]:
         """Yield a `TokenEvent` per new token of any prompt, as steps produce them."""
-        for p, sp in zip(*self._pair(prompts, params)):
-            self.engine.add_request(p, sp)
+        self._add_all(prompts, params)
         while self.engine.has_unfinished():
             yield from self.engine.step(flush=True)
 
+    def _add_all(self, prompts, params) -> list:
+        pairs = list(zip(*self._pair(prompts, params)))
+        for p, sp in pairs:  # all or none: a bad prompt must not leave the ones before it queued
+            self.engine.check_request(p, sp)
+        return [self.engine.add_request(p, sp) for p, sp in pairs]
+
     def _pair(self, prompts, params):
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        if hasattr(prompts, "tolist"):  # a tensor or an array of token ids
+            prompts = prompts.tolist()
+        if not isinstance(prompts, (str, list, tuple)):
+            raise ValueError(f"prompts: must be a prompt (text or a list of token ids) or a list of prompts, "
+                             f"got {type(prompts).__name__}")
+        if isinstance(prompts, str) or (prompts and is_int(prompts[0])):
             prompts = [prompts]  # a single prompt, as text or as token ids
         prompts = list(prompts)
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
+        elif not isinstance(params, (list, tuple)):
+            raise ValueError(f"params: must be a SamplingParams or a list of them, got {type(params).__name__}")
         if len(params) != len(prompts):
             raise ValueError(f"params: got {len(params)} SamplingParams for {len(prompts)} prompts; give one or one each")
         return prompts, list(params)
@@ -90,6 +103,8 @@ class LLM:
     # -- workloads ---------------------------------------------------------------------------
     def run_workload(self, workload: Workload, progress: bool = True, label: str | None = None) -> Result:
         """Replay `workload`: each request enters the engine at its `arrival_s` (wall clock)."""
+        if not isinstance(workload, Workload):
+            raise ValueError(f"workload: must be a lab.workload.Workload, got {type(workload).__name__}")
         engine = self.engine
         pending = deque(workload.requests)
         first_step = len(engine.trace)
