@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # re-exported: lengths are part of describing a workload
-from lab._checks import is_int
+from lab._checks import is_int, is_number
 from lab.lengths import LENGTH_KINDS, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
 
 
@@ -35,16 +35,19 @@ class RequestSpec:
     ignore_eos: bool = True  # benchmarks fix the output length, as `vllm bench serve` does
 
     def __post_init__(self):
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"id: must be a non-empty string, got {self.id!r}")
         if self.prompt is None and self.prompt_token_ids is None and self.prompt_len is None:
             raise ValueError(f"request {self.id}: give prompt, prompt_token_ids or prompt_len")
         if self.prompt_token_ids is not None:
             self.prompt_len = len(self.prompt_token_ids)
-        if self.prompt_len is not None and self.prompt_len < 1:
-            raise ValueError(f"request {self.id}: prompt_len must be >= 1, got {self.prompt_len}")
-        if self.output_len < 1:
-            raise ValueError(f"request {self.id}: output_len must be >= 1, got {self.output_len}")
-        if self.arrival_s < 0:
-            raise ValueError(f"request {self.id}: arrival_s must be >= 0, got {self.arrival_s}")
+        if self.prompt_len is not None and (not is_int(self.prompt_len) or self.prompt_len < 1):
+            raise ValueError(f"request {self.id}: prompt_len must be an integer >= 1, got {self.prompt_len!r}")
+        if not is_int(self.output_len) or self.output_len < 1:
+            raise ValueError(f"request {self.id}: output_len must be an integer >= 1, got {self.output_len!r}")
+        # a NaN arrival would sort anywhere and never arrive
+        if not is_number(self.arrival_s) or not 0 <= self.arrival_s < float("inf"):
+            raise ValueError(f"request {self.id}: arrival_s must be a finite number >= 0, got {self.arrival_s!r}")
 
 
 @dataclass(slots=True)
@@ -54,6 +57,12 @@ class Workload:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if isinstance(self.requests, (str, bytes)) or not hasattr(self.requests, "__iter__"):
+            raise ValueError(f"requests: must be a list of RequestSpec, got {type(self.requests).__name__}")
+        self.requests = list(self.requests)
+        bad = next((r for r in self.requests if not isinstance(r, RequestSpec)), None)
+        if bad is not None:
+            raise ValueError(f"requests: must be a list of RequestSpec, got an item of type {type(bad).__name__}")
         self.requests = sorted(self.requests, key=lambda r: r.arrival_s)
         ids = [r.id for r in self.requests]
         if len(set(ids)) != len(ids):
@@ -89,12 +98,12 @@ def poisson_arrivals(n: int, rate: float, burstiness: float = 1.0, seed: int = 0
     --burstiness`: 1.0 is Poisson, below 1 burstier, above 1 more regular, inf evenly spaced.
     The first request arrives at t=0.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if not rate > 0:
-        raise ValueError(f"rate must be > 0 requests/s (or inf), got {rate}")
-    if not burstiness > 0:
-        raise ValueError(f"burstiness must be > 0 (or inf), got {burstiness}")
+    if not is_int(n) or n < 0:
+        raise ValueError(f"n: must be an integer >= 0, got {n!r}")
+    if not is_number(rate) or not rate > 0:
+        raise ValueError(f"rate: must be > 0 requests/s (or inf), got {rate!r}")
+    if not is_number(burstiness) or not burstiness > 0:
+        raise ValueError(f"burstiness: must be > 0 (or inf), got {burstiness!r}")
     if np.isinf(rate):
         return np.zeros(n)
     if np.isinf(burstiness):  # vLLM: the gamma tends to a constant gap of 1/rate
@@ -196,8 +205,10 @@ def azure_trace(
     """
     if kind not in TRACE_KINDS:
         raise ValueError(f"kind: unknown trace {kind!r}; allowed: {', '.join(TRACE_KINDS)}")
-    if not rate_scale > 0 or np.isinf(rate_scale):
-        raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale}")
+    if not is_number(rate_scale) or not rate_scale > 0 or np.isinf(rate_scale):
+        raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale!r}")
+    if not is_number(start_s) or (end_s is not None and not is_number(end_s)):
+        raise ValueError(f"start_s/end_s: must be numbers (end_s may be None), got {start_s!r}, {end_s!r}")
     if start_s < 0 or (end_s is not None and end_s <= start_s):
         raise ValueError(f"start_s/end_s: need 0 <= start_s < end_s, got {start_s}, {end_s}")
     if max_requests is not None and (not is_int(max_requests) or max_requests < 1):

@@ -125,6 +125,8 @@ def test_simulate_argument_errors():
         simulate(w, cfg(), object())
     with pytest.raises(ValueError, match="router"):
         simulate(w, cfg(), ONE_SECOND, replicas=2, router="random")
+    with pytest.raises(TypeError, match="workload: expected a lab.workload.Workload, got list"):
+        simulate(list(w), cfg(), ONE_SECOND)  # named before any config error it would otherwise hit
 
 
 # -- replicas ----------------------------------------------------------------------------------

@@ -225,3 +225,28 @@ def test_trace_max_requests_keeps_the_first_rows():
     first = azure_trace("code", start_s=600, end_s=900, max_requests=np.int64(5))
     assert [r.prompt_len for r in first] == [r.prompt_len for r in full[:5]]
     assert len(azure_trace("code", max_requests=None)) == 8819
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: synthetic(2.5), r"n: must be an integer >= 0, got 2.5"),
+    (lambda: synthetic("5"), r"n: must be an integer >= 0, got '5'"),
+    (lambda: synthetic(3, rate="fast"), r"rate: must be > 0 requests/s \(or inf\), got 'fast'"),
+    (lambda: synthetic(3, rate=1.0, burstiness=None), r"burstiness: must be > 0 \(or inf\), got None"),
+    (lambda: azure_trace("code", rate_scale="2"), r"rate_scale: must be a finite number > 0, got '2'"),
+    (lambda: azure_trace("code", start_s="x"), r"start_s/end_s: must be numbers"),
+    (lambda: RequestSpec(7, prompt_len=3), r"id: must be a non-empty string, got 7"),
+    (lambda: RequestSpec("a", prompt_len=3, output_len=2.5), r"request a: output_len must be an integer >= 1, got 2.5"),
+    (lambda: RequestSpec("a", prompt_len="3"), r"request a: prompt_len must be an integer >= 1, got '3'"),
+    (lambda: RequestSpec("a", float("nan"), prompt_len=3), r"request a: arrival_s must be a finite number >= 0, got nan"),
+    (lambda: Workload(5), r"requests: must be a list of RequestSpec, got int"),
+    (lambda: Workload([{"id": "a"}]), r"requests: must be a list of RequestSpec, got an item of type dict"),
+])
+def test_wrong_types_rejected_with_the_field_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_workload_accepts_any_iterable_of_specs_and_sorts_it():
+    specs = (RequestSpec(f"r{i}", arrival_s=float(3 - i), prompt_len=4) for i in range(3))
+    w = Workload(specs)
+    assert [r.id for r in w] == ["r2", "r1", "r0"] and w.duration_s == 3.0

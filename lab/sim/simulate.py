@@ -33,6 +33,8 @@ def simulate(
     (`RooflineStepModel`), as the engine takes it from free memory; `record_steps=False` keeps no
     step trace (an hour of traffic is ~10^5-10^6 steps).
     """
+    if not isinstance(workload, Workload):
+        raise TypeError(f"workload: expected a lab.workload.Workload, got {type(workload).__name__}")
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config: expected an EngineConfig, got {type(config).__name__}")
     if not callable(getattr(step_model, "step_time", None)):
