@@ -163,3 +163,8 @@ def test_bad_inputs_fail_before_sending():
         normalize([{"custom_id": "e", "url": "/v1/embeddings", "body": {}}])
     with pytest.raises(ValueError, match="concurrency"):
         run_batch(client_for(FlakyServer()), [], concurrency=0, progress=False)
+    with pytest.raises(ValueError, match="concurrency must be an integer >= 1, got 2.5"):
+        run_batch(client_for(FlakyServer()), [], concurrency=2.5, progress=False)
+    for not_a_list in (5, "requests.jsonl", {"model": "m"}):
+        with pytest.raises(TypeError, match="requests: must be a list of request bodies"):
+            normalize(not_a_list)

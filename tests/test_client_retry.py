@@ -260,6 +260,18 @@ def test_key_never_shown_in_full():
     assert sent == [f"Bearer {KEY}"]
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(base_url="localhost:8000/v1"), "base_url: must be an http:// or https:// URL"),
+    (dict(base_url=8000), "base_url: must be an http:// or https:// URL .* got 8000"),
+    (dict(base_url="http://x/v1", timeout=0), r"timeout: must be a number of seconds > 0 or None"),
+    (dict(base_url="http://x/v1", timeout={"read": -1}), r"timeout.read: must be a number of seconds > 0"),
+    (dict(base_url="http://x/v1", stream_idle_timeout=0), r"stream_idle_timeout: must be a number of seconds > 0"),
+])
+def test_bad_client_settings_named_before_any_request(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Client(**kwargs)
+
+
 @pytest.mark.parametrize("key", ["YOUR_OPENAI_API_KEY", "your-api-key", "<API_KEY>", "sk-xxxx", "sk-...", "  ",
                                  "DEEPSEEK_API_KEY", "changeme"])
 def test_placeholder_patterns(key):

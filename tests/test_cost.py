@@ -100,7 +100,7 @@ def test_dated_snapshot_priced_as_base_model(table):
 def test_bad_token_counts(table):
     with pytest.raises(ValueError, match="cached_tokens .* cannot exceed prompt_tokens"):
         usage_cost("model-x", 10, 5, cached_tokens=11, prices=table)
-    with pytest.raises(ValueError, match="completion_tokens must be >= 0"):
+    with pytest.raises(ValueError, match="completion_tokens must be a number >= 0, got -1"):
         usage_cost("model-x", 10, -1, prices=table)
 
 
@@ -227,6 +227,20 @@ def test_self_hosted_cost_from_fixed_throughput():
     assert self_hosted_usd_per_mtok(3.60, 1000.0, utilization=1.0, gpus=2) == pytest.approx(2.00)
     with pytest.raises(ValueError, match="utilization must be in"):
         self_hosted_usd_per_mtok(3.60, 1000.0, utilization=0.0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: usage_cost("gpt-4.1", prompt_tokens="10", completion_tokens=1), "prompt_tokens must be a number >= 0, got '10'"),
+    (lambda: usage_cost("gpt-4.1", prompt_tokens=10, completion_tokens=None), "completion_tokens must be a number >= 0"),
+    (lambda: self_hosted_usd_per_mtok("3.6", 1000.0, utilization=1.0), "gpu_usd_per_hour must be a number > 0, got '3.6'"),
+    (lambda: self_hosted_usd_per_mtok(3.6, "fast", utilization=1.0), "throughput must be tokens/s .* got str"),
+    (lambda: self_hosted_usd_per_mtok(3.6, 1000.0, utilization=1.0, gpus=1.5), "gpus must be an integer >= 1, got 1.5"),
+    (lambda: break_even(2.0, 3.6, 1000.0, hours_per_month="730"), "hours_per_month must be a number > 0, got '730'"),
+    (lambda: break_even(0, 3.6, 1000.0), "api_usd_per_mtok must be a number > 0, got 0"),
+])
+def test_wrong_types_and_values_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 STEP_S = 0.02  # simulated seconds per engine step

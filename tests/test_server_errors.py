@@ -172,3 +172,22 @@ def test_shutdown_answers_503_and_ends_streams():
     assert tiny_llm("aux").engine.block_manager.num_used == 0
     with pytest.raises(httpx.ConnectError):  # the port is released
         c.get(s.base + "/health")
+
+
+def test_one_api_key_given_as_a_string_stays_one_key():
+    # list("sk-...") would have made every character a valid key
+    with serve(llm=tiny_llm("keys"), api_keys="sk-one-0123456789") as server:
+        assert server.config.api_keys == ["sk-one-0123456789"]
+        assert httpx.get(server.url + "/models", headers={"Authorization": "Bearer s"}).status_code == 401
+        ok = httpx.get(server.url + "/models", headers={"Authorization": "Bearer sk-one-0123456789"})
+        assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(port="8000"), r"port: must be an integer in 0..65535"),
+    (dict(port=70000), r"port: must be an integer in 0..65535"),
+    (dict(api_keys=[123]), r"api_keys: must be a string or a list of strings, got an item of type int"),
+])
+def test_bad_serve_arguments_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        serve(llm=tiny_llm(), **kwargs).__enter__()

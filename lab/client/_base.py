@@ -9,6 +9,7 @@ import copy
 
 import httpx
 
+from lab._checks import is_number
 from lab.client.limits import RateLimits
 from lab.client.providers import mask_key, resolve
 from lab.client.retry import RetryPolicy
@@ -26,15 +27,24 @@ def make_timeout(timeout) -> httpx.Timeout:
     """A float (every phase), None (no limit), an httpx.Timeout, or a dict with connect/read/write/pool."""
     if isinstance(timeout, httpx.Timeout):
         return timeout
-    if timeout is None or isinstance(timeout, (int, float)):
+    if timeout is None or is_number(timeout):
+        _check_seconds("timeout", timeout)
         return httpx.Timeout(timeout)
     if isinstance(timeout, dict):
         unknown = set(timeout) - set(_TIMEOUT_KEYS)
         if unknown:
             raise ValueError(f"timeout: unknown keys {sorted(unknown)}; allowed: {', '.join(_TIMEOUT_KEYS)}")
+        for key, value in timeout.items():
+            _check_seconds(f"timeout.{key}", value)
         base = DEFAULT_TIMEOUT
         return httpx.Timeout(**{k: timeout.get(k, getattr(base, k)) for k in _TIMEOUT_KEYS})
     raise TypeError(f"timeout must be a number, None, a dict or httpx.Timeout, got {type(timeout).__name__}")
+
+
+def _check_seconds(name: str, value) -> None:
+    # httpx takes 0 or a negative number and then fails every request with a confusing timeout
+    if value is not None and (not is_number(value) or not value > 0):
+        raise ValueError(f"{name}: must be a number of seconds > 0 or None (no limit), got {value!r}")
 
 
 def estimate_tokens(body: dict) -> int:
@@ -109,6 +119,7 @@ class BaseClient:
     ):
         self.base_url, self.api_key, self.provider = resolve(base_url, api_key, provider)
         self.timeout = make_timeout(timeout)
+        _check_seconds("stream_idle_timeout", stream_idle_timeout)
         self.stream_idle_timeout = stream_idle_timeout
         self.retry = retry or RetryPolicy(max_retries=max_retries)
         self.limits = limits or RateLimits(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)

@@ -27,6 +27,9 @@ def load_requests(path: str | os.PathLike) -> list[dict]:
 
 def normalize(requests) -> list[tuple[str, str, dict]]:
     """(custom_id, endpoint path, body) per input; ids default to the input's position."""
+    if isinstance(requests, (str, bytes, dict)) or not hasattr(requests, "__iter__"):
+        raise TypeError(f"requests: must be a list of request bodies (dicts; `load_requests(path)` reads a JSONL "
+                        f"file), got {type(requests).__name__}")
     out, seen = [], set()
     for i, item in enumerate(requests):
         if not isinstance(item, dict):
@@ -119,8 +122,8 @@ async def arun_batch(client, requests, *, concurrency: int = 16, checkpoint: str
 
 
 async def _arun(client, fresh: bool, requests, *, concurrency, checkpoint, progress, retry_errors, desc):
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1, got {concurrency!r}")
     items = normalize(requests)
     path = Path(checkpoint) if checkpoint is not None else None
     done, dirty = read_checkpoint(path) if path else ({}, False)

@@ -77,10 +77,14 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
         preset = PROVIDERS.get(provider)
         if preset is None:
             raise ValueError(f"provider={provider!r} is unknown; allowed: {', '.join(PROVIDERS)}")
-    elif base_url is not None:
+    elif isinstance(base_url, str):
         preset = provider_for_url(base_url)
-    else:
+    elif base_url is None:
         raise ValueError(f"give base_url=... or provider=... (one of {', '.join(PROVIDERS)})")
+    if base_url is not None and (not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https")
+                                 or not urlsplit(base_url).hostname):
+        raise ValueError(f"base_url: must be an http:// or https:// URL such as http://localhost:8000/v1, "
+                         f"got {base_url!r}")
     url = (base_url or preset.base_url).rstrip("/")
     if api_key is None and preset is not None:
         api_key = os.environ.get(preset.env_var)

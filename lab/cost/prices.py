@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from lab._checks import is_number
+
 CURRENCIES = ("USD", "CNY")  # USD: direct prices; CNY: reseller credit paid for in yuan
 VERIFICATIONS = ("cross_checked", "single_source", "provider_claim")
 PRICE_FIELDS = (
@@ -232,8 +234,8 @@ def row_cost(
         ("completion_tokens", completion_tokens),
         ("cached_tokens", cached_tokens),
     ):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        if not is_number(value) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     if cached_tokens > prompt_tokens:
         raise ValueError(f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens})")
     input_price, output_price = row.input_per_mtok, row.output_per_mtok

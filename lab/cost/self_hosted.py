@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from lab._checks import is_int, is_number
 from lab.cost.prices import PriceTableError, default_prices_path
 from lab.metrics import Result
 
@@ -118,8 +119,10 @@ def tokens_per_second(throughput: float | Result, kind: str = "output") -> float
     if isinstance(throughput, Result):
         summary = throughput.summary()
         value = summary["output_throughput" if kind == "output" else "total_token_throughput"]
-    else:
+    elif is_number(throughput):
         value = float(throughput)
+    else:
+        raise ValueError(f"throughput must be tokens/s (a number) or a lab.metrics.Result, got {type(throughput).__name__}")
     if not value > 0:
         raise ValueError(f"throughput must be > 0 tokens/s, got {value}")
     return value
@@ -137,12 +140,12 @@ def self_hosted_usd_per_mtok(
 
     `utilization` is the share of paid hours spent at that throughput (1.0: busy every hour you pay for).
     """
-    if not gpu_usd_per_hour > 0:
-        raise ValueError(f"gpu_usd_per_hour must be > 0, got {gpu_usd_per_hour}")
-    if not 0 < utilization <= 1:
-        raise ValueError(f"utilization must be in (0, 1], got {utilization}")
-    if gpus < 1:
-        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    if not is_number(gpu_usd_per_hour) or not gpu_usd_per_hour > 0:
+        raise ValueError(f"gpu_usd_per_hour must be a number > 0, got {gpu_usd_per_hour!r}")
+    if not is_number(utilization) or not 0 < utilization <= 1:
+        raise ValueError(f"utilization must be in (0, 1], got {utilization!r}")
+    if not is_int(gpus) or gpus < 1:
+        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
     tokens_per_paid_hour = tokens_per_second(throughput, kind) * 3600 * utilization
     return gpu_usd_per_hour * gpus / tokens_per_paid_hour * 1e6
 
@@ -174,13 +177,12 @@ def break_even(
     Price the API on the same token basis as the throughput: for `kind="output"` use what the API
     charges per million output tokens of your workload, prompts included (see docs/costs.md).
     """
-    if not api_usd_per_mtok > 0:
-        raise ValueError(f"api_usd_per_mtok must be > 0, got {api_usd_per_mtok}")
-    if not gpu_usd_per_hour > 0 or not hours_per_month > 0 or gpus < 1:
-        raise ValueError(
-            "gpu_usd_per_hour and hours_per_month must be > 0 and gpus >= 1, got "
-            f"{gpu_usd_per_hour}, {hours_per_month}, {gpus}"
-        )
+    for name, value in (("api_usd_per_mtok", api_usd_per_mtok), ("gpu_usd_per_hour", gpu_usd_per_hour),
+                        ("hours_per_month", hours_per_month)):
+        if not is_number(value) or not value > 0:
+            raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if not is_int(gpus) or gpus < 1:
+        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
     rent = gpu_usd_per_hour * gpus * hours_per_month
     capacity = tokens_per_second(throughput, kind) * 3600 * hours_per_month / 1e6
     volume = rent / api_usd_per_mtok

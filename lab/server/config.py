@@ -22,6 +22,9 @@ class ServerConfig:
     def __post_init__(self):
         if isinstance(self.api_keys, str):
             self.api_keys = [self.api_keys]
+        bad = next((k for k in self.api_keys or [] if not isinstance(k, str)), None)
+        if bad is not None:  # name the type only: the list holds secrets
+            raise ValueError(f"api_keys: must be a string or a list of strings, got an item of type {type(bad).__name__}")
         self.api_keys = [k for k in (self.api_keys or []) if k]
         for name in ("max_queued_requests", "max_body_bytes", "trace_limit"):
             value = getattr(self, name)

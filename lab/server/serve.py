@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from lab._checks import is_int
 from lab.engine import LLM
 from lab.engine.async_engine import AsyncEngine
 from lab.engine.loader import bundled_model_dir
@@ -112,7 +113,10 @@ def start_server(model=None, port: int = 0, api_keys=None, faults: FaultConfig |
     """Like `serve()` without the `with`: call `.close()` when done. Keyword arguments are
     `ServerConfig` fields (served_model_name, requests_per_minute, ...) or `EngineConfig` fields."""
     server_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _SERVER_FIELDS}
-    config = ServerConfig(api_keys=list(api_keys or []), **server_kwargs)
+    if not is_int(port) or not 0 <= port <= 65535:
+        raise ValueError(f"port: must be an integer in 0..65535 (0: pick a free port), got {port!r}")
+    # not list(api_keys): a single key given as a string must stay one key, not one per character
+    config = ServerConfig(api_keys=api_keys or [], **server_kwargs)
     if llm is None:
         llm = LLM(model=model, device=device, dtype=dtype, seed=seed, **kwargs)
     elif kwargs or model is not None:
