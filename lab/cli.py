@@ -7,6 +7,7 @@ this file only assembles them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, MissingAPIKeyError) as e:  # how the subcommands report bad options and keys
+        if os.environ.get("BATCHING_LAB_DEBUG"):
+            raise  # the full traceback, for a ValueError that is a bug rather than a bad option
         print(f"error: {e}", file=sys.stderr)
         return 2
 

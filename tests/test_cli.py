@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lab.cli import build_parser, main
+from lab.client.errors import MissingAPIKeyError
 
 
 def test_every_subcommand_has_help(capsys):
@@ -51,3 +52,6 @@ def test_missing_api_key_exits_2_before_any_request(monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert main(["bench", "--provider", "openai", "--num-prompts", "1"]) == 2
     assert capsys.readouterr().err.startswith("error: no API key for provider 'openai': set the environment")
+    monkeypatch.setenv("BATCHING_LAB_DEBUG", "1")  # the traceback instead of the one line
+    with pytest.raises(MissingAPIKeyError, match="no API key for provider 'openai'"):
+        main(["bench", "--provider", "openai", "--num-prompts", "1"])
