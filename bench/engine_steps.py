@@ -1,0 +1,88 @@
+"""What one decode step costs against how many sequences it carries: a + b * rows.
+
+The split decides what continuous batching can win. Static and continuous batching compute the same
+tokens; static takes more steps, each carrying fewer sequences. If a step cost only its rows (b),
+the two would tie; if it cost only its fixed part (a: reading the weights, launching the layers),
+they would differ by their step ratio. Prints a table, the least-squares fit and writes JSON.
+
+    python bench/engine_steps.py                      # small random Llama (bench/engine.py's), CPU
+    python bench/engine_steps.py --context 300 --rows 1 4 16 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
+from engine import SHAPES, build_model
+
+from lab.engine import LLM, SamplingParams
+
+
+def decoding_engine(folder: Path, rows: int, context: int, args):
+    """An engine whose next steps are pure decodes of `rows` sequences at about `context` tokens."""
+    llm = LLM(folder, device=args.device, dtype=args.dtype, max_num_seqs=rows,
+              max_num_batched_tokens=max(2048, rows * context), enable_prefix_caching=False)
+    rng = np.random.default_rng(rows)
+    vocab = SHAPES[args.shape]["vocab_size"]
+    params = SamplingParams(max_tokens=10_000, temperature=0, ignore_eos=True)
+    for i in range(rows):
+        llm.engine.add_request(rng.integers(0, vocab, context).tolist(), params, f"r{i}")
+    for _ in range(3):  # the prefill, then two warm decode steps
+        llm.engine.step()
+    return llm.engine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16])
+    ap.add_argument("--context", type=int, default=170, help="tokens per sequence (bench/engine.py's mean is ~170)")
+    ap.add_argument("--steps", type=int, default=10, help="decode steps timed per round")
+    ap.add_argument("--repeat", type=int, default=7, help="rounds, interleaving the row counts; medians reported")
+    ap.add_argument("--out", default="bench/results/engine_steps.json")
+    args = ap.parse_args()
+    if min(args.rows) < 1 or args.context < 1 or args.steps < 1 or args.repeat < 1:
+        ap.error("--rows, --context, --steps and --repeat must be >= 1")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_model(args.shape, Path(tmp) / args.shape)
+        engines = {n: decoding_engine(folder, n, args.context, args) for n in args.rows}
+        times = {n: [] for n in args.rows}
+        for _ in range(args.repeat):  # contexts grow by `steps` a round, alike for every row count
+            for n, engine in engines.items():
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    engine.step()
+                times[n].append((time.perf_counter() - start) / args.steps * 1e3)
+
+    median = {n: statistics.median(t) for n, t in times.items()}
+    b, a = np.polyfit(list(median), list(median.values()), 1)
+    print(f"decode steps, shape {args.shape}, context ~{args.context} tokens, {args.dtype} on {args.device}, "
+          f"medians of {args.repeat} rounds x {args.steps} steps")
+    print("rows | ms/step (median) | range | ms per row | fit a + b*rows")
+    for n in args.rows:
+        print(f"{n:4d} | {median[n]:8.2f} | {min(times[n]):.2f}-{max(times[n]):.2f} | {median[n] / n:6.2f} | "
+              f"{a + b * n:6.2f}")
+    print(f"fit: a = {a:.2f} ms per step, b = {b:.3f} ms per row; a full step of {max(args.rows)} rows is "
+          f"{a / (a + b * max(args.rows)):.0%} fixed")
+    machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
+               "torch": torch.__version__}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "ms_per_step": times,
+                                         "median_ms": median, "fit": {"a_ms": a, "b_ms_per_row": b}}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
