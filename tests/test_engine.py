@@ -481,3 +481,15 @@ def test_cuda_bfloat16_runs_and_frees_every_block(tiny_llama):
     outs = llm.generate([[1, 2, 3], list(range(4, 40))], GREEDY, use_tqdm=False)
     assert [len(o.token_ids) for o in outs] == [GREEDY.max_tokens] * 2
     assert llm.engine.block_manager.num_used == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; this machine has none")
+def test_cuda_seeded_sampling_repeats_and_stays_on_the_device(tiny_llama):
+    params = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, seed=3, ignore_eos=True)
+    llm = LLM(tiny_llama, device="cuda")
+    assert llm.engine.runner.generator.device.type == "cuda"
+    runs = [llm.generate([[1, 2, 3], [4, 5]], params, use_tqdm=False) for _ in range(2)]
+    assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
+    alone = llm.generate([[1, 2, 3]], params, use_tqdm=False)[0].token_ids
+    assert alone == runs[0][0].token_ids  # its own generator: the batch it shares does not matter

@@ -88,7 +88,8 @@ class Engine:
         text, ids = self.check_request(prompt, params)
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
         if params.seed is not None:
-            seq.generator = torch.Generator().manual_seed(params.seed)
+            # on the model's device, so sampling never copies a row of probabilities to the host
+            seq.generator = torch.Generator(self.runner.device).manual_seed(params.seed)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
         return seq

@@ -37,7 +37,7 @@ class ModelRunner:
         for layer in model.attention_layers:
             layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device).manual_seed(seed)
 
     def _decode_groups(self, decodes: list[tuple[Sequence, int]]) -> list[DecodeGroup]:
         """(sequence, row) pairs -> attention groups, shortest contexts first (less padding)."""

@@ -1,7 +1,8 @@
 """Token sampling: greedy, temperature, top-k, top-p, with per-request seeds.
 
 A seeded request draws from its own torch.Generator, so its tokens do not depend on which other
-requests share its batch; unseeded requests share the engine's generator.
+requests share its batch; unseeded requests share the engine's generator. Generators live on the
+model's device (a seed gives the same tokens run after run on one device, not across devices).
 """
 
 from __future__ import annotations
@@ -39,5 +40,5 @@ def sample(
         row = filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
         probs = row.softmax(-1)
         gen = generators[i] or default_generator
-        out[i] = int(torch.multinomial(probs.cpu(), 1, generator=gen))
+        out[i] = int(torch.multinomial(probs, 1, generator=gen))
     return out
