@@ -51,6 +51,7 @@ bench: venv
 gpu-check: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_engine.py -k cuda -rs
 	$(BIN)/python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --out bench/results/engine_cuda.json
+	$(BIN)/python bench/engine_steps.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --rows 1 4 16 64 --out bench/results/engine_steps_cuda.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
