@@ -121,6 +121,18 @@ def test_retry_errors_reruns_only_failed_records(tmp_path):
     assert [r["custom_id"] for r in read_lines(out)] == ["ok", "later"]
 
 
+def test_retry_errors_keeps_other_runs_records_in_a_shared_checkpoint(tmp_path):
+    server = FlakyServer()
+    out = tmp_path / "out.jsonl"
+    run_batch(client_for(server), [batch_line("a", "a"), batch_line("b", "dead")], checkpoint=out, progress=False)
+    second = [batch_line("c", "c"), batch_line("d", "flaky-3")]
+    run_batch(client_for(server), second, checkpoint=out, progress=False)
+    run_batch(client_for(server), second, checkpoint=out, progress=False, retry_errors=True)
+    by_id = {r["custom_id"]: r for r in read_lines(out)}
+    assert sorted(by_id) == ["a", "b", "c", "d"]  # b's error is not this run's to drop
+    assert by_id["b"]["error"]["type"] == "InternalServerError" and by_id["d"]["error"] is None
+
+
 def test_records_are_flushed_as_they_complete(tmp_path):
     out = tmp_path / "out.jsonl"
     seen_on_disk = []

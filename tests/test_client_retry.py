@@ -27,6 +27,7 @@ from lab.client import (
     RateLimits,
     RetryPolicy,
     UnprocessableEntityError,
+    run_batch,
 )
 from lab.client.limits import RateLimiter, parse_reset
 from lab.client.providers import is_placeholder, mask_key
@@ -272,6 +273,30 @@ def test_bad_client_settings_named_before_any_request(kwargs, message):
         Client(**kwargs)
 
 
+def test_key_whitespace_stripped_and_inner_spaces_refused_without_showing_it():
+    secret = "sk-proj-SECRETSECRETSECRET1234"
+    sent = []
+    handler = lambda r: (sent.append(r.headers["authorization"]), httpx.Response(200, json=OK_BODY))[1]  # noqa: E731
+    c = Client(base_url="http://test/v1", api_key=secret + "\n", transport=httpx.MockTransport(handler))
+    c.chat.completions.create(model="m", messages=MESSAGES)
+    assert sent == [f"Bearer {secret}"]  # a newline from a key file is not part of the key
+    with pytest.raises(ValueError, match="api_key: .* contains spaces or control characters") as err:
+        Client(base_url="http://test/v1", api_key="sk-proj-SECRET SECRET1234")
+    assert "SECRET SECRET" not in str(err.value)
+
+
+def test_a_header_httpx_cannot_send_is_not_retried_and_not_quoted():
+    from lab.client import InvalidRequestError
+
+    def handler(request):
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer sk-very-secret'")
+
+    c = Client(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler), retry=NO_WAIT)
+    with pytest.raises(InvalidRequestError) as err:
+        c.chat.completions.create(model="m", messages=MESSAGES)
+    assert err.value.retries_taken == 0 and "sk-very-secret" not in str(err.value)
+
+
 @pytest.mark.parametrize("key", ["YOUR_OPENAI_API_KEY", "your-api-key", "<API_KEY>", "sk-xxxx", "sk-...", "  ",
                                  "DEEPSEEK_API_KEY", "changeme"])
 def test_placeholder_patterns(key):
@@ -339,9 +364,59 @@ async def test_max_concurrency_caps_requests_in_flight():
     assert peak == 3
 
 
-def test_limits_validate():
-    with pytest.raises(ValueError, match="rpm must be > 0"):
-        RateLimits(rpm=0)
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rpm=0), "rpm must be a finite number > 0 or None"),
+    (dict(rpm=float("nan")), "rpm must be a finite number > 0 or None"),
+    (dict(tpm="1000"), "tpm must be a finite number > 0 or None"),
+    (dict(max_concurrency=2.5), "max_concurrency must be an integer >= 1 or None"),  # 2.5 never blocked
+    (dict(max_concurrency=True), "max_concurrency must be an integer >= 1 or None"),
+    (dict(pause_after_429_s=-3), "pause_after_429_s must be a finite number >= 0"),
+])
+def test_limits_validate(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RateLimits(**kwargs)
+
+
+def test_with_options_checks_what_it_is_given_and_none_means_no_limit():
+    c = Client(base_url="http://test/v1", api_key=KEY)
+    for bad in (-1, "3", 2.5, True):
+        with pytest.raises(ValueError, match="max_retries must be an int >= 0"):
+            c.with_options(max_retries=bad)
+    with pytest.raises(ValueError, match="stream_idle_timeout: must be a number of seconds > 0"):
+        c.with_options(stream_idle_timeout=-5)
+    assert c.with_options(timeout=None).timeout.read is None  # None: no limit, as in openai-python
+    assert c.with_options(max_retries=0).timeout == c.timeout  # left out: unchanged
+    sent = []
+    handler = lambda r: (sent.append(r.extensions["timeout"]), httpx.Response(200, json=OK_BODY))[1]  # noqa: E731
+    client_for(handler).chat.completions.create(model="m", messages=MESSAGES, timeout=None)
+    assert sent[0]["read"] is None
+
+
+def test_a_long_retry_after_pauses_the_limiter_for_the_cap():
+    limiter = RateLimiter(RateLimits(rpm=6000))
+    limiter.observe(429, {"retry-after": "300"}, now=0.0)  # too long to retry, not too long to respect
+    assert limiter.reserve(1, now=1.0) == pytest.approx(MAX_RETRY_AFTER - 1.0)
+
+
+def test_run_batch_refuses_to_drop_a_custom_http_client():
+    c = Client(base_url="http://test/v1", api_key=KEY, http_client=httpx.Client(proxy=None))
+    with pytest.raises(ValueError, match="http_client: this client was built on your own httpx client"):
+        run_batch(c, [{"model": "m", "prompt": "p"}], progress=False)
+
+
+def test_a_failed_body_read_keeps_the_request_id():
+    def handler(request):
+        def body():
+            yield b'{"id": '
+            raise httpx.ReadTimeout("timed out")
+
+        return httpx.Response(200, content=body(), headers={"x-request-id": "req_abc"})
+
+    c = Client(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler),
+               retry=RetryPolicy(max_retries=0))
+    with pytest.raises(APITimeoutError) as err:
+        c.chat.completions.create(model="m", messages=MESSAGES)
+    assert err.value.request_id == "req_abc"
 
 
 # ---- results, cost, options
@@ -444,3 +519,12 @@ def test_with_options_overrides_retries():
     with pytest.raises(InternalServerError):
         client_for(handler).with_options(max_retries=0).chat.completions.create(model="m", messages=MESSAGES)
     assert len(calls) == 1
+
+
+def test_token_estimate_counts_batched_id_prompts_and_tolerates_odd_fields():
+    from lab.client._base import estimate_tokens
+
+    assert estimate_tokens({"prompt": [[1] * 4000]}) == estimate_tokens({"prompt": [1] * 4000}) == 4000
+    # odd values are the server's to reject (its 400 names the field); the estimate must not crash first
+    assert estimate_tokens({"prompt": "x", "max_tokens": "abc"}) == 0
+    assert estimate_tokens({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}) == 4

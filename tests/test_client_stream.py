@@ -278,3 +278,50 @@ async def test_pools_are_given_back_after_streams_and_failures():
         with pytest.raises(Exception, match="ReadError"):
             await c.completions.create(model="m", prompt="p", stream=True)
         assert c._pools.loads == [0]
+
+
+def test_a_stream_left_early_without_close_gives_back_its_slot():
+    import gc
+    import threading
+
+    handler, calls = stream_handler([chunk("a"), chunk("b"), DONE])
+    client = client_for(handler, max_concurrency=1)
+
+    def first_text():
+        for c in client.completions.create(model="m", prompt="p", stream=True):
+            return c.text  # leaves the loop; the stream is dropped unclosed
+
+    assert first_text() == "a"
+    gc.collect()
+    second = threading.Thread(target=first_text, daemon=True)
+    second.start()
+    second.join(5)
+    assert not second.is_alive() and len(calls) == 2  # the one slot came back
+
+
+async def test_an_async_stream_left_early_gives_back_its_slot():
+    import asyncio
+    import gc
+
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+
+        async def body():
+            for piece in (chunk("a"), chunk("b"), DONE):
+                yield piece
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    client = AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler),
+                         retry=NO_WAIT, max_concurrency=1)
+
+    async def first_text():
+        async for c in await client.completions.create(model="m", prompt="p", stream=True):
+            return c.text
+
+    assert await first_text() == "a"
+    gc.collect()
+    assert await asyncio.wait_for(first_text(), 5) == "a" and len(calls) == 2
+    await client.close()

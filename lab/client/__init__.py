@@ -15,6 +15,7 @@ from lab.client.errors import (
     BadRequestError,
     ConflictError,
     InternalServerError,
+    InvalidRequestError,
     MissingAPIKeyError,
     NotFoundError,
     PermissionDeniedError,
@@ -32,7 +33,7 @@ from lab.client.types import ChatCompletion, ChatMessage, Choice, Chunk, Complet
 __all__ = [
     "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AsyncClient", "AsyncStream",
     "AuthenticationError", "BadRequestError", "ChatCompletion", "ChatMessage", "Choice", "Chunk", "Client",
-    "Completion", "ConflictError", "InternalServerError", "MissingAPIKeyError", "Model", "ModelPage",
+    "Completion", "ConflictError", "InternalServerError", "InvalidRequestError", "MissingAPIKeyError", "Model", "ModelPage",
     "NotFoundError", "PROVIDERS", "PermissionDeniedError", "Provider", "RateLimitError", "RateLimits",
     "RetryPolicy", "Stream", "StreamInterruptedError", "UnprocessableEntityError", "Usage", "arun_batch",
     "arun_workload", "mask_key", "run_batch", "run_workload",

@@ -6,6 +6,7 @@ Only the sending differs between the two (blocking or awaited), so everything el
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import httpx
 
@@ -21,6 +22,7 @@ DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
 # as openai-python: enough keep-alive connections that high concurrency does not reconnect per request
 DEFAULT_POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
+NOT_GIVEN = object()  # an argument left out, where None means "no limit" (openai-python's NOT_GIVEN)
 
 
 def make_timeout(timeout) -> httpx.Timeout:
@@ -48,26 +50,42 @@ def _check_seconds(name: str, value) -> None:
 
 
 def estimate_tokens(body: dict) -> int:
-    """Tokens a request may count against a TPM limit: ~4 characters per prompt token plus max_tokens."""
+    """Tokens a request may count against a TPM limit: ~4 characters per prompt token plus max_tokens.
+
+    Only an estimate for the client's own budget: odd values count as 0 here and reach the server,
+    whose 400 names the field.
+    """
     prompt = body.get("prompt")
     chars = 0
     if isinstance(prompt, str):
         chars = len(prompt)
     elif isinstance(prompt, list):
-        # token ids count one each; a list of strings is a batch of prompts
-        return sum(len(p) // 4 if isinstance(p, str) else 1 for p in prompt) + _max_tokens(body)
+        # token ids count one each; a list of strings, or of id lists, is a batch of prompts
+        return sum(_prompt_tokens(p) for p in prompt) + _max_tokens(body)
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, str):
             chars += len(content)
         elif isinstance(content, list):  # content parts
-            chars += sum(len(part.get("text", "")) for part in content if isinstance(part, dict))
+            chars += sum(len(part.get("text") or "") for part in content
+                         if isinstance(part, dict) and isinstance(part.get("text") or "", str))
     return chars // 4 + 4 * len(body.get("messages") or ()) + _max_tokens(body)
+
+
+def _prompt_tokens(p) -> int:
+    if isinstance(p, str):
+        return len(p) // 4
+    if isinstance(p, list):
+        return len(p)
+    return 1
 
 
 def _max_tokens(body: dict) -> int:
     value = body.get("max_tokens") or body.get("max_completion_tokens") or 0
-    return int(value) * int(body.get("n") or 1)
+    n = body.get("n") or 1
+    if not is_number(value) or not is_number(n):
+        return 0
+    return int(value) * int(n)
 
 
 class _Endpoint:
@@ -140,22 +158,29 @@ class BaseClient:
 
     def config(self) -> dict:
         """Keyword arguments that build an equivalent client (for `AsyncClient(**c.config())` and back)."""
+        if self._custom_http:
+            # its proxies, TLS settings and transport live in an httpx client of the other kind (or of
+            # another event loop): dropping them silently would send requests some other way
+            raise ValueError(
+                "http_client: this client was built on your own httpx client, whose settings cannot be "
+                "carried to the new async client that run_batch / run_workload need; build an AsyncClient "
+                "on an httpx.AsyncClient and call `await arun_batch(...)` / `await arun_workload(...)`")
         return dict(base_url=self.base_url, api_key=self.api_key or None, provider=self.provider,
                     timeout=self.timeout, stream_idle_timeout=self.stream_idle_timeout,
                     retry=copy.copy(self.retry), limits=copy.copy(self.limits),
                     default_headers={k: v for k, v in self.headers.items() if k != "authorization"},
                     transport=self.transport)
 
-    def with_options(self, *, max_retries: int | None = None, timeout=None,
-                     stream_idle_timeout: float | None | str = "unchanged"):
-        """A copy sharing the connection pool and limiter, with other retry or timeout settings."""
+    def with_options(self, *, max_retries: int | None = None, timeout=NOT_GIVEN, stream_idle_timeout=NOT_GIVEN):
+        """A copy sharing the connection pool and limiter, with other retry or timeout settings
+        (`timeout=None`: no limit, as in openai-python; leave an argument out to keep the setting)."""
         other = copy.copy(self)
         if max_retries is not None:
-            other.retry = copy.copy(self.retry)
-            other.retry.max_retries = max_retries
-        if timeout is not None:
+            other.retry = dataclasses.replace(self.retry, max_retries=max_retries)  # checked again
+        if timeout is not NOT_GIVEN:
             other.timeout = make_timeout(timeout)
-        if stream_idle_timeout != "unchanged":
+        if stream_idle_timeout is not NOT_GIVEN:
+            _check_seconds("stream_idle_timeout", stream_idle_timeout)
             other.stream_idle_timeout = stream_idle_timeout
         other._init_resources()
         return other
@@ -163,7 +188,7 @@ class BaseClient:
     def _prepare(self, params: dict):
         """(body, stream, timeout, headers) from `create(**params)`."""
         params = dict(params)
-        timeout = params.pop("timeout", None)
+        timeout = params.pop("timeout", NOT_GIVEN)
         extra_headers = params.pop("extra_headers", None)
         extra_body = params.pop("extra_body", None)
         stream = bool(params.get("stream"))
@@ -174,7 +199,7 @@ class BaseClient:
             params.setdefault("stream_options", {"include_usage": True})
         if extra_body:
             params.update(extra_body)
-        timeout = self.timeout if timeout is None else make_timeout(timeout)
+        timeout = self.timeout if timeout is NOT_GIVEN else make_timeout(timeout)  # None: no limit
         if stream and self.stream_idle_timeout is not None and (timeout.read is None
                                                                  or timeout.read > self.stream_idle_timeout):
             # a blocked read must not outlast the idle timeout (keep-alive comments are checked per line)

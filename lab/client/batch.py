@@ -127,8 +127,9 @@ async def _arun(client, fresh: bool, requests, *, concurrency, checkpoint, progr
     items = normalize(requests)
     path = Path(checkpoint) if checkpoint is not None else None
     done, dirty = read_checkpoint(path) if path else ({}, False)
-    if retry_errors:
-        done = {cid: rec for cid, rec in done.items() if rec.get("error") is None}
+    if retry_errors:  # only this run's inputs: other runs' records in the same file stay as they are
+        wanted = {cid for cid, _, _ in items}
+        done = {cid: rec for cid, rec in done.items() if cid not in wanted or rec.get("error") is None}
     todo = [(i, cid, p, body) for i, (cid, p, body) in enumerate(items) if cid not in done]
     # a sync Client lends its settings to an async twin; so does any client when run_batch starts a new
     # loop, because an AsyncClient's connections belong to the loop that opened them

@@ -47,6 +47,7 @@ class Client(BaseClient):
 
     def __init__(self, *args, http_client: httpx.Client | None = None, **kw):
         super().__init__(*args, **kw)
+        self._custom_http = http_client is not None
         self._http = http_client or httpx.Client(timeout=self.timeout, limits=DEFAULT_POOL,
                                                  transport=self.transport, follow_redirects=True)
         self._http.headers.update(self.headers)  # auth and user-agent on every request
@@ -111,7 +112,7 @@ class Client(BaseClient):
         try:
             content = response.read()
         except httpx.HTTPError as e:
-            raise from_httpx(e) from e
+            raise from_httpx(e, rid) from e
         finally:
             response.close()
         return _answer(self, response, content, method, rid, est, start_t, head_t, retries)
@@ -123,12 +124,11 @@ class Client(BaseClient):
         lines = response.iter_lines()
         try:
             first = next_chunk(state, lines)
-        except APIError:
+        except BaseException as e:  # an error or an interrupt: the connection goes back closed
             response.close()
+            if isinstance(e, httpx.HTTPError):
+                raise from_httpx(e, rid) from e
             raise
-        except httpx.HTTPError as e:
-            response.close()
-            raise from_httpx(e) from e
 
         def on_close(usage):
             if self._limiter is not None:
@@ -144,6 +144,7 @@ class AsyncClient(BaseClient):
 
     def __init__(self, *args, http_client: httpx.AsyncClient | None = None, **kw):
         super().__init__(*args, **kw)
+        self._custom_http = http_client is not None
         # one TLS context for every pool: building one loads the CA bundle (~80 ms of CPU), and PoolSet
         # opens pools mid-run on the event loop, where that stalled every stream in flight (and inflated
         # run_workload's TTFT several-fold at 16 req/s)
@@ -220,8 +221,9 @@ class AsyncClient(BaseClient):
             except httpx.HTTPError as e:
                 raise from_httpx(e) from e
             if stream and response.status_code < 400:
+                opened = await self._open_stream(response, start_t, retries, est, lambda: pools.release(i))
                 released = True  # the stream gives the pool back when it closes
-                return await self._open_stream(response, start_t, retries, est, lambda: pools.release(i))
+                return opened
             return await self._finish(response, method, start_t, retries, est)
         finally:
             if not released:
@@ -235,7 +237,7 @@ class AsyncClient(BaseClient):
         try:
             content = await response.aread()
         except httpx.HTTPError as e:
-            raise from_httpx(e) from e
+            raise from_httpx(e, rid) from e
         finally:
             await response.aclose()
         return _answer(self, response, content, method, rid, est, start_t, head_t, retries)
@@ -247,12 +249,11 @@ class AsyncClient(BaseClient):
         lines = response.aiter_lines()
         try:
             first = await anext_chunk(state, lines)
-        except (APIError, httpx.HTTPError) as e:
+        except BaseException as e:  # an error or a cancellation: the caller's finally gives the pool back
             await response.aclose()
-            release_pool()
-            if isinstance(e, APIError):
-                raise
-            raise from_httpx(e) from e
+            if isinstance(e, httpx.HTTPError):
+                raise from_httpx(e, state.request_id) from e
+            raise
 
         def on_close(usage):
             release_pool()

@@ -51,6 +51,10 @@ class APIConnectionError(APIError):
     """The request never got an HTTP answer: DNS, refused connection, reset, cut stream."""
 
 
+class InvalidRequestError(APIError):
+    """The client could not put the request on the wire (an illegal header value, say). Not retried."""
+
+
 class APITimeoutError(APIConnectionError):
     """Connect, read, write or pool timeout, or a stream idle for too long."""
 
@@ -157,11 +161,17 @@ def error_from_response(status_code: int, content: bytes, headers) -> APIStatusE
     return make_status_error(status_code, body, {k.lower(): v for k, v in headers.items()})
 
 
-def from_httpx(exc: Exception) -> APIConnectionError:
-    """httpx's transport errors as ours: timeouts (connect, read, write, pool) and everything else."""
+def from_httpx(exc: Exception, request_id: str | None = None) -> APIError:
+    """httpx's transport errors as ours: timeouts (connect, read, write, pool) and everything else.
+    `request_id`: when the response's headers had arrived before the failure."""
     import httpx
 
     kind = type(exc).__name__
+    detail = str(exc) or "no detail"
     if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"request timed out ({kind}: {exc or 'no detail'})")
-    return APIConnectionError(f"connection error ({kind}: {exc or 'no detail'})")
+        return APITimeoutError(f"request timed out ({kind}: {detail})", request_id=request_id)
+    if isinstance(exc, httpx.LocalProtocolError):
+        # our own request could not be written (an illegal header value): sending it again cannot help,
+        # and httpx's message quotes the header, which may be the API key
+        return InvalidRequestError(f"the request could not be sent ({kind}); check header values")
+    return APIConnectionError(f"connection error ({kind}: {detail})", request_id=request_id)

@@ -7,11 +7,13 @@ Two token buckets (requests, estimated tokens) refill continuously; the server's
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 import time
 from dataclasses import dataclass
 
+from lab._checks import is_int, is_number
 from lab.client.retry import MAX_RETRY_AFTER, parse_retry_after
 
 
@@ -23,10 +25,15 @@ class RateLimits:
     pause_after_429_s: float = 1.0  # when a 429 names no retry-after
 
     def __post_init__(self):
-        for name in ("max_concurrency", "rpm", "tpm"):
+        if self.max_concurrency is not None and (not is_int(self.max_concurrency) or self.max_concurrency < 1):
+            # a fractional semaphore never reaches 0: 2.5 would mean no limit at all
+            raise ValueError(f"max_concurrency must be an integer >= 1 or None (no limit), got {self.max_concurrency!r}")
+        for name in ("rpm", "tpm"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None (no limit), got {value!r}")
+            if value is not None and (not is_number(value) or not 0 < value < math.inf):
+                raise ValueError(f"{name} must be a finite number > 0 or None (no limit), got {value!r}")
+        if not is_number(self.pause_after_429_s) or not 0 <= self.pause_after_429_s < math.inf:
+            raise ValueError(f"pause_after_429_s must be a finite number >= 0, got {self.pause_after_429_s!r}")
 
     @property
     def active(self) -> bool:
@@ -131,8 +138,11 @@ class RateLimiter:
                 self.paused_until = max(self.paused_until, now + reset)
         if status == 429:
             wait = parse_retry_after(headers)
-            if wait is None or not 0 < wait <= MAX_RETRY_AFTER:
+            if wait is None or not wait > 0:
                 wait = self.limits.pause_after_429_s
+            # a wait beyond the cap is not retried (RetryPolicy), but the next requests must not walk
+            # into the same 429 a second later: hold them for the cap
+            wait = min(wait, MAX_RETRY_AFTER)
             self.paused_until = max(self.paused_until, now + wait)
 
 

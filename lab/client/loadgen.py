@@ -15,6 +15,7 @@ import asyncio
 import random
 import time
 
+from lab._checks import is_int
 from lab.client._aio import run_sync
 from lab.client.client import AsyncClient
 from lab.client.providers import PROVIDERS
@@ -105,8 +106,8 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
     latencies are those of single attempts, as in `vllm bench serve`. `endpoint="chat"` sends each
     prompt as one user message to /chat/completions (text prompts only).
     """
-    if max_concurrency is not None and max_concurrency < 1:
-        raise ValueError(f"max_concurrency: must be >= 1 or None, got {max_concurrency}")
+    if max_concurrency is not None and (not is_int(max_concurrency) or max_concurrency < 1):
+        raise ValueError(f"max_concurrency: must be an integer >= 1 or None, got {max_concurrency!r}")
     if endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint: must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
     # no provider: a base_url of no known hosted API, taken to be a self-hosted vLLM-compatible server

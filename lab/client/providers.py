@@ -49,6 +49,21 @@ def is_placeholder(key: str) -> bool:
     return not key.strip() or _PLACEHOLDER.match(key.strip()) is not None
 
 
+def _clean_key(key, source: str) -> str:
+    """A key read from a file or a copied line often ends in a newline: drop surrounding whitespace."""
+    if not isinstance(key, str):
+        raise ValueError(f"api_key: must be a string, got {type(key).__name__} (from the {source})")
+    return key.strip()
+
+
+def _check_key_chars(key: str, source: str) -> None:
+    # whitespace or control characters cannot go in a header, and the HTTP library's error would
+    # quote the whole header: refuse them here, without showing the key
+    if any(c.isspace() or not c.isprintable() for c in key):
+        raise ValueError(f"api_key: the key from the {source} contains spaces or control characters "
+                         f"({mask_key(key)}); copy it again")
+
+
 def mask_key(key: str | None) -> str:
     """`sk-abc...wxyz`: enough to tell two keys apart, never enough to use one."""
     if not key:
@@ -94,6 +109,8 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
             api_key = next(iter(split_keys(api_key)), "")
     else:
         source = "api_key argument"
+    if api_key is not None:
+        api_key = _clean_key(api_key, source)
     if api_key is not None and is_placeholder(api_key):
         hint = f"set the environment variable {preset.env_var}" if preset else "pass your real key as api_key=..."
         raise MissingAPIKeyError(f"the API key from the {source} looks like a placeholder ({mask_key(api_key)}); {hint}")
@@ -102,6 +119,8 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
             f"no API key for provider {preset.name!r}: set the environment variable {preset.env_var} "
             "or pass api_key=..."
         )
+    if api_key is not None:
+        _check_key_chars(api_key, source)
     return url, api_key, preset.name if preset else None
 
 

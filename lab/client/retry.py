@@ -53,7 +53,7 @@ class RetryPolicy:
     max_retry_after: float = MAX_RETRY_AFTER
 
     def __post_init__(self):
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
 
     def should_retry(self, error: BaseException) -> bool:

@@ -159,6 +159,18 @@ class _StreamBase:
             self.end_t = time.perf_counter()
             self._on_close(self.state.usage)
 
+    def __del__(self):
+        # a stream dropped unfinished without close() (a `break` out of the loop, no `with`) must
+        # still give back its concurrency slot: otherwise a client with max_concurrency hangs
+        if not getattr(self, "closed", True):
+            try:
+                self._abandon()
+            except Exception:  # noqa: S110 (interpreter shutdown, a closed loop: nothing left to free)
+                pass
+
+    def _abandon(self) -> None:
+        self._finish()
+
     def _fail(self, exc: Exception) -> StreamInterruptedError:
         error = exc if isinstance(exc, APIError) else from_httpx(exc)
         return self.state.interrupted(error)
@@ -193,6 +205,8 @@ class Stream(_StreamBase):
     def close(self) -> None:
         self.response.close()
         self._finish()
+
+    _abandon = close  # a sync stream can also hand its connection back
 
     def __enter__(self):
         return self
