@@ -85,3 +85,23 @@ async def test_stop_ends_open_streams():
 def test_one_engine_thread_per_engine(aengine):
     with pytest.raises(RuntimeError, match="already drives it"):
         AsyncEngine(aengine.engine).start()
+
+
+async def test_an_add_queued_when_the_engine_stops_fails_at_once():
+    aengine = AsyncEngine(tiny_llm("stop").engine).start()
+    step = aengine._step
+
+    def slow_step():  # widen the window: the add is queued while a step runs
+        time.sleep(0.3)
+        return step()
+
+    aengine._step = slow_step
+    first = await aengine.add_request([1, 2, 3], SamplingParams(max_tokens=50, ignore_eos=True), "first")
+    late = asyncio.ensure_future(aengine.add_request([4, 5], SamplingParams(max_tokens=5), "late"))
+    await asyncio.sleep(0.1)
+    await asyncio.to_thread(aengine.stop)
+    with pytest.raises(RuntimeError, match="engine is not running"):
+        await asyncio.wait_for(late, 2)  # before: it waited forever (a server's shutdown timeout)
+    assert [e async for e in first][-1].finish_reason == "abort"
+    with pytest.raises(RuntimeError, match="engine is not running"):
+        await aengine.add_request([1], SamplingParams(max_tokens=1), "after")

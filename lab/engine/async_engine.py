@@ -136,7 +136,11 @@ class AsyncEngine:
             self._stats.num_waiting += 1  # until the next step's snapshot counts it
             done.set_result(stream)
 
-        self._submit(add, is_add=True)
+        def refuse():  # the engine stopped before it ran this add: end the wait, do not hang it
+            if not done.done():
+                done.set_exception(RuntimeError("engine is not running"))
+
+        self._submit(add, is_add=True, on_drop=refuse)
         try:
             return await asyncio.wrap_future(done)
         except asyncio.CancelledError:
@@ -147,9 +151,13 @@ class AsyncEngine:
         """Cancel a request; its KV blocks are freed before the engine's next step."""
         self._submit(lambda: self.engine.abort(request_id))
 
-    def _submit(self, command, is_add: bool = False) -> None:
+    def _submit(self, command, is_add: bool = False, on_drop=None) -> None:
         with self._cond:
-            self._commands.append((command, is_add))
+            if self._stopping:  # nobody will run it
+                if on_drop is not None:
+                    on_drop()
+                return
+            self._commands.append((command, is_add, on_drop))
             self._pending_adds += is_add
             self._cond.notify()
 
@@ -163,9 +171,9 @@ class AsyncEngine:
                 if self._stopping:
                     break
                 commands, self._commands = self._commands, []
-                for _, is_add in commands:
+                for _, is_add, _ in commands:
                     self._pending_adds -= is_add
-            for command, _ in commands:
+            for command, _, _ in commands:
                 command()
             try:
                 ran = self._step()
@@ -177,6 +185,11 @@ class AsyncEngine:
                 with self._cond:
                     if not self._commands and not self._stopping:
                         self._cond.wait(IDLE_POLL_S)
+        with self._cond:  # queued before the stop, never run: their callers must hear so
+            dropped, self._commands, self._pending_adds = self._commands, [], 0
+        for _, _, on_drop in dropped:
+            if on_drop is not None:
+                on_drop()
         self._fail_all("abort", "server shutting down")
 
     def _step(self) -> bool:
