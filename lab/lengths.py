@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab._checks import is_int
+from lab._checks import is_int, is_number
 
 
 @dataclass(slots=True)
@@ -32,9 +32,7 @@ class Uniform:
     high: int
 
     def __post_init__(self):
-        _check_int("Uniform.low", self.low)
-        if self.high < self.low:
-            raise ValueError(f"Uniform.high: must be >= low ({self.low}), got {self.high}")
+        _check_bounds("Uniform", self.low, self.high)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return rng.integers(self.low, self.high + 1, size=n)
@@ -49,8 +47,7 @@ class Exponential:
     high: int | None = None
 
     def __post_init__(self):
-        if not self.mean > 0:
-            raise ValueError(f"Exponential.mean: must be > 0, got {self.mean}")
+        _check_finite("Exponential.mean", self.mean)
         _check_bounds("Exponential", self.low, self.high)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,10 +64,9 @@ class LogNormal:
     high: int | None = None
 
     def __post_init__(self):
-        if not self.median > 0:
-            raise ValueError(f"LogNormal.median: must be > 0, got {self.median}")
-        if self.sigma < 0:
-            raise ValueError(f"LogNormal.sigma: must be >= 0, got {self.sigma}")
+        _check_finite("LogNormal.median", self.median)
+        if not is_number(self.sigma) or not 0 <= self.sigma < np.inf:
+            raise ValueError(f"LogNormal.sigma: must be a finite number >= 0, got {self.sigma!r}")
         _check_bounds("LogNormal", self.low, self.high)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -109,7 +105,13 @@ def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: st
     if np.isscalar(spec):
         _check_int(field_name, spec)
         return np.full(n, int(spec), dtype=np.int64)
-    arr = np.asarray(spec, dtype=np.int64)
+    values = np.asarray(spec)
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        # an int64 cast would truncate 10.7 to 10 without a word
+        raise ValueError(f"{field_name}: lengths must be whole numbers, got {values[values != np.round(values)][0]}")
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{field_name}: need integer lengths, got values of type {values.dtype}")
+    arr = values.astype(np.int64)
     if arr.ndim != 1 or len(arr) != n:
         raise ValueError(
             f"{field_name}: need {n} values, got {arr.size}; or give an int or a distribution "
@@ -127,8 +129,14 @@ def _check_int(name: str, v) -> None:
 
 def _check_bounds(kind: str, low: int, high: int | None) -> None:
     _check_int(f"{kind}.low", low)
-    if high is not None and high < low:
-        raise ValueError(f"{kind}.high: must be >= low ({low}), got {high}")
+    if high is not None and (not is_int(high) or high < low):
+        raise ValueError(f"{kind}.high: must be an integer >= low ({low}), got {high!r}")
+
+
+def _check_finite(name: str, v) -> None:
+    # inf would sample lengths that overflow int64 into negative numbers
+    if not is_number(v) or not 0 < v < np.inf:
+        raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
 
 
 def _clip(x: np.ndarray, low: int, high: int | None) -> np.ndarray:

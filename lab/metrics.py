@@ -6,9 +6,12 @@ them; `Result.summary()` reports what `vllm bench serve` reports.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+
+from lab._checks import is_number
 
 PERCENTILES = (50, 90, 99)
 
@@ -169,6 +172,10 @@ class Result:
             unknown = set(slo_ms) - {"ttft", "tpot", "e2el"}
             if unknown:
                 raise ValueError(f"slo_ms: unknown keys {sorted(unknown)}; allowed: ttft, tpot, e2el")
+            for key, limit in slo_ms.items():
+                # NaN would pass every request (no comparison with it is true)
+                if not is_number(limit) or not 0 < limit < math.inf:
+                    raise ValueError(f"slo_ms[{key!r}]: must be a finite number of milliseconds > 0, got {limit!r}")
             good = sum(1 for r in done if _meets(r, slo_ms))
             s["goodput"] = s["request_goodput"] = good / span
         if self.steps:

@@ -80,6 +80,15 @@ def test_reseller_exchange_deal(table):
     assert effective_usd_price(8.00, 1.0, 7.3) == pytest.approx(8.00 / 7.3)
 
 
+@pytest.mark.parametrize("market", [float("nan"), float("inf"), 0, "7.3"])
+def test_a_market_rate_must_be_a_finite_positive_number(table, market):
+    # nan and inf came out as a nan or a $0 cost
+    with pytest.raises(ValueError, match="market_cny_per_usd must be a finite number > 0"):
+        usage_cost("model-x", 0, 1_000_000, provider="resell", market_cny_per_usd=market, prices=table)
+    with pytest.raises(ValueError, match="market_cny_per_usd must be a finite number > 0"):
+        effective_usd_price(8.00, 1.0, market)
+
+
 def test_where_85_percent_comes_from():
     assert exchange_deal_savings(7.3) == pytest.approx(1 - 1 / 7.3)  # 86.3%
     assert exchange_deal_savings(7.3) > 0.85

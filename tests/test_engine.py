@@ -400,7 +400,8 @@ def test_unsupported_device_rejected(tiny_llama, device):
     (dict(top_p=0), "top_p: must be a number in (0, 1]"),
     (dict(top_k=2.5), "top_k: must be an integer >= 0 (0 or -1: off), got 2.5"),
     (dict(max_tokens="8"), "max_tokens: must be an integer >= 1, got '8'"),
-    (dict(seed="1"), "seed: must be an integer or None, got '1'"),
+    (dict(seed="1"), "seed: must be an integer in [-2**63, 2**63 - 1] or None, got '1'"),
+    (dict(seed=2**64), "or None, got 18446744073709551616"),  # torch.Generator would overflow when queued
     (dict(stop_token_ids=5), "stop_token_ids: must be a list of integers, got 5"),
     (dict(stop_token_ids=[1.5]), "stop_token_ids: must be a list of integers"),
     (dict(ignore_eos="yes"), "ignore_eos: must be true or false, got 'yes'"),
@@ -493,3 +494,56 @@ def test_cuda_seeded_sampling_repeats_and_stays_on_the_device(tiny_llama):
     assert [o.token_ids for o in runs[0]] == [o.token_ids for o in runs[1]]
     alone = llm.generate([[1, 2, 3]], params, use_tqdm=False)[0].token_ids
     assert alone == runs[0][0].token_ids  # its own generator: the batch it shares does not matter
+
+
+def test_preempted_recompute_over_the_budget_with_chunking_off_finishes_with_the_same_tokens(tiny_llama):
+    prompts = [list(range(1, 13)), list(range(20, 30))]
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    tight = make_llm(tiny_llama, num_blocks=10, block_size=4, max_num_seqs=2, max_num_batched_tokens=16,
+                     enable_chunked_prefill=False, enable_prefix_caching=False)
+    outs = tight.generate(prompts, params, use_tqdm=False)  # used to loop forever
+    roomy = make_llm(tiny_llama, block_size=4).generate(prompts, params, use_tqdm=False)
+    assert sum(s.num_preempted for s in tight.engine.trace) >= 1
+    assert [o.token_ids for o in outs] == [o.token_ids for o in roomy]
+    assert tight.engine.block_manager.num_used == 0
+
+
+def test_a_tiny_temperature_is_greedy_and_breaks_nothing(tiny_llama):
+    llm = make_llm(tiny_llama)
+    greedy = llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids
+    tiny = SamplingParams(max_tokens=GREEDY.max_tokens, temperature=1e-40, ignore_eos=True)
+    # logits / 1e-40 overflowed to inf and failed the whole batch; below 1e-5 it is greedy (vLLM's rule)
+    assert llm.generate([[1, 2, 3]], tiny, use_tqdm=False)[0].token_ids == greedy
+    assert llm.engine.block_manager.num_used == 0
+
+
+def test_the_last_token_needs_no_kv_slot(tiny_llama):
+    # 4 prompt + 5 output tokens: KV for 8 of them, exactly 2 blocks of 4
+    llm = make_llm(tiny_llama, num_blocks=2, block_size=4)
+    out = llm.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=5, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert len(out[0].token_ids) == 5 and llm.engine.block_manager.num_used == 0
+    with pytest.raises(ValueError, match=r"max_tokens: prompt \+ max_tokens = 10 tokens cannot fit"):
+        llm.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=6), use_tqdm=False)
+
+
+def test_an_aborted_id_is_not_reused_before_its_abort_is_reported(tiny_llama):
+    engine = make_llm(tiny_llama).engine
+    engine.add_request([1, 2, 3], GREEDY, "x")
+    engine.abort("x")
+    with pytest.raises(ValueError, match="request_id: 'x' was aborted"):
+        engine.add_request([4, 5], GREEDY, "x")
+    assert [(e.request_id, e.finish_reason) for e in engine.step()] == [("x", "abort")]
+    engine.add_request([4, 5], GREEDY, "x")  # reported: the id is free again
+    assert engine.has_unfinished()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(enable_prefix_caching="false"), "enable_prefix_caching: must be True or False, got 'false'"),
+    (dict(enable_chunked_prefill=1), "enable_chunked_prefill: must be True or False, got 1"),
+    (dict(static_batch_timeout_s=float("nan")), "static_batch_timeout_s: must be a finite number >= 0, got nan"),
+    (dict(static_batch_timeout_s="1"), "static_batch_timeout_s: must be a finite number >= 0, got '1'"),
+    (dict(kv_cache_memory_gib=float("inf")), "kv_cache_memory_gib: must be a finite number > 0, got inf"),
+])
+def test_engine_config_rejects_wrong_types_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        EngineConfig(**kwargs)

@@ -1,6 +1,7 @@
 """lab.metrics: vllm-bench-serve definitions on hand-built requests (TPOT, ITL, goodput, duration)."""
 
 import math
+import re
 
 import pytest
 
@@ -81,3 +82,14 @@ def test_frames_and_merge(result):
     assert len(merged.requests) == 4 and [s.start_s for s in merged.steps] == [0.5, 1.0]
     frame = merged.steps_frame()
     assert list(frame.replica) == [0, 1] and list(frame.num_tokens) == [2, 4]
+
+
+@pytest.mark.parametrize("slo, message", [
+    ({"ttft": float("nan")}, "slo_ms['ttft']: must be a finite number of milliseconds > 0, got nan"),
+    ({"e2el": "200"}, "slo_ms['e2el']: must be a finite number of milliseconds > 0, got '200'"),
+    ({"tpot": 0}, "slo_ms['tpot']: must be a finite number of milliseconds > 0, got 0"),
+])
+def test_goodput_slo_limits_are_checked(result, slo, message):
+    # a NaN limit used to count every request as good
+    with pytest.raises(ValueError, match=re.escape(message)):
+        result.summary(slo)

@@ -170,3 +170,16 @@ def test_static_batch_starts_on_its_timeout_as_in_the_simulator(tiny_llama, monk
         # the last group is flushed as soon as its last request arrives: nobody else can come
         assert [start[f"g2-{i}"] for i in range(3)] == pytest.approx([4.1] * 3, abs=0.006)
     assert [s.start_s for s in engine.steps] == pytest.approx([s.start_s for s in sim.steps], abs=0.006)
+
+
+def test_a_recompute_longer_than_the_budget_runs_whole_with_chunking_off(tiny_llama):
+    # preempted, a request comes back as prompt + output (up to 12 + 24 tokens) against a budget of 16:
+    # with chunked prefill off it used to wait forever; now it runs alone in a step, in both
+    reqs = [RequestSpec(f"r{i}", 0.0, prompt_token_ids=list(range(1 + i, 13 + i)), output_len=24) for i in range(2)]
+    kw = dict(block_size=4, num_blocks=10, max_num_seqs=2, max_num_batched_tokens=16,
+              enable_chunked_prefill=False, enable_prefix_caching=False)
+    engine, sim = _both(tiny_llama, Workload(reqs), **kw)
+    assert sum(s.num_preempted for s in engine.steps) >= 1
+    assert all(r.ok and r.output_tokens == 24 for r in engine.requests)
+    assert max(s.prefill_tokens for s in engine.steps) > 16  # the recompute, whole, over budget
+    assert [s.batch for s in sim.steps] == [s.batch for s in engine.steps]

@@ -104,6 +104,8 @@ def test_folder_without_tokenizer_or_template(tmp_path):
     with pytest.raises(ValueError, match="no tokenizer; pass token ids"):
         llm.generate(["hello"], SamplingParams(max_tokens=2))
     assert len(llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2, ignore_eos=True))[0].token_ids) == 2
+    with pytest.raises(ValueError, match="stop: this model folder has no tokenizer"):  # was silently ignored
+        llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2, stop=["a"]))
 
     folder = make_hf_model(tmp_path / "no-template", "llama")  # tokenizer.json but no chat template
     with pytest.raises(ValueError, match="no chat template"):

@@ -1,6 +1,7 @@
 """lab.workload: arrivals, length distributions, corpus prompts, Azure trace loaders and their errors."""
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,16 @@ def test_workload_accepts_any_iterable_of_specs_and_sorts_it():
     specs = (RequestSpec(f"r{i}", arrival_s=float(3 - i), prompt_len=4) for i in range(3))
     w = Workload(specs)
     assert [r.id for r in w] == ["r2", "r1", "r0"] and w.duration_s == 3.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: lengths([10.7, 20.2, 30.9], 3, field_name="prompt_lens"), "prompt_lens: lengths must be whole numbers, got 10.7"),
+    (lambda: lengths(["a", "b"], 2, field_name="output_lens"), "output_lens: need integer lengths"),
+    (lambda: Exponential(float("inf")), "Exponential.mean: must be a finite number > 0, got inf"),
+    (lambda: LogNormal(10, sigma=float("nan")), "LogNormal.sigma: must be a finite number >= 0, got nan"),
+    (lambda: Uniform(1, 5.5), "Uniform.high: must be an integer >= low (1), got 5.5"),
+])
+def test_length_specs_are_checked_not_truncated(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+    assert list(lengths([10.0, 20.0], 2)) == [10, 20]  # whole floats are fine

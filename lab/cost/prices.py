@@ -67,10 +67,10 @@ class PriceRow:
 
     def usd_factor(self, market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD) -> float:
         """What one USD of this row's listed price costs in real USD (1 for direct providers)."""
+        if not is_number(market_cny_per_usd) or not 0 < market_cny_per_usd < float("inf"):
+            raise ValueError(f"market_cny_per_usd must be a finite number > 0, got {market_cny_per_usd!r}")
         if not self.is_reseller:
             return 1.0
-        if market_cny_per_usd <= 0:
-            raise ValueError(f"market_cny_per_usd must be > 0, got {market_cny_per_usd}")
         return self.credit_cny_per_usd / market_cny_per_usd
 
 

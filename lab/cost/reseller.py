@@ -7,14 +7,15 @@ reseller's claim, not a verified price.
 
 from __future__ import annotations
 
+from lab._checks import is_number
 from lab.cost.prices import DEFAULT_MARKET_CNY_PER_USD
 
 
 def _check_rates(cny_paid_per_credit_usd: float, market_cny_per_usd: float) -> None:
-    if not cny_paid_per_credit_usd > 0:
-        raise ValueError(f"cny_paid_per_credit_usd must be > 0, got {cny_paid_per_credit_usd}")
-    if not market_cny_per_usd > 0:
-        raise ValueError(f"market_cny_per_usd must be > 0, got {market_cny_per_usd}")
+    for name, value in (("cny_paid_per_credit_usd", cny_paid_per_credit_usd),
+                        ("market_cny_per_usd", market_cny_per_usd)):
+        if not is_number(value) or not 0 < value < float("inf"):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def effective_usd_price(

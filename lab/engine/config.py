@@ -5,9 +5,10 @@ The simulator builds the same config, so a what-if study uses exactly the engine
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from lab._checks import is_int
+from lab._checks import is_int, is_number
 
 POLICIES = ("static", "continuous")
 
@@ -33,8 +34,9 @@ class EngineConfig:
         _positive("max_num_batched_tokens", self.max_num_batched_tokens)
         if self.num_blocks is not None:
             _positive("num_blocks", self.num_blocks)
-        if self.kv_cache_memory_gib is not None and self.kv_cache_memory_gib <= 0:
-            raise ValueError(f"kv_cache_memory_gib: must be > 0, got {self.kv_cache_memory_gib}")
+        if self.kv_cache_memory_gib is not None and (not is_number(self.kv_cache_memory_gib)
+                                                     or not 0 < self.kv_cache_memory_gib < math.inf):
+            raise ValueError(f"kv_cache_memory_gib: must be a finite number > 0, got {self.kv_cache_memory_gib!r}")
         if self.max_model_len is not None:
             _positive("max_model_len", self.max_model_len)
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -42,8 +44,12 @@ class EngineConfig:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs})"
             )
-        if self.static_batch_timeout_s < 0:
-            raise ValueError(f"static_batch_timeout_s: must be >= 0, got {self.static_batch_timeout_s}")
+        if not is_number(self.static_batch_timeout_s) or not 0 <= self.static_batch_timeout_s < math.inf:
+            # NaN would never start a partial batch: a server (which never flushes) would hang
+            raise ValueError(f"static_batch_timeout_s: must be a finite number >= 0, got {self.static_batch_timeout_s!r}")
+        for name in ("enable_prefix_caching", "enable_chunked_prefill"):
+            if not isinstance(getattr(self, name), bool):  # "false" is a truthy string
+                raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")
 
 
 def _positive(name: str, value) -> None:

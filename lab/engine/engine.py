@@ -17,7 +17,7 @@ from lab.engine.block_manager import BlockManager
 from lab.engine.config import EngineConfig
 from lab.engine.model import ModelConfig
 from lab.engine.model_runner import ModelRunner, kv_bytes_per_block
-from lab.engine.scheduler import Scheduler
+from lab.engine.scheduler import Scheduler, admission_error
 from lab.engine.sequence import SamplingParams, Sequence, SequenceStatus
 from lab.engine.tokenizer import Tokenizer
 from lab.metrics import RequestMetrics, StepRecord
@@ -85,6 +85,10 @@ class Engine:
             self._next_id += 1
         if request_id in self.seqs and not self.seqs[request_id].is_finished:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
+        if any(s.request_id == request_id for s in self._aborted):
+            # its abort event is still to come, and would end the new request's stream instead
+            raise ValueError(f"request_id: {request_id!r} was aborted and its end is reported at the next "
+                             "step; use a new id")
         text, ids = self.check_request(prompt, params)
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
         if params.seed is not None:
@@ -121,23 +125,13 @@ class Engine:
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"prompt: token id {bad} is outside the vocabulary [0, {vocab})")
-        if len(ids) >= cfg.max_model_len:
-            raise ValueError(
-                f"prompt: {len(ids)} tokens leaves no room to generate within the model's context "
-                f"(max_model_len={cfg.max_model_len}); allowed: at most {cfg.max_model_len - 1} tokens"
-            )
-        if not cfg.enable_chunked_prefill and len(ids) > cfg.max_num_batched_tokens:
-            raise ValueError(
-                f"prompt: {len(ids)} tokens exceed max_num_batched_tokens={cfg.max_num_batched_tokens} "
-                "with chunked prefill off; shorten it, raise the budget or enable_chunked_prefill"
-            )
-        longest = min(len(ids) + params.max_tokens, cfg.max_model_len)
-        if self.block_manager.blocks_for(longest) > self.block_manager.num_blocks:
-            raise ValueError(
-                f"max_tokens: prompt + max_tokens = {longest} tokens cannot fit in the KV cache "
-                f"(num_blocks={self.block_manager.num_blocks} x block_size={cfg.block_size}); lower max_tokens "
-                "or give the cache more blocks"
-            )
+        problem = admission_error(len(ids), params.max_tokens, cfg, cfg.max_model_len, self.block_manager)
+        if problem is not None:
+            raise ValueError(problem)
+        if params.stop and self.tokenizer is None:
+            # stop strings are matched in decoded text, and this model has no tokenizer to decode with
+            raise ValueError("stop: this model folder has no tokenizer, so stop strings cannot be matched; "
+                             "use stop_token_ids")
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request; its blocks are free when this returns. False if it already ended."""

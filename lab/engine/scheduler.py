@@ -20,6 +20,28 @@ from lab.engine.config import EngineConfig
 from lab.engine.sequence import Sequence, SequenceStatus
 
 
+def admission_error(prompt_len: int, max_tokens: int, config: EngineConfig, max_model_len: int,
+                    block_manager: BlockManager) -> str | None:
+    """Why a request could never finish under these limits (naming the field), or None.
+
+    The engine raises it; the simulator records it as the request's failure. KV is stored for every
+    token but the last sampled one.
+    """
+    if prompt_len >= max_model_len:
+        return (f"prompt: {prompt_len} tokens leaves no room to generate within the model's context "
+                f"(max_model_len={max_model_len}); allowed: at most {max_model_len - 1} tokens")
+    stored = min(prompt_len + max_tokens, max_model_len) - 1
+    budget = config.max_num_batched_tokens
+    if not config.enable_chunked_prefill and prompt_len > budget:
+        return (f"prompt: {prompt_len} tokens exceed max_num_batched_tokens={budget} with chunked prefill "
+                "off; shorten it, raise the budget or enable_chunked_prefill")
+    if block_manager.blocks_for(stored) > block_manager.num_blocks:
+        return (f"max_tokens: prompt + max_tokens = {stored + 1} tokens cannot fit in the KV cache "
+                f"(num_blocks={block_manager.num_blocks} x block_size={config.block_size}, the last token "
+                "needs no slot); lower max_tokens or give the cache more blocks")
+    return None
+
+
 @dataclass(slots=True)
 class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
@@ -115,7 +137,10 @@ class Scheduler:
                 break
             hits = self.bm.lookup_prefix(seq)
             to_compute = seq.num_tokens - len(hits) * self.bm.block_size
-            if to_compute > budget and not cfg.enable_chunked_prefill:
+            whole = not cfg.enable_chunked_prefill
+            # a request preempted by recompute comes back as prompt + output, which can outgrow the
+            # budget; with chunking off it would then wait forever, so it runs whole in a step of its own
+            if whole and to_compute > budget and (batch.seqs or to_compute <= cfg.max_num_batched_tokens):
                 break
             if not self.bm.can_admit(seq, hits):
                 break  # first come, first served: nobody overtakes the head of the queue
@@ -125,7 +150,7 @@ class Scheduler:
             if seq.first_scheduled_s is None:
                 seq.first_scheduled_s = now
             self.running.append(seq)
-            n = min(to_compute, budget)
+            n = to_compute if whole else min(to_compute, budget)
             self._add_to_batch(batch, seq, n)
             budget -= n
 

@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 
 from lab._checks import is_int, is_number
 
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+MIN_TEMPERATURE = 1e-5  # a lower temperature samples as greedy
+
 
 @dataclass(slots=True)
 class SamplingParams:
     max_tokens: int = 16
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (or below 1e-5) means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 (or -1) means off
     seed: int | None = None
@@ -36,8 +39,9 @@ class SamplingParams:
             self.top_k = 0
         if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k: must be an integer >= 0 (0 or -1: off), got {self.top_k!r}")
-        if self.seed is not None and not is_int(self.seed):
-            raise ValueError(f"seed: must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
+            # torch.Generator takes a 64-bit seed; a bigger one would fail only when queued
+            raise ValueError(f"seed: must be an integer in [-2**63, 2**63 - 1] or None, got {self.seed!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None and (not isinstance(self.stop, (list, tuple))
@@ -53,7 +57,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # below this, logits / temperature overflow to inf; the limit is greedy in all but name (vLLM's rule)
+        return self.temperature < MIN_TEMPERATURE
 
 
 class SequenceStatus(enum.Enum):

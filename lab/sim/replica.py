@@ -12,7 +12,7 @@ import zlib
 
 from lab.engine.block_manager import BlockManager
 from lab.engine.config import EngineConfig
-from lab.engine.scheduler import Scheduler
+from lab.engine.scheduler import Scheduler, admission_error
 from lab.engine.sequence import SamplingParams, Sequence
 from lab.metrics import RequestMetrics, StepRecord
 from lab.sim.step_models import batch_shape
@@ -71,22 +71,7 @@ class Replica:
 
     def _invalid(self, prompt_len: int, max_tokens: int) -> str | None:
         """The engine's add_request checks; the engine raises, the simulator records a failure."""
-        cfg = self.config
-        if prompt_len >= self.max_model_len:
-            return (
-                f"prompt: {prompt_len} tokens leaves no room to generate (max_model_len={self.max_model_len})"
-            )
-        if not cfg.enable_chunked_prefill and prompt_len > cfg.max_num_batched_tokens:
-            return (
-                f"prompt: {prompt_len} tokens exceed max_num_batched_tokens={cfg.max_num_batched_tokens} "
-                "with chunked prefill off"
-            )
-        longest = min(prompt_len + max_tokens, self.max_model_len)
-        if self.bm.blocks_for(longest) > self.bm.num_blocks:
-            return (
-                f"max_tokens: {longest} tokens cannot fit in the KV cache (num_blocks={self.bm.num_blocks})"
-            )
-        return None
+        return admission_error(prompt_len, max_tokens, self.config, self.max_model_len, self.bm)
 
     def outstanding_at(self, now: float) -> int:
         return self.outstanding + (self.last_finished if self.free_at > now else 0)
