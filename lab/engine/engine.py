@@ -85,10 +85,6 @@ class Engine:
             self._next_id += 1
         if request_id in self.seqs and not self.seqs[request_id].is_finished:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
-        if any(s.request_id == request_id for s in self._aborted):
-            # its abort event is still to come, and would end the new request's stream instead
-            raise ValueError(f"request_id: {request_id!r} was aborted and its end is reported at the next "
-                             "step; use a new id")
         text, ids = self.check_request(prompt, params)
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
         if params.seed is not None:
@@ -148,7 +144,9 @@ class Engine:
     # -- one step --------------------------------------------------------------------------
     def step(self, flush: bool = False) -> list[TokenEvent]:
         """Schedule, run the model once, sample, check stops. `flush`: no more requests are coming."""
-        events = [TokenEvent(s.request_id, None, "", True, "abort") for s in self._aborted]
+        # an id reused since its abort belongs to the new request now: its old end is not reported
+        events = [TokenEvent(s.request_id, None, "", True, "abort") for s in self._aborted
+                  if self.seqs.get(s.request_id) is s]
         self._aborted.clear()
         start = self.now()
         batch = self.scheduler.schedule(start, flush)
