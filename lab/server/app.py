@@ -142,13 +142,22 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
     except ValidationError as exc:
         raise from_validation(exc) from None
     _check_model(state, req.model)
+    unsupported = req.unsupported_field()
+    if unsupported == "stream_options":
+        raise APIError(400, "stream_options: only allowed when stream is true", param="stream_options",
+                       code="invalid_value")
+    if unsupported is not None:
+        raise APIError(400, f"{unsupported}: not supported by this server; leave it out (or at its default)",
+                       param=unsupported, code="unsupported_parameter")
     prompt_field = "messages" if kind == "chat" else "prompt"
     ids = _tokenize(engine, req, prompt_field)
-    max_tokens = _max_tokens(engine.engine.config.max_model_len, len(ids), req, prompt_field)
+    max_tokens = _max_tokens(engine.engine, len(ids), req, prompt_field)
     try:
         params = req.sampling_params(max_tokens)
+        # everything the engine would refuse, refused before this request takes any rate budget
+        engine.engine.check_request(ids, params)
     except ValueError as exc:
-        raise bad_request(exc) from None
+        raise bad_request(exc, default_param=prompt_field) from None
     client = request.client.host if request.client else "unknown"
     bucket = key or f"address:{client}"
     if engine.stats.num_waiting >= cfg.max_queued_requests:
@@ -215,7 +224,8 @@ def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
         raise APIError(400, f"{field}: {detail}", param=field, code="invalid_value") from None
 
 
-def _max_tokens(max_model_len: int, prompt_tokens: int, req, field: str) -> int:
+def _max_tokens(engine, prompt_tokens: int, req, field: str) -> int:
+    max_model_len = engine.config.max_model_len
     room = max_model_len - prompt_tokens
     if room < 1:
         raise APIError(400, f"{field}: the prompt has {prompt_tokens} tokens; this model's context is "
@@ -223,7 +233,14 @@ def _max_tokens(max_model_len: int, prompt_tokens: int, req, field: str) -> int:
                        param=field, code="context_length_exceeded")
     requested = req.requested_max_tokens()
     if requested is None:
-        return room  # as vLLM: whatever the context leaves
+        # as vLLM: whatever the context leaves, and here also what the KV cache can hold (the last
+        # token needs no slot), so a small cache does not refuse every request that names no max_tokens
+        capacity = engine.block_manager.num_blocks * engine.config.block_size
+        if prompt_tokens >= capacity + 1:
+            raise APIError(400, f"{field}: the prompt has {prompt_tokens} tokens; this server's KV cache holds "
+                           f"{capacity} tokens, which leaves no room to generate. Shorten the prompt.",
+                           param=field, code="context_length_exceeded")
+        return min(room, capacity + 1 - prompt_tokens)
     if requested > room:
         name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
         raise APIError(400, f"{name}: this model's maximum context length is {max_model_len} tokens; you "

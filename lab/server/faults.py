@@ -17,6 +17,7 @@ STATUSES = (401, 429, 500, 503, 504)
 HEADER = "x-lab-fault"
 HEADER_CUT_AFTER = 2  # `cut`: drop the connection after this many chunks
 HEADER_STALL_AFTER = 1  # `stall`: go quiet after the first chunk, mid-stream as real stalls are
+MAX_HEADER_SECONDS = 600.0  # `latency:` and `stall:` longer than this would outlast any client
 MESSAGES = {
     401: ("Incorrect API key provided (injected fault).", "invalid_api_key"),
     429: ("Rate limit reached (injected fault). Please try again in 1s.", "rate_limit_exceeded"),
@@ -139,17 +140,33 @@ def _apply_header(fault: Fault, header: str) -> None:
             if name.isdigit() and int(name) in STATUSES and not arg:
                 fault.status = int(name)
             elif name == "cut":
-                fault.cut_after = int(arg) if arg else HEADER_CUT_AFTER
+                fault.cut_after = _header_count(arg) if arg else HEADER_CUT_AFTER
             elif name == "stall":
-                fault.stall_after, fault.stall_s = HEADER_STALL_AFTER, float(arg) if arg else 5.0
+                fault.stall_after, fault.stall_s = HEADER_STALL_AFTER, _header_seconds(arg) if arg else 5.0
             elif name == "latency" and arg:
-                fault.latency_s = float(arg)
+                fault.latency_s = _header_seconds(arg)
             else:
                 raise ValueError(name)
         except ValueError:
             raise APIError(400, f"{HEADER}: unknown fault {item.strip()!r}; allowed: "
-                           f"{', '.join(map(str, STATUSES))}, cut[:N], stall[:SECONDS], latency:SECONDS",
+                           f"{', '.join(map(str, STATUSES))}, cut[:N], stall[:SECONDS], latency:SECONDS "
+                           f"(N >= 0; 0 <= SECONDS <= {MAX_HEADER_SECONDS:g})",
                            param=HEADER, code="invalid_value") from None
+
+
+def _header_count(arg: str) -> int:
+    n = int(arg)
+    if n < 0:
+        raise ValueError(arg)
+    return n
+
+
+def _header_seconds(arg: str) -> float:
+    # inf or NaN would hold the request (and a server's shutdown) forever
+    seconds = float(arg)
+    if not 0 <= seconds <= MAX_HEADER_SECONDS:
+        raise ValueError(arg)
+    return seconds
 
 
 class StreamCut(Exception):

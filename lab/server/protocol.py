@@ -17,8 +17,26 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# OpenAI (and vLLM) fields this server does not implement, with the values that change nothing: any
+# other value is refused with a 400 naming the field, never silently ignored. Fields not listed here
+# (user, metadata, store, ...) do not change the answer and are ignored.
+NOT_IMPLEMENTED = {
+    "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+    "suffix": (None, ""), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "repetition_penalty": (None, 1), "logit_bias": (None, {}), "min_p": (None, 0), "min_tokens": (None, 0),
+    "response_format": (None, {"type": "text"}), "tools": (None, []), "functions": (None, []),
+    "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"),
+}
+
+
+def _same(a, b) -> bool:
+    # 0 and 0.0 are the same penalty, but False is not the number 0 (logprobs=0 asks for log-probs)
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
 class _Common(BaseModel):
-    # extra="allow": OpenAI fields we do not implement (user, logit_bias, ...) are ignored, as vLLM does
+    # extra="allow": fields we do not know pass through; those we know and do not implement are
+    # checked by `unsupported_field`
     model_config = ConfigDict(extra="allow", strict=True)
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -39,6 +57,16 @@ class _Common(BaseModel):
         if n != 1:
             raise ValueError(f"only n=1 is supported, got {n}")
         return n
+
+    def unsupported_field(self) -> str | None:
+        """The first field set to something this server would otherwise ignore, or None."""
+        for name, value in (self.model_extra or {}).items():
+            neutral = NOT_IMPLEMENTED.get(name)
+            if neutral is not None and not any(_same(value, v) for v in neutral):
+                return name
+        if self.stream_options is not None and not self.stream:
+            return "stream_options"
+        return None
 
     @property
     def include_usage(self) -> bool:
