@@ -28,11 +28,26 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
 @lru_cache(maxsize=16)
 def _compile(template: str):
     import jinja2
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    # the same environment transformers uses, so a template renders identically in both
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined)
+    class Generation(Extension):
+        """`{% generation %}...{% endgeneration %}` marks assistant text for training masks; rendering
+        it is rendering its body (transformers' AssistantTracker, without the tracking)."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    # the same environment transformers builds, so a template renders identically in both
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.Undefined,
+                                        extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(template)
     except jinja2.TemplateSyntaxError as e:
@@ -41,3 +56,16 @@ def _compile(template: str):
 
 def _raise(message: str):
     raise ValueError(f"chat template: {message}")
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # jinja2's own tojson escapes HTML characters and non-ASCII text; transformers' does not
+    import json
+
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    from datetime import datetime
+
+    return datetime.now().strftime(fmt)

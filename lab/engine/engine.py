@@ -22,6 +22,8 @@ from lab.engine.sequence import SamplingParams, Sequence, SequenceStatus
 from lab.engine.tokenizer import Tokenizer
 from lab.metrics import RequestMetrics, StepRecord
 
+DETOK_CONTEXT_TOKENS = 5  # prompt tokens the detokenizer starts from (vLLM's initial offset)
+
 CPU_KV_BUDGET_GIB = 2.0  # default cap for the KV cache on CPU; most runs need far less
 GPU_KV_FRACTION = 0.85  # of the memory still free after loading the weights
 
@@ -87,6 +89,8 @@ class Engine:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
         text, ids = self.check_request(prompt, params)
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
+        seq.detok_ids = ids[-DETOK_CONTEXT_TOKENS:]
+        seq.detok_read = len(seq.detok_ids)
         if params.seed is not None:
             # on the model's device, so sampling never copies a row of probabilities to the host
             seq.generator = torch.Generator(self.runner.device).manual_seed(params.seed)
@@ -191,8 +195,9 @@ class Engine:
             # decode only the new tokens (a full decode per token is quadratic in the output length)
             longest_stop = max((len(s) for s in p.stop), default=0)
             search_from = max(0, len(seq.text) - longest_stop + 1)
+            seq.detok_ids.append(token)
             new, seq.detok_prefix, seq.detok_read = self.tokenizer.decode_next(
-                seq.output_token_ids, seq.detok_prefix, seq.detok_read, final=reason is not None)
+                seq.detok_ids, seq.detok_prefix, seq.detok_read, final=reason is not None)
             seq.text += new
             cut = min((i for i in (seq.text.find(s, search_from) for s in p.stop) if i >= 0), default=-1)
             if cut >= 0:

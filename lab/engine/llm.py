@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from lab._checks import is_int
 from lab.engine.config import EngineConfig
 from lab.engine.engine import Engine, TokenEvent
-from lab.engine.loader import load_model, resolve_device, resolve_dtype
+from lab.engine.loader import checkpoint_dtype, load_model, resolve_device, resolve_dtype
 from lab.engine.sequence import SamplingParams
 from lab.metrics import RequestMetrics, Result, StepRecord
 from lab.workload import RequestSpec, Workload
@@ -49,7 +49,7 @@ class LLM:
             raise TypeError(f"LLM: unknown argument(s) {sorted(unknown)}; allowed: {sorted(_CONFIG_FIELDS)}")
         config = EngineConfig(**engine_kwargs)
         dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
+        dt = resolve_dtype(dtype, dev, checkpoint_dtype(model) if dtype == "auto" else None)
         net, model_config, tokenizer = load_model(model, dev, dt)
         self.model_path = model
         self.engine = Engine(net, model_config, tokenizer, config, dev, dt, seed)

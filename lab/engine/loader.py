@@ -40,12 +40,17 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, saved: str | None = None) -> torch.dtype:
+    """`auto`: float32 on a CPU; on a GPU the checkpoint's own half precision (`saved`), and bfloat16
+    for a float32 checkpoint (float16 where the GPU has no bfloat16), as vLLM chooses."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            bf16 = torch.cuda.is_bf16_supported()
+            if saved == "float16" or not bf16:
+                return torch.float16
+            return torch.bfloat16
         return torch.float32
     if dtype not in DTYPES:
         raise ValueError(f"dtype: unknown value {dtype!r}; allowed: 'auto', {', '.join(map(repr, DTYPES))}")
@@ -57,10 +62,28 @@ def read_config(folder: Path) -> ModelConfig:
     if not path.exists():
         raise FileNotFoundError(f"model: {folder} has no config.json; expected a Hugging Face-format folder")
     cfg = json.loads(path.read_text())
+    # stop on every end-of-sequence id the folder names, as vLLM does: instruct models list their
+    # end-of-turn token (Llama 3's <|eot_id|>, Qwen's <|im_end|>) in generation_config.json
+    eos = _ids(cfg.get("eos_token_id"))
     gen_path = folder / "generation_config.json"
-    if cfg.get("eos_token_id") is None and gen_path.exists():
-        cfg["eos_token_id"] = json.loads(gen_path.read_text()).get("eos_token_id")
+    if gen_path.exists():
+        eos += _ids(json.loads(gen_path.read_text()).get("eos_token_id"))
+    cfg["eos_token_id"] = list(dict.fromkeys(eos)) or None
     return ModelConfig.from_hf(cfg)
+
+
+def _ids(value) -> list[int]:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+def checkpoint_dtype(folder: str | Path | None) -> str | None:
+    """The dtype a checkpoint was saved in (config.json `dtype`, or `torch_dtype` before transformers 5)."""
+    path = Path(folder if folder is not None else bundled_model_dir()) / "config.json"
+    if not path.exists():
+        return None
+    cfg = json.loads(path.read_text())
+    value = cfg.get("dtype") or cfg.get("torch_dtype")
+    return value if isinstance(value, str) else None
 
 
 def load_model(folder: str | Path | None, device: torch.device, dtype: torch.dtype):
@@ -81,11 +104,17 @@ def load_model(folder: str | Path | None, device: torch.device, dtype: torch.dty
     tokenizer = None
     if (folder / "tokenizer.json").exists():
         tokenizer = Tokenizer.from_folder(folder, config.eos_token_ids)
+        # the tokenizer's own eos token stops generation too (vLLM's rule)
+        config.eos_token_ids = tuple(dict.fromkeys(config.eos_token_ids + tokenizer.eos_token_ids))
     return model, config, tokenizer
 
 
 def load_weights(model: torch.nn.Module, folder: Path) -> None:
     files = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.exists():  # a sharded checkpoint: the files its index names, not strays beside them
+        listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        files = [f for f in files if f.name in listed]
     if not files:
         raise FileNotFoundError(f"model: {folder} has no *.safetensors weights")
     params = dict(model.named_parameters())

@@ -46,7 +46,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict) -> ModelConfig:
-        archs = cfg.get("architectures") or []
+        # no architectures (old GPT-2 configs): transformers goes by model_type, and so do we
+        archs = cfg.get("architectures") or [a for a, family in ARCHITECTURES.items() if family == cfg.get("model_type")]
         arch = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
         if arch is None:
             raise ValueError(

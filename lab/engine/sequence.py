@@ -83,8 +83,11 @@ class Sequence:
     finish_reason: str | None = None
     text: str = ""
     stream_offset: int = 0  # chars of `text` already handed to stream consumers
-    detok_prefix: int = 0  # output tokens [detok_prefix, detok_read) are the detokenizer's context
-    detok_read: int = 0  # output tokens before this one are in `text`
+    # the detokenizer's window: the prompt's last few tokens, then every output token. Starting in the
+    # prompt keeps what depends on the neighbour right for the first output token (its leading space)
+    detok_ids: list[int] = field(default_factory=list)
+    detok_prefix: int = 0  # detok_ids[detok_prefix:detok_read] are the context of the next decode
+    detok_read: int = 0  # detok_ids before this one are in `text` (or are prompt)
     num_preemptions: int = 0
     first_scheduled_s: float | None = None
     first_token_s: float | None = None

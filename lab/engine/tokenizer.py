@@ -52,22 +52,26 @@ class Tokenizer:
                 "or pass prompts as token ids"
             )
         hf = HFTokenizer.from_file(str(path))
-        cfg_path = folder / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-        specials = {k: _token_text(cfg[k]) for k in ("bos_token", "eos_token") if cfg.get(k)}
-        if not eos_token_ids and "eos_token" in specials:
-            eos_id = hf.token_to_id(specials["eos_token"])
-            eos_token_ids = () if eos_id is None else (eos_id,)
-        template = cfg.get("chat_template")
-        if template is None and (folder / "chat_template.jinja").exists():
-            template = (folder / "chat_template.jinja").read_text()
+        cfg = _read_json(folder / "tokenizer_config.json")
+        # every special token the template may name (bos_token, eos_token, pad_token, ...); older
+        # folders keep them in special_tokens_map.json, and tokenizer_config.json wins, as in transformers
+        specials = {k: _token_text(v) for k, v in _read_json(folder / "special_tokens_map.json").items()
+                    if k.endswith("_token") and v}
+        specials |= {k: _token_text(v) for k, v in cfg.items() if k.endswith("_token") and v}
+        eos_id = hf.token_to_id(specials["eos_token"]) if "eos_token" in specials else None
+        if eos_id is not None:
+            eos_token_ids = tuple(dict.fromkeys((*eos_token_ids, eos_id)))
+        # chat_template.jinja first: transformers saves templates there now, and reads it first
+        jinja = folder / "chat_template.jinja"
+        template = jinja.read_text() if jinja.exists() else _default_template(cfg.get("chat_template"))
         return cls(hf, eos_token_ids, template, specials)
 
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """`add_special_tokens=False` for text a chat template rendered: it carries its own BOS."""
         if self.alphabet is not None:
             unknown = sorted(set(text) - self.alphabet)
             if unknown:
@@ -75,7 +79,7 @@ class Tokenizer:
                     f"prompt: character(s) {''.join(unknown)!r} are not in this model's vocabulary; "
                     f"allowed: {''.join(sorted(self.alphabet))!r}"
                 )
-        return self.hf.encode(text, add_special_tokens=True).ids
+        return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)
@@ -105,3 +109,16 @@ class Tokenizer:
 
 def _token_text(tok) -> str:
     return tok["content"] if isinstance(tok, dict) else tok
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _default_template(template) -> str | None:
+    """Some folders store several named templates ([{"name": "default", "template": ...}, ...]);
+    plain chat uses the one named "default", as transformers does."""
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        return named.get("default")
+    return template

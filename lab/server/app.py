@@ -218,7 +218,8 @@ def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
     if not text:
         raise APIError(400, f"{field}: must not be empty", param=field, code="invalid_value")
     try:
-        return tokenizer.encode(text)
+        # a rendered chat template carries its own BOS; adding one doubles it (vLLM's chat default)
+        return tokenizer.encode(text, add_special_tokens=not isinstance(req, ChatCompletionRequest))
     except ValueError as exc:  # a character outside a character-level vocabulary, named by the tokenizer
         detail = str(exc).removeprefix("prompt: ")  # the field is ours to name: prompt or messages
         raise APIError(400, f"{field}: {detail}", param=field, code="invalid_value") from None

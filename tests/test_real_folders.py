@@ -1,0 +1,159 @@
+"""What real Hugging Face folders carry beyond weights, read as transformers and vLLM read it: every
+end-of-sequence id, chat templates in all their forms and jinja features, special tokens from either
+file, a BOS the template already wrote, the first output token's leading space (SentencePiece)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lab.engine import LLM, SamplingParams
+from lab.engine.loader import resolve_dtype
+from lab.engine.tokenizer import Tokenizer
+from lab.server import serve
+from tests.conftest import make_hf_model
+
+WORDS = ["Hello", "world", "the", "cat", "sat", "on", "mat", "and", "dog", "ran"]
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+MESSAGES = [{"role": "user", "content": "Hello <b>café</b>"}]
+
+
+def sentencepiece_like(folder: Path) -> Path:
+    """A word vocabulary in SentencePiece's style: every token starts with ▁, the decoder drops the
+    space of the first token it decodes, and a BOS is added to every encoding."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + [f"▁{w}" for w in WORDS])}
+    hf = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    hf.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    hf.add_special_tokens(SPECIALS)
+    hf.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sp_folder(tmp_path_factory) -> Path:
+    folder = make_hf_model(tmp_path_factory.mktemp("sp") / "m", "llama", vocab_size=len(SPECIALS) + len(WORDS),
+                           with_tokenizer=False)
+    return sentencepiece_like(folder)
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value))
+
+
+def test_first_output_token_keeps_its_leading_space(sp_folder):
+    llm = LLM(sp_folder, device="cpu")
+    tok = llm.tokenizer
+    outs = llm.generate(["Hello world", "the cat sat"], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True),
+                        use_tqdm=False)
+    for out in outs:
+        prompt = out.prompt_token_ids
+        in_context = tok.decode(prompt + out.token_ids)[len(tok.decode(prompt)):]
+        assert out.text == in_context and out.text.startswith(" ")  # " cat sat", not "cat sat"
+
+
+def test_every_end_of_sequence_id_stops(tmp_path):
+    folder = make_hf_model(tmp_path / "m", "llama", vocab_size=len(SPECIALS) + len(WORDS), with_tokenizer=False)
+    sentencepiece_like(folder)
+    write_json(folder / "config.json", json.loads((folder / "config.json").read_text()) | {"eos_token_id": 2})
+    write_json(folder / "generation_config.json", {"eos_token_id": [2, 7]})  # an end-of-turn id too
+    write_json(folder / "tokenizer_config.json", {"eos_token": "<pad>"})  # and the tokenizer's own (id 3)
+    assert LLM(folder, device="cpu").engine.model_config.eos_token_ids == (2, 7, 3)
+
+
+@pytest.mark.parametrize("name, template, files", [
+    ("bos in the template", "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}", {}),
+    ("named templates", [{"name": "default", "template": "{% for m in messages %}D {{ m.content }}{% endfor %}"},
+                         {"name": "tool_use", "template": "T"}], {}),
+    ("tojson", "{{ messages[0].content | tojson }}", {}),
+    ("loop controls", "{% for m in messages %}{{ m.content }}{% break %}{% endfor %}", {}),
+    ("generation block", "{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}",
+     {}),
+    ("pad and unk tokens", "{{ messages[0].content }}{{ pad_token }}{{ unk_token }}", {}),
+    ("bos only in special_tokens_map", "{{ bos_token }}{{ messages[0].content }}",
+     {"special_tokens_map.json": {"bos_token": "<s>"}}),
+    ("chat_template.jinja wins", "OLD {{ messages[0].content }}", {"chat_template.jinja": "NEW {{ messages[0].content }}"}),
+])
+def test_chat_templates_render_as_transformers_renders_them(tmp_path, sp_folder, name, template, files):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer.json").write_bytes((sp_folder / "tokenizer.json").read_bytes())
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template, "eos_token": "</s>",
+              "pad_token": "<pad>", "unk_token": "<unk>"}
+    if name != "bos only in special_tokens_map":
+        config["bos_token"] = "<s>"
+    write_json(folder / "tokenizer_config.json", config)
+    for filename, content in files.items():
+        if filename.endswith(".json"):
+            write_json(folder / filename, content)
+        else:
+            (folder / filename).write_text(content)
+    expected = AutoTokenizer.from_pretrained(folder).apply_chat_template(MESSAGES, tokenize=False,
+                                                                         add_generation_prompt=True)
+    assert Tokenizer.from_folder(folder).apply_chat_template(MESSAGES) == expected
+
+
+def test_chat_prompt_gets_one_bos_over_http(tmp_path, sp_folder):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in sp_folder.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    template = "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    write_json(folder / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                                                  "eos_token": "</s>", "chat_template": template})
+    messages = [{"role": "user", "content": "the cat sat"}]
+    expected = AutoTokenizer.from_pretrained(folder).apply_chat_template(messages, tokenize=True,
+                                                                         add_generation_prompt=True)
+    expected = expected["input_ids"] if hasattr(expected, "keys") else expected  # a BatchEncoding in v5
+    with serve(llm=LLM(folder, device="cpu")) as server:
+        r = httpx.post(server.url + "/chat/completions", timeout=60,
+                       json={"model": server.model_name, "messages": messages, "max_tokens": 1})
+    assert r.json()["usage"]["prompt_tokens"] == len(expected)  # <s> once, not twice
+
+
+def test_sharded_index_ignores_stray_weight_files(tmp_path, tiny_models):
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], folder)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    write_json(folder / "model.safetensors.index.json",
+               {"weight_map": {"x": "model-00001-of-00001.safetensors"}})
+    save_file({"stray.weight": torch.zeros(1)}, folder / "old-export.safetensors")  # not in the index
+    prompts = [[1, 2, 3]]
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    assert (LLM(folder, device="cpu").generate(prompts, params, use_tqdm=False)[0].token_ids
+            == LLM(tiny_models["llama"], device="cpu").generate(prompts, params, use_tqdm=False)[0].token_ids)
+
+
+def test_config_without_architectures_goes_by_model_type(tmp_path):
+    folder = make_hf_model(tmp_path / "g", "gpt2")
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("architectures")
+    write_json(folder / "config.json", config)
+    assert LLM(folder, device="cpu").engine.model_config.arch == "gpt2"
+
+
+def test_auto_dtype_keeps_a_float16_checkpoint_on_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = torch.device("cuda")
+    assert resolve_dtype("auto", cuda, "float16") == torch.float16  # as vLLM: not converted to bfloat16
+    assert resolve_dtype("auto", cuda, "bfloat16") == torch.bfloat16
+    assert resolve_dtype("auto", cuda, "float32") == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cpu"), "float16") == torch.float32
