@@ -1,4 +1,5 @@
-"""Shared type checks for config validation: an integer or a real number, never a bool.
+"""Shared type checks for config validation: an integer or a real number, never a bool; and the
+command line's positive-integer option type.
 
 A leaf module (it imports nothing from lab), so any layer may use it.
 """
@@ -18,3 +19,16 @@ def is_number(x, *, numpy: bool = True) -> bool:
     """A real number, not a bool. `numpy=False`: a Python int or float only (np.float64 is a float)."""
     kinds = numbers.Real if numpy else (int, float)
     return isinstance(x, kinds) and not isinstance(x, bool)
+
+
+def positive_int_arg(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then names the option in its usage error, exit 2)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value

@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from lab._checks import positive_int_arg
+
 
 def demo_main(args: argparse.Namespace) -> int:
     from lab.demo import run_demo, summary_table, write_report
@@ -29,9 +31,9 @@ def demo_main(args: argparse.Namespace) -> int:
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF-format folder (default: the bundled tiny-shakespeare)")
-    p.add_argument("--num-requests", type=int, default=48)
+    p.add_argument("--num-requests", type=positive_int_arg, default=48)
     p.add_argument("--rate", type=float, default=16.0, help="mean arrivals per second (Poisson)")
-    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=positive_int_arg, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", default="reports/demo.html", help="where to write the HTML report")
 

@@ -169,13 +169,7 @@ class Result:
         s.update(_stats(np.concatenate(gaps) if gaps else np.empty(0), "itl"))
         s.update(_stats([r.e2e_s for r in done], "e2el"))
         if slo_ms:
-            unknown = set(slo_ms) - {"ttft", "tpot", "e2el"}
-            if unknown:
-                raise ValueError(f"slo_ms: unknown keys {sorted(unknown)}; allowed: ttft, tpot, e2el")
-            for key, limit in slo_ms.items():
-                # NaN would pass every request (no comparison with it is true)
-                if not is_number(limit) or not 0 < limit < math.inf:
-                    raise ValueError(f"slo_ms[{key!r}]: must be a finite number of milliseconds > 0, got {limit!r}")
+            check_slos(slo_ms)
             good = sum(1 for r in done if _meets(r, slo_ms))
             s["goodput"] = s["request_goodput"] = good / span
         if self.steps:
@@ -209,6 +203,17 @@ class Result:
                 for s in self.steps
             ]
         )
+
+
+def check_slos(slo_ms: dict) -> None:
+    """Goodput limits: keys ttft, tpot, e2el; values finite milliseconds > 0."""
+    unknown = set(slo_ms) - {"ttft", "tpot", "e2el"}
+    if unknown:
+        raise ValueError(f"slo_ms: unknown keys {sorted(unknown)}; allowed: ttft, tpot, e2el")
+    for key, limit in slo_ms.items():
+        # NaN would pass every request (no comparison with it is true)
+        if not is_number(limit) or not 0 < limit < math.inf:
+            raise ValueError(f"slo_ms[{key!r}]: must be a finite number of milliseconds > 0, got {limit!r}")
 
 
 def _meets(r: RequestMetrics, slo_ms: dict[str, float]) -> bool:

@@ -40,6 +40,8 @@ def test_demo_prints_table_and_writes_report(tiny_llama, tmp_path, capsys):
     [
         (["simulate", "--num-prompts", "2", "--range-ratio", "1.5", "--no-progress"], "error: --range-ratio: "),
         (["simulate", "--num-prompts", "2", "--params", "8B", "--no-progress"], "error: --layers: a custom model"),
+        (["serve", "--fault", "429=0.6", "--fault", "500=0.6"], "error: "),  # serve said 1 for its bad options
+        (["serve", "--max-num-seqs", "0"], "error: max_num_seqs"),
     ],
 )
 def test_bad_option_values_exit_2_with_one_line(argv, message, capsys):
@@ -55,3 +57,9 @@ def test_missing_api_key_exits_2_before_any_request(monkeypatch, capsys):
     monkeypatch.setenv("BATCHING_LAB_DEBUG", "1")  # the traceback instead of the one line
     with pytest.raises(MissingAPIKeyError, match="no API key for provider 'openai'"):
         main(["bench", "--provider", "openai", "--num-prompts", "1"])
+
+
+def test_demo_refuses_zero_requests(capsys):
+    with pytest.raises(SystemExit) as info:  # it crashed with a KeyError after running nothing
+        main(["demo", "--num-requests", "0"])
+    assert info.value.code == 2 and "argument --num-requests: must be an integer >= 1" in capsys.readouterr().err

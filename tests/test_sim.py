@@ -15,7 +15,7 @@ from lab.sim import (
     shapes_from_trace,
     simulate,
 )
-from lab.workload import RequestSpec, Workload, azure_trace, synthetic
+from lab.workload import RequestSpec, Uniform, Workload, azure_trace, synthetic
 
 ONE_SECOND = ConstantStepModel(1.0)
 
@@ -169,6 +169,18 @@ def test_fitted_model_recovers_known_coefficients():
     assert all(c >= 0 for c in fit.coef.values())
     with pytest.raises(ValueError, match="back-to-back"):
         FittedStepModel.fit(steps[:3])
+
+
+def test_fit_and_predict_on_a_trace_of_several_replicas():
+    # a step's time runs to the next step of its own replica, not to whichever replica stepped next
+    true = FittedStepModel({"const": 0.002, "prefill_tokens": 1e-5, "decode_seqs": 2e-4, "decode_context": 1e-7})
+    w = synthetic(200, rate=30, prompt_lens=Uniform(20, 600), output_lens=Uniform(5, 100), seed=3)
+    steps = simulate(w, cfg(max_num_seqs=16, num_blocks=3000), true, replicas=2).steps
+    assert {s.replica for s in steps} == {0, 1}
+    fit = FittedStepModel.fit(steps)
+    for k, v in true.coef.items():
+        assert fit.coef[k] == pytest.approx(v, rel=1e-3, abs=1e-9)
+    assert fit.predict(steps) == pytest.approx([s.duration_s for s in steps])
 
 
 def test_shapes_from_trace_replays_contexts():

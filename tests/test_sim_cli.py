@@ -65,11 +65,18 @@ def test_generated_workload_static_on_l4(capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, match", [(("--goodput", "itl:5"), "--goodput"), (("--range-ratio", "1.5"), "--range-ratio")]
+    "argv, match", [
+        (("--goodput", "itl:5"), "--goodput"),
+        (("--range-ratio", "1.5"), "--range-ratio"),
+        (("--goodput", "ttft:-5"), r"slo_ms\['ttft'\]: must be a finite number"),  # before the run, not after
+        (("--max-requests", "5"), "--max-requests: applies to --trace only"),  # was ignored
+        (("--trace", "conv", "--rate", "3"), "--rate: applies to generated workloads only"),  # was ignored
+    ]
 )
 def test_bad_options(argv, match):
+    argv = argv if "--trace" in argv else ("--num-prompts", "2", *argv)
     with pytest.raises(ValueError, match=match):
-        simulate_main(_args("--num-prompts", "2", "--no-progress", *argv))
+        simulate_main(_args("--no-progress", *argv))
 
 
 # qwen2.5-0.5b of lab.sim.gpus.MODELS, spelled as command-line flags
@@ -120,7 +127,9 @@ def test_bad_custom_shapes(argv, match):
         simulate_main(_args("--num-prompts", "2", "--no-progress", *argv))
 
 
-@pytest.mark.parametrize("argv", [("--layers", "0"), ("--params", "lots"), ("--head-dim", "1.5")])
+@pytest.mark.parametrize("argv", [("--layers", "0"), ("--params", "lots"), ("--head-dim", "1.5"),
+                                  ("--block-size", "0"), ("--num-blocks", "0"), ("--input-len", "0"),
+                                  ("--replicas", "0"), ("--max-num-seqs", "-1")])
 def test_custom_shape_flags_are_checked_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as info:
         _args(*argv)

@@ -142,6 +142,12 @@ def test_cdf_values_in_ms_and_labels_kept():
     assert fig.data[0].line.color != fig.data[1].line.color
 
 
+def test_itl_cdf_says_it_counts_gaps_not_requests():
+    fig = latency_cdf(ok_result("run"), metric="itl")
+    assert "gaps" in fig.data[0].name and fig.layout.yaxis.title.text == "fraction of inter-token gaps"
+    assert latency_cdf(ok_result("run")).layout.yaxis.title.text == "fraction of completed requests"
+
+
 def test_cdf_counts_failures_in_legend_and_handles_failed_only():
     r = ok_result()
     r.requests += failed_result().requests
@@ -201,6 +207,31 @@ def test_kv_blocks_overlays_runs_with_capacity():
     assert list(fig.data[0].x) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
     assert list(fig.data[0].customdata) == [32, 48, 64, 80, 96]
     assert list(fig.data[2].y) == [10, 10]
+
+
+def _two_replicas() -> Result:
+    from lab.engine.config import EngineConfig
+    from lab.sim import ConstantStepModel, simulate
+    from lab.workload import synthetic
+
+    config = EngineConfig(max_num_seqs=4, num_blocks=64, block_size=4)
+    return simulate(synthetic(12, prompt_lens=8, output_lens=6), config, ConstantStepModel(0.01), replicas=2)
+
+
+def test_kv_blocks_draws_each_replica_of_a_run():
+    fig = kv_blocks({"sim": _two_replicas()})
+    assert [t.name for t in fig.data] == ["sim · replica 0", "sim · replica 1"]
+    for trace in fig.data:  # each line moves forward in time: no zigzag between two pools
+        assert list(trace.x) == sorted(trace.x)
+
+
+def test_occupancy_refuses_mixed_replicas():
+    result = _two_replicas()
+    with pytest.raises(ValueError, match="come from 2 replicas; plot one at a time"):
+        batch_occupancy(result)
+    one = batch_occupancy([s for s in result.steps if s.replica == 0], max_num_seqs=4)
+    stacked = np.sum([list(t.y) for t in one.data[:3]], axis=0)
+    assert stacked.max() <= 4
 
 
 def test_kv_blocks_empty_and_bad_arguments():

@@ -148,7 +148,10 @@ def serve_main(args) -> int:
             except KeyboardInterrupt:
                 pass
             print("batching-lab: shutting down", flush=True)
-    except (OSError, ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:  # a bad option value: exit 2, as every subcommand does
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the port is taken, the model folder unreadable: not a usage error
         print(f"batching-lab serve: {exc}", file=sys.stderr)
         return 1
     return 0

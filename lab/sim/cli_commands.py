@@ -11,7 +11,8 @@ import json
 import math
 import time
 
-from lab.metrics import format_summary
+from lab._checks import positive_int_arg
+from lab.metrics import check_slos, format_summary
 from lab.sim.cluster import ROUTERS
 from lab.sim.gpus import GPUS, MODELS, ModelShape, get_model
 
@@ -40,45 +41,39 @@ def _count(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+# options that describe one workload source; given with the other source they would be ignored
+TRACE_DEFAULTS = {"trace_start": 0.0, "trace_end": None, "rate_scale": 1.0, "max_requests": None}
+GENERATED_DEFAULTS = {"num_prompts": 1000, "rate": math.inf, "burstiness": 1.0, "input_len": 1024,
+                      "output_len": 128, "range_ratio": 0.0}
 
 
 def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_argument_group("workload: an Azure trace, or generated (vllm bench serve's random dataset)")
     src.add_argument("--trace", choices=["code", "conv"], help="Azure LLM inference trace 2023")
-    src.add_argument("--trace-start", type=float, default=0.0, help="seconds into the trace")
-    src.add_argument(
-        "--trace-end", type=float, default=None, help="seconds into the trace (default: its end)"
-    )
-    src.add_argument("--rate-scale", type=float, default=1.0, help="2.0 replays the trace at twice its rate")
-    src.add_argument("--max-requests", type=int, default=None)
-    src.add_argument("--num-prompts", type=int, default=1000)
-    src.add_argument("--rate", type=float, default=math.inf, help="requests per second (default: inf)")
-    src.add_argument("--burstiness", type=float, default=1.0, help="1 = Poisson; < 1 burstier")
-    src.add_argument("--input-len", type=int, default=1024)
-    src.add_argument("--output-len", type=int, default=128)
-    src.add_argument("--range-ratio", type=float, default=0.0, help="lengths uniform in len x [1-r, 1+r]")
+    src.add_argument("--trace-start", type=float, help="with --trace: seconds into the trace (default 0)")
+    src.add_argument("--trace-end", type=float, help="with --trace: seconds into the trace (default: its end)")
+    src.add_argument("--rate-scale", type=float, help="with --trace: 2.0 replays it at twice its rate (default 1)")
+    src.add_argument("--max-requests", type=positive_int_arg, help="with --trace: keep the first N requests")
+    src.add_argument("--num-prompts", type=positive_int_arg, help="generated: requests (default 1000)")
+    src.add_argument("--rate", type=float, help="generated: requests per second (default inf)")
+    src.add_argument("--burstiness", type=float, help="generated: 1 = Poisson (default); < 1 burstier")
+    src.add_argument("--input-len", type=positive_int_arg, help="generated: prompt tokens (default 1024)")
+    src.add_argument("--output-len", type=positive_int_arg, help="generated: output tokens (default 128)")
+    src.add_argument("--range-ratio", type=float, help="generated: lengths uniform in len x [1-r, 1+r] (default 0)")
     src.add_argument("--seed", type=int, default=0)
     hw = p.add_argument_group("hardware and engine")
     hw.add_argument("--gpu", choices=list(GPUS), default="H100-SXM")
     hw.add_argument(
         "--model", choices=list(MODELS), default=None, help=f"a named shape (default: {DEFAULT_MODEL})"
     )
-    hw.add_argument("--tensor-parallel", type=int, default=1)
-    hw.add_argument("--replicas", type=int, default=1)
+    hw.add_argument("--tensor-parallel", type=positive_int_arg, default=1)
+    hw.add_argument("--replicas", type=positive_int_arg, default=1)
     hw.add_argument("--router", choices=list(ROUTERS), default="round_robin")
     hw.add_argument("--policy", choices=["continuous", "static"], default="continuous")
-    hw.add_argument("--max-num-seqs", type=int, default=256)
-    hw.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    hw.add_argument("--block-size", type=int, default=16)
-    hw.add_argument("--num-blocks", type=int, default=None, help="default: what fits on the GPU")
+    hw.add_argument("--max-num-seqs", type=positive_int_arg, default=256)
+    hw.add_argument("--max-num-batched-tokens", type=positive_int_arg, default=8192)
+    hw.add_argument("--block-size", type=positive_int_arg, default=16)
+    hw.add_argument("--num-blocks", type=positive_int_arg, default=None, help="default: what fits on the GPU")
     hw.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     hw.add_argument("--no-prefix-caching", action="store_true")
     hw.add_argument("--no-chunked-prefill", action="store_true")
@@ -86,16 +81,16 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "custom model shape, instead of --model (from the model's config.json; all of the first five)"
     )
     shape.add_argument("--params", type=_count, help="parameter count: 8.03e9, 8.03B, 494M")
-    shape.add_argument("--layers", type=_positive_int, help="num_hidden_layers")
-    shape.add_argument("--hidden", type=_positive_int, help="hidden_size (query heads x head size)")
-    shape.add_argument("--kv-heads", type=_positive_int, help="num_key_value_heads")
-    shape.add_argument("--head-dim", type=_positive_int, help="head size (hidden_size / num_attention_heads)")
+    shape.add_argument("--layers", type=positive_int_arg, help="num_hidden_layers")
+    shape.add_argument("--hidden", type=positive_int_arg, help="hidden_size (query heads x head size)")
+    shape.add_argument("--kv-heads", type=positive_int_arg, help="num_key_value_heads")
+    shape.add_argument("--head-dim", type=positive_int_arg, help="head size (hidden_size / num_attention_heads)")
     # these two also adjust a named --model (fp8 weights and cache: --dtype-bytes 1)
     shape.add_argument(
-        "--dtype-bytes", type=_positive_int, help="bytes per weight and KV value (default 2: bf16)"
+        "--dtype-bytes", type=positive_int_arg, help="bytes per weight and KV value (default 2: bf16)"
     )
     shape.add_argument(
-        "--max-model-len", type=_positive_int, help="longest context allowed (custom default 8192)"
+        "--max-model-len", type=positive_int_arg, help="longest context allowed (custom default 8192)"
     )
     out = p.add_argument_group("output")
     out.add_argument("--goodput", nargs="*", default=[], metavar="KEY:MS", help="SLOs, e.g. ttft:500 tpot:50")
@@ -104,33 +99,34 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def _source_options(args) -> dict:
+    """The workload options with their defaults filled in; an option of the other source is an error."""
+    mine, other = (TRACE_DEFAULTS, GENERATED_DEFAULTS) if args.trace else (GENERATED_DEFAULTS, TRACE_DEFAULTS)
+    stray = [name for name in other if getattr(args, name) is not None]
+    if stray:
+        flag = "--" + stray[0].replace("_", "-")
+        raise ValueError(f"{flag}: applies to {'generated workloads' if args.trace else '--trace'} only; "
+                         f"{'drop it or drop --trace' if args.trace else 'add --trace code|conv or drop it'}")
+    return {name: default if getattr(args, name) is None else getattr(args, name)
+            for name, default in mine.items()}
+
+
 def _workload(args):
     from lab.workload import Uniform, azure_trace, synthetic
 
+    o = _source_options(args)
     if args.trace:
-        return azure_trace(
-            args.trace,
-            start_s=args.trace_start,
-            end_s=args.trace_end,
-            rate_scale=args.rate_scale,
-            max_requests=args.max_requests,
-        )
-    if not 0 <= args.range_ratio < 1:
-        raise ValueError(f"--range-ratio: must be in [0, 1), got {args.range_ratio}")
+        return azure_trace(args.trace, start_s=o["trace_start"], end_s=o["trace_end"], rate_scale=o["rate_scale"],
+                           max_requests=o["max_requests"])
+    if not 0 <= o["range_ratio"] < 1:
+        raise ValueError(f"--range-ratio: must be in [0, 1), got {o['range_ratio']}")
 
     def dist(n):
-        lo, hi = max(1, round(n * (1 - args.range_ratio))), max(1, round(n * (1 + args.range_ratio)))
+        lo, hi = max(1, round(n * (1 - o["range_ratio"]))), max(1, round(n * (1 + o["range_ratio"])))
         return Uniform(lo, hi) if hi > lo else lo
 
-    return synthetic(
-        args.num_prompts,
-        rate=args.rate,
-        prompt_lens=dist(args.input_len),
-        output_lens=dist(args.output_len),
-        burstiness=args.burstiness,
-        seed=args.seed,
-        name="random",
-    )
+    return synthetic(o["num_prompts"], rate=o["rate"], prompt_lens=dist(o["input_len"]),
+                     output_lens=dist(o["output_len"]), burstiness=o["burstiness"], seed=args.seed, name="random")
 
 
 def _slos(pairs: list[str]) -> dict[str, float]:
@@ -139,7 +135,11 @@ def _slos(pairs: list[str]) -> dict[str, float]:
         key, _, value = pair.partition(":")
         if key not in ("ttft", "tpot", "e2el") or not value:
             raise ValueError(f"--goodput: {pair!r} should be KEY:MS with KEY one of ttft, tpot, e2el")
-        slos[key] = float(value)
+        try:
+            slos[key] = float(value)
+        except ValueError:
+            slos[key] = value  # named below, with the rule
+    check_slos(slos)  # before the run, not after it
     return slos
 
 
@@ -168,8 +168,11 @@ def simulate_main(args) -> int:
     from lab.sim.step_models import RooflineStepModel
 
     workload = _workload(args)
+    slos = _slos(args.goodput)
     model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
-    num_blocks = args.num_blocks or model.kv_cache_blocks(args.block_size, args.gpu_memory_utilization)
+    num_blocks = args.num_blocks
+    if num_blocks is None:
+        num_blocks = model.kv_cache_blocks(args.block_size, args.gpu_memory_utilization)
     config = EngineConfig(
         policy=args.policy,
         block_size=args.block_size,
@@ -179,7 +182,6 @@ def simulate_main(args) -> int:
         enable_prefix_caching=not args.no_prefix_caching,
         enable_chunked_prefill=not args.no_chunked_prefill,
     )
-    slos = _slos(args.goodput)
     where = f"{args.replicas} x {args.gpu}" + (
         f" (TP {args.tensor_parallel})" if args.tensor_parallel > 1 else ""
     )

@@ -140,12 +140,13 @@ class FittedStepModel:
         bad = set(features) - set(FEATURES)
         if bad:
             raise ValueError(f"features: unknown {sorted(bad)}; allowed: {', '.join(FEATURES)}")
-        shapes = shapes_from_trace(steps)
         rows, y = [], []
-        for i, st in enumerate(steps[:-1]):
-            if st.num_running > 0:
-                rows.append(_row(shapes[i]))
-                y.append(steps[i + 1].start_s - st.start_s)
+        for group in _by_replica(steps):  # a step's time runs to the next step of its own replica
+            shapes = shapes_from_trace(group)
+            for i, st in enumerate(group[:-1]):
+                if st.num_running > 0:
+                    rows.append(_row(shapes[i]))
+                    y.append(group[i + 1].start_s - st.start_s)
         if len(y) < len(features) + 1:
             raise ValueError(
                 f"steps: need at least {len(features) + 1} back-to-back steps to fit, got {len(y)}"
@@ -155,7 +156,20 @@ class FittedStepModel:
         return cls(dict(zip(features, w.tolist(), strict=True)))
 
     def predict(self, steps: list[StepRecord]) -> np.ndarray:
-        return np.array([self.step_time(s) for s in shapes_from_trace(steps)])
+        """Predicted seconds for each step, in the order given (replicas replayed separately)."""
+        position = {id(st): i for i, st in enumerate(steps)}
+        out = np.zeros(len(steps))
+        for group in _by_replica(steps):
+            for st, shape in zip(group, shapes_from_trace(group), strict=True):
+                out[position[id(st)]] = self.step_time(shape)
+        return out
+
+
+def _by_replica(steps: list[StepRecord]) -> list[list[StepRecord]]:
+    groups: dict[int, list[StepRecord]] = {}
+    for st in steps:
+        groups.setdefault(st.replica, []).append(st)
+    return [sorted(g, key=lambda st: st.start_s) for g in groups.values()]
 
 
 def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:

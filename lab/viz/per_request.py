@@ -136,16 +136,18 @@ def latency_cdf(results, *, metric: str = "ttft", title: str | None = None) -> g
         ms = np.sort(np.asarray(values, dtype=float)) * 1e3
         frac = np.arange(1, ms.size + 1) / ms.size
         failed = len(r.requests) - len(r.completed)
-        legend = f"{label} (n={ms.size}{f', {failed} failed' if failed else ''})"
+        counted = "gaps" if metric == "itl" else "requests"  # ITL: one value per gap between tokens
+        legend = f"{label} (n={ms.size} {counted}{f', {failed} failed requests' if failed else ''})"
         fig.add_trace(
             go.Scatter(
                 name=legend, x=ms, y=frac, mode="lines", line=dict(shape="hv", color=label_color(i)),
-                hovertemplate=f"{label}<br>%{{y:.0%}} of requests within %{{x:.1f}} ms<extra></extra>",
+                hovertemplate=f"{label}<br>%{{y:.0%}} of {counted} within %{{x:.1f}} ms<extra></extra>",
             )
         )
     if not fig.data:
         return empty_figure(title, f"No completed request has a {name} to plot.")
-    return styled(fig, title, xaxis_title=f"{name} (ms)", yaxis=dict(title="fraction of completed requests", range=[0, 1.02]))
+    y_title = "fraction of inter-token gaps" if metric == "itl" else "fraction of completed requests"
+    return styled(fig, title, xaxis_title=f"{name} (ms)", yaxis=dict(title=y_title, range=[0, 1.02]))
 
 
 def _error_kind(r: RequestMetrics) -> str:

@@ -46,6 +46,10 @@ def batch_occupancy(
     check_choice("x", x, _X_AXES)
     check_positive("max_num_seqs", max_num_seqs)
     records = _steps_of(steps)
+    replicas = sorted({s.replica for s in records})
+    if len(replicas) > 1:  # their bars would stack into one batch larger than any replica's
+        raise ValueError(f"steps: come from {len(replicas)} replicas; plot one at a time, e.g. "
+                         f"[s for s in result.steps if s.replica == {replicas[0]}]")
     title = title or "Batch occupancy per step"
     if not records:
         return empty_figure(title, "No step trace: only the engine and the simulator record one.")
@@ -88,7 +92,8 @@ def batch_occupancy(
 def kv_blocks(
     results, *, capacity: int | None = None, block_size: int | None = None, x: str = "time", title: str | None = None
 ) -> go.Figure:
-    """KV-cache blocks in use at each step, one line per run, with the pool's `capacity` if given.
+    """KV-cache blocks in use at each step, one line per run (per replica when a run has several: each
+    has its own pool), with the pool's `capacity` if given.
 
     `results`: a Result, a list of them, or {label: Result}. With `block_size`, hover also shows
     how many tokens of context the blocks can hold.
@@ -100,12 +105,16 @@ def kv_blocks(
     title = title or "KV blocks in use"
     fig = go.Figure()
     xs_all = []
-    for i, (label, r) in enumerate(runs):
-        if not r.steps:
-            continue
-        xs = [s.step if x == "step" else s.start_s for s in r.steps]
+    lines = []  # one per run, or per replica of a run: each replica has its own pool
+    for label, r in runs:
+        replicas = sorted({s.replica for s in r.steps})
+        for k in replicas:
+            steps = [s for s in r.steps if s.replica == k]
+            lines.append((label if len(replicas) == 1 else f"{label} · replica {k}", steps))
+    for i, (label, steps) in enumerate(lines):
+        xs = [s.step if x == "step" else s.start_s for s in steps]
         xs_all += [xs[0], xs[-1]]
-        blocks = [s.kv_blocks_used for s in r.steps]
+        blocks = [s.kv_blocks_used for s in steps]
         tokens_hover = f"<br>up to %{{customdata:,}} tokens ({block_size}/block)" if block_size else ""
         fig.add_trace(
             go.Scatter(
