@@ -43,6 +43,20 @@ def replace_figure(target: go.FigureWidget, source: go.Figure) -> None:
         target.layout = source.layout
 
 
+def reporting(status: widgets.HTML, callback):
+    """A button callback whose errors land in the playground's status line: ipywidgets would send
+    them to the Jupyter log, where a learner never looks, and the button would seem to do nothing."""
+
+    def run(*args):
+        try:
+            callback(*args)
+        except Exception as exc:  # shown, not swallowed: the message names what to change
+            status.value = (f"<span style='color:#b00'><b>{html.escape(type(exc).__name__)}</b>: "
+                            f"{html.escape(str(exc))}</span>")
+
+    return run
+
+
 def summary_html(results: dict[str, Result], keys: dict[str, str] = SUMMARY_KEYS) -> str:
     """A small HTML table of `Result.summary()` numbers, one row per run."""
     head = "".join(f"<th style='padding:0 8px'>{html.escape(v)}</th>" for v in keys.values())
@@ -90,7 +104,6 @@ def batching_playground(model=None, *, n: int = 40, seed: int = 0, step_model=No
     }
     figures = {"timeline": go.FigureWidget(), "occupancy": go.FigureWidget()}
     status = widgets.HTML()
-    engines: dict = {}
 
     def current():
         c = controls
@@ -116,11 +129,9 @@ def batching_playground(model=None, *, n: int = 40, seed: int = 0, step_model=No
         button = controls["run_engine"]
         button.disabled, button.description = True, "running…"
         try:
-            key = (policy, seqs)
-            if key not in engines:
-                engines[key] = LLM(model, policy=policy, max_num_seqs=seqs, seed=seed)
-            llm = engines[key]
-            llm.engine.trace.clear()
+            # a fresh engine each time, as the simulator starts fresh: a reused one would serve the same
+            # prompts from its prefix cache and number its steps on from the last run
+            llm = LLM(model, policy=policy, max_num_seqs=seqs, seed=seed)
             result = llm.run_workload(work, progress=False, label=f"engine · {policy}")
             pg.results["engine"] = result
             show(pg.results, result, seqs)
@@ -129,7 +140,7 @@ def batching_playground(model=None, *, n: int = 40, seed: int = 0, step_model=No
 
     for name in ("rate", "max_num_seqs", "spread", "policy"):
         controls[name].observe(on_change, names="value")
-    controls["run_engine"].on_click(on_engine)
+    controls["run_engine"].on_click(reporting(status, on_engine))
     rows = [widgets.HBox([controls["rate"], controls["max_num_seqs"], controls["spread"]]),
             widgets.HBox([controls["policy"], controls["run_engine"]]), status,
             figures["timeline"], figures["occupancy"]]
@@ -148,8 +159,9 @@ def faults_playground(server, *, api_key: str | None = None, n: int = 16, max_to
 
     slow = dict(continuous_update=False, style={"description_width": "initial"}, readout_format=".0%")
     controls = {
-        "p429": widgets.FloatSlider(value=0.2, min=0, max=0.6, step=0.05, description="429 rate limit", **slow),
-        "p504": widgets.FloatSlider(value=0.1, min=0, max=0.6, step=0.05, description="504 timeout", **slow),
+        # at most 0.5 each: the probabilities of the two statuses must not add up past 1
+        "p429": widgets.FloatSlider(value=0.2, min=0, max=0.5, step=0.05, description="429 rate limit", **slow),
+        "p504": widgets.FloatSlider(value=0.1, min=0, max=0.5, step=0.05, description="504 timeout", **slow),
         "cut": widgets.FloatSlider(value=0.0, min=0, max=0.5, step=0.05, description="cut stream", **slow),
         "max_retries": widgets.IntSlider(value=3, min=0, max=6, description="client max_retries",
                                          continuous_update=False, style={"description_width": "initial"}),
@@ -163,7 +175,12 @@ def faults_playground(server, *, api_key: str | None = None, n: int = 16, max_to
 
     def on_send(_=None):
         c = controls
+        if server.state.shutting_down:
+            status.value = ("This server has been closed (a later cell closes it); run the cell that starts "
+                            "it again, then this one.")
+            return
         c["send"].disabled = True
+        previous = server.faults
         try:
             rates = {s: p for s, p in ((429, c["p429"].value), (504, c["p504"].value)) if p > 0}
             server.faults = FaultConfig(error_rates=rates, cut_rate=c["cut"].value, cut_after_chunks=2, seed=seed)
@@ -181,10 +198,10 @@ def faults_playground(server, *, api_key: str | None = None, n: int = 16, max_to
             status.value = (f"<b>{ok}</b> ok · <b>{len(result.requests) - ok}</b> failed (each with its error) · "
                             f"<b>{tried}</b> retries · <b>{lost}</b> lost")
         finally:
-            server.faults = None
+            server.faults = previous  # as the playground found it
             c["send"].disabled = False
 
-    controls["send"].on_click(on_send)
+    controls["send"].on_click(reporting(status, on_send))
     rows = [widgets.HBox([controls["p429"], controls["p504"], controls["cut"]]),
             widgets.HBox([controls["max_retries"], controls["send"]]), status,
             figures["outcomes"], figures["latency"]]

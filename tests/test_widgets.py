@@ -25,6 +25,23 @@ def test_batching_playground_simulates_at_once_and_runs_the_engine_on_click():
     assert "engine" in pg.status.value and not pg.controls["run_engine"].disabled
 
 
+def test_each_engine_run_starts_fresh_like_the_simulator():
+    pg = widgets.batching_playground(tiny_model_dir(), n=12)
+    runs = []
+    for _ in range(2):  # a reused engine served the second run's prompts from its prefix cache
+        pg.controls["run_engine"].click()
+        runs.append(pg.results["engine"])
+    prefill = [sum(s.prefill_tokens for s in r.steps) for r in runs]
+    assert prefill[0] == prefill[1] and runs[1].steps[0].step == 0
+
+
+def test_a_failing_button_says_why_in_the_status_line():
+    pg = widgets.batching_playground("/no/such/model", n=4)
+    pg.controls["run_engine"].click()  # ipywidgets would log this where nobody looks
+    assert "FileNotFoundError" in pg.status.value and "/no/such/model" in pg.status.value
+    assert not pg.controls["run_engine"].disabled
+
+
 def test_batching_playground_rate_slider_moves_arrivals():
     pg = widgets.batching_playground(tiny_model_dir(), n=12)
     first = max(r.arrival_s for r in pg.results["simulator"].requests)
@@ -71,6 +88,7 @@ def test_faults_playground_accounts_for_every_request_once():
         assert ok and failed and pg.figures["outcomes"].data
         assert all(r.error.startswith("InternalServerError") and r.retries == 0 for r in failed)
         assert server.faults is None  # the playground leaves the server as it found it
+        assert pg.controls["p429"].max + pg.controls["p504"].max <= 1.0  # no setting the server refuses
 
         # cut streams: never retried (the caller already holds part of the answer), each one its own error
         pg.controls["p504"].value = 0.0
@@ -81,3 +99,16 @@ def test_faults_playground_accounts_for_every_request_once():
         assert ok and failed
         assert all(r.error.startswith("StreamInterruptedError") and r.retries == 0 for r in failed)
         assert server.faults is None
+
+
+def test_faults_playground_restores_the_servers_faults_and_notices_a_closed_server():
+    from lab.server import FaultConfig, serve
+
+    with serve(llm=tiny_llm("widgets-faults")) as server:
+        mine = FaultConfig(latency_s=0.01, seed=3)
+        server.faults = mine
+        pg = widgets.faults_playground(server, n=4, max_tokens=2)
+        pg.controls["send"].click()
+        assert server.faults == mine  # restored, not reset to None
+    pg.controls["send"].click()  # after the server closed: a message, not a silent connection error
+    assert "server has been closed" in pg.status.value
