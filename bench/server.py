@@ -86,15 +86,23 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, spec: RequestSpec,
         async with http.stream("POST", url + "/completions", json=body) as r:
             if r.status_code != 200:
                 m.status, m.error = "error", f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
+            finished = False
             async for line in r.aiter_lines():
+                if line.strip() == "data: [DONE]":
+                    finished = True
                 if not line.startswith("data: {"):
                     continue
                 chunk = json.loads(line[6:])
+                if "error" in chunk:  # a server's mid-stream error event: not a completed request
+                    m.status, m.error = "error", f"stream error: {chunk['error']}"
+                    break
                 if any(c.get("text") for c in chunk.get("choices") or ()):
                     m.token_times_s.append(time.perf_counter() - t0)
                 if chunk.get("usage"):
                     m.prompt_tokens = chunk["usage"]["prompt_tokens"]
                     m.output_tokens = chunk["usage"]["completion_tokens"]
+            if m.status == "ok" and (not finished or not m.token_times_s):
+                m.status, m.error = "error", "the stream ended without [DONE] or without a token"
     except httpx.HTTPError as exc:
         m.status, m.error = "error", f"{type(exc).__name__}: {exc}"
     m.finish_s = time.perf_counter() - t0
@@ -190,8 +198,9 @@ def run_ours(folder: Path, policy: str, workloads: list[Workload], args) -> list
 
 def run_transformers(folder: Path, workloads: list[Workload], args) -> list[dict]:
     port = free_port()
+    # --dtype float32 as ours: 'auto' would load the bundled bf16 checkpoint in bf16
     cmd = [str(Path(sys.executable).with_name("transformers")), "serve", "--continuous-batching", "--device", "cpu",
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", str(folder)]
+           "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", str(folder)]
     return serve_process("transformers serve --cb", cmd, port, str(folder), workloads, args.threads, args.loadgen)
 
 

@@ -230,3 +230,61 @@ def test_format_summary_layout():
 async def test_run_workload_validates(bad):
     with pytest.raises(ValueError, match="max_concurrency"):
         await arun_workload(client_for(StreamingServer()), Workload([]), max_concurrency=bad)
+
+
+def _stream_of(events, gap_s=0.0):
+    import asyncio
+    import json as _json
+
+    import httpx
+
+    def handler(request):
+        async def body():
+            for event in events:
+                await asyncio.sleep(gap_s)
+                yield f"data: {_json.dumps(event) if isinstance(event, dict) else event}\n\n".encode()
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    return httpx.MockTransport(handler)
+
+
+def _chat_chunk(**delta):
+    return {"id": "c", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+def test_reasoning_tokens_are_timed_and_an_empty_stream_is_a_failure():
+    from lab.client import AsyncClient
+    from lab.client.loadgen import arun_workload
+    from lab.workload import RequestSpec, Workload
+
+    work = Workload([RequestSpec("r0", 0.0, prompt="hi", output_len=4)])
+    usage = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],
+             "usage": {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}}
+    thinking = [_chat_chunk(role="assistant", content=""), _chat_chunk(reasoning_content="hm"),
+                _chat_chunk(reasoning_content="m"), _chat_chunk(content="A"), _chat_chunk(content="B"),
+                usage, "[DONE]"]
+
+    async def run(events):
+        client = AsyncClient(base_url="http://test/v1", api_key="sk-test-123456", transport=_stream_of(events, 0.01))
+        try:
+            return await arun_workload(client, work, model="m", endpoint="chat")
+        finally:
+            await client.close()
+
+    import asyncio
+
+    r = asyncio.run(run(thinking)).requests[0]
+    assert r.ok and len(r.token_times_s) == 4 and r.output_tokens == 4  # 2 reasoning + 2 content, all timed
+    assert r.ttft_s < 0.035  # the first reasoning token, not the first content token (4 gaps later)
+    empty = asyncio.run(run([_chat_chunk(role="assistant", content=""), "[DONE]"])).requests[0]
+    assert empty.status == "error" and "without a single token" in empty.error  # not a 0-token success
+
+
+def test_run_workload_refuses_a_client_whose_own_limits_would_queue_inside_the_clock():
+    from lab.client import Client, run_workload
+    from lab.workload import synthetic
+
+    with pytest.raises(ValueError, match="client: has client-side limits"):
+        run_workload(Client(base_url="http://test/v1", api_key="sk-test-123456", max_concurrency=2), synthetic(2))

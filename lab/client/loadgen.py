@@ -70,7 +70,8 @@ def request_body(spec: RequestSpec, model: str, endpoint: str = "completions", i
 
 async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0: float) -> RequestMetrics:
     send_t = time.perf_counter()
-    # like vllm bench serve, latencies start when the request leaves (after any client-side queue)
+    # like vllm bench serve, latencies start when the request leaves; run_workload's max_concurrency
+    # waits before this, and clients with their own limits are refused (their queue would count here)
     m = RequestMetrics(request_id=spec.id, arrival_s=send_t - t0, prompt_tokens=spec.prompt_len or 0)
     stream = None
     try:
@@ -84,10 +85,12 @@ async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0
         return m
     state = stream.state
     m.retries = stream.retries
-    m.token_times_s = [t - t0 for t in state.token_times]
-    first = state.token_times[0] if state.token_times else state.first_chunk_t
-    m.first_token_s = None if first is None else first - t0
     m.finish_s = (stream.end_t or time.perf_counter()) - t0
+    if not state.token_times:  # as vllm bench serve: a 200 that never streamed a token is a failure
+        m.status, m.error = "error", "EmptyStream: the stream ended without a single token"
+        return m
+    m.token_times_s = [t - t0 for t in state.token_times]
+    m.first_token_s = state.token_times[0] - t0
     m.finish_reason = state.finish_reason
     if state.usage is not None:
         m.prompt_tokens = state.usage.prompt_tokens or m.prompt_tokens
@@ -110,6 +113,9 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
         raise ValueError(f"max_concurrency: must be an integer >= 1 or None, got {max_concurrency!r}")
     if endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint: must be one of {', '.join(ENDPOINTS)}, got {endpoint!r}")
+    if client.limits.active:
+        raise ValueError("client: has client-side limits (max_concurrency, rpm or tpm), whose queue would count "
+                         "as latency; pass a client without them, and max_concurrency=... to run_workload")
     # no provider: a base_url of no known hosted API, taken to be a self-hosted vLLM-compatible server
     ignore_eos = client.provider is None or PROVIDERS[client.provider].vllm_extensions
     own = not isinstance(client, AsyncClient)

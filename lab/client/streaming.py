@@ -84,6 +84,7 @@ class StreamState:
         text = chunk.text
         if text:
             self.text_parts.append(text)
+        if text or chunk.reasoning:  # reasoning tokens are generated tokens too (usage counts them)
             self.token_times.append(now)
         for choice in chunk.choices:
             if choice.finish_reason:

@@ -126,6 +126,11 @@ class Chunk:
     def text(self) -> str:
         return "".join(c.content for c in self.choices)
 
+    @property
+    def reasoning(self) -> str:
+        """Streamed thinking (`delta.reasoning_content`, DeepSeek's reasoner and others), apart from the text."""
+        return "".join(c.delta.reasoning_content or "" for c in self.choices if c.delta is not None)
+
     @classmethod
     def from_dict(cls, d: dict) -> Chunk:
         return cls(
