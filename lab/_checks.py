@@ -6,6 +6,7 @@ A leaf module (it imports nothing from lab), so any layer may use it.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -19,6 +20,11 @@ def is_number(x, *, numpy: bool = True) -> bool:
     """A real number, not a bool. `numpy=False`: a Python int or float only (np.float64 is a float)."""
     kinds = numbers.Real if numpy else (int, float)
     return isinstance(x, kinds) and not isinstance(x, bool)
+
+
+def is_finite(x, *, above: float = 0.0, inclusive: bool = False) -> bool:
+    """A finite real number (not a bool, not NaN or inf) > `above` (>= with `inclusive`)."""
+    return is_number(x) and math.isfinite(x) and (x >= above if inclusive else x > above)
 
 
 def positive_int_arg(text: str) -> int:

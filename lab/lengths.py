@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab._checks import is_int, is_number
+from lab._checks import is_finite, is_int
 
 
 @dataclass(slots=True)
@@ -65,7 +65,7 @@ class LogNormal:
 
     def __post_init__(self):
         _check_finite("LogNormal.median", self.median)
-        if not is_number(self.sigma) or not 0 <= self.sigma < np.inf:
+        if not is_finite(self.sigma, inclusive=True):
             raise ValueError(f"LogNormal.sigma: must be a finite number >= 0, got {self.sigma!r}")
         _check_bounds("LogNormal", self.low, self.high)
 
@@ -135,7 +135,7 @@ def _check_bounds(kind: str, low: int, high: int | None) -> None:
 
 def _check_finite(name: str, v) -> None:
     # inf would sample lengths that overflow int64 into negative numbers
-    if not is_number(v) or not 0 < v < np.inf:
+    if not is_finite(v):
         raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
 
 

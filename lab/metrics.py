@@ -6,12 +6,11 @@ them; `Result.summary()` reports what `vllm bench serve` reports.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from lab._checks import is_number
+from lab._checks import is_finite
 
 PERCENTILES = (50, 90, 99)
 
@@ -212,7 +211,7 @@ def check_slos(slo_ms: dict) -> None:
         raise ValueError(f"slo_ms: unknown keys {sorted(unknown)}; allowed: ttft, tpot, e2el")
     for key, limit in slo_ms.items():
         # NaN would pass every request (no comparison with it is true)
-        if not is_number(limit) or not 0 < limit < math.inf:
+        if not is_finite(limit):
             raise ValueError(f"slo_ms[{key!r}]: must be a finite number of milliseconds > 0, got {limit!r}")
 
 

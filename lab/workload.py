@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 # re-exported: lengths are part of describing a workload
-from lab._checks import is_int, is_number
+from lab._checks import is_finite, is_int, is_number
 from lab.lengths import LENGTH_KINDS, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
 
 
@@ -46,7 +46,7 @@ class RequestSpec:
         if not is_int(self.output_len) or self.output_len < 1:
             raise ValueError(f"request {self.id}: output_len must be an integer >= 1, got {self.output_len!r}")
         # a NaN arrival would sort anywhere and never arrive
-        if not is_number(self.arrival_s) or not 0 <= self.arrival_s < float("inf"):
+        if not is_finite(self.arrival_s, inclusive=True):
             raise ValueError(f"request {self.id}: arrival_s must be a finite number >= 0, got {self.arrival_s!r}")
 
 

@@ -7,13 +7,12 @@ Two token buckets (requests, estimated tokens) refill continuously; the server's
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import threading
 import time
 from dataclasses import dataclass
 
-from lab._checks import is_int, is_number
+from lab._checks import is_finite, is_int
 from lab.client.retry import MAX_RETRY_AFTER, parse_retry_after
 
 
@@ -30,9 +29,9 @@ class RateLimits:
             raise ValueError(f"max_concurrency must be an integer >= 1 or None (no limit), got {self.max_concurrency!r}")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
-            if value is not None and (not is_number(value) or not 0 < value < math.inf):
+            if value is not None and not is_finite(value):
                 raise ValueError(f"{name} must be a finite number > 0 or None (no limit), got {value!r}")
-        if not is_number(self.pause_after_429_s) or not 0 <= self.pause_after_429_s < math.inf:
+        if not is_finite(self.pause_after_429_s, inclusive=True):
             raise ValueError(f"pause_after_429_s must be a finite number >= 0, got {self.pause_after_429_s!r}")
 
     @property

@@ -12,6 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from lab._checks import is_int
 from lab.client.errors import APIConnectionError, APIError, APIStatusError, StreamInterruptedError
 
 INITIAL_RETRY_DELAY = 0.5
@@ -53,7 +54,7 @@ class RetryPolicy:
     max_retry_after: float = MAX_RETRY_AFTER
 
     def __post_init__(self):
-        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
+        if not is_int(self.max_retries, numpy=False) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
 
     def should_retry(self, error: BaseException) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from lab._checks import is_number
+from lab._checks import is_finite, is_number
 
 CURRENCIES = ("USD", "CNY")  # USD: direct prices; CNY: reseller credit paid for in yuan
 VERIFICATIONS = ("cross_checked", "single_source", "provider_claim")
@@ -67,7 +67,7 @@ class PriceRow:
 
     def usd_factor(self, market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD) -> float:
         """What one USD of this row's listed price costs in real USD (1 for direct providers)."""
-        if not is_number(market_cny_per_usd) or not 0 < market_cny_per_usd < float("inf"):
+        if not is_finite(market_cny_per_usd):
             raise ValueError(f"market_cny_per_usd must be a finite number > 0, got {market_cny_per_usd!r}")
         if not self.is_reseller:
             return 1.0

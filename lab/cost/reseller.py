@@ -7,14 +7,14 @@ reseller's claim, not a verified price.
 
 from __future__ import annotations
 
-from lab._checks import is_number
+from lab._checks import is_finite
 from lab.cost.prices import DEFAULT_MARKET_CNY_PER_USD
 
 
 def _check_rates(cny_paid_per_credit_usd: float, market_cny_per_usd: float) -> None:
     for name, value in (("cny_paid_per_credit_usd", cny_paid_per_credit_usd),
                         ("market_cny_per_usd", market_cny_per_usd)):
-        if not is_number(value) or not 0 < value < float("inf"):
+        if not is_finite(value):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 

@@ -5,10 +5,9 @@ The simulator builds the same config, so a what-if study uses exactly the engine
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from lab._checks import is_int, is_number
+from lab._checks import is_finite, is_int
 
 POLICIES = ("static", "continuous")
 
@@ -34,8 +33,7 @@ class EngineConfig:
         _positive("max_num_batched_tokens", self.max_num_batched_tokens)
         if self.num_blocks is not None:
             _positive("num_blocks", self.num_blocks)
-        if self.kv_cache_memory_gib is not None and (not is_number(self.kv_cache_memory_gib)
-                                                     or not 0 < self.kv_cache_memory_gib < math.inf):
+        if self.kv_cache_memory_gib is not None and not is_finite(self.kv_cache_memory_gib):
             raise ValueError(f"kv_cache_memory_gib: must be a finite number > 0, got {self.kv_cache_memory_gib!r}")
         if self.max_model_len is not None:
             _positive("max_model_len", self.max_model_len)
@@ -44,7 +42,7 @@ class EngineConfig:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs ({self.max_num_seqs})"
             )
-        if not is_number(self.static_batch_timeout_s) or not 0 <= self.static_batch_timeout_s < math.inf:
+        if not is_finite(self.static_batch_timeout_s, inclusive=True):
             # NaN would never start a partial batch: a server (which never flushes) would hang
             raise ValueError(f"static_batch_timeout_s: must be a finite number >= 0, got {self.static_batch_timeout_s!r}")
         for name in ("enable_prefix_caching", "enable_chunked_prefill"):

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from lab._checks import is_number
+from lab._checks import is_finite
 from lab.metrics import Result
 
 TEMPLATE = "plotly_white"
@@ -61,7 +61,7 @@ def check_choice(arg: str, value, allowed) -> None:
 
 
 def check_positive(arg: str, value) -> None:
-    if value is not None and not (is_number(value) and value > 0 and math.isfinite(value)):
+    if value is not None and not is_finite(value):
         raise ValueError(f"{arg}: expected a positive number or None, got {value!r}")
 
 
