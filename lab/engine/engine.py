@@ -82,12 +82,17 @@ class Engine:
         params = params or SamplingParams()
         if request_id is not None and not isinstance(request_id, str):
             raise ValueError(f"request_id: must be a string or None, got {type(request_id).__name__}")
-        if request_id is None:
-            request_id = f"req-{self._next_id}"
-            self._next_id += 1
         if request_id in self.seqs and not self.seqs[request_id].is_finished:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
         text, ids = self.check_request(prompt, params)
+        return self._enqueue(text, ids, params, request_id, arrival_s)
+
+    def _enqueue(self, text: str | None, ids: list[int], params: SamplingParams, request_id: str | None = None,
+                 arrival_s: float | None = None) -> Sequence:
+        """Queue a request `check_request` has already validated (and tokenized)."""
+        if request_id is None:
+            request_id = f"req-{self._next_id}"
+            self._next_id += 1
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
         seq.detok_ids = ids[-DETOK_CONTEXT_TOKENS:]
         seq.detok_read = len(seq.detok_ids)

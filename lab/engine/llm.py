@@ -74,10 +74,9 @@ class LLM:
             yield from self.engine.step(flush=True)
 
     def _add_all(self, prompts, params) -> list:
-        pairs = list(zip(*self._pair(prompts, params)))
-        for p, sp in pairs:  # all or none: a bad prompt must not leave the ones before it queued
-            self.engine.check_request(p, sp)
-        return [self.engine.add_request(p, sp) for p, sp in pairs]
+        # all or none: every prompt is checked (and tokenized, once) before any is queued
+        checked = [(self.engine.check_request(p, sp), sp) for p, sp in zip(*self._pair(prompts, params))]
+        return [self.engine._enqueue(text, ids, sp) for (text, ids), sp in checked]
 
     def _pair(self, prompts, params):
         if hasattr(prompts, "tolist"):  # a tensor or an array of token ids
