@@ -77,6 +77,20 @@ def test_stalled_stream_pauses_then_finishes(http):
                   timeout=httpx.Timeout(30, read=0.3)).read()
 
 
+def _finished_count(server) -> float:
+    lines = httpx.get(server.base + "/metrics").text.splitlines()
+    return sum(float(x.split()[-1]) for x in lines if x.startswith("lab_requests_total{"))
+
+
+def test_stalled_answer_ends_when_the_client_leaves(server, http):
+    before = _finished_count(server)
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/completions", json=COMP, headers={"x-lab-fault": "stall:60"}, timeout=httpx.Timeout(30, read=0.3))
+    # the handler stops waiting as soon as the client is gone and the request is counted as
+    # finished within seconds, not after the 60 s stall
+    assert wait_until(lambda: _finished_count(server) > before, timeout_s=10)
+
+
 def test_bad_fault_header_is_400(http):
     r = http.post("/completions", json=COMP, headers={"x-lab-fault": "explode"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-lab-fault"

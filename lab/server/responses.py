@@ -89,7 +89,9 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
     stream, parts, last = a.stream, [], None
     try:
         if a.fault.stall_after is not None:
-            await asyncio.sleep(a.fault.stall_s)  # a stalled non-streamed answer is a slow one
+            # a stalled non-streamed answer is a slow one; a client that leaves ends the wait (the
+            # watcher has aborted its request), so the handler does not sleep on for nobody
+            await asyncio.wait({watcher}, timeout=a.fault.stall_s)
         async for ev in stream:
             if ev.token_id is not None and ev.num_output_tokens == 1:
                 metrics.ttft.observe(time.perf_counter() - a.arrival_s)
