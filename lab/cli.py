@@ -60,17 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand; bad option values exit 2 with one line on stderr, as argparse's own errors do."""
-    from lab.client.errors import MissingAPIKeyError
+    """Run a subcommand. A bad option value or a missing key exits 2 with one line on stderr, as
+    argparse's own errors do; a failure of the world (a missing folder, a port in use, a server that
+    does not answer) exits 1 with one line. BATCHING_LAB_DEBUG=1 shows the traceback instead."""
+    from lab.client.errors import APIError, MissingAPIKeyError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, MissingAPIKeyError) as e:  # how the subcommands report bad options and keys
+    except (ValueError, MissingAPIKeyError, OSError, APIError) as e:
         if os.environ.get("BATCHING_LAB_DEBUG"):
-            raise  # the full traceback, for a ValueError that is a bug rather than a bad option
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            raise  # the full traceback, for an error that is a bug rather than a bad option
+        if isinstance(e, (ValueError, MissingAPIKeyError)):  # how the subcommands report bad options and keys
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"batching-lab {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

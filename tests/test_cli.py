@@ -63,3 +63,32 @@ def test_demo_refuses_zero_requests(capsys):
     with pytest.raises(SystemExit) as info:  # it crashed with a KeyError after running nothing
         main(["demo", "--num-requests", "0"])
     assert info.value.code == 2 and "argument --num-requests: must be an integer >= 1" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--model", "/nonexistent/model", "--num-requests", "1"], "batching-lab demo: "),
+        (["bench", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--max-retries", "0", "--num-prompts", "1"],
+         "batching-lab bench: "),
+    ],
+)
+def test_failures_of_the_world_exit_1_with_one_line(argv, message, capsys):
+    # a missing folder or a server that does not answer is not a usage error, and not a traceback either
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback_for_serve_too(monkeypatch):
+    monkeypatch.setenv("BATCHING_LAB_DEBUG", "1")
+    with pytest.raises(ValueError, match="--fault: the probabilities sum"):  # serve used to print one line regardless
+        main(["serve", "--fault", "429=0.6", "--fault", "500=0.6"])

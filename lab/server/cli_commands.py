@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 
 from lab.client.providers import PROVIDERS, split_keys
@@ -133,25 +132,18 @@ def serve_main(args) -> int:
         torch.set_num_threads(args.torch_threads)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        faults = _faults(args)
-        with serve(args.model, args.port, keys, faults, args.host, device=args.device, dtype=args.dtype,
-                   served_model_name=args.served_model_name, max_queued_requests=args.max_queued_requests,
-                   requests_per_minute=args.rpm, tokens_per_minute=args.tpm,
-                   allow_fault_header=not args.no_fault_header, log_level=args.log_level, **engine) as server:
-            print(f"batching-lab: serving {server.model_name!r} ({args.policy}) at {server.url}", flush=True)
-            print("  try: curl " + server.url + "/models" + ("  -H 'Authorization: Bearer ...'" if keys else ""),
-                  flush=True)
-            try:
-                while not stop.wait(0.5):
-                    pass
-            except KeyboardInterrupt:
+    faults = _faults(args)
+    with serve(args.model, args.port, keys, faults, args.host, device=args.device, dtype=args.dtype,
+               served_model_name=args.served_model_name, max_queued_requests=args.max_queued_requests,
+               requests_per_minute=args.rpm, tokens_per_minute=args.tpm,
+               allow_fault_header=not args.no_fault_header, log_level=args.log_level, **engine) as server:
+        print(f"batching-lab: serving {server.model_name!r} ({args.policy}) at {server.url}", flush=True)
+        print("  try: curl " + server.url + "/models" + ("  -H 'Authorization: Bearer ...'" if keys else ""),
+              flush=True)
+        try:
+            while not stop.wait(0.5):
                 pass
-            print("batching-lab: shutting down", flush=True)
-    except (ValueError, TypeError) as exc:  # a bad option value: exit 2, as every subcommand does
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the port is taken, the model folder unreadable: not a usage error
-        print(f"batching-lab serve: {exc}", file=sys.stderr)
-        return 1
+        except KeyboardInterrupt:
+            pass
+        print("batching-lab: shutting down", flush=True)
     return 0
