@@ -109,7 +109,7 @@ def test_dated_snapshot_priced_as_base_model(table):
 def test_bad_token_counts(table):
     with pytest.raises(ValueError, match="cached_tokens .* cannot exceed prompt_tokens"):
         usage_cost("model-x", 10, 5, cached_tokens=11, prices=table)
-    with pytest.raises(ValueError, match="completion_tokens must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match="completion_tokens must be a finite number >= 0, got -1"):
         usage_cost("model-x", 10, -1, prices=table)
 
 
@@ -126,7 +126,8 @@ def test_unknown_model_lists_close_names():
 def test_loader_rejects_negative_price(tmp_path):
     bad = f"acme,model-z,-1.00,,8.00,,,USD,,,{URL},2026-11-23,cross_checked,\n"
     path = write_table(tmp_path, ROWS["acme"], bad)
-    with pytest.raises(PriceTableError, match=r"line 3 \(acme/model-z\): input_per_mtok must be >= 0"):
+    message = r"line 3 \(acme/model-z\): input_per_mtok must be a finite number >= 0"
+    with pytest.raises(PriceTableError, match=message):
         load_prices(path)
 
 
@@ -239,13 +240,13 @@ def test_self_hosted_cost_from_fixed_throughput():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: usage_cost("gpt-4.1", prompt_tokens="10", completion_tokens=1), "prompt_tokens must be a number >= 0, got '10'"),
-    (lambda: usage_cost("gpt-4.1", prompt_tokens=10, completion_tokens=None), "completion_tokens must be a number >= 0"),
-    (lambda: self_hosted_usd_per_mtok("3.6", 1000.0, utilization=1.0), "gpu_usd_per_hour must be a number > 0, got '3.6'"),
+    (lambda: usage_cost("gpt-4.1", prompt_tokens="10", completion_tokens=1), "prompt_tokens must be a finite number >= 0, got '10'"),
+    (lambda: usage_cost("gpt-4.1", prompt_tokens=10, completion_tokens=None), "completion_tokens must be a finite number >= 0"),
+    (lambda: self_hosted_usd_per_mtok("3.6", 1000.0, utilization=1.0), "gpu_usd_per_hour must be a finite number > 0, got '3.6'"),
     (lambda: self_hosted_usd_per_mtok(3.6, "fast", utilization=1.0), "throughput must be tokens/s .* got str"),
     (lambda: self_hosted_usd_per_mtok(3.6, 1000.0, utilization=1.0, gpus=1.5), "gpus must be an integer >= 1, got 1.5"),
-    (lambda: break_even(2.0, 3.6, 1000.0, hours_per_month="730"), "hours_per_month must be a number > 0, got '730'"),
-    (lambda: break_even(0, 3.6, 1000.0), "api_usd_per_mtok must be a number > 0, got 0"),
+    (lambda: break_even(2.0, 3.6, 1000.0, hours_per_month="730"), "hours_per_month must be a finite number > 0, got '730'"),
+    (lambda: break_even(0, 3.6, 1000.0), "api_usd_per_mtok must be a finite number > 0, got 0"),
 ])
 def test_wrong_types_and_values_named(call, message):
     with pytest.raises(ValueError, match=message):
@@ -304,3 +305,95 @@ def test_anthropic_api_ids_are_priced():
     assert usage_cost("claude-sonnet-4.5", 1_000_000, 0) == pytest.approx(
         load_prices().find("claude-sonnet-4.5").input_per_mtok
     )
+
+
+# --- inputs that used to be priced silently ------------------------------------------------------
+
+
+def test_an_infinite_token_count_is_refused(table):
+    # inf passed the ">= 0" check and priced to an inf cost
+    with pytest.raises(ValueError, match="prompt_tokens must be a finite number >= 0, got inf"):
+        usage_cost("model-x", float("inf"), 10, prices=table)
+
+
+def test_batch_must_be_a_bool(table):
+    # batch="no" is truthy: it was priced at the batch discount
+    with pytest.raises(ValueError, match="batch must be True or False, got 'no'"):
+        usage_cost("model-x", 1000, 500, batch="no", prices=table)
+    work = Workload([RequestSpec(id="r0", prompt_len=1000, output_len=500)])
+    with pytest.raises(ValueError, match="batch must be True or False, got 'no'"):
+        cost_table(work, batch="no", prices=table)
+
+
+def test_model_and_provider_are_checked_strings(table):
+    # None and 5 crashed with AttributeError; a padded provider name was not found
+    with pytest.raises(ValueError, match="model must be a non-empty string .* got None"):
+        usage_cost(None, 10, 10, prices=table)
+    with pytest.raises(ValueError, match="provider must be a string .* got 5"):
+        usage_cost("model-x", 10, 10, provider=5, prices=table)
+    assert usage_cost("model-x", 1000, 500, provider=" ACME", prices=table) == pytest.approx(0.006)
+
+
+@pytest.mark.parametrize("field, row", [
+    ("input_per_mtok", f"acme,model-z,inf,,8.00,,,USD,,,{URL},2026-11-23,cross_checked,\n"),
+    ("credit_cny_per_usd", f"resell,model-x,,,,,,CNY,inf,acme,{URL},2026-11-23,provider_claim,\n"),
+])
+def test_loader_rejects_an_infinite_number(tmp_path, field, row):
+    # float("inf") passed the ">= 0" check: an inf price, or a reseller whose credit costs nothing
+    path = write_table(tmp_path, ROWS["acme"], row)
+    with pytest.raises(PriceTableError, match=rf"line 3 .*: {field} must be a finite number >= 0, got inf"):
+        load_prices(path)
+
+
+def test_a_reseller_row_has_no_batch_prices(table):
+    # the reseller's claim is about list prices; it used to inherit acme's batch API too
+    reseller = table.find("model-x", "resell")
+    assert not reseller.offers_batch
+    with pytest.raises(ValueError, match="resell/model-x has no batch prices"):
+        usage_cost("model-x", 1000, 500, provider="resell", batch=True, prices=table)
+    work = Workload([RequestSpec(id="r0", prompt_len=1000, output_len=500)])
+    batched = cost_table(work, batch=True, prices=table).set_index(["provider", "model"])
+    assert math.isnan(batched.loc[("resell", "model-x"), "cost_usd"])
+    # cached input still follows the list: (600 x 2 + 400 x 0.50 + 500 x 8) / 1e6 / 8 = 0.0054 / 8
+    cost = usage_cost("model-x", 1000, 500, 400, provider="resell", market_cny_per_usd=8.0, prices=table)
+    assert cost == pytest.approx(0.0054 / 8)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: effective_usd_price(float("inf")), "list_usd_price must be a finite number >= 0, got inf"),
+    (lambda: effective_usd_price(-8.0), "list_usd_price must be a finite number >= 0, got -8.0"),
+    (lambda: effective_usd_price("8"), "list_usd_price must be a finite number >= 0, got '8'"),
+    (lambda: market_rate_for_savings("0.85"), r"savings must be a number in \[0, 1\), got '0.85'"),
+    (lambda: cost_table(Workload([RequestSpec(id="r", prompt_len=10)]), cached_fraction="0.5"),
+     r"cached_fraction must be a number in \[0, 1\], got '0.5'"),
+    (lambda: cost_table(Workload([RequestSpec(id="r", prompt_len=10)]), cached_fraction=True),
+     r"cached_fraction must be a number in \[0, 1\], got True"),
+    # inf came out as an inf cost, or as free tokens
+    (lambda: self_hosted_usd_per_mtok(float("inf"), 1000.0, utilization=1.0),
+     "gpu_usd_per_hour must be a finite number > 0, got inf"),
+    (lambda: self_hosted_usd_per_mtok(3.6, float("inf"), utilization=1.0),
+     "throughput must be a finite number > 0 tokens/s, got inf"),
+    (lambda: break_even(float("inf"), 3.6, 1000.0), "api_usd_per_mtok must be a finite number > 0, got inf"),
+    (lambda: break_even(2.0, 3.6, 1000.0, hours_per_month=float("inf")),
+     "hours_per_month must be a finite number > 0, got inf"),
+    (lambda: gpu_price(5), r"gpu \(e.g. 'H100 SXM'\) and provider must be strings, got 5"),
+])
+def test_bad_numbers_and_types_are_named(call, message):
+    # these raised TypeError / AttributeError, or returned inf, nan or 0
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("row, message", [
+    (f"H100 SXM,80,acme,pod,inf,{URL},2026-11-23,\n",
+     "usd_per_gpu_hour and memory_gb must be finite numbers > 0"),
+    (f",80,acme,pod,2.0,{URL},2026-11-23,\n", "gpu and provider are required"),
+    (f"H100 SXM,80,,pod,2.0,{URL},2026-11-23,\n", "gpu and provider are required"),
+])
+def test_gpu_loader_rejects_infinite_price_and_blank_names(tmp_path, row, message):
+    # inf and blank names were loaded as they stood
+    path = tmp_path / "gpu_prices.csv"
+    header = "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
+    path.write_text(header + row, encoding="utf-8")
+    with pytest.raises(PriceTableError, match=rf"gpu_prices.csv line 2 \(.*\): {message}"):
+        load_gpu_prices(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab._checks import is_number
 from lab.cost.prices import DEFAULT_MARKET_CNY_PER_USD, PriceTable, default_prices, row_cost
 from lab.metrics import Result
 from lab.workload import Workload
@@ -50,8 +51,10 @@ def cost_table(
     """
     import pandas as pd
 
-    if not 0.0 <= cached_fraction <= 1.0:
-        raise ValueError(f"cached_fraction must be in [0, 1], got {cached_fraction}")
+    if not is_number(cached_fraction) or not 0.0 <= cached_fraction <= 1.0:
+        raise ValueError(f"cached_fraction must be a number in [0, 1], got {cached_fraction!r}")
+    if not isinstance(batch, bool):  # checked here too: rows without a batch API never reach row_cost
+        raise ValueError(f"batch must be True or False, got {batch!r}")
     counts = token_counts(run)
     cached = round(counts.prompt_tokens * cached_fraction)
     records = []

@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
+import math
 import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from lab._checks import is_finite, is_number
+from lab._checks import is_finite
 
 CURRENCIES = ("USD", "CNY")  # USD: direct prices; CNY: reseller credit paid for in yuan
 VERIFICATIONS = ("cross_checked", "single_source", "provider_claim")
@@ -25,6 +26,9 @@ PRICE_FIELDS = (
     "batch_input_per_mtok",
     "batch_output_per_mtok",
 )
+# What a reseller row takes from the list it resells. Not the batch prices: a batch API is a separate
+# service, and no reseller row's source says the reseller offers one.
+RESELLER_INHERITS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
 # The rate HolySheep's own pages compare against (CNY 7.3 per USD); not a live market rate.
 DEFAULT_MARKET_CNY_PER_USD = 7.3
 _DATED_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")  # gpt-4.1-2025-04-14 -> gpt-4.1
@@ -84,6 +88,10 @@ class PriceTable:
 
     def find(self, model: str, provider: str | None = None) -> PriceRow:
         """The row for `model`; with no provider, the one direct provider that sells it."""
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"model must be a non-empty string (e.g. 'gpt-4.1'), got {model!r}")
+        if provider is not None and not isinstance(provider, str):
+            raise ValueError(f"provider must be a string (e.g. 'openai') or None, got {provider!r}")
         name = _normalise(model)
         rows = [r for r in self.rows if r.model == name]
         if not rows and _HYPHEN_VERSION.search(name):
@@ -94,7 +102,7 @@ class PriceTable:
             hint = ", ".join(close) if close else ", ".join(self.models())
             raise UnknownModelError(f"unknown model {model!r}; closest known: {hint}")
         if provider is not None:
-            chosen = [r for r in rows if r.provider == provider.lower()]
+            chosen = [r for r in rows if r.provider == provider.strip().lower()]
             if not chosen:
                 sellers = ", ".join(sorted(r.provider for r in rows))
                 raise ValueError(f"provider {provider!r} has no price for {name!r}; sold by: {sellers}")
@@ -142,7 +150,7 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
                     f"{path.name} line {row.line} ({row.provider}/{row.model}): "
                     f"list_price_of={row.list_price_of!r} has no direct row for {row.model!r}"
                 )
-            for name in PRICE_FIELDS:
+            for name in RESELLER_INHERITS:
                 setattr(row, name, getattr(listed, name))
     return PriceTable(rows, path)
 
@@ -210,8 +218,8 @@ def _number(text, field: str, fail) -> float | None:
         value = float(text)
     except ValueError:
         fail(f"{field} must be a number, got {text!r}")
-    if not value >= 0:  # also rejects nan
-        fail(f"{field} must be >= 0, got {text}")
+    if not (math.isfinite(value) and value >= 0):  # float() reads "nan" and "inf" too
+        fail(f"{field} must be a finite number >= 0, got {text}")
     return value
 
 
@@ -234,8 +242,10 @@ def row_cost(
         ("completion_tokens", completion_tokens),
         ("cached_tokens", cached_tokens),
     ):
-        if not is_number(value) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        if not is_finite(value, inclusive=True):  # an inf count would price to an inf cost
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not isinstance(batch, bool):  # a truthy "no" would silently price at the batch discount
+        raise ValueError(f"batch must be True or False, got {batch!r}")
     if cached_tokens > prompt_tokens:
         raise ValueError(f"cached_tokens ({cached_tokens}) cannot exceed prompt_tokens ({prompt_tokens})")
     input_price, output_price = row.input_per_mtok, row.output_per_mtok

@@ -7,7 +7,7 @@ reseller's claim, not a verified price.
 
 from __future__ import annotations
 
-from lab._checks import is_finite
+from lab._checks import is_finite, is_number
 from lab.cost.prices import DEFAULT_MARKET_CNY_PER_USD
 
 
@@ -27,6 +27,8 @@ def effective_usd_price(
 
     list price x (CNY paid per credit USD / market CNY per USD).
     """
+    if not is_finite(list_usd_price, inclusive=True):
+        raise ValueError(f"list_usd_price must be a finite number >= 0, got {list_usd_price!r}")
     _check_rates(cny_paid_per_credit_usd, market_cny_per_usd)
     return list_usd_price * cny_paid_per_credit_usd / market_cny_per_usd
 
@@ -41,8 +43,8 @@ def exchange_deal_savings(
 
 def market_rate_for_savings(savings: float, cny_paid_per_credit_usd: float = 1.0) -> float:
     """The market CNY per USD at which the deal saves exactly `savings` (0.85 -> CNY 6.67)."""
-    if not 0 <= savings < 1:
-        raise ValueError(f"savings must be in [0, 1), got {savings}")
+    if not is_number(savings) or not 0 <= savings < 1:
+        raise ValueError(f"savings must be a number in [0, 1), got {savings!r}")
     _check_rates(cny_paid_per_credit_usd, 1.0)
     return cny_paid_per_credit_usd / (1.0 - savings)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from lab._checks import is_int, is_number
+from lab._checks import is_finite, is_int, is_number
 from lab.cost.prices import PriceTableError, default_prices_path
 from lab.metrics import Result
 
@@ -49,16 +49,19 @@ def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
         for line, raw in enumerate(csv.DictReader(f), start=2):
-            provider, gpu = (raw.get("provider") or "?").strip(), (raw.get("gpu") or "?").strip()
-            where = f"{path.name} line {line} ({provider}/{gpu})"
+            provider, gpu = (raw.get("provider") or "").strip(), (raw.get("gpu") or "").strip()
+            where = f"{path.name} line {line} ({provider or '?'}/{gpu or '?'})"
+            if not provider or not gpu:
+                raise PriceTableError(f"{where}: gpu and provider are required")
             try:
                 price = float(raw.get("usd_per_gpu_hour") or "")
                 memory = float(raw.get("memory_gb") or "")
             except ValueError:
                 raise PriceTableError(f"{where}: usd_per_gpu_hour and memory_gb must be numbers") from None
-            if not (price > 0 and memory > 0):
+            if not (is_finite(price) and is_finite(memory)):  # float() reads "inf" and "nan" too
                 raise PriceTableError(
-                    f"{where}: usd_per_gpu_hour and memory_gb must be > 0, got {price}, {memory}"
+                    f"{where}: usd_per_gpu_hour and memory_gb must be finite numbers > 0, "
+                    f"got {price}, {memory}"
                 )
             url = (raw.get("source_url") or "").strip()
             if not url.startswith(("http://", "https://")):
@@ -71,9 +74,9 @@ def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
                 ) from None
             rows.append(
                 GpuPrice(
-                    raw["gpu"].strip(),
+                    gpu,
                     memory,
-                    raw["provider"].strip().lower(),
+                    provider.lower(),
                     (raw.get("offering") or "").strip(),
                     price,
                     url,
@@ -93,6 +96,8 @@ def gpu_key(name: str) -> str:
 
 def gpu_price(gpu: str, provider: str | None = None, path: str | Path | None = None) -> GpuPrice:
     """The cheapest listed row for `gpu` (optionally from one provider); "H100-SXM" finds "H100 SXM"."""
+    if not isinstance(gpu, str) or (provider is not None and not isinstance(provider, str)):
+        raise ValueError(f"gpu (e.g. 'H100 SXM') and provider must be strings, got {gpu!r}, {provider!r}")
     rows = load_gpu_prices(path)
     key = gpu_key(gpu)
     matches = [
@@ -123,8 +128,8 @@ def tokens_per_second(throughput: float | Result, kind: str = "output") -> float
         value = float(throughput)
     else:
         raise ValueError(f"throughput must be tokens/s (a number) or a lab.metrics.Result, got {type(throughput).__name__}")
-    if not value > 0:
-        raise ValueError(f"throughput must be > 0 tokens/s, got {value}")
+    if not is_finite(value):  # inf tokens/s would make every token free
+        raise ValueError(f"throughput must be a finite number > 0 tokens/s, got {value}")
     return value
 
 
@@ -140,8 +145,8 @@ def self_hosted_usd_per_mtok(
 
     `utilization` is the share of paid hours spent at that throughput (1.0: busy every hour you pay for).
     """
-    if not is_number(gpu_usd_per_hour) or not gpu_usd_per_hour > 0:
-        raise ValueError(f"gpu_usd_per_hour must be a number > 0, got {gpu_usd_per_hour!r}")
+    if not is_finite(gpu_usd_per_hour):
+        raise ValueError(f"gpu_usd_per_hour must be a finite number > 0, got {gpu_usd_per_hour!r}")
     if not is_number(utilization) or not 0 < utilization <= 1:
         raise ValueError(f"utilization must be in (0, 1], got {utilization!r}")
     if not is_int(gpus) or gpus < 1:
@@ -179,8 +184,8 @@ def break_even(
     """
     for name, value in (("api_usd_per_mtok", api_usd_per_mtok), ("gpu_usd_per_hour", gpu_usd_per_hour),
                         ("hours_per_month", hours_per_month)):
-        if not is_number(value) or not value > 0:
-            raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        if not is_finite(value):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     if not is_int(gpus) or gpus < 1:
         raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
     rent = gpu_usd_per_hour * gpus * hours_per_month
