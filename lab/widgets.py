@@ -213,7 +213,7 @@ def faults_playground(server, *, api_key: str | None = None, n: int = 16, max_to
 def cost_playground(*, prices=None) -> Playground:
     """Requests per month, tokens per request, cached share and batch API against every provider's
     prices; the bars and the table update at once."""
-    from lab.cost import cost_table, load_prices
+    from lab.cost import TokenCounts, cost_table, load_prices
 
     prices = prices or load_prices()
     providers = sorted({r.provider for r in prices.rows})
@@ -236,11 +236,9 @@ def cost_playground(*, prices=None) -> Playground:
     def on_change(_=None):
         c = controls
         requests = max(1, int(c["requests"].value))
-        # one request spec stands for all of them: cost is linear in the counts
-        work = synthetic(1, prompt_lens=Fixed(c["prompt_tokens"].value), output_lens=Fixed(c["output_tokens"].value))
-        frame = cost_table(work, cached_fraction=c["cached_fraction"].value, batch=c["batch"].value, prices=prices)
-        frame = frame[frame["provider"].isin(c["providers"].value)].copy()
-        frame["cost_usd"] *= requests
+        counts = TokenCounts(requests, requests * c["prompt_tokens"].value, requests * c["output_tokens"].value)
+        frame = cost_table(counts, cached_fraction=c["cached_fraction"].value, batch=c["batch"].value, prices=prices)
+        frame = frame[frame["provider"].isin(c["providers"].value)]
         pg.results["frame"] = frame
         replace_figure(figures["cost"], viz.cost_bars(frame, title=f"Cost of {requests:,} requests (USD)"))
         cheapest = frame.dropna(subset=["cost_usd"]).head(3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers_server import tiny_llm, tiny_model_dir
 
 from lab import widgets
@@ -58,6 +59,20 @@ def test_cost_playground_updates_bars_and_filters_providers():
     pg.controls["providers"].value = ("openai",)
     assert {t.name for t in pg.figures["cost"].data} == {"openai"}
     assert "openai" in pg.status.value
+
+
+def test_cost_playground_table_counts_every_request():
+    from lab.cost import usage_cost
+
+    pg = widgets.cost_playground()
+    c = pg.controls
+    c["requests"].value, c["prompt_tokens"].value, c["output_tokens"].value = 1000, 801, 300
+    c["cached_fraction"].value = 0.5
+    row = pg.results["frame"].set_index(["provider", "model"]).loc[("openai", "gpt-4.1")]
+    # the table shows the whole workload's tokens; half of 801,000 prompt tokens is 400,500 cached
+    # (rounding 400.5 per request would have said 400,000 or 401,000)
+    assert (row.requests, row.prompt_tokens, row.cached_tokens, row.completion_tokens) == (1000, 801_000, 400_500, 300_000)
+    assert row.cost_usd == pytest.approx(usage_cost("gpt-4.1", 801_000, 300_000, cached_tokens=400_500))
 
 
 def _accounted_once(result, status_html: str, ids: list[str], max_tokens: int) -> tuple[list, list]:

@@ -21,8 +21,10 @@ class TokenCounts:
     completion_tokens: int
 
 
-def token_counts(run: Result | Workload) -> TokenCounts:
+def token_counts(run: Result | Workload | TokenCounts) -> TokenCounts:
     """Tokens a run used (completed requests of a Result) or will use (every request of a Workload)."""
+    if isinstance(run, TokenCounts):  # counts planned by hand: a month of traffic, a widget's sliders
+        return run
     if isinstance(run, Result):
         done = run.completed
         return TokenCounts(len(done), sum(r.prompt_tokens for r in done), sum(r.output_tokens for r in done))
@@ -34,11 +36,12 @@ def token_counts(run: Result | Workload) -> TokenCounts:
                 "prompt_token_ids (text prompts have no token count until tokenized)"
             )
         return TokenCounts(len(run), sum(r.prompt_len for r in run), sum(r.output_len for r in run))
-    raise TypeError(f"run must be a lab.metrics.Result or a lab.workload.Workload, got {type(run).__name__}")
+    raise TypeError(f"run must be a lab.metrics.Result, a lab.workload.Workload or a TokenCounts, "
+                    f"got {type(run).__name__}")
 
 
 def cost_table(
-    run: Result | Workload,
+    run: Result | Workload | TokenCounts,
     cached_fraction: float = 0.0,
     batch: bool = False,
     market_cny_per_usd: float = DEFAULT_MARKET_CNY_PER_USD,
