@@ -81,13 +81,19 @@ class Empirical:
     weights: Sequence[float] | None = None
 
     def __post_init__(self):
-        self.values = np.asarray(self.values, dtype=np.int64)
-        if self.values.size == 0 or (self.values < 1).any():
+        values = np.asarray(self.values)
+        if values.ndim != 1:  # a scalar n would make rng.choice sample 0..n-1, zero included
+            raise ValueError(f"Empirical.values: need a 1-D sequence of lengths, got {self.values!r}")
+        if values.size == 0:
             raise ValueError("Empirical.values: need at least one value, all >= 1")
+        self.values = _whole(values, "Empirical.values")
+        if (self.values < 1).any():
+            raise ValueError(f"Empirical.values: need at least one value, all >= 1, found {self.values.min()}")
         if self.weights is not None:
             w = np.asarray(self.weights, dtype=float)
-            if w.shape != self.values.shape or (w < 0).any() or w.sum() <= 0:
-                raise ValueError("Empirical.weights: need one weight >= 0 per value, not all zero")
+            # NaN and inf pass `w < 0` and `w.sum() <= 0`, then break the normalisation
+            if w.shape != self.values.shape or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise ValueError("Empirical.weights: need one finite weight >= 0 per value, not all zero")
             self.weights = w / w.sum()
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -105,13 +111,7 @@ def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: st
     if np.isscalar(spec):
         _check_int(field_name, spec)
         return np.full(n, int(spec), dtype=np.int64)
-    values = np.asarray(spec)
-    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
-        # an int64 cast would truncate 10.7 to 10 without a word
-        raise ValueError(f"{field_name}: lengths must be whole numbers, got {values[values != np.round(values)][0]}")
-    if values.dtype.kind not in "iuf":
-        raise ValueError(f"{field_name}: need integer lengths, got values of type {values.dtype}")
-    arr = values.astype(np.int64)
+    arr = _whole(np.asarray(spec), field_name)
     if arr.ndim != 1 or len(arr) != n:
         raise ValueError(
             f"{field_name}: need {n} values, got {arr.size}; or give an int or a distribution "
@@ -120,6 +120,15 @@ def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: st
     if (arr < 1).any():
         raise ValueError(f"{field_name}: every length must be >= 1, found {arr.min()}")
     return arr
+
+
+def _whole(values: np.ndarray, field_name: str) -> np.ndarray:
+    """`values` as int64, refusing what the cast would change: 10.7 would become 10 without a word."""
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        raise ValueError(f"{field_name}: lengths must be whole numbers, got {values[values != np.round(values)][0]}")
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{field_name}: need integer lengths, got values of type {values.dtype}")
+    return values.astype(np.int64)
 
 
 def _check_int(name: str, v) -> None:
@@ -139,5 +148,10 @@ def _check_finite(name: str, v) -> None:
         raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
 
 
+# no length comes near this; a heavy tail (LogNormal sigma 25) can pass 2**63, which int64 wraps negative
+_MAX_LENGTH = 2**62
+
+
 def _clip(x: np.ndarray, low: int, high: int | None) -> np.ndarray:
-    return np.clip(np.rint(x), low, high if high is not None else np.inf).astype(np.int64)
+    top = _MAX_LENGTH if high is None else min(high, _MAX_LENGTH)
+    return np.clip(np.rint(x), low, top).astype(np.int64)

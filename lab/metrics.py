@@ -183,6 +183,7 @@ class Result:
         return cls(requests, steps, label=label)
 
     def to_frame(self):
+        """One row per request; the same columns and dtypes whatever the rows (times float, NaN if unset)."""
         import pandas as pd
 
         rows = []
@@ -191,7 +192,9 @@ class Result:
             row.pop("token_times_s")
             row.update(ttft_s=r.ttft_s, tpot_s=r.tpot_s, e2e_s=r.e2e_s, queue_s=r.queue_s)
             rows.append(row)
-        return pd.DataFrame(rows)
+        # an all-None column would be dtype object (no .mean(), no plot); no rows, no columns at all
+        df = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
+        return df.astype({c: float for c in _FRAME_TIMES} | {c: "int64" for c in _FRAME_COUNTS})
 
     def steps_frame(self):
         import pandas as pd
@@ -202,6 +205,12 @@ class Result:
                 for s in self.steps
             ]
         )
+
+
+_FRAME_TIMES = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queue_s")
+_FRAME_COUNTS = ("prompt_tokens", "output_tokens", "retries")
+_FRAME_COLUMNS = [f for f in RequestMetrics.__dataclass_fields__ if f != "token_times_s"] + [
+    "ttft_s", "tpot_s", "e2e_s", "queue_s"]
 
 
 def check_slos(slo_ms: dict) -> None:
@@ -219,7 +228,8 @@ def _meets(r: RequestMetrics, slo_ms: dict[str, float]) -> bool:
     measured = {"ttft": r.ttft_s, "tpot": r.tpot_s, "e2el": r.e2e_s}
     for key, limit in slo_ms.items():
         value = measured[key]
-        if value is not None and value * 1e3 > limit:
+        # vLLM's arithmetic (limit / 1000 >= seconds), so a request on the limit counts as there
+        if value is not None and not limit / 1e3 >= value:
             return False
     return True
 

@@ -48,6 +48,28 @@ class RequestSpec:
         # a NaN arrival would sort anywhere and never arrive
         if not is_finite(self.arrival_s, inclusive=True):
             raise ValueError(f"request {self.id}: arrival_s must be a finite number >= 0, got {self.arrival_s!r}")
+        self._check_prompt()
+        self._check_sampling()
+
+    def _check_prompt(self):
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise ValueError(f"request {self.id}: prompt must be a string, got {type(self.prompt).__name__}")
+        ids = self.prompt_token_ids or ()
+        # the cheap test first: long prompts of plain ints are the common case
+        bad = None if all(type(t) is int for t in ids) else next((t for t in ids if not is_int(t)), None)
+        if bad is not None:
+            raise ValueError(f"request {self.id}: prompt_token_ids must be a list of integers, got {bad!r}")
+
+    def _check_sampling(self):
+        # the runners' checks, made here so a bad spec fails at once, not once per request mid-run
+        if not is_finite(self.temperature, inclusive=True):
+            raise ValueError(f"request {self.id}: temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not is_finite(self.top_p) or self.top_p > 1:
+            raise ValueError(f"request {self.id}: top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not is_int(self.seed):
+            raise ValueError(f"request {self.id}: seed must be an integer or None, got {self.seed!r}")
+        if not isinstance(self.ignore_eos, (bool, np.bool_)):
+            raise ValueError(f"request {self.id}: ignore_eos must be True or False, got {self.ignore_eos!r}")
 
 
 @dataclass(slots=True)
@@ -98,17 +120,26 @@ def poisson_arrivals(n: int, rate: float, burstiness: float = 1.0, seed: int = 0
     --burstiness`: 1.0 is Poisson, below 1 burstier, above 1 more regular, inf evenly spaced.
     The first request arrives at t=0.
     """
+    _check_arrivals(n, rate, burstiness, seed)
+    return _arrivals(n, rate, burstiness, np.random.default_rng(seed))
+
+
+def _check_arrivals(n, rate, burstiness, seed) -> None:
     if not is_int(n) or n < 0:
         raise ValueError(f"n: must be an integer >= 0, got {n!r}")
     if not is_number(rate) or not rate > 0:
         raise ValueError(f"rate: must be > 0 requests/s (or inf), got {rate!r}")
     if not is_number(burstiness) or not burstiness > 0:
         raise ValueError(f"burstiness: must be > 0 (or inf), got {burstiness!r}")
+    if seed is not None and (not is_int(seed) or seed < 0):
+        raise ValueError(f"seed: must be an integer >= 0 or None, got {seed!r}")
+
+
+def _arrivals(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
     if np.isinf(rate):
         return np.zeros(n)
     if np.isinf(burstiness):  # vLLM: the gamma tends to a constant gap of 1/rate
         return np.arange(n) / rate
-    rng = np.random.default_rng(seed)
     gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
     return np.cumsum(gaps) - gaps[0] if n else gaps
 
@@ -165,10 +196,13 @@ def synthetic(
     `text_prompts`: draw each prompt as a slice of the corpus of about prompt_len * chars_per_token
     characters (for real runs; 1.0 for a character-level tokenizer); otherwise lengths only.
     """
-    if chars_per_token <= 0:
-        raise ValueError(f"chars_per_token: must be > 0, got {chars_per_token}")
-    rng = np.random.default_rng(seed)
-    arrivals = poisson_arrivals(n, rate, burstiness, seed)
+    if not is_finite(chars_per_token):
+        raise ValueError(f"chars_per_token: must be a finite number > 0, got {chars_per_token!r}")
+    _check_arrivals(n, rate, burstiness, seed)
+    rng = np.random.default_rng(seed)  # lengths and prompts
+    # arrivals from a child stream: drawn from the same stream as the lengths, Exponential lengths
+    # came out exactly proportional to the Poisson gaps before them
+    arrivals = _arrivals(n, rate, burstiness, np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]))
     p = lengths(prompt_lens, n, rng, "prompt_lens")
     o = lengths(output_lens, n, rng, "output_lens")
     texts = _text_prompts(np.round(p * chars_per_token), rng, corpus_path) if text_prompts else [None] * n
@@ -238,7 +272,7 @@ def azure_trace(
 def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not path.exists():
         raise FileNotFoundError(f"path: trace file {path} not found")
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM before TIMESTAMP
         reader = csv.reader(f)
         header = next(reader, None) or []
         missing = [c for c in TRACE_COLUMNS if c not in header]

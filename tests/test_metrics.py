@@ -93,3 +93,26 @@ def test_goodput_slo_limits_are_checked(result, slo, message):
     # a NaN limit used to count every request as good
     with pytest.raises(ValueError, match=re.escape(message)):
         result.summary(slo)
+
+
+TIME_COLUMNS = ["arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queue_s"]
+
+
+def test_frame_columns_and_dtypes_do_not_depend_on_the_rows(result):
+    # an empty Result used to give a frame with no columns, and a column with no value (all
+    # failed, or no first_scheduled_s over HTTP) was dtype object, so .mean() and plots failed
+    full = result.to_frame()
+    for res in (Result([]), Result([RequestMetrics("x", 0.0, status="error")]), result):
+        df = res.to_frame()
+        assert list(df.columns) == list(full.columns)
+        assert all(df[c].dtype == "float64" for c in TIME_COLUMNS), df.dtypes
+    assert math.isnan(Result([RequestMetrics("x", 0.0, status="error")]).to_frame().ttft_s.mean())
+
+
+def test_goodput_compares_in_seconds_as_vllm():
+    # vLLM counts a request good when limit_ms / 1000 >= latency_s. Here e2e = 14.223 - 12.345 is
+    # 1.8780000000000001 s in floating point: over a 1878 ms limit for vLLM, though 1e3 * e2e
+    # rounds to exactly 1878.0
+    r = Result([_req("a", 12.345, [14.0, 14.223])])
+    assert r.summary({"e2el": 1878})["goodput"] == 0
+    assert r.summary({"e2el": 1879})["goodput"] > 0

@@ -264,3 +264,78 @@ def test_length_specs_are_checked_not_truncated(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
     assert list(lengths([10.0, 20.0], 2)) == [10, 20]  # whole floats are fine
+
+
+def test_synthetic_lengths_do_not_echo_the_arrival_gaps():
+    # lengths and arrivals used to draw from two generators with the same seed: with Poisson arrivals
+    # and Exponential lengths, each prompt_len was exactly 100 x the gap before it (correlation 1.0)
+    spec = dict(rate=1.0, prompt_lens=Exponential(100, high=10**6), output_lens=Exponential(50, high=10**6), seed=0)
+    w = synthetic(4000, **spec)
+    gaps = np.diff([r.arrival_s for r in w])
+    for name in ("prompt_len", "output_len"):
+        lens = np.array([getattr(r, name) for r in w])[1:]
+        assert abs(np.corrcoef(gaps, lens)[0, 1]) < 0.1, name
+    # still Poisson at the rate asked, and a seed still reproduces
+    assert gaps.mean() == pytest.approx(1.0, rel=0.05) and gaps.std() == pytest.approx(1.0, rel=0.05)
+    again = synthetic(4000, **spec)
+    assert [r.prompt_len for r in again] == [r.prompt_len for r in w]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Empirical([10.7, 20.2]), "Empirical.values: lengths must be whole numbers, got 10.7"),
+    (lambda: Empirical(5), "Empirical.values: need a 1-D sequence of lengths"),
+    (lambda: Empirical([[1, 2], [3, 4]]), "Empirical.values: need a 1-D sequence of lengths"),
+    (lambda: Empirical(["a"]), "Empirical.values: need integer lengths"),
+    (lambda: Empirical([1, 2], weights=[float("nan"), 1]), "Empirical.weights: need one finite weight >= 0"),
+    (lambda: Empirical([1, 2], weights=[float("inf"), 1]), "Empirical.weights: need one finite weight >= 0"),
+])
+def test_empirical_values_and_weights_are_checked(make, message):
+    # 10.7 used to be truncated to 10; Empirical(5) sampled 0..4, zero-length requests included
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+    assert set(Empirical([3.0, 4.0]).sample(50, np.random.default_rng(0)).tolist()) == {3, 4}
+
+
+def test_heavy_tailed_lengths_stay_positive():
+    # exp(25 * z) passes 2**63 for z > 1.75; the int64 cast wrapped those to -2**63
+    rng = np.random.default_rng(0)
+    assert LogNormal(100, sigma=25).sample(2000, rng).min() >= 1
+    assert Exponential(1e30).sample(100, rng).min() >= 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-1), "request a: temperature must be a finite number >= 0, got -1"),
+    (dict(temperature="hot"), "request a: temperature must be a finite number >= 0, got 'hot'"),
+    (dict(top_p=0), "request a: top_p must be a number in (0, 1], got 0"),
+    (dict(top_p=1.5), "request a: top_p must be a number in (0, 1], got 1.5"),
+    (dict(seed="7"), "request a: seed must be an integer or None, got '7'"),
+    (dict(ignore_eos="no"), "request a: ignore_eos must be True or False, got 'no'"),
+    (dict(prompt=["To", "be"]), "request a: prompt must be a string, got list"),
+    (dict(prompt_token_ids=[1, 2.5]), "request a: prompt_token_ids must be a list of integers, got 2.5"),
+])
+def test_request_spec_sampling_and_prompt_fields_checked(kwargs, message):
+    # these used to pass, then fail every request at run time (or as HTTP 400s, one per request)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RequestSpec("a", **({"prompt_len": 3} | kwargs))
+    assert RequestSpec("a", prompt_len=3, temperature=np.float64(0.7), top_p=1, seed=np.int64(5)).seed == 5
+
+
+@pytest.mark.parametrize("cpt", [float("nan"), float("inf"), "4", 0])
+def test_chars_per_token_checked(cpt):
+    with pytest.raises(ValueError, match=r"chars_per_token: must be a finite number > 0, got "):
+        synthetic(3, text_prompts=True, chars_per_token=cpt, corpus_path=CORPUS)
+
+
+def test_trace_with_a_byte_order_mark_loads(tmp_path):
+    # spreadsheets save CSV with a UTF-8 BOM; the header then read '\ufeffTIMESTAMP' and "lacked" TIMESTAMP
+    bom = tmp_path / "t.csv"
+    bom.write_text(HEADER + GOOD_ROW + GOOD_ROW.replace("03.9", "05.9"), encoding="utf-8-sig")
+    w = azure_trace("code", path=bom)
+    assert len(w) == 2 and w.duration_s == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_seed_checked(seed):
+    # numpy's own errors ("expected non-negative integer") named no field
+    with pytest.raises(ValueError, match=re.escape(f"seed: must be an integer >= 0 or None, got {seed!r}")):
+        synthetic(3, rate=1.0, seed=seed)
