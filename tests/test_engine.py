@@ -277,6 +277,19 @@ def test_stream_events_rebuild_generate_output(tiny_llama):
     assert all(evs[-1].finished and evs[-1].finish_reason == "length" for evs in by_request.values())
 
 
+def test_a_stream_reports_the_abort_of_its_last_request_itself(tiny_llama):
+    llm = make_llm(tiny_llama)
+    first = []
+    for e in llm.stream([[1, 2, 3]], GREEDY):
+        first.append(e)
+        if len(first) == 2:
+            llm.engine.abort(e.request_id)
+    assert first[-1].finished and first[-1].finish_reason == "abort"
+    # the old abort must not leak into the next stream
+    second = list(llm.stream([[4, 5]], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)))
+    assert {e.request_id for e in second} == {second[-1].request_id} != first[0].request_id
+
+
 def test_trace_records_every_step(tiny_llama):
     llm = make_llm(tiny_llama, max_num_seqs=4)
     llm.generate([[1] * 10] * 6, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True), use_tqdm=False)
@@ -536,6 +549,27 @@ def test_an_id_reused_after_an_abort_does_not_receive_the_old_abort(tiny_llama):
     while engine.has_unfinished():
         events = engine.step()
     assert events[-1].finish_reason == "length" and engine.block_manager.num_used == 0
+
+
+def test_a_generated_id_skips_one_the_caller_already_uses(tiny_llama):
+    engine = make_llm(tiny_llama, policy="static", max_num_seqs=2).engine
+    mine = engine.add_request([1, 2, 3], GREEDY, "req-0")
+    auto = engine.add_request([4, 5, 6], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))
+    assert auto.request_id != "req-0" and engine.seqs["req-0"] is mine
+    late = engine.add_request([7, 8, 9], GREEDY, "late")
+    while engine.has_unfinished():
+        engine.step(flush=True)
+    # with one id for two requests, the first to finish ended the static batch: "late" joined it
+    assert late.first_scheduled_s >= mine.finish_s
+    assert engine.block_manager.num_used == 0
+
+
+def test_a_generated_id_skips_a_just_aborted_one(tiny_llama):
+    engine = make_llm(tiny_llama).engine
+    engine.add_request([1, 2, 3], GREEDY, "req-0")
+    engine.abort("req-0")
+    assert engine.add_request([4, 5]).request_id != "req-0"
+    assert ("req-0", "abort") in [(e.request_id, e.finish_reason) for e in engine.step()]
 
 
 @pytest.mark.parametrize("kwargs, message", [

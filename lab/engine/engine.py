@@ -91,8 +91,7 @@ class Engine:
                  arrival_s: float | None = None) -> Sequence:
         """Queue a request `check_request` has already validated (and tokenized)."""
         if request_id is None:
-            request_id = f"req-{self._next_id}"
-            self._next_id += 1
+            request_id = self._new_request_id()
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
         seq.detok_ids = ids[-DETOK_CONTEXT_TOKENS:]
         seq.detok_read = len(seq.detok_ids)
@@ -102,6 +101,16 @@ class Engine:
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
         return seq
+
+    def _new_request_id(self) -> str:
+        # skip ids the caller already used ("req-N" is a plain string): two requests in flight under one
+        # id would share aborts, events and (static) batch membership, and taking a just-aborted one
+        # would swallow its abort event
+        while True:
+            request_id = f"req-{self._next_id}"
+            self._next_id += 1
+            if request_id not in self.seqs:
+                return request_id
 
     def check_request(self, prompt: str | list[int], params: SamplingParams) -> tuple[str | None, list[int]]:
         """Validate a request without queueing it: (text or None, token ids), or a ValueError naming the field."""
@@ -148,7 +157,8 @@ class Engine:
         return True
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Requests still to run, or aborts the next step has yet to report."""
+        return self.scheduler.has_unfinished() or bool(self._aborted)
 
     # -- one step --------------------------------------------------------------------------
     def step(self, flush: bool = False) -> list[TokenEvent]:

@@ -70,6 +70,8 @@ class LLM:
     def stream(self, prompts, params=None) -> Iterator[TokenEvent]:
         """Yield a `TokenEvent` per new token of any prompt, as steps produce them."""
         self._add_all(prompts, params)
+        # has_unfinished counts aborts not yet reported: a consumer that aborts the last request still
+        # hears its end here, and the next stream does not
         while self.engine.has_unfinished():
             yield from self.engine.step(flush=True)
 
