@@ -582,3 +582,15 @@ def test_a_generated_id_skips_a_just_aborted_one(tiny_llama):
 def test_engine_config_rejects_wrong_types_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         EngineConfig(**kwargs)
+
+
+def test_engine_leaves_the_callers_config_alone(tiny_llama):
+    from lab.engine.config import EngineConfig
+    from lab.engine.engine import Engine
+
+    llm = make_llm(tiny_llama)
+    shared = EngineConfig(max_num_seqs=2)  # max_model_len None: the engine fills in the model's limit
+    engine = Engine(llm.engine.runner.model, llm.engine.model_config, llm.tokenizer, shared,
+                    llm.engine.device, torch.float32)
+    assert engine.config.max_model_len == llm.engine.model_config.max_position_embeddings
+    assert shared.max_model_len is None  # a simulation given the same config keeps its own default

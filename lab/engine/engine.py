@@ -8,7 +8,7 @@ user-facing `LLM` wrapper lives in `llm.py`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -46,7 +46,8 @@ class Engine:
         self.tokenizer = tokenizer
         self.device = device
         if config.max_model_len is None or config.max_model_len > model_config.max_position_embeddings:
-            config.max_model_len = model_config.max_position_embeddings
+            # a copy: the caller's config may serve a simulation too, which must keep its own limit
+            config = replace(config, max_model_len=model_config.max_position_embeddings)
         self.config = config
         num_blocks = config.num_blocks or self._blocks_from_budget(dtype)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
