@@ -88,6 +88,8 @@ class _StepClock:
         self.times: list[float] = []
 
     def __call__(self, input_ids, scores):
+        if scores.is_cuda:  # the forward is still queued on the GPU: stamp when it is done
+            torch.cuda.synchronize(scores.device)
         self.times.append(time.perf_counter())
         return scores
 
@@ -101,6 +103,9 @@ def run_hf_generate(folder, workload, args) -> Result:
     from transformers import AutoModelForCausalLM, LogitsProcessorList
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(args)).to(args.device).eval()
+    with torch.no_grad():  # warm up outside the timed run, as every runner does
+        model.generate(torch.ones(2, 3, dtype=torch.long, device=args.device), max_new_tokens=2, do_sample=False,
+                       pad_token_id=0)
     reqs, t0, wasted, steps, computed = [], time.perf_counter(), 0, 0, 0
     for start in range(0, len(workload), args.batch):
         batch = workload.requests[start:start + args.batch]
@@ -131,12 +136,29 @@ def run_hf_generate(folder, workload, args) -> Result:
     return result, {"wasted_slot_steps": wasted, "steps": steps, "tokens_computed": computed}
 
 
+def hf_continuous_config(workload, args):
+    """transformers' continuous batching under our limits: `--batch` sequences, `--token-budget` tokens a step.
+
+    Its defaults size the KV cache to 60% of RAM on a CPU and an SDPA mask buffer of max_batch_tokens x
+    every cached token (~11 GB here), allocated and filled in the timed run. Blocks for a full batch of
+    the longest requests, twice over: like ours, it never has to preempt.
+    """
+    from transformers import ContinuousBatchingConfig
+
+    page = ContinuousBatchingConfig.page_size
+    longest = max(r.prompt_len + r.output_len for r in workload)
+    return ContinuousBatchingConfig(num_blocks=2 * args.batch * -(-longest // page), max_batch_tokens=args.token_budget,
+                                    max_requests_per_batch=args.batch, allow_block_sharing=False)
+
+
 def run_hf_continuous(folder, workload, args):
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=_dtype(args)).to(args.device).eval()
     gen = GenerationConfig(do_sample=False, max_new_tokens=max(r.output_len for r in workload), eos_token_id=-1)
-    manager = model.init_continuous_batching(generation_config=gen)
+    manager = model.init_continuous_batching(generation_config=gen,
+                                             continuous_batching_config=hf_continuous_config(workload, args))
+    manager.warmup()  # builds the cache and runs dummy batches outside the timed run, as generate_batch does
     manager.start()
     try:
         t0 = time.perf_counter()
