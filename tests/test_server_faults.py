@@ -4,6 +4,7 @@ FaultConfig names a bad field."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import openai
 import pytest
 from helpers_server import tiny_llm, wait_until
 
-from lab.server import FaultConfig, serve
+from lab.server import FaultConfig, serve, start_server
 
 COMP = {"model": "tiny-llama", "prompt": "Hi", "max_tokens": 8, "ignore_eos": True}
 
@@ -89,6 +90,53 @@ def test_stalled_answer_ends_when_the_client_leaves(server, http):
     # the handler stops waiting as soon as the client is gone and the request is counted as
     # finished within seconds, not after the 60 s stall
     assert wait_until(lambda: _finished_count(server) > before, timeout_s=10)
+
+
+def test_a_stream_cut_at_any_chunk_is_counted_once(server, http):
+    # before: a cut (or a hang-up) on the chunk carrying the last token found the stream finished, so
+    # it was not counted as client_gone, and not yet as finished either: it went uncounted
+    for cut in range(COMP["max_tokens"] + 3):  # every chunk: 8 tokens, the finish chunk, [DONE]
+        before = _finished_count(server)
+        _stream_lines(http, {"x-lab-fault": f"cut:{cut}"})
+        assert wait_until(lambda want=before + 1: _finished_count(server) == want), f"cut:{cut}"
+        time.sleep(0.05)
+        assert _finished_count(server) == before + 1, f"cut:{cut} counted twice"
+
+
+def test_shutdown_ends_injected_delays(monkeypatch):
+    # before: a latency or stall in flight held the server's exit until uvicorn's graceful timeout
+    # (5 s) cancelled the handler, and its client got a bare text 500 instead of OpenAI's 503
+    s = start_server(llm=tiny_llm("aux"))
+    drawn, draw = [], s.state.faults.draw
+    monkeypatch.setattr(s.state.faults, "draw", lambda header: (drawn.append(header), draw(header))[1])
+    answers = {}
+
+    def post(fault: str, stream: bool) -> None:
+        try:
+            r = httpx.post(s.url + "/completions", json={**COMP, "stream": stream}, headers={"x-lab-fault": fault},
+                           timeout=30)
+            answers[fault, stream] = (r.status_code, r.text)
+        except httpx.HTTPError as exc:
+            answers[fault, stream] = (None, repr(exc))
+
+    cases = [("latency:60", False), ("stall:60", False), ("stall:60", True)]
+    clients = [threading.Thread(target=post, args=case) for case in cases]
+    for t in clients:
+        t.start()
+    assert wait_until(lambda: len(drawn) == 3)  # every request is in its handler
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    s.close()
+    assert time.monotonic() - t0 < 2.0
+    for t in clients:
+        t.join(5)
+    status, text = answers["latency:60", False]
+    assert status == 503 and '"code":"shutting_down"' in text  # never admitted: the engine had stopped
+    # admitted: the whole answer if the engine finished it before the shutdown, else a 503 in OpenAI's shape
+    status, text = answers["stall:60", False]
+    assert (status == 200 and '"finish_reason":"length"' in text) or (status == 503 and '"shutting_down"' in text)
+    status, text = answers["stall:60", True]
+    assert status == 200 and (text.rstrip().endswith("data: [DONE]") or '"code":"shutting_down"' in text)
 
 
 def test_bad_fault_header_is_400(http):

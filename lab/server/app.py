@@ -5,7 +5,6 @@ context (400), queue (429), rate limit (429); then the engine. Every answer carr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ from lab.server.openapi import add_nested_schemas, request_body
 from lab.server.protocol import ChatCompletionRequest, CompletionRequest
 from lab.server.ratelimit import RateLimiter
 from lab.server.request_id import STATE_KEY, RequestIdMiddleware, new_request_id
-from lab.server.responses import Admitted, full_response, stream_events
+from lab.server.responses import Admitted, full_response, pause, stream_events
 
 
 @dataclass(slots=True)
@@ -132,7 +131,7 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
     key = authenticate(request.headers.get("authorization"), cfg.api_keys)
     fault = state.faults.draw(request.headers.get(HEADER) if cfg.allow_fault_header else None)
     if fault.latency_s:
-        await asyncio.sleep(fault.latency_s)
+        await pause(fault.latency_s, engine)  # a shutdown ends it: the engine then refuses, a 503
     if fault.status is not None:
         raise fault.error()
     body = await _read_body(request, cfg.max_body_bytes)

@@ -34,6 +34,24 @@ class Admitted:
     headers: dict[str, str]
 
 
+PAUSE_POLL_S = 0.05  # how often an injected delay looks for a shutdown
+
+
+async def pause(seconds: float, engine: AsyncEngine, watcher: asyncio.Task | None = None) -> None:
+    """An injected delay (latency, stall) that ends early when the server shuts down, or when `watcher`
+    (a client hang-up) is done. Without this a `stall:60` held serve()'s exit until uvicorn's graceful
+    timeout cancelled the handler, and its client got a bare text 500 instead of a 503."""
+    deadline = time.monotonic() + seconds
+    while engine.is_running and not (watcher is not None and watcher.done()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if watcher is None:
+            await asyncio.sleep(min(PAUSE_POLL_S, left))
+        else:
+            await asyncio.wait({watcher}, timeout=min(PAUSE_POLL_S, left))
+
+
 def _data(payload: dict | str) -> str:
     body = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {body}\n\n"
@@ -54,7 +72,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
         if a.fault.cut_after is not None and sent >= a.fault.cut_after:
             raise StreamCut(f"{a.request_id}: injected cut after {sent} chunks")
         if a.fault.stall_after is not None and sent == a.fault.stall_after:
-            await asyncio.sleep(a.fault.stall_s)
+            await pause(a.fault.stall_s, engine)
         sent += 1
         return _data(payload)
 
@@ -68,11 +86,14 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                 return
             if ev.token_id is not None and ev.num_output_tokens == 1:
                 metrics.ttft.observe(time.perf_counter() - a.arrival_s)
+            if ev.finished:
+                # counted before its last text goes out: a cut or a hang-up on that chunk finds the stream
+                # finished, so the `finally` below does not count it as client_gone either
+                metrics.finished(stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason,
+                                 time.perf_counter() - a.arrival_s)
             if ev.text:
                 yield await emit(maker.chunk(ev.text))
             if ev.finished:
-                metrics.finished(stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason,
-                                 time.perf_counter() - a.arrival_s)
                 yield await emit(maker.chunk(None, ev.finish_reason))
         if a.include_usage:
             yield await emit(maker.usage_chunk(usage(stream.prompt_tokens, stream.num_output_tokens)))
@@ -91,7 +112,7 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
         if a.fault.stall_after is not None:
             # a stalled non-streamed answer is a slow one; a client that leaves ends the wait (the
             # watcher has aborted its request), so the handler does not sleep on for nobody
-            await asyncio.wait({watcher}, timeout=a.fault.stall_s)
+            await pause(a.fault.stall_s, engine, watcher)
         async for ev in stream:
             if ev.token_id is not None and ev.num_output_tokens == 1:
                 metrics.ttft.observe(time.perf_counter() - a.arrival_s)
