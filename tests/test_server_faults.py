@@ -244,3 +244,41 @@ def test_admin_faults_bad_body_is_400_naming_the_field(server, http):
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert r.json()["error"]["message"].startswith(param + ":")
     assert server.faults is None
+
+
+def _metric(server, line_start: str) -> float:
+    lines = httpx.get(server.base + "/metrics").text.splitlines()
+    return next((float(x.split()[-1]) for x in lines if x.startswith(line_start)), 0.0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_failure_after_admission_is_counted(server, http, monkeypatch, stream):
+    errors, failed = 'lab_http_errors_total{status="500"}', 'lab_requests_total{finish_reason="error"}'
+    before = _metric(server, errors), _metric(server, failed)
+
+    def broken_step(*_, **__):
+        raise RuntimeError("a bug in a step")
+
+    monkeypatch.setattr(server.engine.engine, "step", broken_step)
+    r = http.post("/completions", json={**COMP, "stream": stream})
+    monkeypatch.undo()
+    assert (r.status_code == 500) if not stream else ('"internal_error"' in r.text and "[DONE]" not in r.text)
+    # the failed request shows in /metrics as an error and as a finished request, like any other
+    assert (_metric(server, errors), _metric(server, failed)) == (before[0] + 1, before[1] + 1)
+    assert http.post("/completions", json=COMP).status_code == 200  # still serving
+
+
+def test_a_non_streamed_hang_up_is_counted_as_client_gone(server, http, monkeypatch):
+    gone = 'lab_requests_total{finish_reason="client_gone"}'
+    before = _metric(server, gone)
+    engine = server.engine.engine
+    real_step = engine.step
+
+    def slow_step(*args, **kwargs):  # 50 ms a step: the request still runs when its client leaves
+        time.sleep(0.05)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "step", slow_step)
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/completions", json={**COMP, "max_tokens": 100}, timeout=httpx.Timeout(30, read=0.3))
+    assert wait_until(lambda: _metric(server, gone) == before + 1, timeout_s=10)

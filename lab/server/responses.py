@@ -57,10 +57,15 @@ def _data(payload: dict | str) -> str:
     return f"data: {body}\n\n"
 
 
-def _engine_error(message: str | None, reason: str) -> APIError:
+def _engine_error(message: str | None, reason: str, metrics: ServerMetrics) -> APIError:
+    """The error for a request the engine failed or dropped after admission, counted like the others."""
     if reason == "abort":
-        return APIError(503, message or "request aborted: the server is shutting down", code="shutting_down")
-    return APIError(500, message or "engine failure", code="internal_error")
+        error = APIError(503, message or "request aborted: the server is shutting down", code="shutting_down")
+    else:
+        error = APIError(500, message or "engine failure", code="internal_error")
+    metrics.requests.labels(reason or "error").inc()
+    metrics.errors.labels(str(error.status)).inc()
+    return error
 
 
 async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics) -> AsyncIterator[str]:
@@ -82,7 +87,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             yield await emit(maker.chunk(None, role=True))
         async for ev in stream:
             if ev.error is not None:  # engine failure or shutdown: say so, and end without [DONE]
-                yield _data(_engine_error(ev.error, ev.finish_reason).body())
+                yield _data(_engine_error(ev.error, ev.finish_reason, metrics).body())
                 return
             if ev.token_id is not None and ev.num_output_tokens == 1:
                 metrics.ttft.observe(time.perf_counter() - a.arrival_s)
@@ -119,13 +124,15 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             parts.append(ev.text)
             last = ev
     finally:
+        client_gone = watcher.done()  # it ends on its own only when the client hangs up
         watcher.cancel()
         if not stream.finished:
             engine.abort(a.request_id)
     if last.error is not None:
-        raise _engine_error(last.error, last.finish_reason)
-    metrics.finished(stream.prompt_tokens, last.num_output_tokens, last.finish_reason,
-                     time.perf_counter() - a.arrival_s)
+        raise _engine_error(last.error, last.finish_reason, metrics)
+    # a hang-up aborts the request: counted as client_gone, as a stream's is
+    reason = "client_gone" if client_gone and last.finish_reason == "abort" else last.finish_reason
+    metrics.finished(stream.prompt_tokens, last.num_output_tokens, reason, time.perf_counter() - a.arrival_s)
     body = completion_body(a.kind, a.request_id, a.model, "".join(parts), last.finish_reason,
                            usage(stream.prompt_tokens, last.num_output_tokens))
     if a.fault.cut_after is not None:
