@@ -149,6 +149,23 @@ def test_loader_rejects_reseller_with_its_own_prices(tmp_path):
         load_prices(write_table(tmp_path, ROWS["acme"], bad))
 
 
+def test_loader_rejects_a_reseller_row_not_marked_as_a_claim(tmp_path):
+    bad = f"resell,model-x,,,,,,CNY,1.0,acme,{URL},2026-11-23,cross_checked,\n"
+    with pytest.raises(PriceTableError, match=r"line 3 \(resell/model-x\): verification must be provider_claim"):
+        load_prices(write_table(tmp_path, ROWS["acme"], bad))
+
+
+@pytest.mark.parametrize("prices, field", [
+    ("1.00,2.00,8.00,,", "cached_input_per_mtok"),  # cached input dearer than input: a typo
+    ("1.00,,8.00,1.50,4.00", "batch_input_per_mtok"),
+    ("1.00,,8.00,0.50,9.00", "batch_output_per_mtok"),
+])
+def test_loader_rejects_a_discount_above_its_list_price(tmp_path, prices, field):
+    bad = f"acme,model-z,{prices},USD,,,{URL},2026-11-23,cross_checked,\n"
+    with pytest.raises(PriceTableError, match=rf"line 2 \(acme/model-z\): {field} \(.*\) must not exceed"):
+        load_prices(write_table(tmp_path, bad))
+
+
 def test_shipped_table_has_the_required_models_with_sources():
     table = load_prices()
     required = {

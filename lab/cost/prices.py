@@ -189,12 +189,15 @@ def _parse_row(raw: dict, filename: str, line: int) -> PriceRow:
             fail("a reseller row needs currency=CNY, credit_cny_per_usd > 0 and list_price_of")
         if any(v is not None for v in prices.values()):
             fail("a reseller row takes its prices from list_price_of; leave the price columns empty")
+        if verification != "provider_claim":  # an exchange-rate deal is the reseller's word, never checked
+            fail(f"verification must be provider_claim for a reseller row, got {verification!r}")
     else:
         for name in ("input_per_mtok", "output_per_mtok"):
             if prices[name] is None:
                 fail(f"{name} is required")
         if (prices["batch_input_per_mtok"] is None) != (prices["batch_output_per_mtok"] is None):
             fail("give both batch_input_per_mtok and batch_output_per_mtok, or neither")
+        _check_discounts(prices, fail)
     return PriceRow(
         provider,
         model,
@@ -208,6 +211,14 @@ def _parse_row(raw: dict, filename: str, line: int) -> PriceRow:
         notes=(raw.get("notes") or "").strip(),
         line=line,
     )
+
+
+def _check_discounts(prices: dict, fail) -> None:
+    """Cached and batch prices are discounts: one above its list price is a typo in the table."""
+    for discounted, full in (("cached_input_per_mtok", "input_per_mtok"), ("batch_input_per_mtok", "input_per_mtok"),
+                             ("batch_output_per_mtok", "output_per_mtok")):
+        if prices[discounted] is not None and prices[discounted] > prices[full]:
+            fail(f"{discounted} ({prices[discounted]:g}) must not exceed {full} ({prices[full]:g})")
 
 
 def _number(text, field: str, fail) -> float | None:
