@@ -78,9 +78,14 @@ def test_stalled_stream_pauses_then_finishes(http):
                   timeout=httpx.Timeout(30, read=0.3)).read()
 
 
-def _finished_count(server) -> float:
+def _metric(server, line_start: str) -> float:
+    """The sum of the /metrics samples whose line starts with `line_start` (0 if none)."""
     lines = httpx.get(server.base + "/metrics").text.splitlines()
-    return sum(float(x.split()[-1]) for x in lines if x.startswith("lab_requests_total{"))
+    return sum(float(x.split()[-1]) for x in lines if x.startswith(line_start))
+
+
+def _finished_count(server) -> float:
+    return _metric(server, "lab_requests_total{")
 
 
 def test_stalled_answer_ends_when_the_client_leaves(server, http):
@@ -244,11 +249,6 @@ def test_admin_faults_bad_body_is_400_naming_the_field(server, http):
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert r.json()["error"]["message"].startswith(param + ":")
     assert server.faults is None
-
-
-def _metric(server, line_start: str) -> float:
-    lines = httpx.get(server.base + "/metrics").text.splitlines()
-    return next((float(x.split()[-1]) for x in lines if x.startswith(line_start)), 0.0)
 
 
 @pytest.mark.parametrize("stream", [False, True])
