@@ -253,3 +253,53 @@ def test_shapes_use_recorded_contexts_even_after_preemption():
         s.computed = []
     replayed = [sh.context_tokens for sh in shapes_from_trace(steps)]
     assert replayed != [s.context_tokens for s in steps]  # replay misses the recompute's prefix hits
+
+
+# -- audit: bad input and engine parity ---------------------------------------------------------
+def test_config_max_model_len_is_capped_to_the_models_context():
+    # the engine caps max_model_len to the model's max_position_embeddings; the simulator used to
+    # let a 40k-token prompt through on a 32k model because the config asked for 100k
+    m = RooflineStepModel("H100-SXM", "qwen2.5-0.5b")
+    w = Workload([RequestSpec("long", 0.0, prompt_len=40000, output_len=2), RequestSpec("ok", 0.0, prompt_len=8)])
+    r = simulate(w, EngineConfig(max_model_len=100_000), m)
+    long, ok = r.requests
+    assert long.status == "error" and "max_model_len=32768" in long.error and ok.ok
+
+
+def test_routers_given_as_the_exported_factories_and_bad_router_indices():
+    from lab.sim import least_outstanding, round_robin
+
+    w = Workload([RequestSpec(f"r{i}", 0.0, prompt_len=4, output_len=2) for i in range(4)])
+    c = cfg(max_num_seqs=1, max_num_batched_tokens=8)
+    # lab.sim.least_outstanding itself (not called) used to fail with "takes 0 positional arguments"
+    for factory in (least_outstanding, round_robin):
+        r = simulate(w, c, ONE_SECOND, replicas=2, router=factory)
+        assert sorted(finish_times(r).values()) == [2.0, 2.0, 4.0, 4.0]
+    # a custom router's index is checked: 2 was an IndexError, -1 silently the last replica
+    for k in (2, -1, "0"):
+        with pytest.raises(ValueError, match=r"router: returned .* allowed: a replica index 0\.\.1"):
+            simulate(w, c, ONE_SECOND, replicas=2, router=lambda reps, spec, now, k=k: k)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: ConstantStepModel(float("inf")), "seconds: must be a finite number > 0"),
+    (lambda: RooflineStepModel(overhead_s=float("nan")), "overhead_s: must be a finite number >= 0"),
+    (lambda: FittedStepModel({"const": -0.001}), r"coef\['const'\]: must be a finite number >= 0"),
+    (lambda: FittedStepModel({"decode_seqs": float("nan")}), r"coef\['decode_seqs'\]: must be a finite number"),
+])
+def test_step_model_inputs_are_checked(make, match):
+    # each used to be accepted: NaN or negative step times gave NaN or negative latencies, and an
+    # infinite step stalled the run with an error blaming the KV cache
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_numpy_integer_counts_are_accepted_and_bools_are_not():
+    # replicas from np.arange used to fail with "must be an integer >= 1, got 2"
+    w = Workload([RequestSpec(f"r{i}", 0.0, prompt_len=4, output_len=2) for i in range(4)])
+    r = simulate(w, cfg(max_num_seqs=1, max_num_batched_tokens=8), ONE_SECOND, replicas=np.int64(2))
+    assert {s.replica for s in r.steps} == {0, 1}
+    assert RooflineStepModel(tensor_parallel=np.int64(2)).kv_cache_blocks() == kv_cache_blocks(
+        "H100-SXM", "llama-3.1-8b", tensor_parallel=2)
+    with pytest.raises(ValueError, match="replicas: must be an integer >= 1, got True"):
+        simulate(w, cfg(), ONE_SECOND, replicas=True)

@@ -71,6 +71,7 @@ def test_generated_workload_static_on_l4(capsys):
         (("--goodput", "ttft:-5"), r"slo_ms\['ttft'\]: must be a finite number"),  # before the run, not after
         (("--max-requests", "5"), "--max-requests: applies to --trace only"),  # was ignored
         (("--trace", "conv", "--rate", "3"), "--rate: applies to generated workloads only"),  # was ignored
+        (("--trace", "conv", "--seed", "3"), "--seed: applies to generated workloads only"),  # was ignored
     ]
 )
 def test_bad_options(argv, match):
@@ -134,3 +135,23 @@ def test_custom_shape_flags_are_checked_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as info:
         _args(*argv)
     assert info.value.code == 2 and f"argument {argv[0]}:" in capsys.readouterr().err
+
+
+def test_gpu_memory_utilization_with_num_blocks_is_an_error_not_ignored(capsys):
+    # --num-blocks fixes the cache size, so a --gpu-memory-utilization beside it changed nothing
+    with pytest.raises(ValueError, match="--gpu-memory-utilization: .* drop one of them"):
+        simulate_main(_args("--num-prompts", "2", "--no-progress", "--num-blocks", "100",
+                            "--gpu-memory-utilization", "0.5"))
+
+    def blocks(*argv):
+        simulate_main(_args("--num-prompts", "1", "--no-progress", *argv))
+        return int(capsys.readouterr().out.splitlines()[0].split(", ")[-1].split()[0])
+
+    assert blocks("--gpu-memory-utilization", "0.5") < blocks() == blocks("--gpu-memory-utilization", "0.9")
+
+
+def test_seed_changes_a_generated_workload(tmp_path, capsys):
+    _, default = _summary(tmp_path, capsys)
+    _, zero = _summary(tmp_path, capsys, "--seed", "0")
+    _, other = _summary(tmp_path, capsys, "--seed", "5")
+    assert default == zero and other["mean_e2el_ms"] != zero["mean_e2el_ms"]

@@ -44,7 +44,7 @@ def _count(text: str) -> float:
 # options that describe one workload source; given with the other source they would be ignored
 TRACE_DEFAULTS = {"trace_start": 0.0, "trace_end": None, "rate_scale": 1.0, "max_requests": None}
 GENERATED_DEFAULTS = {"num_prompts": 1000, "rate": math.inf, "burstiness": 1.0, "input_len": 1024,
-                      "output_len": 128, "range_ratio": 0.0}
+                      "output_len": 128, "range_ratio": 0.0, "seed": 0}  # a trace draws nothing at random
 
 
 def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src.add_argument("--input-len", type=positive_int_arg, help="generated: prompt tokens (default 1024)")
     src.add_argument("--output-len", type=positive_int_arg, help="generated: output tokens (default 128)")
     src.add_argument("--range-ratio", type=float, help="generated: lengths uniform in len x [1-r, 1+r] (default 0)")
-    src.add_argument("--seed", type=int, default=0)
+    src.add_argument("--seed", type=int, help="generated: arrivals and lengths (default 0)")
     hw = p.add_argument_group("hardware and engine")
     hw.add_argument("--gpu", choices=list(GPUS), default="H100-SXM")
     hw.add_argument(
@@ -74,7 +74,8 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     hw.add_argument("--max-num-batched-tokens", type=positive_int_arg, default=8192)
     hw.add_argument("--block-size", type=positive_int_arg, default=16)
     hw.add_argument("--num-blocks", type=positive_int_arg, default=None, help="default: what fits on the GPU")
-    hw.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    hw.add_argument("--gpu-memory-utilization", type=float, default=None,
+                    help="share of GPU memory for weights and KV cache (default 0.9); not with --num-blocks")
     hw.add_argument("--no-prefix-caching", action="store_true")
     hw.add_argument("--no-chunked-prefill", action="store_true")
     shape = p.add_argument_group(
@@ -126,7 +127,7 @@ def _workload(args):
         return Uniform(lo, hi) if hi > lo else lo
 
     return synthetic(o["num_prompts"], rate=o["rate"], prompt_lens=dist(o["input_len"]),
-                     output_lens=dist(o["output_len"]), burstiness=o["burstiness"], seed=args.seed, name="random")
+                     output_lens=dist(o["output_len"]), burstiness=o["burstiness"], seed=o["seed"], name="random")
 
 
 def _slos(pairs: list[str]) -> dict[str, float]:
@@ -172,7 +173,11 @@ def simulate_main(args) -> int:
     model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
     num_blocks = args.num_blocks
     if num_blocks is None:
-        num_blocks = model.kv_cache_blocks(args.block_size, args.gpu_memory_utilization)
+        utilization = 0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization
+        num_blocks = model.kv_cache_blocks(args.block_size, utilization)
+    elif args.gpu_memory_utilization is not None:  # it only sizes the cache --num-blocks fixes: was ignored
+        raise ValueError("--gpu-memory-utilization: sizes the KV cache from GPU memory, which --num-blocks "
+                         "sets; drop one of them")
     config = EngineConfig(
         policy=args.policy,
         block_size=args.block_size,

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
+from lab._checks import is_int
 from lab.sim.replica import Replica
 from lab.workload import RequestSpec, Workload
 
@@ -43,6 +44,8 @@ ROUTERS: dict[str, Callable[[], Router]] = {
 
 
 def make_router(router: str | Router) -> Router:
+    if router in ROUTERS.values():  # lab.sim.least_outstanding itself, not yet called: make its router
+        return router()
     if callable(router):
         return router
     if router not in ROUTERS:
@@ -67,7 +70,11 @@ def run(workload: Workload, replicas: list[Replica], router: Router, progress: b
             if t_arrival <= r.next_t:
                 if t_arrival == math.inf:
                     break
-                target = replicas[router(replicas, reqs[i], t_arrival)]
+                k = router(replicas, reqs[i], t_arrival)
+                if not is_int(k) or not 0 <= k < len(replicas):  # -1 would pick the last one silently
+                    raise ValueError(f"router: returned {k!r} for request {reqs[i].id}; "
+                                     f"allowed: a replica index 0..{len(replicas) - 1}")
+                target = replicas[k]
                 target.add(reqs[i], i)
                 target.next_t = min(target.next_t, max(t_arrival, target.free_at))
                 i += 1

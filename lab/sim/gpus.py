@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab._checks import is_int
+
 
 @dataclass(frozen=True, slots=True)
 class GPU:
@@ -101,7 +103,7 @@ def kv_cache_blocks(
     g, m = get_gpu(gpu), get_model(model)
     if not 0 < gpu_memory_utilization <= 1:
         raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {gpu_memory_utilization}")
-    if not isinstance(tensor_parallel, int) or tensor_parallel < 1:
+    if not is_int(tensor_parallel) or tensor_parallel < 1:  # numpy integers count, bools do not
         raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
     free = (
         g.memory_gb * 1e9 * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30

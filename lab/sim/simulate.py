@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from lab._checks import is_int
 from lab.engine.config import EngineConfig
 from lab.metrics import Result
 from lab.sim.cluster import Router, make_router, run
@@ -42,10 +43,13 @@ def simulate(
             "step_model: needs a step_time(BatchShape) -> seconds method "
             "(FittedStepModel, RooflineStepModel, ConstantStepModel)"
         )
-    if not isinstance(replicas, int) or replicas < 1:
+    # is_int: a numpy integer (a sweep over np.arange) is a count too; a bool is not
+    if not is_int(replicas) or replicas < 1:
         raise ValueError(f"replicas: must be an integer >= 1, got {replicas!r}")
     route = make_router(router)
-    max_model_len = config.max_model_len or getattr(step_model, "max_model_len", None) or math.inf
+    # as the engine: a config longer than the model's context is capped to it, never beyond
+    model_len = getattr(step_model, "max_model_len", None) or math.inf
+    max_model_len = min(config.max_model_len or math.inf, model_len)
     num_blocks = _num_blocks(config, step_model, max_model_len)
     reps = [Replica(config, step_model, num_blocks, max_model_len, k, record_steps) for k in range(replicas)]
     run(workload, reps, route, progress)

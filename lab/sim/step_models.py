@@ -11,6 +11,7 @@ from itertools import combinations
 
 import numpy as np
 
+from lab._checks import is_finite, is_int
 from lab.metrics import StepRecord
 from lab.sim.gpus import GPU, ModelShape, get_gpu, get_model, kv_cache_blocks
 
@@ -116,6 +117,10 @@ class FittedStepModel:
         unknown = set(self.coef) - set(FEATURES)
         if unknown:
             raise ValueError(f"coef: unknown feature(s) {sorted(unknown)}; allowed: {', '.join(FEATURES)}")
+        # a negative or NaN coefficient makes steps run backwards in time, or every latency NaN
+        bad = next((f for f, v in self.coef.items() if not is_finite(v, inclusive=True)), None)
+        if bad is not None:
+            raise ValueError(f"coef[{bad!r}]: must be a finite number >= 0 (seconds per unit), got {self.coef[bad]!r}")
         self.coef = {f: float(self.coef.get(f, 0.0)) for f in FEATURES}
 
     def step_time(self, s: BatchShape) -> float:
@@ -196,8 +201,8 @@ class ConstantStepModel:
     seconds: float
 
     def __post_init__(self):
-        if not self.seconds > 0:
-            raise ValueError(f"seconds: must be > 0, got {self.seconds}")
+        if not is_finite(self.seconds):  # inf would end no step: the run stalls with a misleading KV error
+            raise ValueError(f"seconds: must be a finite number > 0, got {self.seconds!r}")
 
     def step_time(self, s: BatchShape) -> float:
         return self.seconds
@@ -226,9 +231,9 @@ class RooflineStepModel:
         for name in ("flops_efficiency", "bandwidth_efficiency"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name}: must be in (0, 1], got {getattr(self, name)}")
-        if self.overhead_s < 0:
-            raise ValueError(f"overhead_s: must be >= 0, got {self.overhead_s}")
-        if not isinstance(self.tensor_parallel, int) or self.tensor_parallel < 1:
+        if not is_finite(self.overhead_s, inclusive=True):  # NaN passed `< 0` and made every time NaN
+            raise ValueError(f"overhead_s: must be a finite number >= 0, got {self.overhead_s!r}")
+        if not is_int(self.tensor_parallel) or self.tensor_parallel < 1:  # numpy integers count
             raise ValueError(f"tensor_parallel: must be an integer >= 1, got {self.tensor_parallel!r}")
         g, m, tp = self.gpu, self.model, self.tensor_parallel
         flops = g.bf16_tflops * 1e12 * self.flops_efficiency * tp
