@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 
 import pytest
 
@@ -155,3 +156,12 @@ def test_seed_changes_a_generated_workload(tmp_path, capsys):
     _, zero = _summary(tmp_path, capsys, "--seed", "0")
     _, other = _summary(tmp_path, capsys, "--seed", "5")
     assert default == zero and other["mean_e2el_ms"] != zero["mean_e2el_ms"]
+
+
+def test_failed_requests_say_why(capsys):
+    # 100 + 200 tokens need 19 blocks of 16; a cache of 8 can never hold one: all five fail, exit 1
+    argv = ["--num-prompts", "5", "--input-len", "100", "--output-len", "200", "--num-blocks", "8", "--no-progress"]
+    code = simulate_main(_args(*argv))
+    captured = capsys.readouterr()
+    assert code == 1 and re.search(r"Failed requests:\s+5\n", captured.out)
+    assert "error (5 requests): max_tokens:" in captured.err and "num_blocks=8" in captured.err

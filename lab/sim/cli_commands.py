@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
+from collections import Counter
 
 from lab._checks import positive_int_arg
 from lab.metrics import check_slos, format_summary
@@ -208,6 +210,10 @@ def simulate_main(args) -> int:
     summary = result.summary(slos or None)
     print(format_summary(summary, "Simulated Serving Result"))
     print(f"simulated in {wall:.1f} s of wall time ({len(workload) / wall:,.0f} requests/s)")
+    # a failed count alone leaves the user guessing which limit refused them
+    reasons = Counter(r.error for r in result.requests if r.error)
+    for reason, count in reasons.most_common(5):
+        print(f"error ({count} request{'s' if count > 1 else ''}): {reason}", file=sys.stderr)
     if args.result_json:
         with open(args.result_json, "w", encoding="utf-8") as f:
             json.dump(
