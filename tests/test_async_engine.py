@@ -105,3 +105,33 @@ async def test_an_add_queued_when_the_engine_stops_fails_at_once():
     assert [e async for e in first][-1].finish_reason == "abort"
     with pytest.raises(RuntimeError, match="engine is not running"):
         await aengine.add_request([1], SamplingParams(max_tokens=1), "after")
+
+
+async def test_an_id_whose_abort_is_unreported_is_refused_not_orphaned():
+    aengine = AsyncEngine(tiny_llm("reuse").engine).start()
+    step = aengine._step
+
+    def slow_step():  # the abort and the new add are then drained together, before the next step
+        time.sleep(0.2)
+        return step()
+
+    aengine._step = slow_step
+    try:
+        old = await aengine.add_request([1, 2, 3], SamplingParams(max_tokens=50, ignore_eos=True), "x")
+        await old.__anext__()
+        aengine.abort("x")
+        # the engine takes the id (its request is finished), and the new stream replaced the old one,
+        # whose consumer then waited forever for its end
+        with pytest.raises(ValueError, match="request_id: 'x' is already in flight"):
+            await aengine.add_request([4, 5], SamplingParams(max_tokens=2), "x")
+        last = await asyncio.wait_for(_last(old), 5)
+        assert last.finished and last.finish_reason == "abort"
+        again = await aengine.add_request([4, 5], SamplingParams(max_tokens=2), "x")  # reported: free again
+        assert (await asyncio.wait_for(_last(again), 5)).finish_reason == "length"
+    finally:
+        await asyncio.to_thread(aengine.stop)
+    assert aengine.engine.block_manager.num_used == 0
+
+
+async def _last(stream):
+    return [ev async for ev in stream][-1]

@@ -594,3 +594,49 @@ def test_engine_leaves_the_callers_config_alone(tiny_llama):
                     llm.engine.device, torch.float32)
     assert engine.config.max_model_len == llm.engine.model_config.max_position_embeddings
     assert shared.max_model_len is None  # a simulation given the same config keeps its own default
+
+
+def test_a_numpy_seed_samples_like_the_same_int_and_queues_all_or_none(tiny_llama):
+    import numpy as np
+
+    llm = make_llm(tiny_llama)
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=np.int64(7), ignore_eos=True)
+    expected = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=12, temperature=1.0, seed=7, ignore_eos=True),
+                            use_tqdm=False)[0].token_ids
+    # torch.Generator.manual_seed rejects numpy ints: the request failed when queued, after the batch's
+    # earlier prompts were already in the engine
+    outs = llm.generate([[4, 5], [1, 2, 3]], [GREEDY, params], use_tqdm=False)
+    assert outs[1].token_ids == expected
+    assert not llm.engine.has_unfinished() and llm.engine.block_manager.num_used == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seed="x"), "seed: must be an integer in [-2**63, 2**63 - 1], got 'x'"),
+    (dict(seed=2**64), "seed: must be an integer in [-2**63, 2**63 - 1], got 18446744073709551616"),
+    (dict(model=123), "model: must be a model folder (str or Path) or None for the bundled model, got int"),
+])
+def test_llm_seed_and_model_rejected_with_the_field_named(tiny_llama, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LLM(**({"model": tiny_llama} | kwargs), device="cpu")
+
+
+def test_a_non_finite_arrival_rejected(tiny_llama):
+    # a NaN arrival never reaches the static batch timeout: a server (which never flushes) would hang
+    engine = make_llm(tiny_llama, policy="static").engine
+    for bad in (float("nan"), "0"):
+        with pytest.raises(ValueError, match="arrival_s: must be a finite number"):
+            engine.add_request([1, 2], GREEDY, arrival_s=bad)
+    assert not engine.has_unfinished()
+
+
+def test_run_workload_checks_every_request_before_the_first_arrives(tiny_llama):
+    llm = make_llm(tiny_llama)  # max_position_embeddings = 256
+    wl = Workload([RequestSpec("ok", prompt_len=5, output_len=4),
+                   RequestSpec("too-long", arrival_s=0.05, prompt_len=300, output_len=4)])
+    with pytest.raises(ValueError, match=r"request too-long: prompt: 300 tokens .*max_model_len=256"):
+        llm.run_workload(wl, progress=False)
+    # before: the error came at its arrival, with "ok" already running and left in the engine
+    assert not llm.engine.has_unfinished() and not llm.engine.trace
+    llm.engine.add_request([1, 2], GREEDY, "busy")
+    with pytest.raises(ValueError, match="request busy: request_id: 'busy' is already in flight"):
+        llm.run_workload(Workload([RequestSpec("busy", prompt_len=3, output_len=2)]), progress=False)

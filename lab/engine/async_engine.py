@@ -126,6 +126,11 @@ class AsyncEngine:
         done: concurrent.futures.Future = concurrent.futures.Future()
 
         def add():
+            if request_id in self._streams:
+                # an id whose abort is not yet reported: the engine would take it (its request is finished),
+                # and the new stream would replace the old one, whose consumer then waits forever for its end
+                done.set_exception(ValueError(f"request_id: {request_id!r} is already in flight"))
+                return
             try:
                 seq = self.engine.add_request(prompt, params, request_id)
             except Exception as exc:  # ValueError for bad input; reported to the caller, not the thread

@@ -7,12 +7,13 @@ user-facing `LLM` wrapper lives in `llm.py`.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 
 import torch
 
-from lab._checks import is_int
+from lab._checks import is_int, is_number
 from lab.engine.block_manager import BlockManager
 from lab.engine.config import EngineConfig
 from lab.engine.model import ModelConfig
@@ -85,6 +86,9 @@ class Engine:
             raise ValueError(f"request_id: must be a string or None, got {type(request_id).__name__}")
         if request_id in self.seqs and not self.seqs[request_id].is_finished:
             raise ValueError(f"request_id: {request_id!r} is already in flight")
+        if arrival_s is not None and not (is_number(arrival_s) and math.isfinite(arrival_s)):
+            # a NaN arrival never reaches the static batch timeout: a server (which never flushes) would hang
+            raise ValueError(f"arrival_s: must be a finite number (engine clock seconds) or None, got {arrival_s!r}")
         text, ids = self.check_request(prompt, params)
         return self._enqueue(text, ids, params, request_id, arrival_s)
 

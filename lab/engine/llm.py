@@ -18,7 +18,7 @@ from lab._checks import is_int
 from lab.engine.config import EngineConfig
 from lab.engine.engine import Engine, TokenEvent
 from lab.engine.loader import checkpoint_dtype, load_model, resolve_device, resolve_dtype
-from lab.engine.sequence import SamplingParams
+from lab.engine.sequence import SEED_MAX, SEED_MIN, SamplingParams
 from lab.metrics import RequestMetrics, Result, StepRecord
 from lab.workload import RequestSpec, Workload
 
@@ -47,6 +47,13 @@ class LLM:
         unknown = set(engine_kwargs) - _CONFIG_FIELDS
         if unknown:
             raise TypeError(f"LLM: unknown argument(s) {sorted(unknown)}; allowed: {sorted(_CONFIG_FIELDS)}")
+        # checked before the (slow) load; torch would fail later with an error naming neither
+        if model is not None and not isinstance(model, (str, Path)):
+            raise ValueError(f"model: must be a model folder (str or Path) or None for the bundled model, "
+                             f"got {type(model).__name__}")
+        if not is_int(seed) or not SEED_MIN <= seed <= SEED_MAX:
+            raise ValueError(f"seed: must be an integer in [-2**63, 2**63 - 1], got {seed!r}")
+        seed = int(seed)  # torch.Generator.manual_seed rejects numpy integers
         config = EngineConfig(**engine_kwargs)
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev, checkpoint_dtype(model) if dtype == "auto" else None)
@@ -107,6 +114,17 @@ class LLM:
         if not isinstance(workload, Workload):
             raise ValueError(f"workload: must be a lab.workload.Workload, got {type(workload).__name__}")
         engine = self.engine
+        # all or none, as generate: a bad request fails the run before it starts, not at its arrival
+        # with the earlier ones left running in the engine (and checked before t0, off the clock)
+        checked = {}
+        for spec in workload.requests:
+            try:
+                if spec.id in engine.seqs and not engine.seqs[spec.id].is_finished:
+                    raise ValueError(f"request_id: {spec.id!r} is already in flight")
+                params = _params_of(spec)
+                checked[spec.id] = (*engine.check_request(self._prompt_of(spec), params), params)
+            except ValueError as exc:
+                raise ValueError(f"request {spec.id}: {exc}") from None
         pending = deque(workload.requests)
         first_step = len(engine.trace)
         t0 = engine.now()
@@ -116,7 +134,8 @@ class LLM:
                 now = engine.now() - t0
                 while pending and pending[0].arrival_s <= now:
                     spec = pending.popleft()
-                    engine.add_request(self._prompt_of(spec), _params_of(spec), spec.id, t0 + spec.arrival_s)
+                    text, token_ids, params = checked.pop(spec.id)
+                    engine._enqueue(text, token_ids, params, spec.id, t0 + spec.arrival_s)
                     ids.append(spec.id)
                 before = engine.num_steps
                 bar.update(sum(e.finished for e in engine.step(flush=not pending)))

@@ -42,6 +42,8 @@ class SamplingParams:
         if self.seed is not None and (not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
             # torch.Generator takes a 64-bit seed; a bigger one would fail only when queued
             raise ValueError(f"seed: must be an integer in [-2**63, 2**63 - 1] or None, got {self.seed!r}")
+        if self.seed is not None:
+            self.seed = int(self.seed)  # torch.Generator.manual_seed rejects numpy integers
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None and (not isinstance(self.stop, (list, tuple))
