@@ -111,6 +111,10 @@ def test_stop_token_ids_and_max_tokens(tiny_llama):
     out = llm.generate([[1, 2]], SamplingParams(max_tokens=16, temperature=0, stop_token_ids=[stop_id]), use_tqdm=False)[0]
     assert out.finish_reason == "stop"
     assert out.token_ids == free.token_ids[: free.token_ids.index(stop_id) + 1]
+    # the stop token's own text is left out of the answer (vLLM, OpenAI), streamed or not
+    assert out.text == llm.tokenizer.decode(out.token_ids[:-1]) != llm.tokenizer.decode(out.token_ids)
+    params = SamplingParams(max_tokens=16, temperature=0, stop_token_ids=[stop_id])
+    assert "".join(e.text for e in llm.stream([[1, 2]], params)) == out.text
 
 
 def copy_model(src: Path, dst: Path, **config_changes) -> Path:

@@ -215,7 +215,10 @@ class Engine:
             # decode only the new tokens (a full decode per token is quadratic in the output length)
             longest_stop = max((len(s) for s in p.stop), default=0)
             search_from = max(0, len(seq.text) - longest_stop + 1)
-            seq.detok_ids.append(token)
+            if reason != "stop":
+                # a stop token (EOS, stop_token_ids) stays in token_ids and usage but not in the text,
+                # as vLLM and OpenAI do; decoding without it still flushes characters held back
+                seq.detok_ids.append(token)
             new, seq.detok_prefix, seq.detok_read = self.tokenizer.decode_next(
                 seq.detok_ids, seq.detok_prefix, seq.detok_read, final=reason is not None)
             seq.text += new
