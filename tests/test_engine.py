@@ -294,6 +294,20 @@ def test_a_stream_reports_the_abort_of_its_last_request_itself(tiny_llama):
     assert {e.request_id for e in second} == {second[-1].request_id} != first[0].request_id
 
 
+def test_a_stream_left_early_aborts_its_requests(tiny_llama):
+    llm = make_llm(tiny_llama)
+    long = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    for n, _ in enumerate(llm.stream([[1, 2, 3], [4, 5, 6, 7]], long)):
+        if n == 3:
+            break  # the consumer leaves; the loop closes the generator
+    assert llm.engine.block_manager.num_used == 0, "its requests gave their blocks back"
+    left = [s for s in llm.engine.seqs.values()]
+    assert len(left) == 2 and all(s.finish_reason == "abort" and len(s.output_token_ids) < 5 for s in left)
+    steps = llm.engine.num_steps
+    out = llm.generate([[8, 9]], SamplingParams(max_tokens=3, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert out[0].finish_reason == "length" and llm.engine.num_steps - steps == 3, "no step ran the old requests"
+
+
 def test_trace_records_every_step(tiny_llama):
     llm = make_llm(tiny_llama, max_num_seqs=4)
     llm.generate([[1] * 10] * 6, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True), use_tqdm=False)

@@ -69,18 +69,25 @@ class LLM:
     def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
         seqs = self._add_all(prompts, params)
+        mine = {s.request_id for s in seqs}  # a step may also report an earlier stream's aborts
         with tqdm(total=len(seqs), desc="generate", disable=not use_tqdm or len(seqs) < 2) as bar:
             while self.engine.has_unfinished():
-                bar.update(sum(e.finished for e in self.engine.step(flush=True)))
+                bar.update(sum(e.finished for e in self.engine.step(flush=True) if e.request_id in mine))
         return [self._output(s) for s in seqs]
 
     def stream(self, prompts, params=None) -> Iterator[TokenEvent]:
         """Yield a `TokenEvent` per new token of any prompt, as steps produce them."""
-        self._add_all(prompts, params)
-        # has_unfinished counts aborts not yet reported: a consumer that aborts the last request still
-        # hears its end here, and the next stream does not
-        while self.engine.has_unfinished():
-            yield from self.engine.step(flush=True)
+        seqs = self._add_all(prompts, params)
+        try:
+            # has_unfinished counts aborts not yet reported: a consumer that aborts the last request
+            # still hears its end here, and the next stream does not
+            while self.engine.has_unfinished():
+                yield from self.engine.step(flush=True)
+        finally:
+            # a consumer that stops early (break, close): its requests would run on inside the next
+            # generate or stream, costing its steps and blocks
+            for seq in seqs:
+                self.engine.abort(seq.request_id)
 
     def _add_all(self, prompts, params) -> list:
         # all or none: every prompt is checked (and tokenized, once) before any is queued
