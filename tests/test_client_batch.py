@@ -180,3 +180,61 @@ def test_bad_inputs_fail_before_sending():
     for not_a_list in (5, "requests.jsonl", {"model": "m"}):
         with pytest.raises(TypeError, match="requests: must be a list of request bodies"):
             normalize(not_a_list)
+
+
+@pytest.mark.parametrize("line, message", [
+    ({"custom_id": "a", "body": None}, r"request a: body must be a JSON object \(the request body\), got NoneType"),
+    ({"custom_id": "a", "body": "hi"}, r"request a: body must be a JSON object \(the request body\), got str"),
+    ({"custom_id": "a", "url": None, "body": {}}, r"request a: url None unsupported; allowed: /v1/chat"),
+    ({"custom_id": "a", "method": 1, "body": {}}, r"request a: method must be POST, got 1"),
+    ({"custom_id": "a", "url": ["/v1/completions"], "body": {}}, r"request a: url \[.*\] unsupported; allowed"),
+])
+def test_a_batch_line_of_the_wrong_shape_names_its_field(line, message):
+    # these used to fail with `'NoneType' object is not iterable` and the like, naming nothing
+    with pytest.raises(ValueError, match=message):
+        normalize([line])
+
+
+def test_load_requests_names_the_file_line_that_is_not_json(tmp_path):
+    from lab.client.batch import load_requests
+
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps(batch_line("a", "x")) + "\n\n" + '{"custom_id": "b", "body": \n')
+    with pytest.raises(ValueError, match=r"in.jsonl, line 3: not valid JSON"):
+        load_requests(path)
+    path.write_text(json.dumps(batch_line("a", "x")) + "\n[1, 2]\n")
+    with pytest.raises(ValueError, match=r"in.jsonl, line 2: expected a JSON object .*, got list"):
+        load_requests(path)
+
+
+async def test_a_failing_checkpoint_write_stops_every_worker(tmp_path, monkeypatch):
+    # a record that cannot be written (a full disk) ends the run; the other workers must not go on
+    # sending requests in the background whose records can no longer be written
+    import asyncio
+    import types
+
+    import lab.client.batch as batch
+
+    release = asyncio.Event()
+    sent = []
+
+    async def handler(request):
+        sent.append(request)
+        if len(sent) > 1:
+            await release.wait()  # the other workers are mid-request when the first write fails
+        return httpx.Response(200, json={"id": "c", "object": "chat.completion", "model": "m", "choices": []})
+
+    def full_disk(obj, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch, "json", types.SimpleNamespace(dumps=full_disk, loads=json.loads))
+    client = AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler),
+                         retry=NO_WAIT)
+    requests = [{"model": "m", "prompt": str(i)} for i in range(6)]
+    with pytest.raises(OSError, match="No space left"):
+        await arun_batch(client, requests, concurrency=3, checkpoint=tmp_path / "out.jsonl", progress=False)
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    release.set()
+    await asyncio.sleep(0)
+    await client.close()
+    assert left == [] and len(sent) == 3

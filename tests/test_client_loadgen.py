@@ -288,3 +288,13 @@ def test_run_workload_refuses_a_client_whose_own_limits_would_queue_inside_the_c
 
     with pytest.raises(ValueError, match="client: has client-side limits"):
         run_workload(Client(base_url="http://test/v1", api_key="sk-test-123456", max_concurrency=2), synthetic(2))
+
+
+def test_batch_main_with_model_names_a_line_whose_body_is_not_an_object(tmp_path):
+    # filling in --model used to hit the null body first: AttributeError, a traceback instead of the message
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps({"custom_id": "q0", "method": "POST", "url": "/v1/chat/completions", "body": None}) + "\n")
+    parser = add_batch_args(argparse.ArgumentParser())
+    with pytest.raises(ValueError, match="request q0: body must be a JSON object"):
+        batch_main(parser.parse_args([str(inp), str(out), "--base-url", "http://h/v1", "--model", "mm",
+                                      "--no-progress"]))

@@ -11,6 +11,7 @@ import pytest
 
 from lab.client import (
     APIConnectionError,
+    APIError,
     APIStatusError,
     APITimeoutError,
     AsyncClient,
@@ -528,3 +529,40 @@ def test_token_estimate_counts_batched_id_prompts_and_tolerates_odd_fields():
     # odd values are the server's to reject (its 400 names the field); the estimate must not crash first
     assert estimate_tokens({"prompt": "x", "max_tokens": "abc"}) == 0
     assert estimate_tokens({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}) == 4
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"ok"', b"null", b'{"choices": [1]}', b'{"data": 5}'])
+def test_json_of_the_wrong_shape_is_an_api_error_not_an_attribute_error(body):
+    # a proxy or a broken server answering 200 with a JSON that is no completion: the caller (and a
+    # batch record) must get our error naming the response, not `'list' object has no attribute 'get'`
+    handler, _ = scripted(httpx.Response(200, content=body, headers={"x-request-id": "req-7"}))
+    c = client_for(handler)
+    with pytest.raises(APIError, match="unexpected response") as info:
+        c.models.list() if b"data" in body else c.chat.completions.create(model="m", messages=MESSAGES)
+    assert info.value.request_id == "req-7" and info.value.status_code == 200
+
+
+@pytest.mark.parametrize("provider, var, value", [
+    ("local", "BATCHING_LAB_API_KEY", ""), ("local", "BATCHING_LAB_API_KEY", " , "),  # the server splits on commas
+    ("vllm", "VLLM_API_KEY", ""), ("vllm", "VLLM_API_KEY", "  "),
+])
+def test_a_blank_key_variable_means_no_key_where_none_is_needed(monkeypatch, provider, var, value):
+    # `export BATCHING_LAB_API_KEY=` leaves `batching-lab serve` (and vLLM) without auth; the client used
+    # to refuse it as a placeholder and ask for a key the server does not want
+    monkeypatch.setenv(var, value)
+    assert Client(provider=provider).api_key is None
+    monkeypatch.setenv("OPENAI_API_KEY", "")  # where a key is required, a blank one is still refused
+    with pytest.raises(MissingAPIKeyError, match="OPENAI_API_KEY"):
+        Client(provider="openai")
+
+
+def test_a_per_request_timeout_dict_changes_only_the_phases_it_names():
+    # it used to fill the other phases from the library default (connect 5 s, write and pool 120 s),
+    # silently dropping the client's own timeout=30
+    sent = []
+    handler = lambda r: (sent.append(r.extensions["timeout"]), httpx.Response(200, json=OK_BODY))[1]  # noqa: E731
+    c = client_for(handler, timeout=30.0)
+    c.chat.completions.create(model="m", messages=MESSAGES, timeout={"read": 300})
+    c.with_options(timeout={"connect": 2}).chat.completions.create(model="m", messages=MESSAGES)
+    assert sent[0] == {"connect": 30.0, "read": 300, "write": 30.0, "pool": 30.0}
+    assert sent[1] == {"connect": 2, "read": 30.0, "write": 30.0, "pool": 30.0}

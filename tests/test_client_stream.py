@@ -325,3 +325,58 @@ async def test_an_async_stream_left_early_gives_back_its_slot():
     gc.collect()
     assert await asyncio.wait_for(first_text(), 5) == "a" and len(calls) == 2
     await client.close()
+
+
+@pytest.mark.parametrize("bad", [b"data: 42\n\n", b"data: null\n\n", b'data: {"choices": [5]}\n\n',
+                                 b'data: {"choices": 5}\n\n'])
+def test_a_chunk_that_is_json_but_not_a_chunk_is_a_malformed_stream(bad):
+    # valid JSON of the wrong shape used to escape as AttributeError: the stream stayed open (its
+    # concurrency slot held) and the caller lost the partial text
+    handler, calls = stream_handler([chunk("par"), bad, chunk("tial", "stop"), DONE])
+    client = client_for(handler, max_concurrency=1)
+    stream = client.completions.create(model="m", prompt="p", stream=True)
+    with pytest.raises(StreamInterruptedError, match="malformed stream chunk") as info:
+        collect(stream)
+    assert info.value.partial_text == "par" and stream.closed
+    handler, calls = stream_handler([bad], [chunk("ok", "stop"), DONE])  # before the first chunk: retried
+    assert collect(client_for(handler).completions.create(model="m", prompt="p", stream=True)) == ["ok"]
+    assert len(calls) == 2
+
+
+def test_a_slow_reader_is_not_an_idle_server(monkeypatch):
+    # the idle timeout is about the server: time the caller spends between chunks (a notebook cell
+    # run a minute later, slow per-chunk work) must not count, when the rest is already buffered
+    class Clock:
+        t = 1000.0
+
+        def perf_counter(self):
+            return self.t
+
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+    clock = Clock()
+    monkeypatch.setattr("lab.client.streaming.time", clock)
+    monkeypatch.setattr("lab.client.client.time", clock)
+    handler, _ = stream_handler([chunk("a"), chunk("b"), chunk("c", "stop"), DONE])
+    stream = client_for(handler, stream_idle_timeout=5.0).completions.create(model="m", prompt="p", stream=True)
+    got = []
+    for c in stream:
+        got.append(c.text)
+        clock.t += 60.0  # the caller works (or waits) a minute per chunk
+    assert got == ["a", "b", "c"] and stream.finish_reason == "stop"
+
+
+def test_a_byte_order_mark_at_the_start_of_the_stream_is_ignored():
+    # the SSE spec drops one leading U+FEFF; kept, it turned the first field name into "\ufeffdata"
+    # and the first chunk (the first token) vanished without an error
+    handler, _ = stream_handler([b"\xef\xbb\xbf" + chunk("first"), chunk(" second", "stop"), DONE])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["first", " second"] and stream.text == "first second"
+    assert [e.data for e in iter_events(["\ufeffdata: a", "", "\ufeffdata: b", ""])] == ["a"]  # only at the start
+
+
+def test_sse_retry_field_takes_ascii_digits_only():
+    # "²".isdigit() is True but int("²") raises: the ValueError escaped the stream, which stayed open
+    events = list(iter_events(["retry: ²", "data: a", "", "retry: 30", "data: b", ""]))
+    assert [(e.data, e.retry) for e in events] == [("a", None), ("b", 30)]

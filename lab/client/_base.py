@@ -25,8 +25,9 @@ _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 NOT_GIVEN = object()  # an argument left out, where None means "no limit" (openai-python's NOT_GIVEN)
 
 
-def make_timeout(timeout) -> httpx.Timeout:
-    """A float (every phase), None (no limit), an httpx.Timeout, or a dict with connect/read/write/pool."""
+def make_timeout(timeout, base: httpx.Timeout = DEFAULT_TIMEOUT) -> httpx.Timeout:
+    """A float (every phase), None (no limit), an httpx.Timeout, or a dict with connect/read/write/pool
+    (the phases it leaves out come from `base`)."""
     if isinstance(timeout, httpx.Timeout):
         return timeout
     if timeout is None or is_number(timeout):
@@ -38,7 +39,6 @@ def make_timeout(timeout) -> httpx.Timeout:
             raise ValueError(f"timeout: unknown keys {sorted(unknown)}; allowed: {', '.join(_TIMEOUT_KEYS)}")
         for key, value in timeout.items():
             _check_seconds(f"timeout.{key}", value)
-        base = DEFAULT_TIMEOUT
         return httpx.Timeout(**{k: timeout.get(k, getattr(base, k)) for k in _TIMEOUT_KEYS})
     raise TypeError(f"timeout must be a number, None, a dict or httpx.Timeout, got {type(timeout).__name__}")
 
@@ -178,7 +178,7 @@ class BaseClient:
         if max_retries is not None:
             other.retry = dataclasses.replace(self.retry, max_retries=max_retries)  # checked again
         if timeout is not NOT_GIVEN:
-            other.timeout = make_timeout(timeout)
+            other.timeout = make_timeout(timeout, self.timeout)
         if stream_idle_timeout is not NOT_GIVEN:
             _check_seconds("stream_idle_timeout", stream_idle_timeout)
             other.stream_idle_timeout = stream_idle_timeout
@@ -199,7 +199,8 @@ class BaseClient:
             params.setdefault("stream_options", {"include_usage": True})
         if extra_body:
             params.update(extra_body)
-        timeout = self.timeout if timeout is NOT_GIVEN else make_timeout(timeout)  # None: no limit
+        # None: no limit; a dict overrides the phases it names, keeping the client's other ones
+        timeout = self.timeout if timeout is NOT_GIVEN else make_timeout(timeout, self.timeout)
         if stream and self.stream_idle_timeout is not None and (timeout.read is None
                                                                  or timeout.read > self.stream_idle_timeout):
             # a blocked read must not outlast the idle timeout (keep-alive comments are checked per line)

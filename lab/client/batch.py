@@ -22,7 +22,19 @@ ENDPOINTS = {"/v1/chat/completions": "/chat/completions", "/v1/completions": "/c
 def load_requests(path: str | os.PathLike) -> list[dict]:
     """Input lines of a JSONL file (blank lines skipped)."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [_input_line(path, n, line) for n, line in enumerate(f, 1) if line.strip()]
+
+
+def _input_line(path, n: int, line: str) -> dict:
+    # json's own message says "line 1 column 5" of the one line: name the file's line instead
+    try:
+        item = json.loads(line)
+    except ValueError as e:
+        raise ValueError(f"{os.fspath(path)}, line {n}: not valid JSON ({e})") from None
+    if not isinstance(item, dict):
+        raise ValueError(f"{os.fspath(path)}, line {n}: expected a JSON object (a Batch API line or a request "
+                         f"body), got {type(item).__name__}")
+    return item
 
 
 def normalize(requests) -> list[tuple[str, str, dict]]:
@@ -36,13 +48,18 @@ def normalize(requests) -> list[tuple[str, str, dict]]:
             raise TypeError(f"request {i}: expected a dict, got {type(item).__name__}")
         if "body" in item:  # a Batch API line
             custom_id = str(item.get("custom_id", i))
-            if item.get("method", "POST").upper() != "POST":
-                raise ValueError(f"request {custom_id}: method must be POST, got {item['method']!r}")
+            method = item.get("method", "POST")
+            # a null or numeric field must be named, not fail as `'NoneType' object has no attribute ...`
+            if not isinstance(method, str) or method.upper() != "POST":
+                raise ValueError(f"request {custom_id}: method must be POST, got {method!r}")
             url = item.get("url", "/v1/chat/completions")
-            url = url if url.startswith("/v1") else "/v1" + url
-            if url not in ENDPOINTS:
+            url = url if not isinstance(url, str) or url.startswith("/v1") else "/v1" + url
+            if not isinstance(url, str) or url not in ENDPOINTS:
                 raise ValueError(f"request {custom_id}: url {item.get('url')!r} unsupported; allowed: "
                                  f"{', '.join(ENDPOINTS)}")
+            if not isinstance(item["body"], dict):
+                raise ValueError(f"request {custom_id}: body must be a JSON object (the request body), "
+                                 f"got {type(item['body']).__name__}")
             path, body = ENDPOINTS[url], dict(item["body"])
         else:  # a bare body: chat if it has messages
             custom_id = str(item.get("custom_id", i))
@@ -165,9 +182,15 @@ async def _arun(client, fresh: bool, requests, *, concurrency, checkpoint, progr
             if errors:
                 bar.set_postfix(errors=errors, refresh=False)
 
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(todo)))]
     try:
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(todo)))))
+        await asyncio.gather(*workers)
     finally:
+        # one worker failing (a record that cannot be written: a full disk) ends the run; gather leaves
+        # the others running, sending requests whose records could no longer be written
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         bar.close()
         if out is not None:
             out.close()

@@ -92,7 +92,8 @@ def batch_main(args) -> int:
     if args.model:  # fill in the model where a line leaves it out
         for item in requests:
             body = item.get("body", item)
-            body.setdefault("model", args.model)
+            if isinstance(body, dict):  # a body of another type is left for run_batch to name
+                body.setdefault("model", args.model)
     with _client_from(args, rpm=args.rpm, tpm=args.tpm) as client:
         records = run_batch(client, requests, concurrency=args.concurrency, checkpoint=args.output,
                             progress=not args.no_progress, retry_errors=args.retry_errors)

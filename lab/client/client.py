@@ -17,7 +17,7 @@ from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
 from lab.client.limits import AsyncLimiter, SyncLimiter
 from lab.client.streaming import AsyncStream, Stream, StreamState, anext_chunk, next_chunk
-from lab.client.types import Model, ModelPage, Usage
+from lab.client.types import Completion, Model, ModelPage, Usage
 
 
 def _json(content: bytes, status: int, request_id: str | None):
@@ -28,14 +28,36 @@ def _json(content: bytes, status: int, request_id: str | None):
                        request_id=request_id) from None
 
 
+def _shaped(make, data, status: int, request_id: str | None):
+    """`make()`, with JSON of the wrong shape (a list, a string, choices that are not objects) reported
+    as a broken response of that request, not as an AttributeError from deep inside the parsing."""
+    try:
+        if not isinstance(data, dict):
+            raise TypeError
+        return make()
+    except (AttributeError, TypeError):
+        raise APIError(f"unexpected response shape: {json.dumps(data)[:200]}", status_code=status,
+                       request_id=request_id) from None
+
+
+def _model_page(data: dict) -> ModelPage:
+    return ModelPage([Model.from_dict(m) for m in data.get("data") or ()])
+
+
 def _answer(client: BaseClient, response, content: bytes, method: str, rid, est: int, start_t: float,
             head_t: float, retries: int):
-    """A read, non-streamed response: raise its APIError, or return the JSON (GET) or a Completion."""
+    """A read, non-streamed response: raise its APIError, or return a ModelPage (GET) or a Completion."""
     if response.status_code >= 400:
         raise error_from_response(response.status_code, content, response.headers)
     data = _json(content, response.status_code, rid)
     if method == "GET":
-        return data
+        return _shaped(lambda: _model_page(data), data, response.status_code, rid)
+    return _shaped(lambda: _settled_completion(client, data, est, start_t, head_t, retries, rid), data,
+                   response.status_code, rid)
+
+
+def _settled_completion(client: BaseClient, data: dict, est: int, start_t: float, head_t: float, retries: int,
+                        rid) -> Completion:
     if client._limiter is not None:
         client._limiter.core.settle(est, client._used_tokens(Usage.from_dict(data.get("usage")), est))
     return client._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
@@ -63,8 +85,7 @@ class Client(BaseClient):
         self.close()
 
     def _list_models(self) -> ModelPage:
-        data = self._call("GET", "/models", None, False, self.timeout, None, 0)
-        return ModelPage([Model.from_dict(m) for m in data.get("data") or ()])
+        return self._call("GET", "/models", None, False, self.timeout, None, 0)
 
     def _create(self, path: str, params: dict):
         body, stream, timeout, headers = self._prepare(params)
@@ -175,8 +196,7 @@ class AsyncClient(BaseClient):
         await self.close()
 
     async def _list_models(self) -> ModelPage:
-        data = await self._call("GET", "/models", None, False, self.timeout, None, 0)
-        return ModelPage([Model.from_dict(m) for m in data.get("data") or ()])
+        return await self._call("GET", "/models", None, False, self.timeout, None, 0)
 
     async def _create(self, path: str, params: dict):
         body, stream, timeout, headers = self._prepare(params)

@@ -107,6 +107,10 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
         if api_key and preset.name == "local":
             # `batching-lab serve` reads the same variable and accepts several keys, comma-separated
             api_key = next(iter(split_keys(api_key)), "")
+        if api_key is not None and not api_key.strip() and not preset.key_required:
+            # a variable set but blank leaves a local server (ours, vLLM) without auth: no key to send,
+            # not a placeholder to refuse
+            api_key = None
     else:
         source = "api_key argument"
     if api_key is not None:

@@ -23,9 +23,15 @@ class SSEDecoder:
     _event: str = ""
     _id: str | None = None
     _retry: int | None = None
+    _started: bool = False
 
     def decode(self, line: str) -> ServerSentEvent | None:
         """Feed one line (without its line ending); returns an event when a blank line ends one."""
+        if not self._started:
+            # the spec ignores one byte order mark at the start of the stream; httpx's decoder keeps it,
+            # and "\ufeffdata" is no field name: the first chunk would vanish
+            self._started = True
+            line = line.removeprefix("\ufeff")
         if not line:
             return self._dispatch()
         if line[0] == ":":
@@ -43,7 +49,7 @@ class SSEDecoder:
             if "\0" not in value:
                 self._id = value
         elif name == "retry":
-            if value.isdigit():
+            if value.isascii() and value.isdigit():  # the spec: ASCII digits; int("²") fails
                 self._retry = int(value)
         # other field names are ignored, as the spec says
         return None

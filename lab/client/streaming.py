@@ -76,7 +76,7 @@ class StreamState:
             payload = {"error": {"message": data}}  # an error event in plain text
         if name == "error" or (isinstance(payload, dict) and "error" in payload):
             raise _stream_error(payload, self.request_id)
-        chunk = Chunk.from_dict(payload)
+        chunk = _chunk(payload, data)
         self.chunks += 1
         self.model = chunk.model or self.model
         if self.first_chunk_t is None:
@@ -106,6 +106,17 @@ class StreamState:
             body=error.body,
             headers=error.headers,
         )
+
+
+def _chunk(payload: object, data: str) -> Chunk:
+    # JSON of the wrong shape (`42`, `null`, choices that are not objects) is as malformed as broken
+    # JSON: it must surface as our error (closing the stream, keeping the partial text), not AttributeError
+    try:
+        if not isinstance(payload, dict):
+            raise TypeError
+        return Chunk.from_dict(payload)
+    except (AttributeError, TypeError):
+        raise APIConnectionError(f"malformed stream chunk: {data[:200]!r}") from None
 
 
 def _stream_error(payload: object, request_id: str | None) -> APIError:
@@ -253,9 +264,16 @@ class AsyncStream(_StreamBase):
         await self.aclose()
 
 
+def _start_waiting(state: StreamState, now: float) -> None:
+    # the idle clock counts only time spent waiting on the server: a caller that took a minute over
+    # the last chunk (or a notebook cell run later) finds the rest buffered, and that is not a stall
+    state.last_event_t = max(state.last_event_t, now)
+
+
 def next_chunk(state: StreamState, lines) -> Chunk | None:
     """The next chunk from a line iterator, or None at the end. Raises our errors and httpx's."""
     now = time.perf_counter
+    _start_waiting(state, now())
     while not state.done:
         line = next(lines, None)
         if line is None:
@@ -268,6 +286,7 @@ def next_chunk(state: StreamState, lines) -> Chunk | None:
 
 async def anext_chunk(state: StreamState, lines) -> Chunk | None:
     now = time.perf_counter
+    _start_waiting(state, now())
     while not state.done:
         try:
             line = await lines.__anext__()
