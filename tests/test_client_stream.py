@@ -162,6 +162,12 @@ def test_error_event_before_any_chunk_is_a_normal_error():
     assert collect(stream) == ["ok"] and stream.retries == 1 and len(calls) == 2
 
 
+def test_a_chunk_with_a_null_error_field_is_a_chunk():
+    handler, calls = stream_handler([chunk("fine", error=None), chunk("", "stop", error=None), DONE])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["fine", ""] and stream.finish_reason == "stop" and len(calls) == 1
+
+
 def test_connection_lost_after_first_chunk_is_not_retried():
     handler, calls = stream_handler([chunk("Once upon"), httpx.ReadError("connection reset")])
     stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)

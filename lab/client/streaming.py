@@ -74,7 +74,8 @@ class StreamState:
             if name != "error":
                 raise APIConnectionError(f"malformed stream chunk: {data[:200]!r}") from None
             payload = {"error": {"message": data}}  # an error event in plain text
-        if name == "error" or (isinstance(payload, dict) and "error" in payload):
+        # `"error": null` on a healthy chunk is no error event (some gateways send the key always)
+        if name == "error" or (isinstance(payload, dict) and payload.get("error") is not None):
             raise _stream_error(payload, self.request_id)
         chunk = _chunk(payload, data)
         self.chunks += 1
