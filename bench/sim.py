@@ -6,7 +6,7 @@ engine's measured runs, in rounds (fit run, then the workloads, back to back; me
 rounds). Speed: the full Azure conv trace on a simulated H100 serving Llama 3.1 8B.
 Prints a table and writes bench/results/sim.json.
 
-    python bench/sim.py                  # about 10 minutes: 3 rounds of 5 engine runs, then the trace
+    python bench/sim.py                  # about 8 minutes: 3 rounds of 5 engine runs, then the trace
     python bench/sim.py --rounds 1       # one round (about 3 minutes)
     python bench/sim.py --skip-engine    # the trace timing only
 """
