@@ -211,9 +211,9 @@ class BaseClient:
     def _url(self, path: str) -> str:
         return self.base_url + path
 
-    def _completion(self, data: dict, *, start_t: float, head_t: float, end_t: float, retries: int,
+    def _completion(self, result: Completion, *, start_t: float, head_t: float, end_t: float, retries: int,
                     request_id: str | None) -> Completion:
-        result = Completion.from_dict(data)
+        """A parsed completion, with what the client measured and what it cost."""
         result.latency_s = end_t - start_t
         result.ttft_s = head_t - start_t
         result.retries = retries

@@ -17,7 +17,7 @@ from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
 from lab.client.limits import AsyncLimiter, SyncLimiter
 from lab.client.streaming import AsyncStream, Stream, StreamState, anext_chunk, next_chunk
-from lab.client.types import Completion, Model, ModelPage, Usage
+from lab.client.types import Completion, Model, ModelPage
 
 
 def _json(content: bytes, status: int, request_id: str | None):
@@ -52,15 +52,11 @@ def _answer(client: BaseClient, response, content: bytes, method: str, rid, est:
     data = _json(content, response.status_code, rid)
     if method == "GET":
         return _shaped(lambda: _model_page(data), data, response.status_code, rid)
-    return _shaped(lambda: _settled_completion(client, data, est, start_t, head_t, retries, rid), data,
-                   response.status_code, rid)
-
-
-def _settled_completion(client: BaseClient, data: dict, est: int, start_t: float, head_t: float, retries: int,
-                        rid) -> Completion:
+    # only the parsing is guarded: a TypeError of our own (the limiter, cost) must not pass for the server's
+    completion = _shaped(lambda: Completion.from_dict(data), data, response.status_code, rid)
     if client._limiter is not None:
-        client._limiter.core.settle(est, client._used_tokens(Usage.from_dict(data.get("usage")), est))
-    return client._completion(data, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
+        client._limiter.core.settle(est, client._used_tokens(completion.usage, est))
+    return client._completion(completion, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
                               retries=retries, request_id=rid)
 
 
