@@ -7,6 +7,7 @@ they would differ by their step ratio. Prints a table, the least-squares fit and
 
     python bench/engine_steps.py                      # small random Llama (bench/engine.py's), CPU
     python bench/engine_steps.py --context 300 --rows 1 4 16 64
+    python bench/engine_steps.py --profile            # also: where a step's CPU time goes (torch.profiler)
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ def decoding_engine(folder: Path, rows: int, context: int, args):
     return llm.engine
 
 
+def profile_steps(engine, steps: int) -> dict[str, float]:
+    """Self CPU time (us) per operator over `steps` steps, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            engine.step()
+    ops = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
@@ -50,6 +62,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=170, help="tokens per sequence (bench/engine.py's mean is ~170)")
     ap.add_argument("--steps", type=int, default=10, help="decode steps timed per round")
     ap.add_argument("--repeat", type=int, default=7, help="rounds, interleaving the row counts; medians reported")
+    ap.add_argument("--profile", action="store_true", help="also profile --steps steps at the fewest and most rows")
     ap.add_argument("--out", default="bench/results/engine_steps.json")
     args = ap.parse_args()
     if min(args.rows) < 1 or args.context < 1 or args.steps < 1 or args.repeat < 1:
@@ -66,6 +79,9 @@ def main() -> None:
                     engine.step()
                 times[n].append((time.perf_counter() - start) / args.steps * 1e3)
 
+        profiles = {n: profile_steps(engines[n], args.steps) for n in {min(args.rows), max(args.rows)}} \
+            if args.profile else {}
+
     median = {n: statistics.median(t) for n, t in times.items()}
     b, a = np.polyfit(list(median), list(median.values()), 1)
     print(f"decode steps, shape {args.shape}, context ~{args.context} tokens, {args.dtype} on {args.device}, "
@@ -76,11 +92,16 @@ def main() -> None:
               f"{a + b * n:6.2f}")
     print(f"fit: a = {a:.2f} ms per step, b = {b:.3f} ms per row; a full step of {max(args.rows)} rows is "
           f"{a / (a + b * max(args.rows)):.0%} fixed")
+    for n, ops in sorted(profiles.items()):
+        total = sum(ops.values())
+        print(f"{n} rows, CPU time per step by operator (self time): " + ", ".join(
+            f"{name} {us / args.steps / 1e3:.2f} ms ({us / total:.0%})" for name, us in list(ops.items())[:6]))
     machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "ms_per_step": times,
-                                         "median_ms": median, "fit": {"a_ms": a, "b_ms_per_row": b}}, indent=2))
+                                         "median_ms": median, "fit": {"a_ms": a, "b_ms_per_row": b},
+                                         "profile_self_cpu_us": profiles}, indent=2))
     print(f"wrote {args.out}")
 
 
