@@ -366,3 +366,38 @@ def test_cost_bar_text_avoids_scientific_notation():
     frame = pd.DataFrame({"provider": ["a", "b"], "model": ["m", "m"], "cost_usd": [5.5e-05, 1234.5]})
     fig = cost_bars(frame)
     assert [t.text[0] for t in fig.data] == ["0.000055", "1,234"]
+
+
+# --- audit: runs without a step trace or without values ---------------------------------------------------------
+
+
+def test_compare_a_step_metric_across_runs_with_and_without_a_step_trace():
+    # wasted_slot_steps is only in the summary of runs with a step trace: listing the traced run first
+    # raised KeyError, listing it second called the metric "unknown"
+    for runs in ({"sim": ok_result(), "http": failed_result()}, {"http": failed_result(), "sim": ok_result()}):
+        fig = compare(runs, metrics=["wasted_slot_steps", "completed"])
+        bars = dict(zip(fig.data[0].x, fig.data[0].y))
+        assert bars["sim"] == runs["sim"].summary()["wasted_slot_steps"] and np.isnan(bars["http"])
+        assert has_note(fig, "http")
+    with pytest.raises(ValueError, match="metrics: unknown"):
+        compare({"http": failed_result()}, metrics=["wasted_slot_steps"])
+
+
+def test_cdf_and_kv_blocks_say_which_runs_they_left_out():
+    fig = latency_cdf({"ok": ok_result(), "faulty": failed_result()})
+    assert len(fig.data) == 1 and has_note(fig, "faulty")
+    fig = kv_blocks({"a": ok_result(), "http": failed_result()})
+    assert len(fig.data) == 1 and has_note(fig, "http")
+
+
+def test_kv_blocks_keeps_each_runs_colour_from_the_other_figures():
+    runs = {"http": failed_result(), "sim": ok_result()}
+    cdf_colour = latency_cdf({"http": ok_result(), "sim": ok_result()}).data[1].line.color
+    assert kv_blocks(runs).data[0].line.color == cdf_colour  # run 2's colour, not run 1's
+
+
+def test_goodput_axis_titles_carry_their_unit():
+    from lab.viz._common import with_unit
+
+    assert with_unit("request_goodput") == with_unit("goodput").replace("goodput", "request_goodput")
+    assert with_unit("request_goodput").endswith("(req/s)")

@@ -69,7 +69,7 @@ def unit_of(key: str) -> str:
     """Unit of a `Result.summary()` key, for axis titles."""
     if key.endswith("_ms"):
         return "ms"
-    if key in ("request_throughput", "goodput"):
+    if key in ("request_throughput", "goodput", "request_goodput"):  # summary() gives both goodput names
         return "req/s"
     if key.endswith("throughput"):
         return "tok/s"

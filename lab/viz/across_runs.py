@@ -97,15 +97,18 @@ def compare(results, *, metrics: Sequence[str] = DEFAULT_COMPARE, title: str | N
     if not runs:
         return empty_figure(title, "No runs to compare.")
     summaries = [r.summary() for _, r in runs]
-    unknown = [m for m in metrics if m not in summaries[0]]
+    # keys differ between runs (wasted_slot_steps needs a step trace): the first run's keys made a
+    # traced run's metric "unknown", or raised KeyError when the traced run came first
+    known = set().union(*summaries)
+    unknown = [m for m in metrics if m not in known]
     if unknown:
-        raise ValueError(f"metrics: unknown {unknown}; allowed: {sorted(summaries[0])}")
+        raise ValueError(f"metrics: unknown {unknown}; allowed: {sorted(known)}")
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[with_unit(m) for m in metrics])
     labels = [label for label, _ in runs]
     for k, metric in enumerate(metrics):
-        values = [s[metric] for s in summaries]
+        values = [s.get(metric, float("nan")) for s in summaries]
         fig.add_trace(
             go.Bar(
                 name=metric, x=labels, y=values, showlegend=False,
@@ -117,8 +120,12 @@ def compare(results, *, metrics: Sequence[str] = DEFAULT_COMPARE, title: str | N
         )
     styled(fig, title, height=260 * rows + 80)
     idle = [label for label, r in runs if not r.completed]
-    if idle:
-        note(fig, f"No completed request in: {', '.join(idle)}")
+    missing = [f"{m} for {label}" for m in metrics for (label, _), s in zip(runs, summaries, strict=True)
+               if m not in s]
+    remarks = ([f"No completed request in: {', '.join(idle)}"] if idle else []) + (
+        [f"No value (no step trace?): {', '.join(missing)}"] if missing else [])
+    if remarks:
+        note(fig, " · ".join(remarks))
     return fig
 
 

@@ -129,9 +129,11 @@ def latency_cdf(results, *, metric: str = "ttft", title: str | None = None) -> g
     runs = as_runs(results)
     title = title or f"{name} CDF"
     fig = go.Figure()
+    left_out = []
     for i, (label, r) in enumerate(runs):
         values = [v for req in r.completed for v in values_of(req) if v is not None]
         if not values:
+            left_out.append(label)
             continue
         ms = np.sort(np.asarray(values, dtype=float)) * 1e3
         frac = np.arange(1, ms.size + 1) / ms.size
@@ -147,7 +149,10 @@ def latency_cdf(results, *, metric: str = "ttft", title: str | None = None) -> g
     if not fig.data:
         return empty_figure(title, f"No completed request has a {name} to plot.")
     y_title = "fraction of inter-token gaps" if metric == "itl" else "fraction of completed requests"
-    return styled(fig, title, xaxis_title=f"{name} (ms)", yaxis=dict(title=y_title, range=[0, 1.02]))
+    styled(fig, title, xaxis_title=f"{name} (ms)", yaxis=dict(title=y_title, range=[0, 1.02]))
+    if left_out:  # a run whose requests all failed would otherwise vanish from the comparison unseen
+        note(fig, f"No {name} to plot for: {', '.join(left_out)}")
+    return fig
 
 
 def _error_kind(r: RequestMetrics) -> str:

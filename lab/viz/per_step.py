@@ -14,10 +14,12 @@ from lab.viz._common import (
     check_positive,
     empty_figure,
     label_color,
+    note,
     styled,
 )
 
 _X_AXES = {"step": "engine step", "time": "time since start (s)"}
+_DASHES = ("solid", "dot", "dash", "dashdot", "longdash")
 
 
 def _steps_of(steps, arg: str = "steps") -> list[StepRecord]:
@@ -106,19 +108,22 @@ def kv_blocks(
     fig = go.Figure()
     xs_all = []
     lines = []  # one per run, or per replica of a run: each replica has its own pool
-    for label, r in runs:
+    for i, (label, r) in enumerate(runs):
         replicas = sorted({s.replica for s in r.steps})
-        for k in replicas:
+        for n, k in enumerate(replicas):
             steps = [s for s in r.steps if s.replica == k]
-            lines.append((label if len(replicas) == 1 else f"{label} · replica {k}", steps))
-    for i, (label, steps) in enumerate(lines):
+            lines.append((label if len(replicas) == 1 else f"{label} · replica {k}", steps, i, n))
+    for label, steps, i, n in lines:
         xs = [s.step if x == "step" else s.start_s for s in steps]
         xs_all += [xs[0], xs[-1]]
         blocks = [s.kv_blocks_used for s in steps]
         tokens_hover = f"<br>up to %{{customdata:,}} tokens ({block_size}/block)" if block_size else ""
         fig.add_trace(
             go.Scatter(
-                name=label, x=xs, y=blocks, mode="lines", line=dict(shape="hv", color=label_color(i)),
+                # the run's colour, as in every other figure of the same runs (numbering lines instead
+                # shifted it past a run without a trace); a run's replicas differ by dash
+                name=label, x=xs, y=blocks, mode="lines",
+                line=dict(shape="hv", color=label_color(i), dash=_DASHES[n % len(_DASHES)]),
                 customdata=[b * block_size for b in blocks] if block_size else None,
                 hovertemplate=f"{label}<br>%{{y}} blocks at %{{x}}{tokens_hover}<extra></extra>",
             )
@@ -132,4 +137,8 @@ def kv_blocks(
                 line=dict(color="#000", dash="dash"), hoverinfo="skip",
             )
         )
-    return styled(fig, title, xaxis_title=_X_AXES[x], yaxis=dict(title="KV blocks in use", rangemode="tozero"))
+    styled(fig, title, xaxis_title=_X_AXES[x], yaxis=dict(title="KV blocks in use", rangemode="tozero"))
+    untraced = [label for label, r in runs if not r.steps]
+    if untraced:  # an HTTP run has no step trace: say so rather than drop its line unseen
+        note(fig, f"No step trace for: {', '.join(untraced)}")
+    return fig
