@@ -243,7 +243,8 @@ def azure_trace(
         raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale!r}")
     if not is_number(start_s) or (end_s is not None and not is_number(end_s)):
         raise ValueError(f"start_s/end_s: must be numbers (end_s may be None), got {start_s!r}, {end_s!r}")
-    if start_s < 0 or (end_s is not None and end_s <= start_s):
+    # `not (a <= b)` rather than `b < a`: NaN fails every comparison, and must fail here, not as "no requests"
+    if not 0 <= start_s < np.inf or (end_s is not None and not start_s < end_s):
         raise ValueError(f"start_s/end_s: need 0 <= start_s < end_s, got {start_s}, {end_s}")
     if max_requests is not None and (not is_int(max_requests) or max_requests < 1):
         # a negative slice bound would silently drop rows from the end

@@ -235,6 +235,8 @@ def test_trace_max_requests_keeps_the_first_rows():
     (lambda: synthetic(3, rate=1.0, burstiness=None), r"burstiness: must be > 0 \(or inf\), got None"),
     (lambda: azure_trace("code", rate_scale="2"), r"rate_scale: must be a finite number > 0, got '2'"),
     (lambda: azure_trace("code", start_s="x"), r"start_s/end_s: must be numbers"),
+    (lambda: azure_trace("code", start_s=float("nan")), r"start_s/end_s: need 0 <= start_s < end_s, got nan"),
+    (lambda: azure_trace("code", end_s=float("nan")), r"start_s/end_s: need 0 <= start_s < end_s, got 0.0, nan"),
     (lambda: RequestSpec(7, prompt_len=3), r"id: must be a non-empty string, got 7"),
     (lambda: RequestSpec("a", prompt_len=3, output_len=2.5), r"request a: output_len must be an integer >= 1, got 2.5"),
     (lambda: RequestSpec("a", prompt_len="3"), r"request a: prompt_len must be an integer >= 1, got '3'"),
