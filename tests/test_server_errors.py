@@ -75,6 +75,18 @@ BAD = [
     ("completion", {**COMP, "echo": True}, "echo"),
     ("completion", {**COMP, "best_of": 3}, "best_of"),
     ("completion", {**COMP, "stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+    # a part this server cannot read: named, not "content: Input should be a valid string"
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]},
+     "messages[0].content[1].type"),
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text"),
+    ("completion", {**COMP, "prompt": ["a", "b"]}, "prompt"),  # a batch
+    # vLLM's extras that change the answer, and a chat field on /v1/completions: refused, not ignored
+    ("chat", {**CHAT, "include_stop_str_in_output": True}, "include_stop_str_in_output"),
+    ("chat", {**CHAT, "use_beam_search": True}, "use_beam_search"),
+    ("chat", {**CHAT, "add_generation_prompt": False}, "add_generation_prompt"),
+    ("chat", {**CHAT, "guided_choice": ["yes", "no"]}, "guided_choice"),
+    ("completion", {**COMP, "max_completion_tokens": 3}, "max_completion_tokens"),
 ]
 
 
@@ -204,7 +216,8 @@ def test_bad_serve_arguments_named(kwargs, message):
 def test_neutral_values_of_unimplemented_fields_are_accepted(http):
     # what SDKs and frameworks send by default must not be refused
     body = {**CHAT, "presence_penalty": 0.0, "frequency_penalty": 0, "logit_bias": {}, "logprobs": False,
-            "user": "someone", "tool_choice": "none"}
+            "user": "someone", "tool_choice": "none", "include_stop_str_in_output": False,
+            "add_generation_prompt": True, "use_beam_search": False}
     assert http.post("/chat/completions", json=body).status_code == 200
     assert http.post("/completions", json={**COMP, "best_of": 1, "logprobs": None, "echo": False}).status_code == 200
 
@@ -222,8 +235,9 @@ def test_no_max_tokens_fits_a_small_kv_cache():
 
     llm = LLM(tiny_model_dir(), device="cpu", num_blocks=8, block_size=16)  # 128 slots, context 256
     with serve(llm=llm) as server:
+        # max_tokens null: the rest of the context (left out, /v1/completions defaults to 16, as OpenAI)
         r = httpx.post(server.url + "/completions", json={"model": server.model_name, "prompt": [1, 2, 3],
-                                                           "ignore_eos": True}, timeout=60)
+                                                           "max_tokens": None, "ignore_eos": True}, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 126  # 128 + 1 - 3
 
 

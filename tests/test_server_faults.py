@@ -108,6 +108,19 @@ def test_a_stream_cut_at_any_chunk_is_counted_once(server, http):
         assert _finished_count(server) == before + 1, f"cut:{cut} counted twice"
 
 
+def test_a_cut_stream_counts_its_tokens(server, http):
+    # before: a streamed hang-up or cut counted only as client_gone, so lab_prompt_tokens and
+    # lab_generation_tokens missed what it had computed (a non-streamed hang-up's were counted)
+    before = [_metric(server, n) for n in ("lab_prompt_tokens_total", "lab_generation_tokens_total",
+                                           'lab_requests_total{finish_reason="client_gone"}')]
+    lines, _ = _stream_lines(http, {"x-lab-fault": "cut:4"})
+    assert len(lines) == 4  # four tokens of text reached the client before the cut
+    gone = 'lab_requests_total{finish_reason="client_gone"}'
+    assert wait_until(lambda: _metric(server, gone) == before[2] + 1)
+    assert _metric(server, "lab_prompt_tokens_total") - before[0] == len("Hi")
+    assert 4 <= _metric(server, "lab_generation_tokens_total") - before[1] <= COMP["max_tokens"]
+
+
 def test_shutdown_ends_injected_delays(monkeypatch):
     # before: a latency or stall in flight held the server's exit until uvicorn's graceful timeout
     # (5 s) cancelled the handler, and its client got a bare text 500 instead of OpenAI's 503

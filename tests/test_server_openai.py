@@ -92,6 +92,37 @@ def test_sdk_exception_classes(server, client):
     assert e.value.response.headers["retry-after"] == "1"
 
 
+def test_null_n_and_stream_are_the_defaults(client):
+    # OpenAI and vLLM take null for these (the SDK sends it for n=None); before: a 400 "valid integer"
+    r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=2, n=None, stream=None)
+    assert r.object == "chat.completion" and len(r.choices) == 1
+    r = client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2, n=None, stream=None)
+    assert r.object == "text_completion" and r.usage.completion_tokens >= 1
+
+
+def test_prompt_as_a_batch_of_one(client):
+    # OpenAI takes a list of prompts (LangChain always sends one); before: "prompt: Input should be a
+    # valid string", for a value OpenAI accepts
+    args = dict(model="tiny-llama", max_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+    text = client.completions.create(prompt="To be", **args).choices[0].text
+    assert client.completions.create(prompt=["To be"], **args).choices[0].text == text
+    ids = tiny_llm().tokenizer.encode("To be")
+    assert client.completions.create(prompt=[ids], **args).choices[0].text == text
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(prompt=["To be", "or not"], **args)
+    assert e.value.body["param"] == "prompt" and "one prompt per request" in e.value.message
+
+
+def test_completions_default_to_16_tokens(client):
+    # OpenAI's and vLLM's default for /v1/completions; before: the whole rest of the context
+    r = client.completions.create(model="tiny-llama", prompt="To be", extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length"
+    r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "Hi"}],
+                                       extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 256 - r.usage.prompt_tokens  # chat: what the context leaves
+
+
 def test_rate_limit_per_key_with_headers():
     with serve(llm=tiny_llm("aux"), api_keys=[KEY, "sk-other-key-0000"], requests_per_minute=2,
                tokens_per_minute=100) as s:

@@ -48,6 +48,14 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
         return APIError(400, f"body: not valid JSON ({first.get('msg')})", code="invalid_json")
     loc = [p for p in first.get("loc", ()) if p != "body"]
     param = _param_name(loc)
+    # a union whose input has a later branch's shape (content as a list of parts, an image part among
+    # them): that branch's error inside the value says what is wrong; the first branch's "should be a
+    # valid string" misleads
+    inner = [e for e in errors if param and _param_name([p for p in e.get("loc", ()) if p != "body"])
+             .startswith((param + "[", param + "."))]
+    if inner:
+        first = inner[0]
+        param = _param_name([p for p in first.get("loc", ()) if p != "body"])
     # a union (prompt: str | list[int]) yields one error per branch: say all of them once
     same = [e["msg"].removeprefix("Value error, ") for e in errors if _param_name([p for p in e.get("loc", ()) if p != "body"]) == param]
     message = "; or ".join(dict.fromkeys(same))

@@ -26,6 +26,14 @@ NOT_IMPLEMENTED = {
     "repetition_penalty": (None, 1), "logit_bias": (None, {}), "min_p": (None, 0), "min_tokens": (None, 0),
     "response_format": (None, {"type": "text"}), "tools": (None, []), "functions": (None, []),
     "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"),
+    # vLLM's extras that change the answer: a client written for vLLM must hear they are not honoured
+    "include_stop_str_in_output": (None, False), "use_beam_search": (None, False), "length_penalty": (None, 1),
+    "prompt_logprobs": (None,), "allowed_token_ids": (None,), "bad_words": (None, []),
+    "truncate_prompt_tokens": (None,), "add_generation_prompt": (None, True),
+    "continue_final_message": (None, False), "chat_template": (None,), "chat_template_kwargs": (None, {}),
+    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
+    # a chat field; on /v1/completions it would be ignored and the answer run to the end of the context
+    "max_completion_tokens": (None,),
 }
 
 
@@ -46,15 +54,16 @@ class _Common(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    n: int = 1
-    stream: bool = False
+    # null is OpenAI's (and vLLM's) default too: an SDK call with n=None or stream=None sends it
+    n: int | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extra: generate exactly max_tokens (load generators use it)
 
     @field_validator("n")
     @classmethod
-    def _only_one(cls, n: int) -> int:
-        if n != 1:
+    def _only_one(cls, n: int | None) -> int | None:
+        if n not in (None, 1):
             raise ValueError(f"only n=1 is supported, got {n}")
         return n
 
@@ -111,6 +120,22 @@ class ChatCompletionRequest(_Common):
 
 class CompletionRequest(_Common):
     prompt: str | list[int]
+    # OpenAI's and vLLM's default for the legacy endpoint; chat's is whatever the context leaves.
+    # An explicit null still means the rest of the context, as in vLLM
+    max_tokens: int | None = Field(16, ge=1)
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, prompt):
+        # OpenAI also takes a batch, a list of texts or of token-id lists (LangChain always sends one):
+        # a batch of one is that prompt; more would need one choice each, so they are refused by name
+        # instead of failing as "Input should be a valid string"
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+            if len(prompt) > 1:
+                raise ValueError(f"only one prompt per request is supported, got a batch of {len(prompt)}; "
+                                 "send one request per prompt")
+            return prompt[0]
+        return prompt
 
 
 # -- response bodies --------------------------------------------------------------------------

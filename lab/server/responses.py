@@ -106,7 +106,10 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
     finally:
         if not stream.finished:  # client gone, cut, or cancelled: free the blocks now
             engine.abort(a.request_id)
-            metrics.requests.labels("client_gone").inc()
+            # its prompt and the tokens generated so far were computed all the same: counted, as a
+            # non-streamed hang-up's are, or lab_generation_tokens misses every cut stream's tokens
+            metrics.finished(stream.prompt_tokens, stream.num_output_tokens, "client_gone",
+                             time.perf_counter() - a.arrival_s)
 
 
 async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics,
