@@ -47,6 +47,13 @@ def test_chat_completion(client):
     assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"
 
 
+def test_content_parts_are_joined_by_newlines_as_vllm_does(client):
+    parts = [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}]
+    r = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": parts}],
+                                       max_tokens=1, temperature=0)
+    assert r.usage.prompt_tokens == len("user: Hi\nthere\nassistant:")  # one token per character
+
+
 def test_completion_text_and_token_ids(client):
     r = client.completions.create(model="tiny-llama", prompt="To be", max_tokens=5, temperature=0,
                                   extra_body={"ignore_eos": True})

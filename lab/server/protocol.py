@@ -106,7 +106,7 @@ class ChatMessage(BaseModel):
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(p.text for p in self.content)
+            return "\n".join(p.text for p in self.content)  # as vLLM joins text parts
         return self.content or ""
 
 
