@@ -220,9 +220,9 @@ def cost_playground(*, prices=None) -> Playground:
     style = {"description_width": "initial"}
     controls = {
         "requests": widgets.IntText(value=100_000, description="requests", style=style),
-        "prompt_tokens": widgets.IntSlider(value=800, min=1, max=8000, step=50, description="prompt tokens",
+        "prompt_tokens": widgets.IntSlider(value=800, min=50, max=8000, step=50, description="prompt tokens",
                                            style=style),
-        "output_tokens": widgets.IntSlider(value=300, min=1, max=4000, step=50, description="output tokens",
+        "output_tokens": widgets.IntSlider(value=300, min=50, max=4000, step=50, description="output tokens",
                                            style=style),
         "cached_fraction": widgets.FloatSlider(value=0.0, min=0, max=1, step=0.05, description="cached share",
                                                readout_format=".0%", style=style),
@@ -230,6 +230,8 @@ def cost_playground(*, prices=None) -> Playground:
         "providers": widgets.SelectMultiple(options=providers, value=tuple(providers), description="providers",
                                             rows=min(6, len(providers)), style=style),
     }
+    # sliders start at 50 in steps of 50 (from 1 their maximum was out of reach); the exact count goes
+    # through code: pg.controls["prompt_tokens"].value = 123
     figures = {"cost": go.FigureWidget()}
     status = widgets.HTML()
 
