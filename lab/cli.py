@@ -16,7 +16,8 @@ from lab._checks import positive_int_arg
 def demo_main(args: argparse.Namespace) -> int:
     from lab.demo import run_demo, summary_table, write_report
 
-    print(f"Serving {args.num_requests} requests at {args.rate}/s on the bundled model, "
+    where = f"the model in {args.model}" if args.model else "the bundled model"
+    print(f"Serving {args.num_requests} requests at {args.rate}/s on {where}, "
           f"first with static, then with continuous batching (max_num_seqs={args.max_num_seqs}) ...")
     results = run_demo(args.model, args.num_requests, args.rate, args.max_num_seqs, args.seed)
     print()

@@ -30,6 +30,7 @@ def test_demo_prints_table_and_writes_report(tiny_llama, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "static" in out and "continuous" in out and "output tok/s" in out
+    assert f"on the model in {tiny_llama}," in out and "bundled" not in out  # the banner names the model run
     assert f"report: {report.resolve()}" in out
     page = report.read_text()
     assert page.count("plotly-graph-div") >= 6 and "Static versus continuous batching" in page

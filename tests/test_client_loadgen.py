@@ -196,6 +196,19 @@ def test_cli_parsers_and_batch_main(tmp_path, monkeypatch, capsys):
     assert "3 succeeded, 0 failed" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["--num-prompts", "0"], "--num-prompts"), (["--num-prompts", "-3"], "--num-prompts"),
+    (["--input-len", "0"], "--input-len"), (["--output-len", "x"], "--output-len"),
+    (["--max-concurrency", "0"], "--max-concurrency"),
+])
+def test_bench_counts_are_checked_by_the_parser_naming_the_flag(argv, flag, capsys):
+    # they used to pass the parser and fail later naming a Python parameter ("n: must be ...") or,
+    # for --num-prompts 0, not at all
+    with pytest.raises(SystemExit) as info:
+        add_bench_args(argparse.ArgumentParser()).parse_args(["--base-url", "http://h/v1", *argv])
+    assert info.value.code == 2 and f"argument {flag}: must be an integer >= 1" in capsys.readouterr().err
+
+
 def test_bench_main_prints_the_summary(monkeypatch, capsys):
     real_client = Client
     monkeypatch.setattr("lab.client.client.Client",

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 
+from lab._checks import positive_int_arg
 from lab.client.loadgen import ENDPOINTS
 from lab.client.providers import PROVIDERS
 from lab.metrics import format_summary
@@ -38,17 +39,17 @@ def _client_from(args, **kw):
 
 def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     _add_connection_args(parser)
-    parser.add_argument("--num-prompts", type=int, default=100)
+    parser.add_argument("--num-prompts", type=positive_int_arg, default=100)
     parser.add_argument("--rate", type=float, default=math.inf, help="requests per second (default: inf)")
     parser.add_argument("--burstiness", type=float, default=1.0, help="1 = Poisson; < 1 burstier")
-    parser.add_argument("--input-len", type=int, default=32, help="prompt tokens per request (synthetic text)")
-    parser.add_argument("--output-len", type=int, default=32,
+    parser.add_argument("--input-len", type=positive_int_arg, default=32, help="prompt tokens per request (synthetic text)")
+    parser.add_argument("--output-len", type=positive_int_arg, default=32,
                         help="max_tokens per request (with ignore_eos where the server accepts it: local, vllm "
                              "or a base URL of no known provider)")
     parser.add_argument("--endpoint", choices=list(ENDPOINTS), default="completions",
                         help="completions: /completions with a text prompt; chat: /chat/completions with one "
                              "user message (for chat-only APIs such as OpenAI's and DeepSeek's)")
-    parser.add_argument("--max-concurrency", type=int, default=None)
+    parser.add_argument("--max-concurrency", type=positive_int_arg, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--result-json", help="also write the summary here")
     return parser
@@ -58,7 +59,7 @@ def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("input", help="JSONL in OpenAI Batch API format (custom_id, method, url, body)")
     parser.add_argument("output", help="JSONL of results; rerunning with the same file resumes")
     _add_connection_args(parser)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=positive_int_arg, default=16)
     parser.add_argument("--rpm", type=float, default=None, help="requests per minute limit")
     parser.add_argument("--tpm", type=float, default=None, help="tokens per minute limit (estimated)")
     parser.add_argument("--retry-errors", action="store_true", help="rerun inputs whose record is an error")
