@@ -14,7 +14,7 @@ from lab.engine import LLM, SamplingParams
 from lab.engine.loader import resolve_dtype
 from lab.engine.tokenizer import Tokenizer
 from lab.server import serve
-from tests.conftest import make_hf_model
+from tests.conftest import hf_greedy, make_hf_model
 
 WORDS = ["Hello", "world", "the", "cat", "sat", "on", "mat", "and", "dog", "ran"]
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -80,6 +80,8 @@ def test_every_end_of_sequence_id_stops(tmp_path):
     ("bos only in special_tokens_map", "{{ bos_token }}{{ messages[0].content }}",
      {"special_tokens_map.json": {"bos_token": "<s>"}}),
     ("chat_template.jinja wins", "OLD {{ messages[0].content }}", {"chat_template.jinja": "NEW {{ messages[0].content }}"}),
+    ("tools and documents are none", "{% if tools is not none %}TOOLS {% endif %}{% if documents is not none %}DOCS "
+     "{% endif %}{{ messages[0].content }}", {}),
 ])
 def test_chat_templates_render_as_transformers_renders_them(tmp_path, sp_folder, name, template, files):
     from transformers import AutoTokenizer
@@ -157,3 +159,35 @@ def test_auto_dtype_keeps_a_float16_checkpoint_on_a_gpu(monkeypatch):
     assert resolve_dtype("auto", cuda, "bfloat16") == torch.bfloat16
     assert resolve_dtype("auto", cuda, "float32") == torch.bfloat16
     assert resolve_dtype("auto", torch.device("cpu"), "float16") == torch.float32
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_tied_checkpoint_that_stores_only_the_head_loads(tmp_path, arch):
+    """safetensors' save_model keeps one name per shared tensor, and for a tied model that name is
+    lm_head.weight; transformers loads such a folder into the embedding, and so must we."""
+    from safetensors.torch import load_file, save_model
+    from transformers import AutoModelForCausalLM
+
+    folder = make_hf_model(tmp_path / "m", arch)
+    save_model(AutoModelForCausalLM.from_pretrained(folder), str(folder / "model.safetensors"))
+    assert "lm_head.weight" in load_file(folder / "model.safetensors")
+    prompts = [[1, 2, 3, 4, 5], [9, 8, 7]]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    outs = LLM(folder, device="cpu").generate(prompts, params, use_tqdm=False)
+    assert [o.token_ids for o in outs] == hf_greedy(folder, prompts, 6)
+
+
+@pytest.mark.parametrize("name, rows", [("model.layers.0.self_attn.q_proj.weight", 32), ("model.norm.weight", 1)])
+def test_weight_of_the_wrong_shape_is_named(tmp_path, tiny_models, name, rows):
+    """A [1] norm weight would broadcast into [64] and load silently; transformers refuses both."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], folder)
+    tensors = load_file(folder / "model.safetensors")
+    tensors[name] = tensors[name][:rows].clone()
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"{name}.*shape"):
+        LLM(folder, device="cpu")

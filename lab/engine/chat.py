@@ -22,7 +22,10 @@ def render_chat(template: str, messages: list[dict], add_generation_prompt: bool
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"messages[{i}]: must be a dict with 'role' and 'content', got {m!r}")
-    return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **extra)
+    # transformers passes tools and documents as None when there are none: a template testing
+    # `tools is not none` (true for an undefined name) must not render an empty tool section
+    return _compile(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     **{"tools": None, "documents": None} | extra)
 
 
 @lru_cache(maxsize=16)

@@ -119,20 +119,39 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
         raise FileNotFoundError(f"model: {folder} has no *.safetensors weights")
     params = dict(model.named_parameters())
     rename = getattr(model, "checkpoint_name_map", lambda name: name)
+    convert = getattr(model, "convert_checkpoint_tensor", lambda target, tensor: tensor)
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     # names first, tensors after: a checkpoint that does not fit fails before gigabytes are read
     plan: dict[Path, list[tuple[str, str]]] = {}  # file -> (checkpoint name, parameter name)
-    unexpected = []
+    unexpected, wrong_shape, head = [], [], None
     for f in files:
         with safe_open(f, framework="pt") as st:
             for name in st.keys():
                 target = rename(name)
+                if tied and target == "lm_head.weight":
+                    head = (f, name, st.get_slice(name).get_shape())  # unused unless the embedding is missing
+                    continue
                 if target is None or _unused_on_purpose(target, tied):
                     continue
                 if target not in params:  # dropping it silently would change the model (a bias, a layer)
                     unexpected.append(name)
-                else:
-                    plan.setdefault(f, []).append((name, target))
+                    continue
+                # copy_ would broadcast a [1] tensor into a [64] one without a word, and fail on other
+                # mismatches with an error naming no tensor; a meta tensor checks the shape, reading no data
+                shape = convert(target, torch.empty(st.get_slice(name).get_shape(), device="meta")).shape
+                if shape != params[target].shape:
+                    wrong_shape.append(f"{name} has shape {list(shape)}, expected {list(params[target].shape)}")
+                plan.setdefault(f, []).append((name, target))
+    embedding = next((n for n, p in params.items() if p is model.lm_head.weight), None) if tied else None
+    if head is not None and embedding not in {target for pairs in plan.values() for _, target in pairs}:
+        # a tied checkpoint may keep the shared tensor under the head's name only (safetensors'
+        # save_model does): it is the embedding, and transformers loads it as such
+        f, name, shape = head
+        if list(shape) != list(params[embedding].shape):
+            wrong_shape.append(f"{name} has shape {list(shape)}, expected {list(params[embedding].shape)}")
+        plan.setdefault(f, []).append((name, embedding))
+    if wrong_shape:
+        raise ValueError(f"model: {folder} has weights that do not fit its config.json: {wrong_shape[:5]}")
     if unexpected:
         unexpected.sort()
         raise ValueError(f"model: {folder} has weights this model does not use: "
@@ -142,7 +161,6 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     missing = sorted(absent - _zero_if_absent(params))
     if missing:
         raise ValueError(f"model: {folder} lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    convert = getattr(model, "convert_checkpoint_tensor", lambda target, tensor: tensor)
     with torch.no_grad():
         for name in absent:
             params[name].zero_()
