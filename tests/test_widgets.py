@@ -75,6 +75,47 @@ def test_cost_playground_table_counts_every_request():
     assert row.cost_usd == pytest.approx(usage_cost("gpt-4.1", 801_000, 300_000, cached_tokens=400_500))
 
 
+def _kv_run(pg) -> tuple[int, dict, int]:
+    """Preemptions, summary and prefill tokens computed of the kv playground's last simulation."""
+    result = pg.results["simulator"]
+    return (sum(s.num_preempted for s in result.steps), result.summary(),
+            sum(s.prefill_tokens for s in result.steps))
+
+
+def test_kv_cache_playground_fewer_blocks_preempt_more_and_finish_slower():
+    pg = widgets.kv_cache_playground()
+    pg.controls["prefix_len"].value = 0  # no sharing: the cache size alone decides
+    seen = {}
+    for blocks in (512, 128, 64, 48):
+        pg.controls["num_blocks"].value = blocks
+        seen[blocks] = _kv_run(pg)
+        kv = pg.figures["kv"]
+        assert f"capacity = {blocks}" in {t.name for t in kv.data}  # the pool's line moves with the slider
+        assert max(max(t.y) for t in kv.data) <= blocks
+        assert f"<b>{seen[blocks][0]}</b> preemptions" in pg.status.value
+    preempted = [seen[b][0] for b in (512, 128, 64, 48)]
+    throughput = [seen[b][1]["output_throughput"] for b in (512, 128, 64, 48)]
+    assert preempted == sorted(preempted) and preempted[0] == 0 < preempted[-1]
+    assert throughput == sorted(throughput, reverse=True) and throughput[-1] < throughput[0]
+    assert all(s["completed"] == 32 for _, s, _ in seen.values())  # slower, never lost
+
+
+def test_kv_cache_playground_prefix_caching_cuts_ttft_only_with_a_shared_prefix():
+    pg = widgets.kv_cache_playground()
+    pg.controls["num_blocks"].value = 512  # room for everyone: no preemption muddies the comparison
+    seen = {}
+    for prefix in (0, 256):
+        pg.controls["prefix_len"].value = prefix
+        for caching in (True, False):
+            pg.controls["prefix_caching"].value = caching
+            seen[prefix, caching] = _kv_run(pg)
+    assert seen[256, True][1]["mean_ttft_ms"] < seen[256, False][1]["mean_ttft_ms"]
+    assert seen[256, True][2] < seen[256, False][2]  # the shared prefix is computed once, not per request
+    # nothing shared, nothing to reuse: the same run either way
+    assert seen[0, True][1]["mean_ttft_ms"] == seen[0, False][1]["mean_ttft_ms"]
+    assert seen[0, True][2] == seen[0, False][2]
+
+
 def _accounted_once(result, status_html: str, ids: list[str], max_tokens: int) -> tuple[list, list]:
     """Every request of the workload exactly once, each ended ok (a whole answer) or with its error;
     the playground's status line counts what the result holds."""
