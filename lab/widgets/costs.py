@@ -1,0 +1,62 @@
+"""`cost_playground()`: requests, tokens per request, cached share and batch API against every
+provider's prices."""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from lab import viz
+from lab.widgets._common import (
+    Playground,
+    replace_figure,
+)
+
+
+def cost_playground(*, prices=None) -> Playground:
+    """Requests per month, tokens per request, cached share and batch API against every provider's
+    prices; the bars and the table update at once."""
+    from lab.cost import TokenCounts, cost_table, load_prices
+
+    prices = prices or load_prices()
+    providers = sorted({r.provider for r in prices.rows})
+    style = {"description_width": "initial"}
+    controls = {
+        "requests": widgets.IntText(value=100_000, description="requests", style=style),
+        "prompt_tokens": widgets.IntSlider(value=800, min=50, max=8000, step=50, description="prompt tokens",
+                                           style=style),
+        "output_tokens": widgets.IntSlider(value=300, min=50, max=4000, step=50, description="output tokens",
+                                           style=style),
+        "cached_fraction": widgets.FloatSlider(value=0.0, min=0, max=1, step=0.05, description="cached share",
+                                               readout_format=".0%", style=style),
+        "batch": widgets.Checkbox(value=False, description="batch API (24 h)"),
+        "providers": widgets.SelectMultiple(options=providers, value=tuple(providers), description="providers",
+                                            rows=min(6, len(providers)), style=style),
+    }
+    # sliders start at 50 in steps of 50 (from 1 their maximum was out of reach); the exact count goes
+    # through code: pg.controls["prompt_tokens"].value = 123
+    figures = {"cost": go.FigureWidget()}
+    status = widgets.HTML()
+
+    def on_change(_=None):
+        c = controls
+        requests = max(1, int(c["requests"].value))
+        counts = TokenCounts(requests, requests * c["prompt_tokens"].value, requests * c["output_tokens"].value)
+        frame = cost_table(counts, cached_fraction=c["cached_fraction"].value, batch=c["batch"].value, prices=prices)
+        frame = frame[frame["provider"].isin(c["providers"].value)]
+        pg.results["frame"] = frame
+        replace_figure(figures["cost"], viz.cost_bars(frame, title=f"Cost of {requests:,} requests (USD)"))
+        cheapest = frame.dropna(subset=["cost_usd"]).head(3)
+        status.value = "cheapest: " + ", ".join(
+            f"{html.escape(r.provider)} {html.escape(r.model)} ${r.cost_usd:,.2f}" for r in cheapest.itertuples())
+
+    for control in controls.values():
+        control.observe(on_change, names="value")
+    rows = [widgets.HBox([controls["requests"], controls["prompt_tokens"], controls["output_tokens"]]),
+            widgets.HBox([controls["cached_fraction"], controls["batch"], controls["providers"]]), status,
+            figures["cost"]]
+    pg = Playground(controls, figures, status, rows)
+    on_change()
+    return pg
