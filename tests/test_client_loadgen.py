@@ -295,6 +295,40 @@ def test_reasoning_tokens_are_timed_and_an_empty_stream_is_a_failure():
     assert empty.status == "error" and "without a single token" in empty.error  # not a 0-token success
 
 
+def test_a_stream_cut_after_a_retry_records_the_retry():
+    import asyncio
+
+    from lab.client import AsyncClient, RetryPolicy
+    from lab.client.loadgen import arun_workload
+    from lab.workload import RequestSpec, Workload
+
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(503, json={"error": {"message": "busy"}})  # retried: nothing streamed yet
+
+        async def body():
+            yield f"data: {json.dumps(_chat_chunk(content='A'))}\n\n".encode()
+            raise httpx.ReadError("connection lost")  # then cut: not retried, the caller has a part
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    async def run():
+        client = AsyncClient(base_url="http://test/v1", api_key="sk-test-123456", transport=httpx.MockTransport(handler),
+                             retry=RetryPolicy(max_retries=0, initial_delay=0.0, max_delay=0.0))
+        try:
+            work = Workload([RequestSpec("r0", 0.0, prompt="hi", output_len=4)])
+            return await arun_workload(client, work, model="m", endpoint="chat", max_retries=2)
+        finally:
+            await client.close()
+
+    r = asyncio.run(run()).requests[0]
+    assert r.status == "error" and "StreamInterruptedError" in r.error and len(calls) == 2
+    assert r.retries == 1, "the retry before the first chunk happened and is counted"
+
+
 def test_run_workload_refuses_a_client_whose_own_limits_would_queue_inside_the_clock():
     from lab.client import Client, run_workload
     from lab.workload import synthetic
