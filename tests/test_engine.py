@@ -387,6 +387,14 @@ def test_unknown_policy_rejected():
         EngineConfig(policy="fifo")
 
 
+def test_max_model_len_beyond_the_models_context_rejected(tiny_llama):
+    context = make_llm(tiny_llama).engine.model_config.max_position_embeddings
+    # it used to be cut to the model's context without a word
+    with pytest.raises(ValueError, match=rf"max_model_len: {context + 1} exceeds .*allowed: at most {context}"):
+        make_llm(tiny_llama, max_model_len=context + 1)
+    assert make_llm(tiny_llama, max_model_len=context // 2).engine.config.max_model_len == context // 2
+
+
 def test_unknown_engine_argument_rejected(tiny_llama):
     with pytest.raises(TypeError, match="unknown argument"):
         make_llm(tiny_llama, max_batch=3)

@@ -46,7 +46,13 @@ class Engine:
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.device = device
-        if config.max_model_len is None or config.max_model_len > model_config.max_position_embeddings:
+        if config.max_model_len is not None and config.max_model_len > model_config.max_position_embeddings:
+            # as vLLM: positions past the model's context were never trained; clamping would hide that
+            # the limit asked for is not the one in force
+            raise ValueError(f"max_model_len: {config.max_model_len} exceeds this model's context "
+                             f"(max_position_embeddings={model_config.max_position_embeddings}); allowed: at most "
+                             f"{model_config.max_position_embeddings}, or None for the model's own")
+        if config.max_model_len is None:
             # a copy: the caller's config may serve a simulation too, which must keep its own limit
             config = replace(config, max_model_len=model_config.max_position_embeddings)
         self.config = config
