@@ -48,6 +48,10 @@ def test_fault_options(capsys):
     assert "argument --fault: a probability must be in [0, 1], got 2" in _parse_error(capsys, "--fault", "429=2")
     with pytest.raises(ValueError, match="^--fault: the probabilities sum to 1.2, more than 1"):
         _faults(_parse("--fault", "429=0.6", "--fault", "503=0.6"))
+    # before: refused as "the probabilities sum to 1, more than 1" (0.34 + 0.56 + 0.1 is 1.0000000000000002
+    # in floating point), though FaultConfig and PUT /admin/faults take the same rates
+    cfg = _faults(_parse("--fault", "429=0.34", "--fault", "500=0.56", "--fault", "503=0.1"))
+    assert cfg.error_rates == {429: 0.34, 500: 0.56, 503: 0.1}
 
 
 def test_cut_and_stall_options(capsys):

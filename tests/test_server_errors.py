@@ -245,3 +245,33 @@ def test_no_max_tokens_fits_a_small_kv_cache():
 def test_fault_header_values_are_checked(http, value):
     r = http.post("/completions", json=COMP, headers={"x-lab-fault": value})
     assert _error(r, 400, "x-lab-fault")["message"].startswith("x-lab-fault: unknown fault")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(requests_per_minute=0), ValueError, r"^requests_per_minute: must be an integer >= 1 or None"),
+    (dict(tokens_per_minute="100"), ValueError, r"^tokens_per_minute: must be an integer >= 1 or None"),
+    (dict(requests_per_minute=True), ValueError, r"^requests_per_minute: must be an integer >= 1 or None"),
+    (dict(shutdown_timeout_s=-1), ValueError, r"^shutdown_timeout_s: must be a finite number of seconds >= 0"),
+    (dict(faults={"error_rates": {429: 0.1}}), TypeError, r"^faults: must be a FaultConfig or None, got dict"),
+    (dict(log_level="loud"), Exception, None),  # uvicorn's own refusal (a KeyError), after the engine started
+])
+def test_a_refused_serve_argument_leaves_the_engine_free(kwargs, error, message):
+    # before: these were refused after serve() had started the engine thread, which kept driving the
+    # engine, so every later serve() of that LLM failed with "another AsyncEngine already drives it"
+    llm = tiny_llm("refused")
+    with pytest.raises(error, match=message):
+        serve(llm=llm, **kwargs).__enter__()
+    with serve(llm=llm) as server:
+        assert httpx.post(server.url + "/completions", json=COMP, timeout=30).status_code == 200
+
+
+def test_405_names_the_allowed_methods(http):
+    r = http.get("/completions")
+    assert _error(r, 405, None) and r.headers["allow"] == "POST"  # before: the Allow header was dropped
+
+
+def test_a_fractional_shutdown_timeout_is_not_cut_to_zero():
+    # before: int(0.5) gave uvicorn no grace at all: every close logged "timeout graceful shutdown
+    # exceeded" as an error and cancelled the handlers still writing their answers
+    with serve(llm=tiny_llm("refused"), shutdown_timeout_s=0.5) as server:
+        assert server._uvicorn.config.timeout_graceful_shutdown >= 0.5

@@ -295,3 +295,28 @@ def test_a_non_streamed_hang_up_is_counted_as_client_gone(server, http, monkeypa
     with pytest.raises(httpx.ReadTimeout):
         http.post("/completions", json={**COMP, "max_tokens": 100}, timeout=httpx.Timeout(30, read=0.3))
     assert wait_until(lambda: _metric(server, gone) == before + 1, timeout_s=10)
+
+
+def test_admin_faults_names_an_unknown_setting(server, http):
+    # before: FaultConfig's TypeError, "FaultConfig.__init__() got an unexpected keyword argument ...",
+    # under param "faults", with no word of the settings there are
+    r = http.put(server.base + "/admin/faults", json={"latency_s": 0.1, "cut_chunks": 2})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["param"] == "cut_chunks", r.text
+    assert err["message"].startswith("cut_chunks: not a fault setting; allowed: error_rates, latency_s, cut_rate")
+    r = http.put(server.base + "/admin/faults", content=b"{latency_s: 1}")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("faults: the body is not valid JSON")
+    assert server.faults is None
+
+
+def test_a_stalled_stream_ends_when_the_client_leaves(server, http):
+    gone = 'lab_requests_total{finish_reason="client_gone"}'
+    before = _metric(server, gone)
+    with pytest.raises(httpx.ReadTimeout):
+        with http.stream("POST", "/completions", json={**COMP, "max_tokens": 200, "stream": True},
+                         headers={"x-lab-fault": "stall:60"}, timeout=httpx.Timeout(30, read=0.3)) as r:
+            for _ in r.iter_lines():
+                pass
+    # the handler stops at once, not after the 60 s stall: counted, its blocks freed
+    assert wait_until(lambda: _metric(server, gone) == before + 1, timeout_s=5)
+    assert wait_until(lambda: tiny_llm().engine.block_manager.num_used == 0, 3.0)

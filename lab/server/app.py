@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -25,6 +25,8 @@ from lab.server.protocol import ChatCompletionRequest, CompletionRequest
 from lab.server.ratelimit import RateLimiter
 from lab.server.request_id import STATE_KEY, RequestIdMiddleware, new_request_id
 from lab.server.responses import Admitted, full_response, pause, stream_events
+
+FAULT_FIELDS = tuple(f.name for f in fields(FaultConfig))
 
 
 @dataclass(slots=True)
@@ -87,12 +89,18 @@ def build_app(state: ServerState) -> FastAPI:
         authenticate(request.headers.get("authorization"), state.config.api_keys)
         raw = await _read_body(request, state.config.max_body_bytes)
         try:
-            body = json.loads(raw) if raw.strip() else None  # an empty body, like `null`: faults off
+            try:
+                body = json.loads(raw) if raw.strip() else None  # an empty body, like `null`: faults off
+            except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                raise ValueError(f"faults: the body is not valid JSON ({exc})") from None
             if body is not None and not isinstance(body, dict):
                 raise ValueError(f"faults: the body must be a JSON object of FaultConfig fields or null, "
                                  f"got {type(body).__name__}")
+            unknown = next((k for k in body or {} if k not in FAULT_FIELDS), None)
+            if unknown is not None:  # else FaultConfig's TypeError, "__init__() got an unexpected keyword"
+                raise ValueError(f"{unknown}: not a fault setting; allowed: {', '.join(FAULT_FIELDS)}")
             cfg = None if body is None else FaultConfig(**body)
-        except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        except (TypeError, ValueError) as exc:
             raise bad_request(ValueError(str(exc)), default_param="faults") from None
         state.faults = FaultInjector(cfg)
         return {"faults": None if cfg is None else asdict(cfg)}

@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from lab._checks import is_int, is_number
 
 
 @dataclass(slots=True)
@@ -28,5 +31,14 @@ class ServerConfig:
         self.api_keys = [k for k in (self.api_keys or []) if k]
         for name in ("max_queued_requests", "max_body_bytes", "trace_limit"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not is_int(value, numpy=False) or value < 1:
                 raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+        # checked here, before serve() starts an engine thread: a bad value found later left that
+        # thread driving the engine, and the LLM could not be served again in this process
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value, numpy=False) or value < 1):
+                raise ValueError(f"{name}: must be an integer >= 1 or None (no limit), got {value!r}")
+        if not is_number(self.shutdown_timeout_s, numpy=False) or not math.isfinite(self.shutdown_timeout_s) \
+                or self.shutdown_timeout_s < 0:
+            raise ValueError(f"shutdown_timeout_s: must be a finite number of seconds >= 0, got {self.shutdown_timeout_s!r}")

@@ -96,4 +96,5 @@ def install_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404:
             message = f"{request.url.path}: no such route (the API is under /v1)"
-        return APIError(exc.status_code, message).response()
+        # its headers too: a 405 must say which methods the route takes (`Allow`)
+        return APIError(exc.status_code, message, headers=dict(exc.headers or {})).response()

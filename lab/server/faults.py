@@ -64,7 +64,7 @@ class FaultConfig:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name}: a probability must be in [0, 1], got {p}")
         if sum(rates.values()) > 1.0 + 1e-9:
-            raise ValueError(f"error_rates: probabilities sum to {sum(rates.values())}, more than 1")
+            raise ValueError(f"error_rates: probabilities sum to {sum(rates.values()):g}, more than 1")
         for name in ("latency_s", "stall_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0 seconds, got {getattr(self, name)}")

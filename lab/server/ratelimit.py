@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from lab._checks import is_int
 from lab.server.errors import APIError
 
 MAX_IDLE_BUCKETS = 10_000  # an open server keys buckets by client address: forget idle ones
@@ -43,7 +44,7 @@ class RateLimiter:
     def __init__(self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
                  clock=time.monotonic):
         for name, v in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and (not is_int(v, numpy=False) or v < 1):  # True is an int, not a limit
                 raise ValueError(f"{name}: must be an integer >= 1 or None (no limit), got {v!r}")
         self.rpm, self.tpm, self.clock = requests_per_minute, tokens_per_minute, clock
         self.buckets: dict[tuple[str, str], Bucket] = {}

@@ -5,6 +5,7 @@ and leaving the `with` block stops uvicorn and the engine thread and releases th
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -39,25 +40,34 @@ class Server:
         self.llm, self.config = llm, config
         folder = Path(llm.model_path) if llm.model_path is not None else bundled_model_dir()
         self.model_name = config.served_model_name or folder.name
+        _check_faults(faults)
+        # everything that can refuse an argument, before the engine thread starts: a failure after
+        # it left that thread driving the engine, so the LLM could never be served again
+        injector = FaultInjector(faults)
+        limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
         self.engine = AsyncEngine(llm.engine, config.trace_limit).start()
-        self.state = ServerState(self.engine, config, self.model_name, FaultInjector(faults),
-                                 RateLimiter(config.requests_per_minute, config.tokens_per_minute),
-                                 ServerMetrics(lambda: self.engine.stats), int(time.time()))
-        self.app = build_app(self.state)
-        quiet_injected_cuts()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock = None
         try:
-            self._sock.bind((host, port))
-        except OSError as exc:
+            self.state = ServerState(self.engine, config, self.model_name, injector, limiter,
+                                     ServerMetrics(lambda: self.engine.stats), int(time.time()))
+            self.app = build_app(self.state)
+            quiet_injected_cuts()
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._sock = socket.socket(family, socket.SOCK_STREAM)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self._sock.bind((host, port))
+            except OSError as exc:
+                raise OSError(f"port: cannot listen on {host}:{port} ({exc.strerror}); pick another or 0") from None
+            self.host, self.port = host, self._sock.getsockname()[1]
+            uv_config = uvicorn.Config(self.app, log_level=log_level, lifespan="off",
+                                       timeout_graceful_shutdown=math.ceil(config.shutdown_timeout_s))
+            self._uvicorn = uvicorn.Server(uv_config)
+        except BaseException:
             self.engine.stop()
-            self._sock.close()
-            raise OSError(f"port: cannot listen on {host}:{port} ({exc.strerror}); pick another or 0") from None
-        self.host, self.port = host, self._sock.getsockname()[1]
-        uv_config = uvicorn.Config(self.app, log_level=log_level, lifespan="off",
-                                   timeout_graceful_shutdown=int(config.shutdown_timeout_s))
-        self._uvicorn = uvicorn.Server(uv_config)
+            if self._sock is not None:
+                self._sock.close()
+            raise
         self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._sock]},
                                         name="lab-uvicorn", daemon=True)
         self._thread.start()
@@ -89,6 +99,7 @@ class Server:
 
     @faults.setter
     def faults(self, config: FaultConfig | None) -> None:
+        _check_faults(config)
         self.state.faults = FaultInjector(config)  # a fresh seeded generator: the same faults again
 
     def close(self) -> None:
@@ -105,6 +116,12 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_faults(faults) -> None:
+    if faults is not None and not isinstance(faults, FaultConfig):
+        raise TypeError(f"faults: must be a FaultConfig or None, got {type(faults).__name__} "
+                        "(FaultConfig(**fields) turns a dict into one)")
 
 
 def start_server(model=None, port: int = 0, api_keys=None, faults: FaultConfig | None = None,
