@@ -7,15 +7,82 @@ this file only assembles them.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+from pathlib import Path
 
 from lab._checks import positive_int_arg
 
+SEED_MAX = 2**63 - 1  # the engine's torch.Generator takes no more
+
+
+def number_arg(low: float = 0.0, *, low_ok: bool = False, high: float = math.inf, high_ok: bool = False,
+               inf_ok: bool = False, integer: bool = False):
+    """argparse type: a number in the range (low, high), ends included where *_ok, inf only with
+    inf_ok, never NaN. A bad value exits 2 with `argument --flag: must be ...`, before anything runs."""
+    if inf_ok:
+        high, high_ok = math.inf, True
+
+    def fmt(x):
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    kind = "an integer" if integer else "a number" if inf_ok or high < math.inf else "a finite number"
+    rule = kind + (f" >= {fmt(low)}" if low_ok else f" > {fmt(low)}") + (
+        " (or inf)" if inf_ok else "" if high == math.inf else f" and {'<=' if high_ok else '<'} {fmt(high)}")
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or not (value >= low if low_ok else value > low) or not (
+                value <= high if high_ok else value < high):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"  # argparse's fallback wording, if ever used
+    return parse
+
+
+seed_arg = number_arg(0, low_ok=True, high=SEED_MAX, high_ok=True, integer=True)
+
+
+def check_output_path(option: str, path: str | os.PathLike | None, *, create_parent: bool = False) -> None:
+    """Fail before a long run, not after it, where its output file could not be written: a folder that
+    does not exist (unless create_parent), a folder in the file's place, an empty name."""
+    if path is None:
+        return
+    if not os.fspath(path):
+        raise ValueError(f"{option}: an empty path; give a file name")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option}: {str(path)!r} is a folder; give a file name inside it")
+    parent = path.parent
+    if create_parent:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # "[Errno 17] File exists: 'x'" for a file in the way said neither what nor why
+            raise type(e)(f"{option}: cannot create the folder {str(parent)!r}: {e.strerror}") from None
+    elif parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(f"{option}: {str(parent)!r} is a file, not a folder")
+    elif not parent.is_dir():
+        raise FileNotFoundError(f"{option}: the folder {str(parent)!r} does not exist; create it first "
+                                f"or write somewhere else")
+
 
 def demo_main(args: argparse.Namespace) -> int:
-    from lab.demo import run_demo, summary_table, write_report
+    import dataclasses
 
+    from lab.demo import run_demo, summary_table, write_report
+    from lab.engine.config import EngineConfig
+
+    # the demo keeps the engine's default max_num_batched_tokens, which caps the batch
+    limit = next(f.default for f in dataclasses.fields(EngineConfig) if f.name == "max_num_batched_tokens")
+    if args.max_num_seqs > limit:  # the engine's message named max_num_batched_tokens, not an option of demo
+        raise ValueError(f"--max-num-seqs: must be <= {limit} (the tokens an engine step takes), "
+                         f"got {args.max_num_seqs}")
+    check_output_path("--report", args.report, create_parent=True)  # before the run, not after it
     where = f"the model in {args.model}" if args.model else "the bundled model"
     print(f"Serving {args.num_requests} requests at {args.rate}/s on {where}, "
           f"first with static, then with continuous batching (max_num_seqs={args.max_num_seqs}) ...")
@@ -30,13 +97,27 @@ def demo_main(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_EXAMPLES = """examples:
+  batching-lab demo                                   # 48 requests at 16/s: about half a minute on 2 cores
+  batching-lab demo --num-requests 16 --rate 8 --report small-demo.html
+  batching-lab demo --max-num-seqs 4 --report demo-4.html
+"""
+
+
 def add_demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="HF-format folder (default: the bundled tiny-shakespeare)")
-    p.add_argument("--num-requests", type=positive_int_arg, default=48)
-    p.add_argument("--rate", type=float, default=16.0, help="mean arrivals per second (Poisson)")
-    p.add_argument("--max-num-seqs", type=positive_int_arg, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report", default="reports/demo.html", help="where to write the HTML report")
+    p.add_argument("--model", default=None,
+                   help="Hugging Face-format model folder (default: the bundled tiny-shakespeare)")
+    p.add_argument("--num-requests", type=positive_int_arg, default=48,
+                   help="requests in the workload, served once per policy (default: %(default)s)")
+    p.add_argument("--rate", type=number_arg(inf_ok=True), default=16.0,
+                   help="mean arrivals per second, Poisson; inf sends them all at once (default: %(default)s)")
+    p.add_argument("--max-num-seqs", type=positive_int_arg, default=16,
+                   help="most requests in a batch, for both policies; at most 2048 (default: %(default)s)")
+    p.add_argument("--seed", type=seed_arg, default=0,
+                   help="seed of the workload (arrivals, prompts, lengths) and of sampling (default: %(default)s)")
+    p.add_argument("--report", default="reports/demo.html",
+                   help="HTML report to write; its folder is created if missing (default: %(default)s)")
+    p.epilog = DEMO_EXAMPLES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate": (add_simulate_args, simulate_main, "simulate a workload on a GPU in virtual time"),
     }
     for name, (add_args, run, help_text) in commands.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # raw: the examples in each epilog keep their lines
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         add_args(p)
         p.set_defaults(run=run)
     return parser
@@ -69,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the run was
+        if os.environ.get("BATCHING_LAB_DEBUG"):
+            raise
+        print(f"\nbatching-lab {args.command}: interrupted{getattr(args, 'interrupt_hint', '')}", file=sys.stderr)
+        return 130  # as a shell reports a process ended by SIGINT
     except (ValueError, MissingAPIKeyError, OSError, APIError) as e:
         if os.environ.get("BATCHING_LAB_DEBUG"):
             raise  # the full traceback, for an error that is a bug rather than a bad option

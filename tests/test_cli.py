@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from lab.cli import build_parser, main
+from lab.client.client import Client as RealClient
 from lab.client.errors import MissingAPIKeyError
 
 
@@ -39,7 +42,8 @@ def test_demo_prints_table_and_writes_report(tiny_llama, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["simulate", "--num-prompts", "2", "--range-ratio", "1.5", "--no-progress"], "error: --range-ratio: "),
+        (["simulate", "--trace", "conv", "--trace-start", "100", "--trace-end", "50", "--no-progress"],
+         "error: --trace-end: must be > --trace-start"),  # --range-ratio 1.5, here before, is the parser's now
         (["simulate", "--num-prompts", "2", "--params", "8B", "--no-progress"], "error: --layers: a custom model"),
         (["serve", "--fault", "429=0.6", "--fault", "500=0.6"], "error: "),  # serve said 1 for its bad options
         (["serve", "--max-num-seqs", "0"], "error: max_num_seqs"),
@@ -93,3 +97,177 @@ def test_debug_shows_the_traceback_for_serve_too(monkeypatch):
     monkeypatch.setenv("BATCHING_LAB_DEBUG", "1")
     with pytest.raises(ValueError, match="--fault: the probabilities sum"):  # serve used to print one line regardless
         main(["serve", "--fault", "429=0.6", "--fault", "500=0.6"])
+
+
+def test_every_option_is_explained_and_examples_are_given():
+    # most options had no help at all (so no default shown either), and no command had an example
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("demo", "bench", "batch", "simulate"):
+        sub = commands[name]
+        unexplained = [a.option_strings or a.dest for a in sub._actions if not a.help]
+        assert not unexplained, f"{name}: {unexplained}"
+        assert sub.epilog and "examples" in sub.epilog and f"batching-lab {name}" in sub.epilog
+        assert f"batching-lab {name}" in sub.format_help().split("examples")[-1]  # kept, lines intact
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--rate", "nan"], ["demo", "--seed", "-1"], ["bench", "--timeout", "0"],
+    ["bench", "--max-retries", "-1"], ["bench", "--burstiness", "nan"], ["batch", "i", "o", "--rpm", "nan"],
+    ["batch", "i", "o", "--tpm", "-5"], ["simulate", "--trace-start", "nan"],
+])
+def test_bad_numbers_exit_2_from_the_parser_naming_the_flag(argv, capsys):
+    # they used to pass the parser: demo printed its banner first, others named a Python parameter
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {argv[-2]}: must be " in err and "Traceback" not in err
+
+
+def _main_uninterrupted(argv):
+    try:
+        return main(argv)
+    except KeyboardInterrupt:  # a failure of this test, not the end of the test session
+        pytest.fail("KeyboardInterrupt escaped main(): a traceback wall on Ctrl-C")
+
+
+def test_ctrl_c_ends_with_one_line_and_status_130(monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module("lab.sim.simulate"), "simulate", interrupted)  # as Ctrl-C mid-run
+    assert _main_uninterrupted(["simulate", "--num-prompts", "2", "--no-progress"]) == 130  # was a traceback wall
+    assert capsys.readouterr().err.strip() == "batching-lab simulate: interrupted"
+    monkeypatch.setenv("BATCHING_LAB_DEBUG", "1")
+    with pytest.raises(KeyboardInterrupt):
+        main(["simulate", "--num-prompts", "2", "--no-progress"])
+
+
+def _mock_client(monkeypatch, handler):
+    """The CLI's clients answered by `handler` (httpx.MockTransport); callable again to swap it."""
+    import httpx
+
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: RealClient(transport=httpx.MockTransport(handler), **kw))
+
+
+def _batch_lines(n):
+    import json
+
+    return "".join(json.dumps({"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+                               "body": {"model": "m", "messages": [{"role": "user", "content": str(i)}]}}) + "\n"
+                   for i in range(n))
+
+
+def _chat_answer(request):
+    import httpx
+
+    return httpx.Response(200, json={"id": "c", "object": "chat.completion", "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]})
+
+
+def test_ctrl_c_in_a_batch_leaves_a_checkpoint_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    import asyncio
+    import json
+    import signal
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(_batch_lines(6))
+    argv = ["batch", str(inp), str(out), "--base-url", "http://h/v1", "--concurrency", "1", "--no-progress"]
+    sent = []
+
+    async def handler(request):
+        sent.append(json.loads(request.content)["messages"][0]["content"])
+        if len(sent) == 3:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while the third request is in flight
+        await asyncio.sleep(0.01)  # as a network would: the run can be cancelled here
+        return _chat_answer(request)
+
+    _mock_client(monkeypatch, handler)
+    assert _main_uninterrupted(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == f"batching-lab batch: interrupted; the records so far are in {out}: the same command resumes the run"
+    kept = [json.loads(line)["custom_id"] for line in out.read_text().splitlines()]
+    assert 2 <= len(kept) <= 3 and kept == [f"q{i}" for i in range(len(kept))]
+    sent.clear()
+    _mock_client(monkeypatch, lambda request: (sent.append(1), _chat_answer(request))[1])
+    assert main(argv) == 0 and len(sent) == 6 - len(kept)
+    assert sorted(json.loads(line)["custom_id"] for line in out.read_text().splitlines()) == [f"q{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("output, message", [
+    ("in.jsonl", "error: output: {d}/in.jsonl is the input file"),
+    ("other.jsonl", "error: output: {d}/other.jsonl, line 1 is not a record of a batch run"),
+    ("binary.jsonl", "error: output: {d}/binary.jsonl is not UTF-8 text"),
+])
+def test_batch_refuses_an_output_file_that_is_not_its_records(output, message, tmp_path, monkeypatch, capsys):
+    # the input file given twice got result records appended to it, then a KeyError traceback; any JSONL
+    # whose lines had no custom_id would have been rewritten without them
+    (tmp_path / "in.jsonl").write_text(_batch_lines(2))
+    (tmp_path / "other.jsonl").write_text(_batch_lines(3))
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    _mock_client(monkeypatch, _chat_answer)
+    assert main(["batch", str(tmp_path / "in.jsonl"), str(tmp_path / output), "--base-url", "http://h/v1",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(d=tmp_path)) and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_batch_input_that_is_not_utf8_is_named(tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b'{"custom_id": "\xff"}\n')
+    assert main(["batch", str(inp), str(tmp_path / "out.jsonl"), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"error: input: {inp} is not UTF-8 text; JSONL files are UTF-8\n"
+
+
+def test_bench_max_retries_is_used(monkeypatch):
+    import httpx
+
+    calls = []
+
+    def busy(request):
+        calls.append(request.url.path)
+        return httpx.Response(503, headers={"retry-after": "0.01"}, json={"error": {"message": "busy"}})
+
+    _mock_client(monkeypatch, busy)
+    argv = ["bench", "--base-url", "http://h/v1", "--model", "m", "--num-prompts", "1", "--max-retries", "2"]
+    assert main(argv) == 1
+    assert calls == ["/v1/completions"] * 3  # one attempt and two retries: the flag was ignored (one attempt)
+    calls.clear()
+    assert main(argv[:-2]) == 1 and len(calls) == 1  # bench's default: single attempts, as vllm bench serve
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--base-url", "http://h/v1", "--num-prompts", "1", "--result-json", "{d}/missing/b.json"],
+    ["bench", "--base-url", "http://h/v1", "--num-prompts", "1", "--result-json", "{d}"],
+    ["batch", "{d}/in.jsonl", "{d}/missing/out.jsonl", "--base-url", "http://h/v1"],
+])
+def test_an_output_that_cannot_be_written_fails_before_any_request(argv, tmp_path, monkeypatch, capsys):
+    # bench ran the whole benchmark, then lost it: "[Errno 2] No such file or directory"
+    (tmp_path / "in.jsonl").write_text(_batch_lines(1))
+    calls = []
+    _mock_client(monkeypatch, lambda request: calls.append(request) or _chat_answer(request))
+    assert main([a.format(d=tmp_path) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert not calls and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"batching-lab {argv[0]}: ") and ("does not exist" in err or "is a folder" in err)
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    # it ran the whole demo (half a minute or more on 2 cores), then failed to write the report
+    (["--report", "{d}"], 1, "batching-lab demo: --report: '{d}' is a folder; give a file name inside it"),
+    (["--report", "{d}/file/r.html"], 1, "batching-lab demo: --report: cannot create the folder '{d}/file': "),
+    # the engine's message named max_num_batched_tokens, which demo has no option for
+    (["--max-num-seqs", "4096"], 2, "error: --max-num-seqs: must be <= 2048"),
+])
+def test_demo_options_it_cannot_use_fail_before_the_run(argv, code, message, tmp_path, monkeypatch, capsys):
+    def never(*a, **k):
+        raise AssertionError("the demo ran")
+
+    monkeypatch.setattr("lab.demo.run_demo", never)
+    (tmp_path / "file").write_text("")
+    assert main(["demo", *(a.format(d=tmp_path) for a in argv)]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(message.format(d=tmp_path)) and len(err.strip().splitlines()) == 1

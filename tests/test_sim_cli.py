@@ -1,6 +1,7 @@
 """`batching-lab simulate`: options parse, a trace window runs, the summary table prints."""
 
 import argparse
+import importlib
 import json
 import re
 
@@ -68,7 +69,6 @@ def test_generated_workload_static_on_l4(capsys):
 @pytest.mark.parametrize(
     "argv, match", [
         (("--goodput", "itl:5"), "--goodput"),
-        (("--range-ratio", "1.5"), "--range-ratio"),
         (("--goodput", "ttft:-5"), r"slo_ms\['ttft'\]: must be a finite number"),  # before the run, not after
         (("--max-requests", "5"), "--max-requests: applies to --trace only"),  # was ignored
         (("--trace", "conv", "--rate", "3"), "--rate: applies to generated workloads only"),  # was ignored
@@ -131,7 +131,7 @@ def test_bad_custom_shapes(argv, match):
 
 @pytest.mark.parametrize("argv", [("--layers", "0"), ("--params", "lots"), ("--head-dim", "1.5"),
                                   ("--block-size", "0"), ("--num-blocks", "0"), ("--input-len", "0"),
-                                  ("--replicas", "0"), ("--max-num-seqs", "-1")])
+                                  ("--replicas", "0"), ("--max-num-seqs", "-1"), ("--range-ratio", "1.5")])
 def test_custom_shape_flags_are_checked_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as info:
         _args(*argv)
@@ -165,3 +165,35 @@ def test_failed_requests_say_why(capsys):
     captured = capsys.readouterr()
     assert code == 1 and re.search(r"Failed requests:\s+5\n", captured.out)
     assert "error (5 requests): max_tokens:" in captured.err and "num_blocks=8" in captured.err
+
+
+@pytest.mark.parametrize("argv, match", [
+    # the workload function's parameters were named instead: "start_s/end_s: ..."
+    (("--trace-start", "1e9"), r"^--trace-start/--trace-end: the window \[1000000000.0, None\) .* holds no requests"),
+    (("--trace-start", "100", "--trace-end", "50"), r"^--trace-end: must be > --trace-start \(100\), got 50$"),
+])
+def test_trace_window_errors_name_the_options(argv, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_main(_args("--trace", "conv", "--no-progress", *argv))
+
+
+@pytest.mark.parametrize("argv", [("--trace-start", "nan"), ("--trace-end", "-1"), ("--rate-scale", "inf"),
+                                  ("--rate", "nan"), ("--rate", "0"), ("--burstiness", "-1"), ("--seed", "-1"),
+                                  ("--range-ratio", "nan"), ("--gpu-memory-utilization", "0"),
+                                  ("--gpu-memory-utilization", "1.5")])
+def test_number_flags_are_checked_by_the_parser(argv, capsys):
+    # they passed the parser and failed later naming a Python parameter (start_s/end_s, rate_scale, ...)
+    with pytest.raises(SystemExit) as info:
+        _args(*argv)
+    assert info.value.code == 2 and f"argument {argv[0]}: must be " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["missing/s.json", "."])
+def test_result_json_that_cannot_be_written_fails_before_the_run(where, tmp_path, monkeypatch):
+    # a missing folder (or a folder in the file's place) failed after the whole simulation, losing it
+    def never(*a, **k):
+        raise AssertionError("the simulation ran")
+
+    monkeypatch.setattr(importlib.import_module("lab.sim.simulate"), "simulate", never)
+    with pytest.raises(OSError, match="^--result-json: "):
+        simulate_main(_args("--num-prompts", "2", "--no-progress", "--result-json", str(tmp_path / where)))

@@ -8,21 +8,44 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from lab._checks import positive_int_arg
+from lab.cli import check_output_path, number_arg, seed_arg
 from lab.client.loadgen import ENDPOINTS
 from lab.client.providers import PROVIDERS
 from lab.metrics import format_summary
 
+BENCH_EXAMPLES = """examples (a server first, in another terminal: batching-lab serve --port 8000):
+  batching-lab bench --base-url http://127.0.0.1:8000/v1 --num-prompts 20 --rate 4
+  batching-lab bench --base-url http://127.0.0.1:8000/v1 --num-prompts 50 --max-concurrency 8 \\
+      --input-len 16 --output-len 64 --result-json bench.json
+  batching-lab bench --base-url http://127.0.0.1:8000/v1 --num-prompts 10 --endpoint chat
+"""
 
-def _add_connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-url", help="e.g. http://127.0.0.1:8000/v1 (default: the provider's)")
-    parser.add_argument("--provider", choices=sorted(PROVIDERS), help="preset base URL and key variable")
-    parser.add_argument("--api-key", help="prefer the provider's environment variable (shell history keeps this)")
-    parser.add_argument("--model", help="model name (bench default: the server's first model)")
-    parser.add_argument("--max-retries", type=int, default=None)
-    parser.add_argument("--timeout", type=float, default=None, help="seconds for each phase (connect/read/...)")
+BATCH_EXAMPLES = """examples (a server first, in another terminal: batching-lab serve --port 8000):
+  printf '%s\\n' '{"custom_id": "q1", "method": "POST", "url": "/v1/completions", "body": {"prompt": "To be", "max_tokens": 16}}' > requests.jsonl
+  batching-lab batch requests.jsonl results.jsonl --base-url http://127.0.0.1:8000/v1 --model tiny-shakespeare
+  batching-lab batch requests.jsonl results.jsonl --base-url http://127.0.0.1:8000/v1 --model tiny-shakespeare --retry-errors
+
+Ctrl-C stops a run; the records written so far stay in the output file, and the same command resumes it.
+"""
+
+
+def _add_connection_args(parser: argparse.ArgumentParser, model_help: str, retries_help: str) -> None:
+    parser.add_argument("--base-url", help="the API's URL, e.g. http://127.0.0.1:8000/v1 (default: the "
+                        "--provider's; with neither, the local server at http://127.0.0.1:8000/v1)")
+    parser.add_argument("--provider", choices=sorted(PROVIDERS),
+                        help="a preset base URL and API-key environment variable (default: local)")
+    parser.add_argument("--api-key", help="the API key (default: the provider's environment variable, which "
+                        "is better: shell history keeps this)")
+    parser.add_argument("--model", help=model_help)
+    parser.add_argument("--max-retries", type=number_arg(0, low_ok=True, integer=True), default=None,
+                        help=retries_help)
+    parser.add_argument("--timeout", type=number_arg(), default=None,
+                        help="seconds each phase of a request may take: connect, read, write "
+                             "(default: 5 to connect, 120 for the others)")
 
 
 def _client_from(args, **kw):
@@ -38,32 +61,51 @@ def _client_from(args, **kw):
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    _add_connection_args(parser)
-    parser.add_argument("--num-prompts", type=positive_int_arg, default=100)
-    parser.add_argument("--rate", type=float, default=math.inf, help="requests per second (default: inf)")
-    parser.add_argument("--burstiness", type=float, default=1.0, help="1 = Poisson; < 1 burstier")
-    parser.add_argument("--input-len", type=positive_int_arg, default=32, help="prompt tokens per request (synthetic text)")
+    _add_connection_args(parser, "model name (default: the first model the server lists)",
+                         "retries of a failed request (default: 0, single attempts, as vllm bench serve)")
+    parser.add_argument("--num-prompts", type=positive_int_arg, default=100,
+                        help="requests to send (default: %(default)s)")
+    parser.add_argument("--rate", type=number_arg(inf_ok=True), default=math.inf,
+                        help="requests per second; inf sends them all at once (default: %(default)s)")
+    parser.add_argument("--burstiness", type=number_arg(inf_ok=True), default=1.0,
+                        help="shape of the gaps between arrivals: 1 = Poisson, < 1 burstier, > 1 more even, "
+                             "inf evenly spaced (default: %(default)s)")
+    parser.add_argument("--input-len", type=positive_int_arg, default=32,
+                        help="prompt length in words of synthetic text, about one token each in BPE "
+                             "vocabularies (default: %(default)s)")
     parser.add_argument("--output-len", type=positive_int_arg, default=32,
                         help="max_tokens per request (with ignore_eos where the server accepts it: local, vllm "
-                             "or a base URL of no known provider)")
+                             "or a base URL of no known provider) (default: %(default)s)")
     parser.add_argument("--endpoint", choices=list(ENDPOINTS), default="completions",
                         help="completions: /completions with a text prompt; chat: /chat/completions with one "
-                             "user message (for chat-only APIs such as OpenAI's and DeepSeek's)")
-    parser.add_argument("--max-concurrency", type=positive_int_arg, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--result-json", help="also write the summary here")
+                             "user message (for chat-only APIs such as OpenAI's and DeepSeek's) "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-concurrency", type=positive_int_arg, default=None,
+                        help="most requests in flight; later arrivals wait (default: no limit)")
+    parser.add_argument("--seed", type=seed_arg, default=0,
+                        help="seed of the arrivals and prompts (default: %(default)s)")
+    parser.add_argument("--result-json", help="also write the summary to this JSON file (default: none)")
+    parser.epilog = BENCH_EXAMPLES
     return parser
 
 
 def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("input", help="JSONL in OpenAI Batch API format (custom_id, method, url, body)")
-    parser.add_argument("output", help="JSONL of results; rerunning with the same file resumes")
-    _add_connection_args(parser)
-    parser.add_argument("--concurrency", type=positive_int_arg, default=16)
-    parser.add_argument("--rpm", type=float, default=None, help="requests per minute limit")
-    parser.add_argument("--tpm", type=float, default=None, help="tokens per minute limit (estimated)")
-    parser.add_argument("--retry-errors", action="store_true", help="rerun inputs whose record is an error")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("input", help="JSONL in OpenAI Batch API format (custom_id, method, url, body), or "
+                        "one request body a line")
+    parser.add_argument("output", help="JSONL of results, one record a line, appended as requests complete; "
+                        "rerunning with the same file resumes")
+    _add_connection_args(parser, "model for the lines whose body names none (default: none; most servers refuse such a request)",
+                         "retries of a failed request (default: 2)")
+    parser.add_argument("--concurrency", type=positive_int_arg, default=16,
+                        help="requests in flight at once (default: %(default)s)")
+    parser.add_argument("--rpm", type=number_arg(), default=None,
+                        help="requests per minute limit (default: no limit)")
+    parser.add_argument("--tpm", type=number_arg(), default=None,
+                        help="tokens per minute limit, estimated from prompt and max_tokens (default: no limit)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="also rerun the inputs whose record in the output file is an error")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.epilog = BATCH_EXAMPLES
     return parser
 
 
@@ -73,28 +115,70 @@ def bench_main(args) -> int:
 
     workload = synthetic(args.num_prompts, rate=args.rate, prompt_lens=args.input_len,
                          output_lens=args.output_len, burstiness=args.burstiness, seed=args.seed, name="bench")
+    check_output_path("--result-json", args.result_json)  # before the run, not after it
     with _client_from(args) as client:
-        result = run_workload(client, workload, args.max_concurrency, model=args.model, endpoint=args.endpoint)
+        # run_workload makes single attempts unless told otherwise: --max-retries was ignored
+        result = run_workload(client, workload, args.max_concurrency, model=args.model, endpoint=args.endpoint,
+                              max_retries=args.max_retries or 0)
     summary = result.summary()
     print(format_summary(summary))
     errors = sorted({r.error for r in result.requests if r.error})
     for err in errors[:5]:
         print(f"error: {err}", file=sys.stderr)
-    if args.result_json:
+    if args.result_json is not None:
         with open(args.result_json, "w", encoding="utf-8") as f:
             json.dump({"summary": summary, "label": result.label}, f, indent=2)
     return 0 if summary["failed"] == 0 else 1
 
 
+# how every record run_batch writes begins: a line cut short by a killed run still does
+_RECORD_START = '{"id": "batch_req_'
+
+
+def _check_batch_output(output: str, input: str) -> None:
+    """The output file must be new or a file of batch records: run_batch appends to it and, to resume,
+    skips the inputs it has records for; a line that is no record would be dropped when it rewrites it."""
+    check_output_path("output", output)
+    if not os.path.exists(output):
+        return
+    if os.path.exists(input) and os.path.samefile(input, output):
+        raise ValueError(f"output: {output} is the input file; give another file for the results")
+    try:
+        with open(output, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    text = line.rstrip("\n")
+                    if text.startswith(_RECORD_START) or _RECORD_START.startswith(text):
+                        continue  # torn by a killed run: that request runs again
+                    rec = None
+                if not (isinstance(rec, dict) and "custom_id" in rec and "error" in rec
+                        and (rec["error"] is None or isinstance(rec["error"], dict))):
+                    raise ValueError(f"output: {output}, line {n} is not a record of a batch run; give a new "
+                                     f"file, or the output of an earlier run to resume it")
+    except UnicodeDecodeError:
+        raise ValueError(f"output: {output} is not UTF-8 text, so not the output of a batch run; "
+                         f"give a new file") from None
+
+
 def batch_main(args) -> int:
     from lab.client.batch import load_requests, run_batch
 
-    requests = load_requests(args.input)
+    try:
+        requests = load_requests(args.input)
+    except UnicodeDecodeError:  # its message named neither the file nor the problem
+        raise ValueError(f"input: {args.input} is not UTF-8 text; JSONL files are UTF-8") from None
+    _check_batch_output(args.output, args.input)
     if args.model:  # fill in the model where a line leaves it out
         for item in requests:
             body = item.get("body", item)
             if isinstance(body, dict):  # a body of another type is left for run_batch to name
                 body.setdefault("model", args.model)
+    # each record is flushed as it completes: after Ctrl-C the file holds those that did
+    args.interrupt_hint = f"; the records so far are in {args.output}: the same command resumes the run"
     with _client_from(args, rpm=args.rpm, tpm=args.tpm) as client:
         records = run_batch(client, requests, concurrency=args.concurrency, checkpoint=args.output,
                             progress=not args.no_progress, retry_errors=args.retry_errors)
@@ -102,7 +186,8 @@ def batch_main(args) -> int:
     print(f"{len(records) - len(failed)} succeeded, {len(failed)} failed; records in {args.output}")
     by_type: dict[str, int] = {}
     for r in failed:
-        by_type[r["error"]["type"]] = by_type.get(r["error"]["type"], 0) + 1
+        kind = r["error"].get("type", "error")
+        by_type[kind] = by_type.get(kind, 0) + 1
     for name, n in sorted(by_type.items()):
         print(f"  {name}: {n}")
     return 0 if not failed else 1

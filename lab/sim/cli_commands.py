@@ -14,6 +14,7 @@ import time
 from collections import Counter
 
 from lab._checks import positive_int_arg
+from lab.cli import check_output_path, number_arg, seed_arg
 from lab.metrics import check_slos, format_summary
 from lab.sim.cluster import ROUTERS
 from lab.sim.gpus import GPUS, MODELS, ModelShape, get_model
@@ -49,37 +50,66 @@ GENERATED_DEFAULTS = {"num_prompts": 1000, "rate": math.inf, "burstiness": 1.0, 
                       "output_len": 128, "range_ratio": 0.0, "seed": 0}  # a trace draws nothing at random
 
 
+SIMULATE_EXAMPLES = """examples:
+  batching-lab simulate --num-prompts 200 --rate 10 --input-len 512 --output-len 128
+  batching-lab simulate --trace conv --trace-end 600 --replicas 2 --router least_outstanding --goodput ttft:500
+  batching-lab simulate --num-prompts 100 --gpu L4 --model qwen2.5-7b --dtype-bytes 1 --result-json l4.json
+  batching-lab simulate --num-prompts 100 --gpu A100-80GB \\
+      --params 494M --layers 24 --hidden 896 --kv-heads 2 --head-dim 64 --max-model-len 32768
+"""
+
+
 def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_argument_group("workload: an Azure trace, or generated (vllm bench serve's random dataset)")
-    src.add_argument("--trace", choices=["code", "conv"], help="Azure LLM inference trace 2023")
-    src.add_argument("--trace-start", type=float, help="with --trace: seconds into the trace (default 0)")
-    src.add_argument("--trace-end", type=float, help="with --trace: seconds into the trace (default: its end)")
-    src.add_argument("--rate-scale", type=float, help="with --trace: 2.0 replays it at twice its rate (default 1)")
-    src.add_argument("--max-requests", type=positive_int_arg, help="with --trace: keep the first N requests")
+    src.add_argument("--trace", choices=["code", "conv"],
+                     help="replay the bundled Azure LLM inference trace 2023 of this service: an hour, "
+                          "8.8k (code) or 19k (conv) requests (default: a generated workload)")
+    src.add_argument("--trace-start", type=number_arg(0, low_ok=True),
+                     help="with --trace: seconds into the trace (default 0)")
+    src.add_argument("--trace-end", type=number_arg(),
+                     help="with --trace: seconds into the trace (default: its end)")
+    src.add_argument("--rate-scale", type=number_arg(),
+                     help="with --trace: 2.0 replays it at twice its rate (default 1)")
+    src.add_argument("--max-requests", type=positive_int_arg, help="with --trace: keep the first N requests (default: all)")
     src.add_argument("--num-prompts", type=positive_int_arg, help="generated: requests (default 1000)")
-    src.add_argument("--rate", type=float, help="generated: requests per second (default inf)")
-    src.add_argument("--burstiness", type=float, help="generated: 1 = Poisson (default); < 1 burstier")
+    src.add_argument("--rate", type=number_arg(inf_ok=True),
+                     help="generated: requests per second; inf: all at once (default inf)")
+    src.add_argument("--burstiness", type=number_arg(inf_ok=True),
+                     help="generated: 1 = Poisson (default); < 1 burstier, > 1 more even")
     src.add_argument("--input-len", type=positive_int_arg, help="generated: prompt tokens (default 1024)")
     src.add_argument("--output-len", type=positive_int_arg, help="generated: output tokens (default 128)")
-    src.add_argument("--range-ratio", type=float, help="generated: lengths uniform in len x [1-r, 1+r] (default 0)")
-    src.add_argument("--seed", type=int, help="generated: arrivals and lengths (default 0)")
+    src.add_argument("--range-ratio", type=number_arg(0, low_ok=True, high=1),
+                     help="generated: lengths uniform in len x [1-r, 1+r], 0 <= r < 1 (default 0)")
+    src.add_argument("--seed", type=seed_arg, help="generated: arrivals and lengths (default 0)")
     hw = p.add_argument_group("hardware and engine")
-    hw.add_argument("--gpu", choices=list(GPUS), default="H100-SXM")
+    hw.add_argument("--gpu", choices=list(GPUS), default="H100-SXM", help="the GPU of each replica (default: %(default)s)")
     hw.add_argument(
         "--model", choices=list(MODELS), default=None, help=f"a named shape (default: {DEFAULT_MODEL})"
     )
-    hw.add_argument("--tensor-parallel", type=positive_int_arg, default=1)
-    hw.add_argument("--replicas", type=positive_int_arg, default=1)
-    hw.add_argument("--router", choices=list(ROUTERS), default="round_robin")
-    hw.add_argument("--policy", choices=["continuous", "static"], default="continuous")
-    hw.add_argument("--max-num-seqs", type=positive_int_arg, default=256)
-    hw.add_argument("--max-num-batched-tokens", type=positive_int_arg, default=8192)
-    hw.add_argument("--block-size", type=positive_int_arg, default=16)
-    hw.add_argument("--num-blocks", type=positive_int_arg, default=None, help="default: what fits on the GPU")
-    hw.add_argument("--gpu-memory-utilization", type=float, default=None,
-                    help="share of GPU memory for weights and KV cache (default 0.9); not with --num-blocks")
-    hw.add_argument("--no-prefix-caching", action="store_true")
-    hw.add_argument("--no-chunked-prefill", action="store_true")
+    hw.add_argument("--tensor-parallel", type=positive_int_arg, default=1,
+                    help="GPUs per replica, splitting the model (default: %(default)s)")
+    hw.add_argument("--replicas", type=positive_int_arg, default=1,
+                    help="copies of the model, each on its own GPUs (default: %(default)s)")
+    hw.add_argument("--router", choices=list(ROUTERS), default="round_robin",
+                    help="how requests are spread over the replicas (default: %(default)s)")
+    hw.add_argument("--policy", choices=["continuous", "static"], default="continuous",
+                    help="continuous batching, or static: a batch runs until its last request ends "
+                         "(default: %(default)s)")
+    hw.add_argument("--max-num-seqs", type=positive_int_arg, default=256,
+                    help="most requests in a batch (default: %(default)s)")
+    hw.add_argument("--max-num-batched-tokens", type=positive_int_arg, default=8192,
+                    help="most tokens in one step, >= --max-num-seqs (default: %(default)s)")
+    hw.add_argument("--block-size", type=positive_int_arg, default=16,
+                    help="tokens per KV-cache block (default: %(default)s)")
+    hw.add_argument("--num-blocks", type=positive_int_arg, default=None,
+                    help="KV-cache blocks per replica (default: what fits on the GPU)")
+    hw.add_argument("--gpu-memory-utilization", type=number_arg(high=1, high_ok=True), default=None,
+                    help="share of GPU memory for weights and KV cache, in (0, 1] (default 0.9); "
+                         "not with --num-blocks")
+    hw.add_argument("--no-prefix-caching", action="store_true",
+                    help="do not reuse the KV cache of a shared prompt prefix (default: reuse it)")
+    hw.add_argument("--no-chunked-prefill", action="store_true",
+                    help="prefill a prompt in one step rather than in chunks (default: chunks)")
     shape = p.add_argument_group(
         "custom model shape, instead of --model (from the model's config.json; all of the first five)"
     )
@@ -96,9 +126,12 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--max-model-len", type=positive_int_arg, help="longest context allowed (custom default 8192)"
     )
     out = p.add_argument_group("output")
-    out.add_argument("--goodput", nargs="*", default=[], metavar="KEY:MS", help="SLOs, e.g. ttft:500 tpot:50")
-    out.add_argument("--result-json", help="also write the summary here")
-    out.add_argument("--no-progress", action="store_true")
+    out.add_argument("--goodput", nargs="*", default=[], metavar="KEY:MS",
+                     help="SLOs in milliseconds, KEY one of ttft, tpot, e2el, e.g. ttft:500 tpot:50; the "
+                          "summary then counts the requests that meet them all (default: none)")
+    out.add_argument("--result-json", help="also write the options and summary to this JSON file (default: none)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.epilog = SIMULATE_EXAMPLES
     return p
 
 
@@ -119,8 +152,13 @@ def _workload(args):
 
     o = _source_options(args)
     if args.trace:
-        return azure_trace(args.trace, start_s=o["trace_start"], end_s=o["trace_end"], rate_scale=o["rate_scale"],
-                           max_requests=o["max_requests"])
+        if o["trace_end"] is not None and o["trace_end"] <= o["trace_start"]:
+            raise ValueError(f"--trace-end: must be > --trace-start ({o['trace_start']:g}), got {o['trace_end']:g}")
+        try:
+            return azure_trace(args.trace, start_s=o["trace_start"], end_s=o["trace_end"],
+                               rate_scale=o["rate_scale"], max_requests=o["max_requests"])
+        except ValueError as e:  # named the function's parameters: "start_s/end_s: the window ... holds no requests"
+            raise ValueError(str(e).replace("start_s/end_s:", "--trace-start/--trace-end:", 1)) from None
     if not 0 <= o["range_ratio"] < 1:
         raise ValueError(f"--range-ratio: must be in [0, 1), got {o['range_ratio']}")
 
@@ -170,6 +208,7 @@ def simulate_main(args) -> int:
     from lab.sim.simulate import simulate
     from lab.sim.step_models import RooflineStepModel
 
+    check_output_path("--result-json", args.result_json)  # before the run, not after it
     workload = _workload(args)
     slos = _slos(args.goodput)
     model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
@@ -214,7 +253,7 @@ def simulate_main(args) -> int:
     reasons = Counter(r.error for r in result.requests if r.error)
     for reason, count in reasons.most_common(5):
         print(f"error ({count} request{'s' if count > 1 else ''}): {reason}", file=sys.stderr)
-    if args.result_json:
+    if args.result_json is not None:
         with open(args.result_json, "w", encoding="utf-8") as f:
             json.dump(
                 {"args": vars(args) | {"run": None}, "summary": summary, "wall_s": wall},
