@@ -158,6 +158,19 @@ def test_top_k_and_top_p_filters_on_hand_made_logits():
     assert torch.equal(out[[1, 3]], logits[[1, 3]]), "kept tokens keep their logits"
 
 
+def test_a_top_p_too_small_for_float32_keeps_the_top_token(tiny_llama):
+    # 1e-46 is a valid top_p but rounds to 0 in float32; the top token used to be dropped with the
+    # rest, the row had no token left, and the sampling error failed every request in the batch
+    logits = torch.tensor([0.05, 0.5, 0.15, 0.3]).log()
+    assert torch.isfinite(filter_top_k_top_p(logits, 0, 1e-46)).nonzero().flatten().tolist() == [1]
+    llm = make_llm(tiny_llama)
+    greedy = llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids
+    tiny_p = SamplingParams(max_tokens=16, temperature=1.0, top_p=1e-46, seed=1)
+    outs = llm.generate([[1, 2, 3], [4, 5]], [tiny_p, GREEDY], use_tqdm=False)
+    assert outs[0].token_ids == greedy  # the nucleus is the top token alone: greedy
+    assert outs[1].finish_reason == "length"  # and its neighbour in the batch was not failed
+
+
 def test_temperature_near_zero_is_greedy_and_high_is_not(tiny_llama):
     llm = make_llm(tiny_llama)
     greedy = llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids

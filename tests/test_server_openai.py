@@ -205,6 +205,15 @@ def test_seed_repeats_sampling(client):
     assert any(text != first for text in others)  # 16 tokens from ~100: all equal would be a fixed seed
 
 
+def test_a_top_p_below_float32_is_served_as_greedy(client):
+    # top_p=1e-46 is valid JSON and in (0, 1]; it once emptied the nucleus and answered 500
+    def complete(**kw) -> str:
+        return client.completions.create(model="tiny-llama", prompt="To be", max_tokens=12,
+                                          extra_body={"ignore_eos": True}, **kw).choices[0].text
+
+    assert complete(temperature=1.0, top_p=1e-46, seed=5) == complete(temperature=0)
+
+
 @pytest.mark.parametrize("max_tokens", [1, 7])
 def test_max_tokens_is_honoured(client, max_tokens):
     exact = client.completions.create(model="tiny-llama", prompt="To be", max_tokens=max_tokens,

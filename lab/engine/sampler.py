@@ -22,6 +22,9 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         cum = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token once the mass before it already reaches top_p; the top token always stays
         drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        # explicitly: a top_p below float32's smallest number (1e-46) becomes 0 in the comparison,
+        # which dropped the top token too, left no token at all, and failed the whole batch's step
+        drop_sorted[0] = False
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
