@@ -17,6 +17,7 @@ from lab.engine import LLM, SamplingParams
 from lab.engine import loader as loader_module
 from lab.engine.config import EngineConfig
 from lab.engine.model_runner import kv_bytes_per_block
+from lab.engine.no_cache import generate_without_cache
 from lab.engine.sampler import filter_top_k_top_p
 from lab.workload import RequestSpec, Workload, synthetic
 
@@ -679,3 +680,15 @@ def test_run_workload_checks_every_request_before_the_first_arrives(tiny_llama):
     llm.engine.add_request([1, 2], GREEDY, "busy")
     with pytest.raises(ValueError, match="request busy: request_id: 'busy' is already in flight"):
         llm.run_workload(Workload([RequestSpec("busy", prompt_len=3, output_len=2)]), progress=False)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_generation_without_a_cache_gives_the_cached_tokens_for_quadratic_work(tiny_models, arch):
+    llm = make_llm(tiny_models[arch])
+    prompt, n = [5, 6, 7, 8, 9], 12
+    tokens, computed = generate_without_cache(llm, prompt, n)
+    cached = llm.generate([prompt], SamplingParams(max_tokens=n, temperature=0), use_tqdm=False)[0]
+    assert tokens == cached.token_ids
+    assert computed == sum(len(prompt) + i for i in range(n))  # the whole prefix at every step
+    with pytest.raises(ValueError, match="max_tokens"):
+        generate_without_cache(llm, prompt, 0)
