@@ -6,6 +6,7 @@ import pytest
 from lab.engine.config import EngineConfig
 from lab.metrics import StepRecord
 from lab.sim import (
+    GPU,
     BatchShape,
     ConstantStepModel,
     FittedStepModel,
@@ -220,8 +221,13 @@ def test_roofline_decode_is_bandwidth_bound_prefill_compute_bound():
 
 
 def test_kv_capacity():
-    # (80e9 * 0.9 - 16.06e9 - 1 GiB) / (128 KiB/token * 16 tokens) for Llama 3.1 8B on an H100
-    assert kv_cache_blocks("H100-SXM", "llama-3.1-8b") == int((72e9 - 16.06e9 - 2**30) // (131072 * 16))
+    # (81,559 MiB * 0.9 - 16.06e9 - 1 GiB) / (128 KiB/token * 16 tokens) for Llama 3.1 8B on an H100:
+    # the total the driver reports, not the sheet's "80GB" read as 80e9 bytes
+    assert kv_cache_blocks("H100-SXM", "llama-3.1-8b") == int((81559 * 2**20 * 0.9 - 16.06e9 - 2**30) // (131072 * 16))
+    assert kv_cache_blocks("H100-SXM", "llama-3.1-8b", gpu_memory_utilization=0.5) == int(
+        (81559 * 2**20 * 0.5 - 16.06e9 - 2**30) // (131072 * 16))
+    by_sheet = GPU("sheet-only", 80, 3350, 989.5, "a GPU given by its spec sheet alone")  # no memory_mib
+    assert kv_cache_blocks(by_sheet, "llama-3.1-8b") == int((72e9 - 16.06e9 - 2**30) // (131072 * 16))
     assert kv_cache_blocks("H200", "llama-3.1-70b", tensor_parallel=2) > 0
     with pytest.raises(ValueError, match="no room"):
         kv_cache_blocks("L4", "llama-3.1-70b")

@@ -12,24 +12,34 @@ from lab._checks import is_int
 @dataclass(frozen=True, slots=True)
 class GPU:
     name: str
-    memory_gb: float  # HBM / GDDR capacity, GB = 1e9 bytes as the spec sheets count
+    memory_gb: float  # HBM / GDDR capacity as the spec sheet names it ("80GB")
     bandwidth_gbps: float  # memory bandwidth, GB/s
     bf16_tflops: float  # dense BF16 tensor-core peak (the sheets print 2x this "with sparsity")
     source: str
+    # the total the driver reports (nvidia-smi "Memory-Usage" column): what vLLM's
+    # gpu_memory_utilization takes a fraction of. An "80GB" H100 has 81,559 MiB = 85.5e9 bytes;
+    # reading the sheet's figure as 80e9 bytes cost an 8B model's KV cache ~8% of its blocks
+    memory_mib: int = 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mib * 2**20
 
 
 # NVIDIA's spec sheets, seen 2026-11-23; they print BF16 "with sparsity", dense is half of it.
+# memory_mib: the total nvidia-smi prints for each card (H100 80GB HBM3 81559MiB, H200 143771MiB,
+# A100-SXM4-80GB 81920MiB, L4 23034MiB), as seen in public nvidia-smi logs, 2026-11-24.
 H100 = "https://www.nvidia.com/en-us/data-center/h100/"
 # fmt: off
 GPUS: dict[str, GPU] = {g.name: g for g in [
-    GPU("H100-SXM", 80, 3350, 989.5, H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 TFLOPS sparse)"),
-    GPU("H100-PCIe", 80, 2000, 756.5, H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 TFLOPS sparse)"),
+    GPU("H100-SXM", 80, 3350, 989.5, H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 TFLOPS sparse)", 81559),
+    GPU("H100-PCIe", 80, 2000, 756.5, H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 TFLOPS sparse)", 81559),
     GPU("H200", 141, 4800, 989.5,
-        "https://www.nvidia.com/en-us/data-center/h200/ (SXM: 141GB, 4.8TB/s, BF16 1,979 TFLOPS sparse)"),
+        "https://www.nvidia.com/en-us/data-center/h200/ (SXM: 141GB, 4.8TB/s, BF16 1,979 TFLOPS sparse)", 143771),
     GPU("A100-80GB", 80, 2039, 312,
-        "https://www.nvidia.com/en-us/data-center/a100/ (80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense)"),
+        "https://www.nvidia.com/en-us/data-center/a100/ (80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense)", 81920),
     GPU("L4", 24, 300, 121,
-        "https://www.nvidia.com/en-us/data-center/l4/ (24GB, 300GB/s, BF16 242 TFLOPS sparse)"),
+        "https://www.nvidia.com/en-us/data-center/l4/ (24GB, 300GB/s, BF16 242 TFLOPS sparse)", 23034),
 ]}
 # fmt: on
 
@@ -96,7 +106,7 @@ def kv_cache_blocks(
     activation_gib: float = 1.0,
     tensor_parallel: int = 1,
 ) -> int:
-    """KV blocks that fit: vLLM's rule, memory x utilization minus weights minus activation peak.
+    """KV blocks that fit: vLLM's rule, total memory x utilization minus weights minus activation peak.
 
     With tensor parallelism each GPU holds 1/tp of the weights and of every block.
     """
@@ -105,9 +115,8 @@ def kv_cache_blocks(
         raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {gpu_memory_utilization}")
     if not is_int(tensor_parallel) or tensor_parallel < 1:  # numpy integers count, bools do not
         raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
-    free = (
-        g.memory_gb * 1e9 * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
-    )
+    memory = g.memory_bytes or g.memory_gb * 1e9  # a GPU made by hand may give only the sheet's figure
+    free = memory * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
     per_block = m.kv_bytes_per_token * block_size / tensor_parallel
     blocks = int(free // per_block)
     if blocks < 1:
