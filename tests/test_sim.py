@@ -10,9 +10,11 @@ from lab.sim import (
     BatchShape,
     ConstantStepModel,
     FittedStepModel,
+    ModelShape,
     RooflineStepModel,
     get_gpu,
     kv_cache_blocks,
+    kv_heads_per_gpu,
     shapes_from_trace,
     simulate,
 )
@@ -298,6 +300,36 @@ def test_step_model_inputs_are_checked(make, match):
     # infinite step stalled the run with an error blaming the KV cache
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_tensor_parallel_follows_the_model_heads():
+    # llama-3.1-8b: 32 query heads, 8 KV heads. TP 2 halves each GPU's share of a block
+    per_block = 131072 * 16
+    assert kv_heads_per_gpu("llama-3.1-8b", 2) == 4
+    assert kv_cache_blocks("H100-SXM", "llama-3.1-8b", tensor_parallel=2) == int(
+        (81559 * 2**20 * 0.9 - 16.06e9 / 2 - 2**30) // (per_block / 2))
+    # qwen2.5-0.5b: 14 query heads, 2 KV heads. On 2 GPUs one KV head each; 7 heads cannot go on 4
+    assert kv_heads_per_gpu("qwen2.5-0.5b", 2) == 1
+    with pytest.raises(ValueError, match="tensor_parallel: qwen2.5-0.5b's 14 attention heads cannot be split "
+                                         "evenly over 4 GPUs; use a divisor of 14"):
+        kv_cache_blocks("H100-SXM", "qwen2.5-0.5b", tensor_parallel=4)
+    with pytest.raises(ValueError, match="tensor_parallel: llama-3.1-8b's 32 attention heads"):
+        RooflineStepModel(tensor_parallel=3)
+    # 16 GPUs for 8 KV heads: each keeps a copy of one head, so a block costs each GPU 1/8, not 1/16
+    wide = ModelShape("wide", 8e9, 32, 8192, 8, 128)  # 64 query heads
+    assert kv_heads_per_gpu(wide, 16) == 1
+    one_gpu_block = wide.kv_bytes_per_token * 16
+    assert kv_cache_blocks("H100-SXM", wide, tensor_parallel=16) == int(
+        (81559 * 2**20 * 0.9 - 16e9 / 16 - 2**30) // (one_gpu_block / 8))
+    # and each GPU reads that copy: the KV term of a decode step stops shrinking past 8 GPUs
+    ctx = BatchShape(decode_seqs=1, context_tokens=100_000, decode_context=100_000)
+    no_ctx = BatchShape(decode_seqs=1)
+
+    def kv_time(tp):
+        m = RooflineStepModel(model=wide, tensor_parallel=tp)
+        return m.step_time(ctx) - m.step_time(no_ctx)
+
+    assert kv_time(8) == pytest.approx(kv_time(16)) and kv_time(4) == pytest.approx(2 * kv_time(8))
 
 
 def test_numpy_integer_counts_are_accepted_and_bools_are_not():

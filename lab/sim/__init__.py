@@ -3,7 +3,7 @@ models (fitted from an engine trace, or a roofline for named GPUs) and replicas 
 """
 
 from lab.sim.cluster import ROUTERS, least_outstanding, round_robin
-from lab.sim.gpus import GPU, GPUS, MODELS, ModelShape, get_gpu, get_model, kv_cache_blocks
+from lab.sim.gpus import GPU, GPUS, MODELS, ModelShape, get_gpu, get_model, kv_cache_blocks, kv_heads_per_gpu
 from lab.sim.simulate import simulate
 from lab.sim.step_models import (
     FEATURES,
@@ -30,6 +30,7 @@ __all__ = [
     "get_gpu",
     "get_model",
     "kv_cache_blocks",
+    "kv_heads_per_gpu",
     "least_outstanding",
     "round_robin",
     "shapes_from_trace",

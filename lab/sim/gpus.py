@@ -98,6 +98,22 @@ def get_model(model: str | ModelShape) -> ModelShape:
     return MODELS[model]
 
 
+def kv_heads_per_gpu(model: str | ModelShape, tensor_parallel: int) -> int:
+    """KV heads each GPU holds under tensor parallelism, by vLLM's rule: the query heads split evenly,
+    the KV heads too, or each GPU keeps a copy of one when there are fewer KV heads than GPUs."""
+    m = get_model(model)
+    if not is_int(tensor_parallel) or tensor_parallel < 1:  # numpy integers count, bools do not
+        raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
+    tp, query_heads = int(tensor_parallel), m.hidden // m.head_dim
+    if query_heads % tp:
+        raise ValueError(f"tensor_parallel: {m.name}'s {query_heads} attention heads cannot be split "
+                         f"evenly over {tp} GPUs; use a divisor of {query_heads}")
+    if m.kv_heads % tp and tp % m.kv_heads:
+        raise ValueError(f"tensor_parallel: {m.name}'s {m.kv_heads} KV heads can be neither split over "
+                         f"nor copied to {tp} GPUs; use a divisor or a multiple of {m.kv_heads}")
+    return max(1, m.kv_heads // tp)
+
+
 def kv_cache_blocks(
     gpu: str | GPU,
     model: str | ModelShape,
@@ -108,16 +124,16 @@ def kv_cache_blocks(
 ) -> int:
     """KV blocks that fit: vLLM's rule, total memory x utilization minus weights minus activation peak.
 
-    With tensor parallelism each GPU holds 1/tp of the weights and of every block.
+    With tensor parallelism each GPU holds 1/tp of the weights and its KV heads' share of every block
+    (a whole KV head when there are fewer KV heads than GPUs).
     """
     g, m = get_gpu(gpu), get_model(model)
     if not 0 < gpu_memory_utilization <= 1:
         raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {gpu_memory_utilization}")
-    if not is_int(tensor_parallel) or tensor_parallel < 1:  # numpy integers count, bools do not
-        raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
+    kv_share = kv_heads_per_gpu(m, tensor_parallel) / m.kv_heads
     memory = g.memory_bytes or g.memory_gb * 1e9  # a GPU made by hand may give only the sheet's figure
     free = memory * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
-    per_block = m.kv_bytes_per_token * block_size / tensor_parallel
+    per_block = m.kv_bytes_per_token * block_size * kv_share
     blocks = int(free // per_block)
     if blocks < 1:
         raise ValueError(

@@ -11,9 +11,9 @@ from itertools import combinations
 
 import numpy as np
 
-from lab._checks import is_finite, is_int
+from lab._checks import is_finite
 from lab.metrics import StepRecord
-from lab.sim.gpus import GPU, ModelShape, get_gpu, get_model, kv_cache_blocks
+from lab.sim.gpus import GPU, ModelShape, get_gpu, get_model, kv_cache_blocks, kv_heads_per_gpu
 
 
 @dataclass(slots=True)
@@ -233,16 +233,16 @@ class RooflineStepModel:
                 raise ValueError(f"{name}: must be in (0, 1], got {getattr(self, name)}")
         if not is_finite(self.overhead_s, inclusive=True):  # NaN passed `< 0` and made every time NaN
             raise ValueError(f"overhead_s: must be a finite number >= 0, got {self.overhead_s!r}")
-        if not is_int(self.tensor_parallel) or self.tensor_parallel < 1:  # numpy integers count
-            raise ValueError(f"tensor_parallel: must be an integer >= 1, got {self.tensor_parallel!r}")
         g, m, tp = self.gpu, self.model, self.tensor_parallel
+        kv_share = kv_heads_per_gpu(m, tp) / m.kv_heads  # checks tp against the model's heads
         flops = g.bf16_tflops * 1e12 * self.flops_efficiency * tp
         bandwidth = g.bandwidth_gbps * 1e9 * self.bandwidth_efficiency * tp
         self._k = (
             2 * m.params / flops,
             4 * m.layers * m.hidden / flops,
             m.weight_bytes / bandwidth,
-            m.kv_bytes_per_token / bandwidth,
+            # each GPU reads its own KV heads at its own bandwidth (copied heads are read on every GPU)
+            m.kv_bytes_per_token * kv_share / (bandwidth / tp),
         )
 
     def step_time(self, s: BatchShape) -> float:
