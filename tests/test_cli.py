@@ -222,6 +222,20 @@ def test_batch_input_that_is_not_utf8_is_named(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: input: {inp} is not UTF-8 text; JSONL files are UTF-8\n"
 
 
+@pytest.mark.parametrize("content", ["", "\n  \n\n"])
+def test_batch_refuses_an_input_with_no_requests(content, tmp_path, monkeypatch, capsys):
+    # it exited 0 having sent nothing, as if an empty (or wrong) file were a finished batch
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(content)
+    calls = []
+    _mock_client(monkeypatch, lambda request: calls.append(request) or _chat_answer(request))
+    assert main(["batch", str(inp), str(out), "--base-url", "http://h/v1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: input: {inp} holds no requests (it is empty or has only blank lines); "
+                   f"give a JSONL file with one request a line\n")
+    assert not calls and not out.exists()
+
+
 def test_bench_max_retries_is_used(monkeypatch):
     import httpx
 

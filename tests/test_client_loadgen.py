@@ -220,6 +220,33 @@ def test_bench_main_prints_the_summary(monkeypatch, capsys):
     assert "Successful requests:" in printed and "Mean TTFT (ms):" in printed and "P99 ITL (ms):" in printed
 
 
+@pytest.mark.parametrize("flags, shown", [([], True), (["--no-progress"], False)])
+def test_bench_shows_a_progress_bar_unless_told_not_to(flags, shown, monkeypatch, capsys):
+    # a long run against a real server printed nothing until the end, and looked hung
+    from lab.cli import main
+
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(StreamingServer()), **kw))
+    assert main(["bench", "--base-url", "http://h/v1", "--num-prompts", "5", "--input-len", "2",
+                 "--output-len", "2", *flags]) == 0
+    captured = capsys.readouterr()
+    assert ("requests: 100%" in captured.err and "5/5" in captured.err) is shown
+    assert captured.err == "" or shown  # with --no-progress nothing at all on stderr
+    assert "Successful requests:" in captured.out and "5/5" not in captured.out  # the bar stays off stdout
+
+
+async def test_run_workload_progress_counts_failures_and_is_off_by_default(capsys):
+    server = StreamingServer(fail_ids={"boom"})
+    specs = [RequestSpec(id="ok", prompt="x y", output_len=2), RequestSpec(id="bad", prompt="boom", output_len=2)]
+    async with client_for(server) as client:
+        await arun_workload(client, Workload(specs), model="m")
+        assert capsys.readouterr().err == ""  # notebooks call it: no bars in their saved outputs
+        await arun_workload(client, Workload(specs), model="m", progress=True)
+    err = capsys.readouterr().err
+    assert "2/2" in err and "failed=1" in err
+
+
 def test_bench_main_endpoint_chat(monkeypatch, capsys):
     server = StreamingServer()
     real_client = Client

@@ -85,6 +85,9 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the arrivals and prompts (default: %(default)s)")
     parser.add_argument("--result-json", help="also write the summary to this JSON file (default: none)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar, for scripts and CI logs (default: a bar on stderr, one tick per "
+                             "finished request)")
     parser.epilog = BENCH_EXAMPLES
     return parser
 
@@ -119,7 +122,7 @@ def bench_main(args) -> int:
     with _client_from(args) as client:
         # run_workload makes single attempts unless told otherwise: --max-retries was ignored
         result = run_workload(client, workload, args.max_concurrency, model=args.model, endpoint=args.endpoint,
-                              max_retries=args.max_retries or 0)
+                              max_retries=args.max_retries or 0, progress=not args.no_progress)
     summary = result.summary()
     print(format_summary(summary))
     errors = sorted({r.error for r in result.requests if r.error})
@@ -171,6 +174,9 @@ def batch_main(args) -> int:
         requests = load_requests(args.input)
     except UnicodeDecodeError:  # its message named neither the file nor the problem
         raise ValueError(f"input: {args.input} is not UTF-8 text; JSONL files are UTF-8") from None
+    if not requests:  # it exited 0 having sent nothing: most likely the wrong file
+        raise ValueError(f"input: {args.input} holds no requests (it is empty or has only blank lines); "
+                         f"give a JSONL file with one request a line")
     _check_batch_output(args.output, args.input)
     if args.model:  # fill in the model where a line leaves it out
         for item in requests:

@@ -103,12 +103,14 @@ async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0
 
 async def arun_workload(client, workload: Workload, max_concurrency: int | None = None, *,
                         model: str | None = None, max_retries: int = 0, label: str | None = None,
-                        endpoint: str = "completions") -> Result:
+                        endpoint: str = "completions", progress: bool = False) -> Result:
     """Replay `workload` against the server; one `RequestMetrics` per request, failures included.
 
     `model` defaults to the server's first model. Retries are off by default (`max_retries=0`) so
     latencies are those of single attempts, as in `vllm bench serve`. `endpoint="chat"` sends each
-    prompt as one user message to /chat/completions (text prompts only).
+    prompt as one user message to /chat/completions (text prompts only). `progress=True` shows a bar
+    that ticks as each request finishes, failed ones counted in its postfix; off by default, as in
+    `simulate`, so notebooks and scripts stay quiet unless asked (the CLI turns it on).
     """
     if max_concurrency is not None and (not is_int(max_concurrency) or max_concurrency < 1):
         raise ValueError(f"max_concurrency: must be an integer >= 1 or None, got {max_concurrency!r}")
@@ -132,18 +134,35 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
         bodies = [request_body(spec, model, endpoint, ignore_eos) for spec in workload]
         path = ENDPOINTS[endpoint]
         gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        from tqdm.auto import tqdm  # on first use, as in batch.py: importing lab.client stays quick
+
+        bar = tqdm(total=len(bodies), desc="requests", disable=not progress)
+        failed = 0
         t0 = time.perf_counter()
 
-        async def timed(spec: RequestSpec, body: dict) -> RequestMetrics:
-            delay = t0 + spec.arrival_s - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async def send(spec: RequestSpec, body: dict) -> RequestMetrics:
             if gate is None:
                 return await _one(aclient, spec, body, path, t0)
             async with gate:
                 return await _one(aclient, spec, body, path, t0)
 
-        metrics = await asyncio.gather(*(timed(spec, body) for spec, body in zip(workload, bodies)))
+        async def timed(spec: RequestSpec, body: dict) -> RequestMetrics:
+            nonlocal failed
+            delay = t0 + spec.arrival_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            m = await send(spec, body)
+            # a tick per finished request, failures included: a long run against a slow server looked hung
+            failed += not m.ok
+            bar.update(1)
+            if failed:
+                bar.set_postfix(failed=failed, refresh=False)
+            return m
+
+        try:
+            metrics = await asyncio.gather(*(timed(spec, body) for spec, body in zip(workload, bodies)))
+        finally:
+            bar.close()
         duration = time.perf_counter() - t0
     finally:
         if own:
