@@ -1,11 +1,13 @@
 """Turn a request's engine events into an answer: SSE chunks as tokens arrive, or one JSON body.
-Either way a client that goes away has its request aborted, freeing its KV blocks before the next step.
+Either way a client that goes away has its request aborted, freeing its KV blocks before the next step;
+a stream that fails after its 200 ends with an error event and [DONE], as vLLM's do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from lab.server.errors import APIError
 from lab.server.faults import Fault, StreamCut
 from lab.server.metrics import ServerMetrics
 from lab.server.protocol import ChunkMaker, completion_body, usage
+
+log = logging.getLogger("lab.server")
 
 
 @dataclass(slots=True)
@@ -57,6 +61,12 @@ def _data(payload: dict | str) -> str:
     return f"data: {body}\n\n"
 
 
+def _error_end(error: APIError) -> list[str]:
+    """How a stream ends once its 200 is out and the status can no longer say it failed: the error in
+    OpenAI's shape as one last event, then [DONE], as vLLM ends one; openai-python and lab.client raise it."""
+    return [_data(error.body()), _data("[DONE]")]
+
+
 def _engine_error(message: str | None, reason: str, metrics: ServerMetrics) -> APIError:
     """The error for a request the engine failed or dropped after admission, counted like the others."""
     if reason == "abort":
@@ -81,13 +91,14 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
         sent += 1
         return _data(payload)
 
-    stream = a.stream
+    stream, failure, reason = a.stream, None, "client_gone"
     try:
         if a.kind == "chat":
             yield await emit(maker.chunk(None, role=True))
         async for ev in stream:
-            if ev.error is not None:  # engine failure or shutdown: say so, and end without [DONE]
-                yield _data(_engine_error(ev.error, ev.finish_reason, metrics).body())
+            if ev.error is not None:  # engine failure or shutdown: say so
+                for event in _error_end(_engine_error(ev.error, ev.finish_reason, metrics)):
+                    yield event
                 return
             if ev.token_id is not None and ev.num_output_tokens == 1:
                 metrics.ttft.observe(time.perf_counter() - a.arrival_s)
@@ -103,13 +114,24 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
         if a.include_usage:
             yield await emit(maker.usage_chunk(usage(stream.prompt_tokens, stream.num_output_tokens)))
         yield await emit("[DONE]")
+    except StreamCut:
+        raise  # an injected cut must drop the connection: what a client does then is the lesson
+    except Exception as exc:
+        # a bug after the 200: dropping the connection would look like a cut and tell nobody why
+        log.exception("%s: stream failed after %d chunk(s)", a.request_id, sent)
+        failure = APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="internal_error")
+        metrics.errors.labels("500").inc()
+        reason = "error"
     finally:
-        if not stream.finished:  # client gone, cut, or cancelled: free the blocks now
+        if not stream.finished:  # failed, client gone, cut, or cancelled: free the blocks now
             engine.abort(a.request_id)
             # its prompt and the tokens generated so far were computed all the same: counted, as a
             # non-streamed hang-up's are, or lab_generation_tokens misses every cut stream's tokens
-            metrics.finished(stream.prompt_tokens, stream.num_output_tokens, "client_gone",
+            metrics.finished(stream.prompt_tokens, stream.num_output_tokens, reason,
                              time.perf_counter() - a.arrival_s)
+    if failure is not None:  # after the abort above: a client that sees the error finds the blocks freed
+        for event in _error_end(failure):
+            yield event
 
 
 async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics,
@@ -126,6 +148,13 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                 metrics.ttft.observe(time.perf_counter() - a.arrival_s)
             parts.append(ev.text)
             last = ev
+    except APIError:
+        raise
+    except Exception as exc:  # a bug: our error, not Starlette's plain-text 500, and counted
+        log.exception("%s: generation failed", a.request_id)
+        metrics.errors.labels("500").inc()
+        metrics.finished(stream.prompt_tokens, stream.num_output_tokens, "error", time.perf_counter() - a.arrival_s)
+        raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="internal_error") from exc
     finally:
         client_gone = watcher.done()  # it ends on its own only when the client hangs up
         watcher.cancel()
