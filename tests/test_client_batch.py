@@ -188,6 +188,11 @@ def test_bad_inputs_fail_before_sending():
     ({"custom_id": "a", "url": None, "body": {}}, r"request a: url None unsupported; allowed: /v1/chat"),
     ({"custom_id": "a", "method": 1, "body": {}}, r"request a: method must be POST, got 1"),
     ({"custom_id": "a", "url": ["/v1/completions"], "body": {}}, r"request a: url \[.*\] unsupported; allowed"),
+    # a null id was stored as "None": a second null, or a real "None", then collided with it
+    ({"custom_id": None, "body": {}}, r"request 0: custom_id must be a non-empty string .*got None"),
+    ({"custom_id": None, "prompt": "hi"}, r"request 0: custom_id must be a non-empty string .*got None"),
+    ({"custom_id": "", "body": {}}, r"request 0: custom_id must be a non-empty string .*got ''"),
+    ({"custom_id": ["a"], "body": {}}, r"request 0: custom_id must be a non-empty string .*got \['a'\]"),
 ])
 def test_a_batch_line_of_the_wrong_shape_names_its_field(line, message):
     # these used to fail with `'NoneType' object is not iterable` and the like, naming nothing

@@ -37,6 +37,16 @@ def _input_line(path, n: int, line: str) -> dict:
     return item
 
 
+def _custom_id(item: dict, index: int) -> str:
+    """The line's id as text, its position when it has none. A null was stored as "None", where a
+    second null or a real "None" id then collided with it."""
+    cid = item.get("custom_id", index)
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)) or cid == "":
+        raise ValueError(f"request {index}: custom_id must be a non-empty string (or left out: the line's "
+                         f"position), got {cid!r}")
+    return str(cid)
+
+
 def normalize(requests) -> list[tuple[str, str, dict]]:
     """(custom_id, endpoint path, body) per input; ids default to the input's position."""
     if isinstance(requests, (str, bytes, dict)) or not hasattr(requests, "__iter__"):
@@ -46,8 +56,8 @@ def normalize(requests) -> list[tuple[str, str, dict]]:
     for i, item in enumerate(requests):
         if not isinstance(item, dict):
             raise TypeError(f"request {i}: expected a dict, got {type(item).__name__}")
+        custom_id = _custom_id(item, i)
         if "body" in item:  # a Batch API line
-            custom_id = str(item.get("custom_id", i))
             method = item.get("method", "POST")
             # a null or numeric field must be named, not fail as `'NoneType' object has no attribute ...`
             if not isinstance(method, str) or method.upper() != "POST":
@@ -62,7 +72,6 @@ def normalize(requests) -> list[tuple[str, str, dict]]:
                                  f"got {type(item['body']).__name__}")
             path, body = ENDPOINTS[url], dict(item["body"])
         else:  # a bare body: chat if it has messages
-            custom_id = str(item.get("custom_id", i))
             body = {k: v for k, v in item.items() if k != "custom_id"}
             path = "/chat/completions" if "messages" in body else "/completions"
         if custom_id in seen:
