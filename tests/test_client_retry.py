@@ -201,6 +201,10 @@ def test_retry_after_over_the_cap_is_not_retried():
     assert len(calls) == 1 and info.value.retry_after == MAX_RETRY_AFTER + 1
     # and the delay ignores it, falling back to backoff, should anyone ask
     assert RetryPolicy().delay(0, RateLimitError("x", headers={"retry-after": over})) <= 0.5
+    # a number too big for a float is inf, still over the cap (it was retried with backoff)
+    for huge in ("1e400", "inf"):
+        assert not RetryPolicy().should_retry(RateLimitError("x", status_code=429, headers={"retry-after": huge}))
+    assert RetryPolicy().should_retry(RateLimitError("x", status_code=429, headers={"retry-after": "nan"}))
 
 
 def test_backoff_bounds_exponential_capped_with_jitter():

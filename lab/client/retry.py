@@ -65,7 +65,7 @@ class RetryPolicy:
         if not isinstance(error, APIStatusError):
             return False
         wait = parse_retry_after(error.headers)
-        if wait is not None and math.isfinite(wait) and wait > self.max_retry_after:
+        if wait is not None and wait > self.max_retry_after:  # "1e400" is inf: longer than any cap
             return False
         flag = error.headers.get("x-should-retry")
         if flag == "true":
