@@ -246,6 +246,36 @@ async def test_async_stream_and_interruption():
     assert info.value.partial_text == "x"
 
 
+WHOLE_CHAT = {"id": "c1", "object": "chat.completion", "model": "m",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "whole answer"},
+                           "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}}
+
+
+async def test_a_provider_that_ignores_stream_true_still_gives_its_answer():
+    # one JSON body instead of an event stream: the SSE parser saw no `data:` line and called the
+    # stream cut (retried, then an APIConnectionError); it is one chunk with the whole answer
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx.Response(200, json=WHOLE_CHAT)
+
+    with client_for(handler) as c:
+        stream = c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        texts = collect(stream)
+    assert texts == ["whole answer"] and len(calls) == 1
+    assert stream.finish_reason == "stop" and stream.usage.total_tokens == 6 and stream.ttft_s is not None
+    transport = httpx.MockTransport(handler)
+    async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=transport, retry=NO_WAIT) as c:
+        stream = await c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True)
+        assert [ch.text async for ch in stream] == ["whole answer"] and stream.usage.total_tokens == 6
+    broken = lambda r: httpx.Response(200, content=b"<html>", headers={"content-type": "application/json"})  # noqa: E731
+    with pytest.raises(Exception, match="expected an event stream .* not JSON: b'<html>'"):
+        client_for(broken).completions.create(model="m", prompt="p", stream=True)
+
+
 def test_status_error_on_stream_request_is_raised_at_create():
     handler = lambda r: httpx.Response(401, json={"error": {"message": "bad key"}})  # noqa: E731
     with pytest.raises(Exception, match="bad key") as info:

@@ -16,7 +16,16 @@ from lab.client._base import DEFAULT_POOL, BaseClient, estimate_tokens
 from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
 from lab.client.limits import AsyncLimiter, SyncLimiter
-from lab.client.streaming import AsyncStream, Stream, StreamState, anext_chunk, next_chunk
+from lab.client.streaming import (
+    AsyncStream,
+    Stream,
+    StreamState,
+    aiter_items,
+    anext_chunk,
+    is_whole_answer,
+    next_chunk,
+    whole_answer_lines,
+)
 from lab.client.types import Completion, Model, ModelPage
 
 
@@ -138,8 +147,8 @@ class Client(BaseClient):
         # read up to the first chunk here, inside the retry loop: until the caller has seen a chunk,
         # a failure is safe to retry
         state = StreamState(self.stream_idle_timeout, time.perf_counter(), rid)
-        lines = response.iter_lines()
         try:
+            lines = iter(whole_answer_lines(response.read())) if is_whole_answer(response) else response.iter_lines()
             first = next_chunk(state, lines)
         except BaseException as e:  # an error or an interrupt: the connection goes back closed
             response.close()
@@ -262,8 +271,11 @@ class AsyncClient(BaseClient):
         if self._limiter is not None:
             self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
         state = StreamState(self.stream_idle_timeout, time.perf_counter(), request_id_from(response.headers))
-        lines = response.aiter_lines()
         try:
+            if is_whole_answer(response):
+                lines = aiter_items(whole_answer_lines(await response.aread()))
+            else:
+                lines = response.aiter_lines()
             first = await anext_chunk(state, lines)
         except BaseException as e:  # an error or a cancellation: the caller's finally gives the pool back
             await response.aclose()

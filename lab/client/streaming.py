@@ -109,6 +109,27 @@ class StreamState:
         )
 
 
+def is_whole_answer(response: httpx.Response) -> bool:
+    """A provider or proxy that ignores stream=True answers with one JSON body, not an event stream."""
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+
+
+def whole_answer_lines(content: bytes) -> list[str]:
+    """That body as the lines of a one-event stream and [DONE], so the caller still gets its text, usage
+    and finish_reason; the SSE parser found no `data:` line in it and reported a cut stream (retried)."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        raise APIConnectionError(f"expected an event stream (stream=True), got a body that is not JSON: "
+                                 f"{content[:200]!r}") from None
+    return [f"data: {json.dumps(payload)}", "", "data: [DONE]", ""]
+
+
+async def aiter_items(items):
+    for item in items:
+        yield item
+
+
 def _chunk(payload: object, data: str) -> Chunk:
     # JSON of the wrong shape (`42`, `null`, choices that are not objects) is as malformed as broken
     # JSON: it must surface as our error (closing the stream, keeping the partial text), not AttributeError
