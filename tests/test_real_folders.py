@@ -68,6 +68,31 @@ def test_every_end_of_sequence_id_stops(tmp_path):
     assert LLM(folder, device="cpu").engine.model_config.eos_token_ids == (2, 7, 3)
 
 
+def test_generation_config_sampling_defaults_apply_where_a_request_is_silent(tmp_path, tiny_models):
+    # vLLM's --generation-config auto: the folder's temperature / top_p / top_k fill what a request
+    # leaves out; values equal to transformers' own defaults (top_k 50) recommend nothing
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in tiny_models["llama"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    write_json(folder / "generation_config.json", {"temperature": 0.0, "top_k": 50, "top_p": 1.0})
+    llm = LLM(folder, device="cpu")
+    assert llm.sampling_defaults == {"temperature": 0.0}
+    greedy = llm.generate(["Hello"], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False)[0].text
+    assert llm.generate(["Hello"], use_tqdm=False)[0].text == greedy  # no params: the folder's
+    with serve(llm=llm) as server:
+        def complete(**kw) -> str:
+            r = httpx.post(server.url + "/completions", timeout=60,
+                           json={"model": server.model_name, "prompt": "Hello", "max_tokens": 16, **kw})
+            return r.json()["choices"][0]["text"]
+
+        assert complete(seed=1) == complete(seed=2) == greedy  # silent on temperature: greedy
+        assert {complete(temperature=1.0, seed=s) for s in (1, 2, 3)} != {greedy}  # said: honoured
+    write_json(folder / "generation_config.json", {"temperature": -1})
+    with pytest.raises(ValueError, match="model: generation_config.json: temperature: must be"):
+        LLM(folder, device="cpu")
+
+
 @pytest.mark.parametrize("name, template, files", [
     ("bos in the template", "{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}", {}),
     ("named templates", [{"name": "default", "template": "{% for m in messages %}D {{ m.content }}{% endfor %}"},

@@ -17,7 +17,13 @@ from tqdm.auto import tqdm
 from lab._checks import is_int
 from lab.engine.config import EngineConfig
 from lab.engine.engine import Engine, TokenEvent
-from lab.engine.loader import checkpoint_dtype, load_model, resolve_device, resolve_dtype
+from lab.engine.loader import (
+    checkpoint_dtype,
+    load_model,
+    read_sampling_defaults,
+    resolve_device,
+    resolve_dtype,
+)
 from lab.engine.sequence import SEED_MAX, SEED_MIN, SamplingParams
 from lab.metrics import RequestMetrics, Result, StepRecord
 from lab.workload import RequestSpec, Workload
@@ -59,6 +65,13 @@ class LLM:
         dt = resolve_dtype(dtype, dev, checkpoint_dtype(model) if dtype == "auto" else None)
         net, model_config, tokenizer = load_model(model, dev, dt)
         self.model_path = model
+        # the folder's recommended temperature / top_p / top_k: what `generate` and the server use
+        # where a request leaves them out, as vLLM does
+        self.sampling_defaults = read_sampling_defaults(model)
+        try:
+            SamplingParams(**self.sampling_defaults)  # a bad value is named now, not at a request
+        except ValueError as exc:
+            raise ValueError(f"model: generation_config.json: {exc}") from None
         self.engine = Engine(net, model_config, tokenizer, config, dev, dt, seed)
 
     @property
@@ -104,7 +117,7 @@ class LLM:
             prompts = [prompts]  # a single prompt, as text or as token ids
         prompts = list(prompts)
         if params is None or isinstance(params, SamplingParams):
-            params = [params or SamplingParams()] * len(prompts)
+            params = [params or SamplingParams(**self.sampling_defaults)] * len(prompts)
         elif not isinstance(params, (list, tuple)):
             raise ValueError(f"params: must be a SamplingParams or a list of them, got {type(params).__name__}")
         if len(params) != len(prompts):

@@ -72,6 +72,25 @@ def read_config(folder: Path) -> ModelConfig:
     return ModelConfig.from_hf(cfg)
 
 
+# transformers' GenerationConfig defaults: a value equal to one is no recommendation of the model's
+# authors (vLLM keeps only the values that differ, `to_diff_dict`)
+HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
+
+
+def read_sampling_defaults(folder: str | Path | None) -> dict:
+    """The sampling settings a model folder's generation_config.json recommends (temperature, top_p,
+    top_k), which vLLM applies to every request that leaves them out (its `--generation-config auto`)."""
+    path = Path(folder if folder is not None else bundled_model_dir()) / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        gen = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"model: {path} is not valid JSON ({exc})") from None
+    return {k: gen[k] for k, default in HF_SAMPLING_DEFAULTS.items()
+            if isinstance(gen, dict) and gen.get(k) is not None and gen[k] != default}
+
+
 def _ids(value) -> list[int]:
     return [] if value is None else list(value) if isinstance(value, list) else [value]
 

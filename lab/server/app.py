@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -39,6 +39,7 @@ class ServerState:
     metrics: ServerMetrics
     created: int
     shutting_down: bool = False
+    sampling_defaults: dict = field(default_factory=dict)  # generation_config.json's, as vLLM applies them
 
 
 def build_app(state: ServerState) -> FastAPI:
@@ -160,7 +161,7 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
     ids = _tokenize(engine, req, prompt_field)
     max_tokens = _max_tokens(engine.engine, len(ids), req, prompt_field)
     try:
-        params = req.sampling_params(max_tokens)
+        params = req.sampling_params(max_tokens, state.sampling_defaults)
         # everything the engine would refuse, refused before this request takes any rate budget
         engine.engine.check_request(ids, params)
     except ValueError as exc:

@@ -84,12 +84,19 @@ class _Common(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    def sampling_params(self, max_tokens: int) -> SamplingParams:
-        """Raises ValueError("field: ...") for values the engine rejects."""
+    def sampling_params(self, max_tokens: int, defaults: dict | None = None) -> SamplingParams:
+        """Raises ValueError("field: ...") for values the engine rejects. `defaults` (the model folder's
+        generation_config.json) fill temperature, top_p and top_k where the request leaves them out."""
+        defaults = defaults or {}
+
+        def pick(name: str, neutral):
+            value = getattr(self, name)
+            return value if value is not None else defaults.get(name, neutral)
+
         return SamplingParams(
-            max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, seed=self.seed,
-            stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+            max_tokens=max_tokens, temperature=pick("temperature", 1.0), top_p=pick("top_p", 1.0),
+            top_k=pick("top_k", 0), seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
+            ignore_eos=self.ignore_eos,
         )
 
 

@@ -49,7 +49,8 @@ class Server:
         self._sock = None
         try:
             self.state = ServerState(self.engine, config, self.model_name, injector, limiter,
-                                     ServerMetrics(lambda: self.engine.stats), int(time.time()))
+                                     ServerMetrics(lambda: self.engine.stats), int(time.time()),
+                                     sampling_defaults=dict(llm.sampling_defaults))
             self.app = build_app(self.state)
             quiet_injected_cuts()
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -83,6 +84,9 @@ class Server:
         else:
             log.warning("serving %s at %s with no API keys: open to anyone who can reach it",
                         self.model_name, self.url)
+        if self.state.sampling_defaults:  # vLLM says so too: a request's defaults are not OpenAI's here
+            log.info("sampling defaults from the model's generation_config.json, for requests that leave "
+                     "them out: %s", self.state.sampling_defaults)
 
     @property
     def base(self) -> str:
