@@ -285,6 +285,29 @@ def test_an_engine_failure_after_admission_is_counted(server, http, monkeypatch,
     assert http.post("/completions", json=COMP).status_code == 200  # still serving
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_failure_mid_way_counts_the_tokens_computed(server, http, monkeypatch, stream):
+    # the prompt and three tokens were computed before the 4th step failed: counted as a hang-up's
+    # are (they were not: lab_prompt_tokens and lab_generation_tokens missed every failed request)
+    prompt_tokens = http.post("/completions", json=COMP).json()["usage"]["prompt_tokens"]
+    before = _metric(server, "lab_prompt_tokens_total"), _metric(server, "lab_generation_tokens_total")
+    engine, calls = server.engine.engine, []
+    real_step = engine.step
+
+    def fails_on_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("a bug in a step")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "step", fails_on_the_fourth)
+    r = http.post("/completions", json={**COMP, "stream": stream})
+    monkeypatch.undo()
+    assert (r.status_code == 200) if stream else (r.status_code == 500)
+    after = _metric(server, "lab_prompt_tokens_total"), _metric(server, "lab_generation_tokens_total")
+    assert (after[0] - before[0], after[1] - before[1]) == (prompt_tokens, 3)
+
+
 def test_a_non_streamed_hang_up_is_counted_as_client_gone(server, http, monkeypatch):
     gone = 'lab_requests_total{finish_reason="client_gone"}'
     before = _metric(server, gone)

@@ -67,13 +67,15 @@ def _error_end(error: APIError) -> list[str]:
     return [_data(error.body()), _data("[DONE]")]
 
 
-def _engine_error(message: str | None, reason: str, metrics: ServerMetrics) -> APIError:
-    """The error for a request the engine failed or dropped after admission, counted like the others."""
-    if reason == "abort":
-        error = APIError(503, message or "request aborted: the server is shutting down", code="shutting_down")
+def _engine_error(a: Admitted, ev, metrics: ServerMetrics) -> APIError:
+    """The error for a request the engine failed or dropped after admission, counted like the others:
+    its prompt and the tokens it had generated were computed all the same."""
+    if ev.finish_reason == "abort":
+        error = APIError(503, ev.error or "request aborted: the server is shutting down", code="shutting_down")
     else:
-        error = APIError(500, message or "engine failure", code="internal_error")
-    metrics.requests.labels(reason or "error").inc()
+        error = APIError(500, ev.error or "engine failure", code="internal_error")
+    metrics.finished(a.stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason or "error",
+                     time.perf_counter() - a.arrival_s)
     metrics.errors.labels(str(error.status)).inc()
     return error
 
@@ -97,7 +99,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             yield await emit(maker.chunk(None, role=True))
         async for ev in stream:
             if ev.error is not None:  # engine failure or shutdown: say so
-                for event in _error_end(_engine_error(ev.error, ev.finish_reason, metrics)):
+                for event in _error_end(_engine_error(a, ev, metrics)):
                     yield event
                 return
             if ev.token_id is not None and ev.num_output_tokens == 1:
@@ -161,7 +163,7 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
         if not stream.finished:
             engine.abort(a.request_id)
     if last.error is not None:
-        raise _engine_error(last.error, last.finish_reason, metrics)
+        raise _engine_error(a, last, metrics)
     # a hang-up aborts the request: counted as client_gone, as a stream's is
     reason = "client_gone" if client_gone and last.finish_reason == "abort" else last.finish_reason
     metrics.finished(stream.prompt_tokens, last.num_output_tokens, reason, time.perf_counter() - a.arrival_s)
