@@ -332,6 +332,20 @@ def test_tensor_parallel_follows_the_model_heads():
     assert kv_time(8) == pytest.approx(kv_time(16)) and kv_time(4) == pytest.approx(2 * kv_time(8))
 
 
+def test_fp8_weights_use_the_fp8_peak_where_the_gpu_has_one():
+    # a compute-bound prefill of 8,192 tokens: fp8 halves its time on an H100 (FP8 peak = 2 x BF16),
+    # not on an A100 (no FP8 tensor cores; it was halved nowhere before, only the bytes were)
+    bf16 = ModelShape("m-bf16", 8e9, 32, 4096, 8, 128)
+    fp8 = ModelShape("m-fp8", 8e9, 32, 4096, 8, 128, dtype_bytes=1)
+    prefill = BatchShape(prefill_tokens=8192, prefill_seqs=1, context_tokens=8192, prefill_attention=8192 * 8193 // 2)
+
+    def compute_s(gpu, model):
+        return RooflineStepModel(gpu, model, overhead_s=0.0).step_time(prefill)
+
+    assert compute_s("H100-SXM", fp8) == pytest.approx(compute_s("H100-SXM", bf16) / 2)
+    assert compute_s("A100-80GB", fp8) == pytest.approx(compute_s("A100-80GB", bf16))
+
+
 def test_numpy_integer_counts_are_accepted_and_bools_are_not():
     # replicas from np.arange used to fail with "must be an integer >= 1, got 2"
     w = Workload([RequestSpec(f"r{i}", 0.0, prompt_len=4, output_len=2) for i in range(4)])

@@ -1,4 +1,4 @@
-"""Named GPUs (memory, bandwidth, dense BF16 FLOP/s from NVIDIA's spec sheets) and model shapes,
+"""Named GPUs (memory, bandwidth, dense BF16 and FP8 FLOP/s from NVIDIA's spec sheets) and model shapes,
 and how many KV-cache blocks fit on a GPU once the weights are loaded.
 """
 
@@ -20,26 +20,30 @@ class GPU:
     # gpu_memory_utilization takes a fraction of. An "80GB" H100 has 81,559 MiB = 85.5e9 bytes;
     # reading the sheet's figure as 80e9 bytes cost an 8B model's KV cache ~8% of its blocks
     memory_mib: int = 0
+    # dense FP8 tensor-core peak, 0 where the GPU has none (an A100 runs fp8 weights through BF16 math)
+    fp8_tflops: float = 0.0
 
     @property
     def memory_bytes(self) -> int:
         return self.memory_mib * 2**20
 
 
-# NVIDIA's spec sheets, seen 2026-11-23; they print BF16 "with sparsity", dense is half of it.
+# NVIDIA's spec sheets, seen 2026-11-23; they print BF16 and FP8 "with sparsity", dense is half of it.
 # memory_mib: the total nvidia-smi prints for each card (H100 80GB HBM3 81559MiB, H200 143771MiB,
 # A100-SXM4-80GB 81920MiB, L4 23034MiB), as seen in public nvidia-smi logs, 2026-11-24.
 H100 = "https://www.nvidia.com/en-us/data-center/h100/"
 # fmt: off
 GPUS: dict[str, GPU] = {g.name: g for g in [
-    GPU("H100-SXM", 80, 3350, 989.5, H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 TFLOPS sparse)", 81559),
-    GPU("H100-PCIe", 80, 2000, 756.5, H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 TFLOPS sparse)", 81559),
-    GPU("H200", 141, 4800, 989.5,
-        "https://www.nvidia.com/en-us/data-center/h200/ (SXM: 141GB, 4.8TB/s, BF16 1,979 TFLOPS sparse)", 143771),
+    GPU("H100-SXM", 80, 3350, 989.5,
+        H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse)", 81559, 1979),
+    GPU("H100-PCIe", 80, 2000, 756.5,
+        H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 / FP8 3,026 TFLOPS sparse)", 81559, 1513),
+    GPU("H200", 141, 4800, 989.5, "https://www.nvidia.com/en-us/data-center/h200/ "
+        "(SXM: 141GB, 4.8TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse)", 143771, 1979),
     GPU("A100-80GB", 80, 2039, 312,
         "https://www.nvidia.com/en-us/data-center/a100/ (80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense)", 81920),
-    GPU("L4", 24, 300, 121,
-        "https://www.nvidia.com/en-us/data-center/l4/ (24GB, 300GB/s, BF16 242 TFLOPS sparse)", 23034),
+    GPU("L4", 24, 300, 121, "https://www.nvidia.com/en-us/data-center/l4/ "
+        "(24GB, 300GB/s, BF16 242 / FP8 485 TFLOPS sparse)", 23034, 242.5),
 ]}
 # fmt: on
 

@@ -212,8 +212,8 @@ class ConstantStepModel:
 class RooflineStepModel:
     """max(FLOPs / peak, bytes / bandwidth) + a fixed per-step overhead.
 
-    FLOPs: 2 x params per token plus attention (4 x hidden per layer per query-key pair). Bytes:
-    the weights once per step plus the KV of every attended token. The efficiencies are what real
+    FLOPs: 2 x params per token plus attention (4 x hidden per layer per query-key pair), at the BF16
+    peak, or the FP8 peak for a model of 1-byte weights on a GPU that has one. Bytes: the weights once per step plus the KV of every attended token. The efficiencies are what real
     kernels reach of the peaks (assumed, typical of vLLM on Hopper); tensor parallelism splits
     both evenly and its all-reduce time is left out.
     """
@@ -235,7 +235,9 @@ class RooflineStepModel:
             raise ValueError(f"overhead_s: must be a finite number >= 0, got {self.overhead_s!r}")
         g, m, tp = self.gpu, self.model, self.tensor_parallel
         kv_share = kv_heads_per_gpu(m, tp) / m.kv_heads  # checks tp against the model's heads
-        flops = g.bf16_tflops * 1e12 * self.flops_efficiency * tp
+        # fp8 weights (dtype_bytes 1) run on the FP8 tensor cores where the GPU has them
+        peak = g.fp8_tflops if m.dtype_bytes == 1 and g.fp8_tflops else g.bf16_tflops
+        flops = peak * 1e12 * self.flops_efficiency * tp
         bandwidth = g.bandwidth_gbps * 1e9 * self.bandwidth_efficiency * tp
         self._k = (
             2 * m.params / flops,
