@@ -152,7 +152,7 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             last = ev
     except APIError:
         raise
-    except Exception as exc:  # a bug: our error, not Starlette's plain-text 500, and counted
+    except Exception as exc:  # a bug: a 500 that names it, and counted (the middleware's generic one did neither)
         log.exception("%s: generation failed", a.request_id)
         metrics.errors.labels("500").inc()
         metrics.finished(stream.prompt_tokens, stream.num_output_tokens, "error", time.perf_counter() - a.arrival_s)
