@@ -92,6 +92,17 @@ def test_rerun_with_checkpoint_sends_nothing_again(tmp_path):
     assert again == first and len(read_lines(out)) == len(PROMPTS)
 
 
+@pytest.mark.parametrize("content", ['{"prompt": "not a record"}\n', "# notes\nplain text\n", b"\xff\xfe"])
+def test_a_checkpoint_that_is_not_batch_records_is_refused_untouched(tmp_path, content):
+    # run_batch rewrites its checkpoint with records only: another file given by mistake lost its lines
+    out = tmp_path / "notes.jsonl"
+    out.write_bytes(content if isinstance(content, bytes) else content.encode())
+    server = FlakyServer()
+    with pytest.raises(ValueError, match=f"checkpoint: {out}.* (is not a record of a batch run|is not UTF-8)"):
+        run_batch(client_for(server), [batch_line("r0", "a")], checkpoint=out, progress=False)
+    assert not server.sent and out.read_bytes() == (content if isinstance(content, bytes) else content.encode())
+
+
 def test_resume_after_a_killed_run_skips_finished_and_ignores_a_torn_line(tmp_path):
     server = FlakyServer()
     out = tmp_path / "out.jsonl"

@@ -85,23 +85,33 @@ def normalize(requests) -> list[tuple[str, str, dict]]:
 
 def read_checkpoint(path: Path) -> tuple[dict[str, dict], bool]:
     """Records by custom_id (the last one wins) and whether the file needs rewriting (a torn line
-    from a killed run, or duplicates)."""
+    from a killed run, or duplicates). A file that holds anything else is refused, not rewritten:
+    the rewrite keeps records only, so pointing `checkpoint` at the wrong file would lose it."""
     records: dict[str, dict] = {}
     dirty = False
     if not path.exists():
         return records, dirty
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                cid = rec["custom_id"]
-            except (ValueError, KeyError, TypeError):
-                dirty = True  # the process died mid-write: that request simply runs again
-                continue
-            dirty |= cid in records
-            records[cid] = rec
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    if line.startswith("{"):  # a record cut short: the process died mid-write
+                        dirty = True  # that request simply runs again
+                        continue
+                    rec = None
+                if not (isinstance(rec, dict) and "custom_id" in rec and "error" in rec
+                        and (rec["error"] is None or isinstance(rec["error"], dict))):
+                    raise ValueError(f"checkpoint: {path}, line {n} is not a record of a batch run; give a "
+                                     f"new file, or the output of an earlier run to resume it")
+                dirty |= rec["custom_id"] in records
+                records[rec["custom_id"]] = rec
+    except UnicodeDecodeError:
+        raise ValueError(f"checkpoint: {path} is not UTF-8 text, so not the output of a batch run; "
+                         f"give a new file") from None
     return records, dirty
 
 

@@ -10,9 +10,11 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 from lab._checks import positive_int_arg
 from lab.cli import check_output_path, number_arg, seed_arg
+from lab.client.batch import read_checkpoint
 from lab.client.loadgen import ENDPOINTS
 from lab.client.providers import PROVIDERS
 from lab.metrics import format_summary
@@ -134,37 +136,18 @@ def bench_main(args) -> int:
     return 0 if summary["failed"] == 0 else 1
 
 
-# how every record run_batch writes begins: a line cut short by a killed run still does
-_RECORD_START = '{"id": "batch_req_'
-
-
 def _check_batch_output(output: str, input: str) -> None:
-    """The output file must be new or a file of batch records: run_batch appends to it and, to resume,
-    skips the inputs it has records for; a line that is no record would be dropped when it rewrites it."""
+    """Before any request: the output must be writable, not the input, and new or a file of batch
+    records (read_checkpoint refuses anything else; its messages name `checkpoint`, ours the argument)."""
     check_output_path("output", output)
     if not os.path.exists(output):
         return
     if os.path.exists(input) and os.path.samefile(input, output):
         raise ValueError(f"output: {output} is the input file; give another file for the results")
     try:
-        with open(output, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    text = line.rstrip("\n")
-                    if text.startswith(_RECORD_START) or _RECORD_START.startswith(text):
-                        continue  # torn by a killed run: that request runs again
-                    rec = None
-                if not (isinstance(rec, dict) and "custom_id" in rec and "error" in rec
-                        and (rec["error"] is None or isinstance(rec["error"], dict))):
-                    raise ValueError(f"output: {output}, line {n} is not a record of a batch run; give a new "
-                                     f"file, or the output of an earlier run to resume it")
-    except UnicodeDecodeError:
-        raise ValueError(f"output: {output} is not UTF-8 text, so not the output of a batch run; "
-                         f"give a new file") from None
+        read_checkpoint(Path(output))
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("checkpoint: ", "output: ", 1)) from None
 
 
 def batch_main(args) -> int:
