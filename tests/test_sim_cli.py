@@ -73,6 +73,8 @@ def test_generated_workload_static_on_l4(capsys):
         (("--max-requests", "5"), "--max-requests: applies to --trace only"),  # was ignored
         (("--trace", "conv", "--rate", "3"), "--rate: applies to generated workloads only"),  # was ignored
         (("--trace", "conv", "--seed", "3"), "--seed: applies to generated workloads only"),  # was ignored
+        (("--router", "least_outstanding"), "--router: applies to --replicas 2 or more only"),  # was ignored
+        (("--model", "llama-3.1-8b", "--tensor-parallel", "3"), "--tensor-parallel: llama-3.1-8b's 32 attention"),
     ]
 )
 def test_bad_options(argv, match):

@@ -90,8 +90,8 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                     help="GPUs per replica, splitting the model (default: %(default)s)")
     hw.add_argument("--replicas", type=positive_int_arg, default=1,
                     help="copies of the model, each on its own GPUs (default: %(default)s)")
-    hw.add_argument("--router", choices=list(ROUTERS), default="round_robin",
-                    help="how requests are spread over the replicas (default: %(default)s)")
+    hw.add_argument("--router", choices=list(ROUTERS), default=None,
+                    help="how requests are spread over the replicas (default: round_robin)")
     hw.add_argument("--policy", choices=["continuous", "static"], default="continuous",
                     help="continuous batching, or static: a batch runs until its last request ends "
                          "(default: %(default)s)")
@@ -209,9 +209,14 @@ def simulate_main(args) -> int:
     from lab.sim.step_models import RooflineStepModel
 
     check_output_path("--result-json", args.result_json)  # before the run, not after it
+    if args.router is not None and args.replicas == 1:  # was ignored: one replica takes every request
+        raise ValueError("--router: applies to --replicas 2 or more only; one replica takes every request")
     workload = _workload(args)
     slos = _slos(args.goodput)
-    model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
+    try:
+        model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
+    except ValueError as e:  # the library names its argument; on the command line the flag is what to fix
+        raise ValueError(str(e).replace("tensor_parallel:", "--tensor-parallel:", 1)) from None
     num_blocks = args.num_blocks
     if num_blocks is None:
         utilization = 0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization
@@ -241,7 +246,7 @@ def simulate_main(args) -> int:
         config,
         model,
         replicas=args.replicas,
-        router=args.router,
+        router=args.router or "round_robin",
         progress=not args.no_progress,
         record_steps=False,
     )
