@@ -414,3 +414,56 @@ def test_gpu_loader_rejects_infinite_price_and_blank_names(tmp_path, row, messag
     path.write_text(header + row, encoding="utf-8")
     with pytest.raises(PriceTableError, match=rf"gpu_prices.csv line 2 \(.*\): {message}"):
         load_gpu_prices(path)
+
+
+# --- user tables: snapshot rows, line numbers, spreadsheet exports -------------------------------
+
+
+def test_a_snapshot_with_its_own_row_is_priced_by_that_row(tmp_path):
+    # the dated suffix was stripped before looking: gpt-4o-2024-05-13 got gpt-4o's price, and a table
+    # holding only the dated name said "unknown model ...; closest known: <that very name>"
+    path = write_table(
+        tmp_path,
+        f"acme,gpt-4o,2.50,,10.00,,,USD,,,{URL},2026-11-23,cross_checked,\n",
+        f"acme,gpt-4o-2024-05-13,5.00,,15.00,,,USD,,,{URL},2026-11-23,cross_checked,\n",
+        f"acme,claude-3-5-sonnet-20241022,3.00,,15.00,,,USD,,,{URL},2026-11-23,cross_checked,\n",
+    )
+    table = load_prices(path)
+    assert usage_cost("gpt-4o-2024-05-13", 1_000_000, 0, prices=table) == pytest.approx(5.00)
+    assert usage_cost("gpt-4o-2024-08-06", 1_000_000, 0, prices=table) == pytest.approx(2.50)  # no row: base
+    assert usage_cost("claude-3-5-sonnet-20241022", 0, 1_000_000, prices=table) == pytest.approx(15.00)
+
+
+def test_loader_errors_name_the_line_an_editor_shows(tmp_path):
+    # rows were numbered by count: a quoted two-line note and a blank line put this error on "line 3"
+    two_line_note = f'acme,model-a,1.00,,2.00,,,USD,,,{URL},2026-11-23,cross_checked,"first\nsecond"\n'
+    bad = f"acme,model-b,-1.00,,2.00,,,USD,,,{URL},2026-11-23,cross_checked,\n"
+    path = write_table(tmp_path, two_line_note, "\n", bad)  # header 1, note 2-3, blank 4, bad row 5
+    with pytest.raises(PriceTableError, match=r"line 5 \(acme/model-b\): input_per_mtok"):
+        load_prices(path)
+    path = write_table(tmp_path, two_line_note, "\n", ROWS["acme"], ROWS["acme"])
+    with pytest.raises(PriceTableError, match="line 6: duplicate acme/model-x, first on line 5"):
+        load_prices(path)
+    gpu = tmp_path / "gpu_prices.csv"
+    gpu.write_text(
+        "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n\n"
+        f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(PriceTableError, match=r"gpu_prices.csv line 3 \(acme/H100 SXM\)"):
+        load_gpu_prices(gpu)
+
+
+def test_loaders_read_a_spreadsheets_utf8_export(tmp_path):
+    # "CSV UTF-8" from a spreadsheet starts with a BOM: the first column was read as "\ufeffprovider"
+    # (or "\ufeffgpu") and every row failed with "provider and model are required"
+    path = tmp_path / "prices.csv"
+    path.write_text(HEADER + ROWS["acme"], encoding="utf-8-sig")
+    assert load_prices(path).find("model-x").provider == "acme"
+    gpu = tmp_path / "gpu_prices.csv"
+    gpu.write_text(
+        "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
+        f"H100 SXM,80,acme,pod,2.0,{URL},2026-11-23,\n",
+        encoding="utf-8-sig",
+    )
+    assert gpu_price("H100-SXM", path=gpu).usd_per_gpu_hour == 2.0

@@ -92,11 +92,13 @@ class PriceTable:
             raise ValueError(f"model must be a non-empty string (e.g. 'gpt-4.1'), got {model!r}")
         if provider is not None and not isinstance(provider, str):
             raise ValueError(f"provider must be a string (e.g. 'openai') or None, got {provider!r}")
-        name = _normalise(model)
-        rows = [r for r in self.rows if r.model == name]
-        if not rows and _HYPHEN_VERSION.search(name):
-            name = _HYPHEN_VERSION.sub(r"-\1.\2", name)
+        # The name as given first: a table may price a snapshot on its own (gpt-4o-2024-05-13 cost more
+        # than gpt-4o), and stripping its date would price it as the base model, or not find it at all.
+        exact = model.strip().lower()
+        for name in (exact, _normalise(model), _HYPHEN_VERSION.sub(r"-\1.\2", _normalise(model))):
             rows = [r for r in self.rows if r.model == name]
+            if rows:
+                break
         if not rows:
             close = difflib.get_close_matches(name, self.models(), n=3, cutoff=0.4)
             hint = ", ".join(close) if close else ", ".join(self.models())
@@ -130,8 +132,8 @@ def default_prices_path(name: str = "prices.csv") -> Path:
 def load_prices(path: str | Path | None = None) -> PriceTable:
     """Read and validate a price table; reseller rows are filled in from the list they resell."""
     path = Path(path) if path is not None else default_prices_path()
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [_parse_row(raw, path.name, line) for line, raw in enumerate(csv.DictReader(f), start=2)]
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save "CSV UTF-8" with a BOM
+        rows = [_parse_row(raw, path.name, line) for line, raw in csv_records(f)]
     seen_keys: dict[tuple[str, str], int] = {}
     for row in rows:
         key = (row.provider, row.model)
@@ -153,6 +155,21 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
             for name in RESELLER_INHERITS:
                 setattr(row, name, getattr(listed, name))
     return PriceTable(rows, path)
+
+
+def csv_records(f):
+    """(first line, {column: text}) per CSV record after the header, with the line an editor shows.
+
+    Counting records instead would misnumber every row after a skipped blank line or a quoted note
+    that spans lines.
+    """
+    reader = csv.reader(f)
+    header = next(reader, [])
+    start = reader.line_num + 1
+    for fields in reader:
+        if fields:  # a blank line is no record (csv.DictReader skips it too)
+            yield start, dict(zip(header, fields))
+        start = reader.line_num + 1
 
 
 def _parse_row(raw: dict, filename: str, line: int) -> PriceRow:
@@ -288,8 +305,8 @@ def usage_cost(
 ) -> float:
     """USD for one request: `cached_tokens` is the part of `prompt_tokens` billed at the cached price.
 
-    A dated snapshot name (gpt-4.1-2025-04-14) is priced as its base model. Raises UnknownModelError
-    (listing the closest names) for a model not in the table.
+    A dated snapshot name (gpt-4.1-2025-04-14) with no row of its own is priced as its base model.
+    Raises UnknownModelError (listing the closest names) for a model not in the table.
     """
     row = (prices or default_prices()).find(model, provider)
     return row_cost(row, prompt_tokens, completion_tokens, cached_tokens, batch, market_cny_per_usd)

@@ -7,7 +7,6 @@ runs at that throughput) is always given explicitly.
 
 from __future__ import annotations
 
-import csv
 import difflib
 import re
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from lab._checks import is_finite, is_int, is_number
-from lab.cost.prices import PriceTableError, default_prices_path
+from lab.cost.prices import PriceTableError, csv_records, default_prices_path
 from lab.metrics import Result
 
 THROUGHPUT_KINDS = ("output", "total")  # output tokens/s, or prompt + output tokens/s
@@ -47,8 +46,8 @@ def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
     """
     path = Path(path) if path is not None else default_prices_path("gpu_prices.csv")
     rows = []
-    with path.open(newline="", encoding="utf-8") as f:
-        for line, raw in enumerate(csv.DictReader(f), start=2):
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save "CSV UTF-8" with a BOM
+        for line, raw in csv_records(f):
             provider, gpu = (raw.get("provider") or "").strip(), (raw.get("gpu") or "").strip()
             where = f"{path.name} line {line} ({provider or '?'}/{gpu or '?'})"
             if not provider or not gpu:
