@@ -106,6 +106,8 @@ LENGTH_KINDS = (Fixed, Uniform, Exponential, LogNormal, Empirical)
 def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: str = "lengths") -> np.ndarray:
     """`n` lengths from an int (fixed), a sequence (one per request) or a distribution."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    if not is_int(n) or n < 0:  # else numpy's "negative dimensions are not allowed", naming nothing
+        raise ValueError(f"n: must be an integer >= 0, got {n!r}")
     if isinstance(spec, LENGTH_KINDS):
         return spec.sample(n, rng)
     if np.isscalar(spec):

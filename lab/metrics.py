@@ -6,6 +6,7 @@ them; `Result.summary()` reports what `vllm bench serve` reports.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -167,8 +168,9 @@ class Result:
         gaps = [np.diff(r.token_times_s) for r in done if len(r.token_times_s) > 1]
         s.update(_stats(np.concatenate(gaps) if gaps else np.empty(0), "itl"))
         s.update(_stats([r.e2e_s for r in done], "e2el"))
-        if slo_ms:
+        if slo_ms is not None:
             check_slos(slo_ms)
+        if slo_ms:
             good = sum(1 for r in done if _meets(r, slo_ms))
             s["goodput"] = s["request_goodput"] = good / span
         if self.steps:
@@ -197,24 +199,27 @@ class Result:
         return df.astype({c: float for c in _FRAME_TIMES} | {c: "int64" for c in _FRAME_COUNTS})
 
     def steps_frame(self):
+        """One row per step; the same columns with no steps (an HTTP run) as with some."""
         import pandas as pd
 
-        return pd.DataFrame(
-            [
-                {k: v for k, v in asdict(s).items() if k not in ("batch", "computed")} | {"num_tokens": s.num_tokens}
-                for s in self.steps
-            ]
-        )
+        rows = [{k: v for k, v in asdict(s).items() if k not in ("batch", "computed")} | {"num_tokens": s.num_tokens}
+                for s in self.steps]
+        df = pd.DataFrame(rows, columns=_STEP_COLUMNS)  # no rows: no columns, then all dtype object
+        return df.astype({c: float if c in ("start_s", "duration_s") else "int64" for c in _STEP_COLUMNS})
 
 
 _FRAME_TIMES = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "queue_s")
 _FRAME_COUNTS = ("prompt_tokens", "output_tokens", "retries")
 _FRAME_COLUMNS = [f for f in RequestMetrics.__dataclass_fields__ if f != "token_times_s"] + [
     "ttft_s", "tpot_s", "e2e_s", "queue_s"]
+_STEP_COLUMNS = [f for f in StepRecord.__dataclass_fields__ if f not in ("batch", "computed")] + ["num_tokens"]
 
 
 def check_slos(slo_ms: dict) -> None:
     """Goodput limits: keys ttft, tpot, e2el; values finite milliseconds > 0."""
+    # summary(200) failed with "'int' object is not iterable", naming neither slo_ms nor its shape
+    if not isinstance(slo_ms, Mapping):
+        raise ValueError(f"slo_ms: must be a dict of limits in ms, like {{'ttft': 200, 'tpot': 50}}, got {slo_ms!r}")
     unknown = set(slo_ms) - {"ttft", "tpot", "e2el"}
     if unknown:
         raise ValueError(f"slo_ms: unknown keys {sorted(unknown)}; allowed: ttft, tpot, e2el")

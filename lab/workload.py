@@ -40,6 +40,7 @@ class RequestSpec:
         if self.prompt is None and self.prompt_token_ids is None and self.prompt_len is None:
             raise ValueError(f"request {self.id}: give prompt, prompt_token_ids or prompt_len")
         if self.prompt_token_ids is not None:
+            self.prompt_token_ids = self._token_id_list()
             self.prompt_len = len(self.prompt_token_ids)
         if self.prompt_len is not None and (not is_int(self.prompt_len) or self.prompt_len < 1):
             raise ValueError(f"request {self.id}: prompt_len must be an integer >= 1, got {self.prompt_len!r}")
@@ -51,14 +52,30 @@ class RequestSpec:
         self._check_prompt()
         self._check_sampling()
 
+    def _token_id_list(self) -> list:
+        ids = self.prompt_token_ids
+        # an array or tensor of ids (what tokenizers return), as the engine takes it: `ids or ()` on an
+        # array raised numpy's "truth value ... is ambiguous", and over HTTP numpy ints are not JSON
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids
+        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+            raise ValueError(f"request {self.id}: prompt_token_ids must be a list of integers, got {type(ids).__name__}")
+        if len(ids) == 0:  # else the error named prompt_len, which the caller never gave
+            raise ValueError(f"request {self.id}: prompt_token_ids must not be empty")
+        return list(ids)
+
     def _check_prompt(self):
         if self.prompt is not None and not isinstance(self.prompt, str):
             raise ValueError(f"request {self.id}: prompt must be a string, got {type(self.prompt).__name__}")
+        if self.prompt == "":  # engine and server refuse it too, but per request (HTTP 400s mid-run)
+            raise ValueError(f"request {self.id}: prompt must not be empty")
         ids = self.prompt_token_ids or ()
         # the cheap test first: long prompts of plain ints are the common case
-        bad = None if all(type(t) is int for t in ids) else next((t for t in ids if not is_int(t)), None)
+        plain = all(type(t) is int for t in ids)
+        bad = None if plain else next((t for t in ids if not is_int(t)), None)
         if bad is not None:
             raise ValueError(f"request {self.id}: prompt_token_ids must be a list of integers, got {bad!r}")
+        if not plain:  # numpy ints: json (the HTTP runner) refuses them
+            self.prompt_token_ids = [int(t) for t in ids]
 
     def _check_sampling(self):
         # the runners' checks, made here so a bad spec fails at once, not once per request mid-run

@@ -116,3 +116,22 @@ def test_goodput_compares_in_seconds_as_vllm():
     r = Result([_req("a", 12.345, [14.0, 14.223])])
     assert r.summary({"e2el": 1878})["goodput"] == 0
     assert r.summary({"e2el": 1879})["goodput"] > 0
+
+
+@pytest.mark.parametrize("slo", [200, ["ttft"], "ttft", 0])
+def test_goodput_slo_must_be_a_dict(result, slo):
+    # summary(200) used to fail with "'int' object is not iterable" (a list: no attribute 'items';
+    # 0: no goodput and no word)
+    with pytest.raises(ValueError, match=re.escape("slo_ms: must be a dict of limits in ms")):
+        result.summary(slo)
+    assert "goodput" not in result.summary({})  # vLLM: no goodput without limits
+
+
+def test_steps_frame_columns_do_not_depend_on_the_steps(result):
+    # a run with no step trace (over HTTP) gave a frame with no columns: df.start_s raised
+    steps = [StepRecord(0, 0.5, 0.1, 4, 0, 1, 0, 2, batch=[("a", 4)])]
+    full = Result(result.requests, steps).steps_frame()
+    empty = result.steps_frame()
+    assert list(empty.columns) == list(full.columns) and "num_tokens" in empty.columns
+    assert (empty.dtypes == full.dtypes).all(), empty.dtypes
+    assert full.loc[0, "num_tokens"] == 4 and full.loc[0, "start_s"] == 0.5

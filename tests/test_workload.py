@@ -341,3 +341,34 @@ def test_seed_checked(seed):
     # numpy's own errors ("expected non-negative integer") named no field
     with pytest.raises(ValueError, match=re.escape(f"seed: must be an integer >= 0 or None, got {seed!r}")):
         synthetic(3, rate=1.0, seed=seed)
+
+
+def test_prompt_token_ids_as_an_array_become_a_list_of_ints():
+    # tokenizers hand back arrays; the engine takes them, but RequestSpec raised numpy's "truth value of
+    # an array ... is ambiguous" (one id passed, and stayed an array of numpy ints that json refuses)
+    for ids in (np.array([5, 17, 9]), np.array([5]), (5, 17), [np.int64(5), 17]):
+        spec = RequestSpec("a", prompt_token_ids=ids)
+        assert spec.prompt_token_ids == list(np.atleast_1d(ids).tolist()) and spec.prompt_len == len(ids)
+        assert all(type(t) is int for t in spec.prompt_token_ids)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt_token_ids=[]), "request a: prompt_token_ids must not be empty"),
+    (dict(prompt_token_ids=np.array([], dtype=int)), "request a: prompt_token_ids must not be empty"),
+    (dict(prompt_token_ids=5), "request a: prompt_token_ids must be a list of integers, got int"),
+    (dict(prompt_token_ids="5 17"), "request a: prompt_token_ids must be a list of integers, got str"),
+    (dict(prompt=""), "request a: prompt must not be empty"),
+])
+def test_empty_or_scalar_prompts_name_the_field(kwargs, message):
+    # [] was blamed on prompt_len (never given), 5 raised "object of type 'int' has no len()", and ""
+    # passed, then failed once per request at run time
+    with pytest.raises(ValueError, match=re.escape(message)):
+        RequestSpec("a", **kwargs)
+
+
+@pytest.mark.parametrize("n", [-1, 2.5, "3"])
+def test_lengths_count_checked(n):
+    # numpy's own errors ("negative dimensions are not allowed") named no field
+    for spec in (3, Fixed(3), [3, 3]):
+        with pytest.raises(ValueError, match=re.escape(f"n: must be an integer >= 0, got {n!r}")):
+            lengths(spec, n)
