@@ -131,15 +131,22 @@ def test_cdf_is_monotone_and_ends_at_one(metric):
     for t in fig.data:
         x, y = np.asarray(t.x), np.asarray(t.y)
         assert np.all(np.diff(x) >= 0) and np.all(np.diff(y) > 0)
-        assert y[-1] == pytest.approx(1.0) and y[0] > 0
+        assert y[-1] == pytest.approx(1.0) and y[0] == 0 and x[0] == x[1]  # rises from 0 at the fastest
     assert "(ms)" in fig.layout.xaxis.title.text
 
 
 def test_cdf_values_in_ms_and_labels_kept():
     fig = latency_cdf([ok_result("static"), ok_result("static")], metric="ttft")
-    assert list(fig.data[0].x) == pytest.approx([300.0, 400.0, 500.0])
+    assert list(fig.data[0].x) == pytest.approx([300.0, 300.0, 400.0, 500.0])
     assert fig.data[0].name.startswith("static (n=3") and fig.data[1].name.startswith("static (2)")
     assert fig.data[0].line.color != fig.data[1].line.color
+
+
+def test_cdf_of_one_request_is_a_visible_step():
+    # one point in a line trace draws nothing: the run was in the legend with no curve
+    fig = latency_cdf(Result(requests=[req("only", 0.0, 0.1, 0.3, 0.9, out=1)], label="one"))
+    assert list(fig.data[0].x) == pytest.approx([300.0, 300.0]) and list(fig.data[0].y) == [0.0, 1.0]
+    assert fig.data[0].mode == "lines" and "n=1 requests" in fig.data[0].name
 
 
 def test_itl_cdf_says_it_counts_gaps_not_requests():
@@ -234,6 +241,33 @@ def test_occupancy_refuses_mixed_replicas():
     assert stacked.max() <= 4
 
 
+def _one_step() -> Result:
+    """One request with one output token: the simulator's whole trace is one step."""
+    from lab.engine.config import EngineConfig
+    from lab.sim import ConstantStepModel, simulate
+    from lab.workload import synthetic
+
+    result = simulate(synthetic(1, prompt_lens=8, output_lens=1), EngineConfig(max_num_seqs=4, num_blocks=16),
+                      ConstantStepModel(0.01))
+    assert len(result.steps) == 1
+    return result
+
+
+def test_step_figures_of_a_one_step_trace_draw_something():
+    # a line through one point draws nothing: the figures showed bars or a legend, and no line
+    result = _one_step()
+    for x in ("step", "time"):
+        fig = batch_occupancy(result, max_num_seqs=4, x=x)
+        bar = fig.data[0]
+        left = bar.x[0] - (bar.width[0] if bar.width else 1) / 2
+        limit = trace(fig, "max_num_seqs = 4")
+        assert list(limit.x) == pytest.approx([left, left + (bar.width[0] if bar.width else 1)])  # edge to edge
+        assert "markers" in trace(fig, "waiting requests").mode
+        assert "markers" in kv_blocks(result, x=x).data[0].mode
+    capacity = trace(kv_blocks(result, capacity=64), "capacity = 64")
+    assert list(capacity.x) == pytest.approx([0.0, 0.01])  # the step's start to its end
+
+
 def test_kv_blocks_empty_and_bad_arguments():
     assert has_note(kv_blocks(failed_result()), "No step trace")
     with pytest.raises(ValueError, match="capacity"):
@@ -293,6 +327,14 @@ def test_throughput_vs_latency_from_frame_and_bad_columns():
     assert has_note(throughput_vs_latency([]), "No runs")
 
 
+def test_throughput_vs_latency_keeps_rows_without_a_label():
+    frame = pd.DataFrame({"request_rate": [1, 2, 4], "output_throughput": [10, 20, 30],
+                          "p99_e2el_ms": [5, 9, 40], "label": ["cont", None, None]})
+    fig = throughput_vs_latency(frame)
+    assert [t.name for t in fig.data] == ["cont", "run"]
+    assert sum(len(t.x) for t in fig.data) == 3  # every row is a point
+
+
 # --- compare ----------------------------------------------------------------------------------------------------
 
 
@@ -316,6 +358,14 @@ def test_compare_failed_only_empty_and_bad_metrics():
         compare({"a": ok_result()}, metrics=["speed"])
     with pytest.raises(ValueError, match="metrics"):
         compare({"a": ok_result()}, metrics="mean_ttft_ms")
+
+
+def test_compare_bar_text_avoids_scientific_notation():
+    slow = ok_result(scale=3.0)  # TTFTs of 0.9 to 2.3 s: a mean in the thousands of ms
+    fig = compare({"slow": slow}, metrics=["mean_ttft_ms", "request_throughput"])
+    mean_ms = slow.summary()["mean_ttft_ms"]
+    assert mean_ms > 1000 and fig.data[0].text[0] == f"{mean_ms:,.0f}"  # was "1.6e+03"
+    assert "e" not in fig.data[1].text[0]
 
 
 # --- cost bars ----------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from helpers_server import tiny_llm, tiny_model_dir
 
@@ -168,3 +170,35 @@ def test_faults_playground_restores_the_servers_faults_and_notices_a_closed_serv
         assert server.faults == mine  # restored, not reset to None
     pg.controls["send"].click()  # after the server closed: a message, not a silent connection error
     assert "server has been closed" in pg.status.value
+
+
+def _browser_layout(fig) -> dict:
+    """The layout the browser shows: the one at display, then each layout message from Python merged
+    in key by key as the frontend does (Plotly.relayout: a value replaces the key, None removes it)."""
+    shown = copy.deepcopy(fig.layout.to_plotly_json())
+
+    def merge(data):
+        for path, value in (data or {}).items():
+            *parents, leaf = path.split(".")
+            node = shown
+            for key in parents:
+                node = node.setdefault(key, {})
+            if value is None:
+                node.pop(leaf, None)
+            else:
+                node[leaf] = copy.deepcopy(value)
+
+    fig.observe(lambda change: change["new"] and merge(change["new"]["relayout_data"]), names="_py2js_relayout")
+    fig.observe(lambda change: change["new"] and merge(change["new"].get("layout_data")), names="_py2js_update")
+    return shown
+
+
+def test_a_figure_replaced_in_place_drops_the_old_figures_note_in_the_browser():
+    pg = widgets.cost_playground()
+    fig = pg.figures["cost"]
+    shown = _browser_layout(fig)
+    pg.controls["providers"].value = ()  # nothing to plot: an empty figure that says so
+    assert "No priced rows" in shown["annotations"][0]["text"]
+    pg.controls["providers"].value = ("openai",)
+    # the note, and the empty figure's hidden axes, stayed on screen over the new bars
+    assert "annotations" not in shown and shown == fig.layout.to_plotly_json()

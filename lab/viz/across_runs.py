@@ -61,9 +61,11 @@ def throughput_vs_latency(
     if frame.empty:
         return empty_figure(title, "No runs to plot.")
     _check_columns(frame, throughput=throughput, latency=latency, rate=rate)
-    groups = frame.groupby(label, sort=False) if label in frame.columns else [("", frame)]
+    # dropna=False: rows without a label (a frame concatenated with one that had none) were dropped unseen
+    groups = frame.groupby(label, sort=False, dropna=False) if label in frame.columns else [("", frame)]
     fig = go.Figure()
     for i, (name, group) in enumerate(groups):
+        name = "" if pd.isna(name) else name
         group = group.sort_values(rate)
         fig.add_trace(
             go.Scatter(
@@ -113,7 +115,7 @@ def compare(results, *, metrics: Sequence[str] = DEFAULT_COMPARE, title: str | N
             go.Bar(
                 name=metric, x=labels, y=values, showlegend=False,
                 marker_color=[label_color(i) for i in range(len(runs))],
-                text=[f"{v:.3g}" for v in values], textposition="auto",
+                text=[_plain_number(v) for v in values], textposition="auto",  # 1,234 ms, not 1.23e+03
                 hovertemplate=f"%{{x}}<br>{metric}: %{{y:.4g}} {unit_of(metric)}<extra></extra>",
             ),
             row=k // cols + 1, col=k % cols + 1,
@@ -162,7 +164,7 @@ def cost_bars(
         fig.add_trace(
             go.Bar(
                 name=str(name), x=group[x_col], y=group["sum"], marker_color=label_color(i),
-                text=[_money(v) for v in group["sum"]], textposition="outside", customdata=group["size"],
+                text=[_plain_number(v) for v in group["sum"]], textposition="outside", customdata=group["size"],
                 hovertemplate=f"{name} · %{{x}}<br>%{{y:,.6g}} {currency}<br>%{{customdata}} row(s)<extra></extra>",
             )
         )
@@ -176,8 +178,9 @@ def cost_bars(
     return fig
 
 
-def _money(value: float) -> str:
-    # Per-request costs are tiny: "0.000055" reads better than "5.5e-05" for a learner.
+def _plain_number(value: float) -> str:
+    # Per-request costs are tiny and latencies in ms large: "0.000055" and "1,234" read better than
+    # "5.5e-05" and "1.23e+03" for a learner.
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return np.format_float_positional(value, precision=3, fractional=False, trim="-")

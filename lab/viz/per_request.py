@@ -137,9 +137,12 @@ def latency_cdf(results, *, metric: str = "ttft", title: str | None = None) -> g
             continue
         ms = np.sort(np.asarray(values, dtype=float)) * 1e3
         frac = np.arange(1, ms.size + 1) / ms.size
+        # start from 0 at the fastest value: else the curve began in mid-air at 1/n, and a run of one
+        # request was a single point, which a line draws as nothing
+        ms, frac = np.r_[ms[0], ms], np.r_[0.0, frac]
         failed = len(r.requests) - len(r.completed)
         counted = "gaps" if metric == "itl" else "requests"  # ITL: one value per gap between tokens
-        legend = f"{label} (n={ms.size} {counted}{f', {failed} failed requests' if failed else ''})"
+        legend = f"{label} (n={len(values)} {counted}{f', {failed} failed requests' if failed else ''})"
         fig.add_trace(
             go.Scatter(
                 name=legend, x=ms, y=frac, mode="lines", line=dict(shape="hv", color=label_color(i)),

@@ -30,6 +30,11 @@ def _steps_of(steps, arg: str = "steps") -> list[StepRecord]:
     raise ValueError(f"{arg}: expected a Result or a list of StepRecord, got {type(steps).__name__}")
 
 
+def _line_mode(xs) -> str:
+    # a line through one point draws nothing: a one-step trace (one request, one token) needs a marker
+    return "lines" if len(xs) > 1 else "lines+markers"
+
+
 def _slots(s: StepRecord) -> tuple[int, int]:
     """(sequences that ran a prompt chunk, sequences that decoded one token) in this step."""
     used = len(s.batch) if s.batch else s.num_running
@@ -57,8 +62,10 @@ def batch_occupancy(
         return empty_figure(title, "No step trace: only the engine and the simulator record one.")
     if x == "step":
         xs, widths = [s.step for s in records], None
+        edges = [xs[0] - 0.5, xs[-1] + 0.5]
     else:
         xs, widths = [s.start_s + s.duration_s / 2 for s in records], [s.duration_s for s in records]
+        edges = [records[0].start_s, records[-1].start_s + records[-1].duration_s]
     prefill, decode = zip(*(_slots(s) for s in records), strict=True)
     columns = {"prefill": list(prefill), "decode": list(decode), "idle": [s.idle_slots for s in records]}
     custom = [(s.step, s.start_s, s.duration_s * 1e3, s.prefill_tokens, s.num_waiting) for s in records]
@@ -77,14 +84,16 @@ def batch_occupancy(
     if show_waiting:
         fig.add_trace(
             go.Scatter(
-                name="waiting requests", x=xs, y=[s.num_waiting for s in records], mode="lines",
+                name="waiting requests", x=xs, y=[s.num_waiting for s in records], mode=_line_mode(xs),
                 line=dict(color="#555", dash="dot", shape="hv"), hovertemplate="%{y} waiting<extra></extra>",
             )
         )
     if max_num_seqs:
         fig.add_trace(
             go.Scatter(
-                name=f"max_num_seqs = {max_num_seqs}", x=[xs[0], xs[-1]], y=[max_num_seqs] * 2, mode="lines",
+                # edge to edge of the bars: from centre to centre it missed half of the first and last
+                # bar, and all of a one-step trace's only bar
+                name=f"max_num_seqs = {max_num_seqs}", x=edges, y=[max_num_seqs] * 2, mode="lines",
                 line=dict(color="#000", dash="dash"), hoverinfo="skip",
             )
         )
@@ -115,14 +124,15 @@ def kv_blocks(
             lines.append((label if len(replicas) == 1 else f"{label} · replica {k}", steps, i, n))
     for label, steps, i, n in lines:
         xs = [s.step if x == "step" else s.start_s for s in steps]
-        xs_all += [xs[0], xs[-1]]
+        # time: to the end of the last step, when its blocks were still in use (a one-step run has some span)
+        xs_all += [xs[0], xs[-1] if x == "step" else steps[-1].start_s + steps[-1].duration_s]
         blocks = [s.kv_blocks_used for s in steps]
         tokens_hover = f"<br>up to %{{customdata:,}} tokens ({block_size}/block)" if block_size else ""
         fig.add_trace(
             go.Scatter(
                 # the run's colour, as in every other figure of the same runs (numbering lines instead
                 # shifted it past a run without a trace); a run's replicas differ by dash
-                name=label, x=xs, y=blocks, mode="lines",
+                name=label, x=xs, y=blocks, mode=_line_mode(xs),
                 line=dict(shape="hv", color=label_color(i), dash=_DASHES[n % len(_DASHES)]),
                 customdata=[b * block_size for b in blocks] if block_size else None,
                 hovertemplate=f"{label}<br>%{{y}} blocks at %{{x}}{tokens_hover}<extra></extra>",
@@ -133,7 +143,8 @@ def kv_blocks(
     if capacity:
         fig.add_trace(
             go.Scatter(
-                name=f"capacity = {capacity}", x=[min(xs_all), max(xs_all)], y=[capacity] * 2, mode="lines",
+                name=f"capacity = {capacity}", x=[min(xs_all), max(xs_all)], y=[capacity] * 2,
+                mode=_line_mode(set(xs_all)),
                 line=dict(color="#000", dash="dash"), hoverinfo="skip",
             )
         )

@@ -30,6 +30,13 @@ class Playground(widgets.VBox):
 
 def replace_figure(target: go.FigureWidget, source: go.Figure) -> None:
     """Swap a FigureWidget's traces and layout for another figure's, in place (the view stays put)."""
+    # The browser merges a new layout into the one it shows (Plotly.relayout), so a key only the old
+    # figure had stayed on screen: an empty figure's "No priced rows" note over the next bars, say.
+    # Unset those keys first; a None in a relayout removes the key in the browser too.
+    new_keys = source.layout.to_plotly_json().keys()
+    stale = {key: None for key in target.layout.to_plotly_json() if key not in new_keys}
+    if stale:
+        target.plotly_relayout(stale)
     with target.batch_update():
         target.data = ()
         target.add_traces(list(source.data))
