@@ -292,6 +292,7 @@ def test_routers_given_as_the_exported_factories_and_bad_router_indices():
 @pytest.mark.parametrize("make, match", [
     (lambda: ConstantStepModel(float("inf")), "seconds: must be a finite number > 0"),
     (lambda: RooflineStepModel(overhead_s=float("nan")), "overhead_s: must be a finite number >= 0"),
+    (lambda: RooflineStepModel(flops_efficiency="0.6"), r"flops_efficiency: must be a number in \(0, 1\], got '0.6'"),
     (lambda: FittedStepModel({"const": -0.001}), r"coef\['const'\]: must be a finite number >= 0"),
     (lambda: FittedStepModel({"decode_seqs": float("nan")}), r"coef\['decode_seqs'\]: must be a finite number"),
 ])
@@ -355,3 +356,74 @@ def test_numpy_integer_counts_are_accepted_and_bools_are_not():
         "H100-SXM", "llama-3.1-8b", tensor_parallel=2)
     with pytest.raises(ValueError, match="replicas: must be an integer >= 1, got True"):
         simulate(w, cfg(), ONE_SECOND, replicas=True)
+
+
+@pytest.mark.parametrize("make, match", [
+    # a hand-made GPU: 0 bandwidth was a ZeroDivisionError, a NaN peak silently dropped the compute term
+    (lambda: RooflineStepModel(GPU("x", 80, 0, 989.5, "")), r"GPU.bandwidth_gbps: must be a finite number > 0, got 0"),
+    (lambda: RooflineStepModel(GPU("x", 80, 3350, float("nan"), "")), r"GPU.bf16_tflops: must be a finite number"),
+    (lambda: GPU("x", 80, 3350, 989.5, "", memory_mib=-1), r"GPU.memory_mib: must be an integer >= 0"),
+    # inf params made every step infinite: the run stalled with an error blaming the KV cache
+    (lambda: ModelShape("x", float("inf"), 32, 4096, 8, 128), r"ModelShape.params: must be a finite number > 0"),
+    (lambda: kv_cache_blocks("H100-SXM", "llama-3.1-8b", block_size=0), r"block_size: must be an integer >= 1"),
+    (lambda: kv_cache_blocks("H100-SXM", "llama-3.1-8b", gpu_memory_utilization="0.9"),
+     r"gpu_memory_utilization: must be a number in \(0, 1\], got '0.9'"),
+    (lambda: kv_cache_blocks("H100-SXM", "llama-3.1-8b", activation_gib=float("nan")),
+     r"activation_gib: must be a finite number >= 0"),
+])
+def test_hand_made_gpus_models_and_kv_sizing_are_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("seconds", [float("inf"), float("nan"), -0.5])
+def test_a_step_model_returning_a_bad_time_fails_naming_it(seconds):
+    # a user's own step model: inf stalled the run blaming the KV cache, NaN made every time NaN,
+    # a negative time ran the clock backwards
+    class Bad:
+        def step_time(self, shape):
+            return seconds
+
+    w = Workload([RequestSpec("a", 0.0, prompt_len=4, output_len=2), RequestSpec("b", 1.0, prompt_len=4)])
+    with pytest.raises(ValueError, match=r"step_model: step_time returned .* must be a finite number of seconds >= 0"):
+        simulate(w, cfg(), Bad())
+
+
+def test_a_step_model_class_instead_of_an_instance_is_named():
+    # RooflineStepModel without () failed on "'<' not supported between 'property' and 'float'"
+    w = synthetic(2)
+    for model in (RooflineStepModel, ConstantStepModel):
+        with pytest.raises(TypeError, match=f"step_model: got the class {model.__name__}, not a model"):
+            simulate(w, cfg(), model)
+
+
+def test_fit_features_must_be_distinct_names():
+    steps = simulate(synthetic(20, prompt_lens=20, output_lens=10), cfg(num_blocks=400), ONE_SECOND).steps
+    # ("const", "const") fitted const = 0: the twin's zero overwrote the fitted second per step
+    with pytest.raises(ValueError, match=r"features: need one or more distinct names"):
+        FittedStepModel.fit(steps, ("const", "const"))
+    with pytest.raises(ValueError, match=r"features: need one or more distinct names"):
+        FittedStepModel.fit(steps, ())  # fitted an all-zero model: every step took no time
+    # one name as a string was read as the letters c, o, n, s, t
+    assert FittedStepModel.fit(steps, "const").coef["const"] == pytest.approx(1.0)
+
+
+def test_fit_on_one_token_outputs_uses_their_back_to_back_steps():
+    # every step finishes its whole batch (128-token prompts, two to a 256-token step, one token out),
+    # so nothing is left running after any step, yet the next batch starts at once: the fit said
+    # "need at least 8 back-to-back steps to fit, got 0"
+    true = FittedStepModel({"const": 0.003, "prefill_tokens": 1e-4, "prefill_seqs": 2e-3})
+    w = synthetic(50, prompt_lens=128, output_lens=1)
+    c = EngineConfig(num_blocks=4000, block_size=16, max_num_seqs=8, max_num_batched_tokens=256)
+    steps = simulate(w, c, true).steps
+    assert all(s.num_running == 0 for s in steps)
+    fit = FittedStepModel.fit(steps, ("const", "prefill_tokens"))
+    # two prompts a step: 0.003 + 256 * 1e-4 + 2 * 2e-3 = 0.0326 s, all of it prefill_tokens or const
+    assert fit.predict(steps[:1])[0] == pytest.approx(steps[0].duration_s)
+    # a static batch end with less than a full batch waiting may be followed by the batch timeout: left out.
+    # Here r4 waits from t=4 (its batch-mates' end) to its timeout at t=5, and r5 arrives at 100
+    w = Workload([RequestSpec(f"r{i}", 0.0, prompt_len=4, output_len=2) for i in range(5)]
+                 + [RequestSpec("r5", 100.0, prompt_len=4, output_len=2)])
+    static = simulate(w, cfg(policy="static", max_num_seqs=2, static_batch_timeout_s=5.0), ONE_SECOND).steps
+    assert [s.start_s for s in static] == [0, 1, 2, 3, 5, 6, 100, 101]
+    assert FittedStepModel.fit(static, ("const",)).coef["const"] == pytest.approx(1.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab._checks import is_int
+from lab._checks import is_finite, is_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,16 @@ class GPU:
     memory_mib: int = 0
     # dense FP8 tensor-core peak, 0 where the GPU has none (an A100 runs fp8 weights through BF16 math)
     fp8_tflops: float = 0.0
+
+    def __post_init__(self):
+        # a hand-made GPU: 0 bandwidth was a ZeroDivisionError in RooflineStepModel, NaN gave NaN latencies
+        for name in ("memory_gb", "bandwidth_gbps", "bf16_tflops"):
+            if not is_finite(getattr(self, name)):
+                raise ValueError(f"GPU.{name}: must be a finite number > 0, got {getattr(self, name)!r}")
+        if not is_int(self.memory_mib) or self.memory_mib < 0:
+            raise ValueError(f"GPU.memory_mib: must be an integer >= 0 (0: use memory_gb), got {self.memory_mib!r}")
+        if not is_finite(self.fp8_tflops, inclusive=True):
+            raise ValueError(f"GPU.fp8_tflops: must be a finite number >= 0 (0: no FP8), got {self.fp8_tflops!r}")
 
     @property
     def memory_bytes(self) -> int:
@@ -61,8 +71,9 @@ class ModelShape:
 
     def __post_init__(self):
         for name in ("params", "layers", "hidden", "kv_heads", "head_dim", "dtype_bytes", "max_model_len"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ModelShape.{name}: must be > 0, got {getattr(self, name)}")
+            # finite too: inf params made every step last forever, and the run then stalled blaming the KV cache
+            if not is_finite(getattr(self, name)):
+                raise ValueError(f"ModelShape.{name}: must be a finite number > 0, got {getattr(self, name)!r}")
 
     @property
     def weight_bytes(self) -> float:
@@ -132,8 +143,12 @@ def kv_cache_blocks(
     (a whole KV head when there are fewer KV heads than GPUs).
     """
     g, m = get_gpu(gpu), get_model(model)
-    if not 0 < gpu_memory_utilization <= 1:
-        raise ValueError(f"gpu_memory_utilization: must be in (0, 1], got {gpu_memory_utilization}")
+    if not is_finite(gpu_memory_utilization) or gpu_memory_utilization > 1:  # "0.9" was a bare TypeError
+        raise ValueError(f"gpu_memory_utilization: must be a number in (0, 1], got {gpu_memory_utilization!r}")
+    if not is_int(block_size) or block_size < 1:  # 0 was a ZeroDivisionError
+        raise ValueError(f"block_size: must be an integer >= 1, got {block_size!r}")
+    if not is_finite(activation_gib, inclusive=True):  # NaN was "cannot convert float NaN to integer"
+        raise ValueError(f"activation_gib: must be a finite number >= 0, got {activation_gib!r}")
     kv_share = kv_heads_per_gpu(m, tensor_parallel) / m.kv_heads
     memory = g.memory_bytes or g.memory_gb * 1e9  # a GPU made by hand may give only the sheet's figure
     free = memory * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30

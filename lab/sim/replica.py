@@ -85,7 +85,13 @@ class Replica:
             self.next_t = self._wake_time(now)
             return False
         shape = batch_shape(seqs, counts)
-        end = now + self.step_time(shape)
+        seconds = self.step_time(shape)
+        # any step model may be a user's own: inf stalled the run with an error blaming the KV cache,
+        # NaN made every later time NaN, a negative time ran the clock backwards
+        if not 0 <= seconds < math.inf:  # a plain comparison: this runs every step (NaN fails it too)
+            raise ValueError(f"step_model: step_time returned {seconds!r} for {shape}; "
+                             "must be a finite number of seconds >= 0")
+        end = now + seconds
         computed = [s.num_computed_tokens for s in seqs] if self.record_steps else None
         sampled = sched.on_computed(batch)
         finished = 0

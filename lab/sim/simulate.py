@@ -38,6 +38,9 @@ def simulate(
         raise TypeError(f"workload: expected a lab.workload.Workload, got {type(workload).__name__}")
     if not isinstance(config, EngineConfig):
         raise TypeError(f"config: expected an EngineConfig, got {type(config).__name__}")
+    if isinstance(step_model, type):  # RooflineStepModel without (): failed later on a property or a missing argument
+        raise TypeError(f"step_model: got the class {step_model.__name__}, not a model; "
+                        f"make one, e.g. {step_model.__name__}(...)")
     if not callable(getattr(step_model, "step_time", None)):
         raise TypeError(
             "step_model: needs a step_time(BatchShape) -> seconds method "

@@ -139,17 +139,26 @@ class FittedStepModel:
     def fit(cls, steps: list[StepRecord], features: tuple[str, ...] = FEATURES) -> FittedStepModel:
         """Fit step-to-next-step time (the engine's loop overhead between steps included).
 
-        Steps followed by an idle wait (nothing left running) are left out. Slow outliers (the CPU
-        busy elsewhere) are kept: they are part of the measured latencies the fit must predict.
+        Steps that may be followed by an idle wait (nothing left running, and fewer waiting than a
+        full batch) are left out. Slow outliers (the CPU busy elsewhere) are kept: they are part of
+        the measured latencies the fit must predict.
         """
+        if isinstance(features, str):  # "const" was read as the features c, o, n, s, t
+            features = (features,)
         bad = set(features) - set(FEATURES)
         if bad:
             raise ValueError(f"features: unknown {sorted(bad)}; allowed: {', '.join(FEATURES)}")
+        # a repeated feature's coefficient was overwritten by its twin's 0; () fitted an all-zero model
+        if not features or len(set(features)) != len(features):
+            raise ValueError(f"features: need one or more distinct names, got {tuple(features)!r}")
         rows, y = [], []
         for group in _by_replica(steps):  # a step's time runs to the next step of its own replica
             shapes = shapes_from_trace(group)
             for i, st in enumerate(group[:-1]):
-                if st.num_running > 0:
+                # nothing running but a full batch waiting: either policy steps again at once. A run of
+                # one-token outputs finishes every step's batch, and was left with no steps to fit
+                full_batch = st.idle_slots + len(st.batch)  # max_num_seqs
+                if st.num_running > 0 or st.num_waiting >= full_batch:
                     rows.append(_row(shapes[i]))
                     y.append(group[i + 1].start_s - st.start_s)
         if len(y) < len(features) + 1:
@@ -229,8 +238,9 @@ class RooflineStepModel:
     def __post_init__(self):
         self.gpu, self.model = get_gpu(self.gpu), get_model(self.model)
         for name in ("flops_efficiency", "bandwidth_efficiency"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name}: must be in (0, 1], got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not is_finite(value) or value > 1:  # "0.6" was a TypeError naming neither field nor rule
+                raise ValueError(f"{name}: must be a number in (0, 1], got {value!r}")
         if not is_finite(self.overhead_s, inclusive=True):  # NaN passed `< 0` and made every time NaN
             raise ValueError(f"overhead_s: must be a finite number >= 0, got {self.overhead_s!r}")
         g, m, tp = self.gpu, self.model, self.tensor_parallel
