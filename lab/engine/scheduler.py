@@ -35,10 +35,13 @@ def admission_error(prompt_len: int, max_tokens: int, config: EngineConfig, max_
     if not config.enable_chunked_prefill and prompt_len > budget:
         return (f"prompt: {prompt_len} tokens exceed max_num_batched_tokens={budget} with chunked prefill "
                 "off; shorten it, raise the budget or enable_chunked_prefill")
+    cache = f"num_blocks={block_manager.num_blocks} x block_size={config.block_size}"
+    if block_manager.blocks_for(prompt_len) > block_manager.num_blocks:  # "lower max_tokens" cannot help
+        return (f"prompt: {prompt_len} tokens cannot fit in the KV cache ({cache}); shorten it or give "
+                "the cache more blocks")
     if block_manager.blocks_for(stored) > block_manager.num_blocks:
         return (f"max_tokens: prompt + max_tokens = {stored + 1} tokens cannot fit in the KV cache "
-                f"(num_blocks={block_manager.num_blocks} x block_size={config.block_size}, the last token "
-                "needs no slot); lower max_tokens or give the cache more blocks")
+                f"({cache}, the last token needs no slot); lower max_tokens or give the cache more blocks")
     return None
 
 
