@@ -118,6 +118,15 @@ def test_stop_token_ids_and_max_tokens(tiny_llama):
     assert "".join(e.text for e in llm.stream([[1, 2]], params)) == out.text
 
 
+@pytest.mark.parametrize("bad", [-1, 96, 10**6])
+def test_a_stop_token_id_outside_the_vocabulary_rejected(tiny_llama, bad):
+    llm = make_llm(tiny_llama)  # vocab_size = 96
+    # it can never be sampled: the request ran to max_tokens as if the stop were not there
+    with pytest.raises(ValueError, match=re.escape(f"stop_token_ids: token id {bad} is outside the vocabulary [0, 96)")):
+        llm.generate([[1, 2]], SamplingParams(max_tokens=4, stop_token_ids=[3, bad]), use_tqdm=False)
+    assert not llm.engine.has_unfinished()
+
+
 def copy_model(src: Path, dst: Path, **config_changes) -> Path:
     """A copy of a model folder with some config.json fields changed."""
     shutil.copytree(src, dst)
@@ -322,6 +331,19 @@ def test_a_stream_left_early_aborts_its_requests(tiny_llama):
     assert out[0].finish_reason == "length" and llm.engine.num_steps - steps == 3, "no step ran the old requests"
 
 
+def test_a_stream_yields_only_its_own_requests_events(tiny_llama):
+    llm = make_llm(tiny_llama)
+    long = SamplingParams(max_tokens=50, temperature=0, ignore_eos=True)
+    for n, _ in enumerate(llm.stream([[1, 2, 3], [4, 5, 6]], long)):
+        if n == 3:
+            break  # its two requests are aborted; their abort events wait for the next step
+    llm.engine.add_request([7, 8, 9], GREEDY, "direct")  # queued by hand, not by the stream below
+    events = list(llm.stream([[1, 2]], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)))
+    # the old stream's aborts and the hand-queued request showed up here as if they were this stream's
+    assert len({e.request_id for e in events}) == 1
+    assert [e.finished for e in events] == [False, True] and events[-1].finish_reason == "length"
+
+
 def test_trace_records_every_step(tiny_llama):
     llm = make_llm(tiny_llama, max_num_seqs=4)
     llm.generate([[1] * 10] * 6, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True), use_tqdm=False)
@@ -452,6 +474,7 @@ def test_unsupported_device_rejected(tiny_llama, device):
     (dict(top_p="0.9"), "top_p: must be a number in (0, 1], got '0.9'"),
     (dict(top_p=0), "top_p: must be a number in (0, 1]"),
     (dict(top_k=2.5), "top_k: must be an integer >= 0 (0 or -1: off), got 2.5"),
+    (dict(top_k=-1.0), "top_k: must be an integer >= 0 (0 or -1: off), got -1.0"),  # was taken as off
     (dict(max_tokens="8"), "max_tokens: must be an integer >= 1, got '8'"),
     (dict(seed="1"), "seed: must be an integer in [-2**63, 2**63 - 1] or None, got '1'"),
     (dict(seed=2**64), "or None, got 18446744073709551616"),  # torch.Generator would overflow when queued
@@ -622,6 +645,21 @@ def test_a_generated_id_skips_a_just_aborted_one(tiny_llama):
 def test_engine_config_rejects_wrong_types_naming_the_field(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         EngineConfig(**kwargs)
+
+
+def test_engine_config_takes_numpy_integers_as_plain_ints():
+    import numpy as np
+
+    # a sweep over np.arange used to fail with "must be an integer >= 1, got np.int64(8)"
+    config = EngineConfig(max_num_seqs=np.int64(8), block_size=np.int32(4), num_blocks=np.int64(64),
+                          max_model_len=np.int64(128), max_num_batched_tokens=np.int64(256))
+    values = (config.max_num_seqs, config.block_size, config.num_blocks, config.max_model_len,
+              config.max_num_batched_tokens)
+    assert values == (8, 4, 64, 128, 256) and all(type(v) is int for v in values)
+    with pytest.raises(ValueError, match=re.escape("max_num_seqs: must be an integer >= 1, got np.int64(0)")):
+        EngineConfig(max_num_seqs=np.int64(0))
+    with pytest.raises(ValueError, match="block_size: must be an integer >= 1, got True"):
+        EngineConfig(block_size=True)
 
 
 def test_engine_leaves_the_callers_config_alone(tiny_llama):

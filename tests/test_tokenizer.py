@@ -112,6 +112,17 @@ def test_folder_without_tokenizer_or_template(tmp_path):
         LLM(folder, device="cpu").tokenizer.apply_chat_template(MESSAGES)
 
 
+@pytest.mark.parametrize("messages, got", [
+    ("Who goes there?", "str"),
+    ({"role": "user", "content": "Who goes there?"}, "dict"),  # one message, not a list of them
+    (None, "NoneType"),
+])
+def test_messages_that_are_not_a_list_are_named(messages, got):
+    # a string or a lone dict was walked item by item: "messages[0]: ... got 'W'" (or 'role'); None a TypeError
+    with pytest.raises(ValueError, match=rf"^messages: must be a list of {{'role', 'content'}} dicts, got {got}$"):
+        render_chat(SPEAKER_LINES_TEMPLATE, messages)
+
+
 def test_bad_template_is_a_clear_error():
     with pytest.raises(ValueError, match="chat_template: not valid jinja2"):
         render_chat("{% for m in messages %}", MESSAGES)

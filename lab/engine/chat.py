@@ -19,6 +19,9 @@ ROLES = ("system", "user", "assistant")
 
 
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
+    if not isinstance(messages, (list, tuple)):
+        # a string or a lone message dict would be walked item by item, and blamed on its first character or key
+        raise ValueError(f"messages: must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"messages[{i}]: must be a dict with 'role' and 'content', got {m!r}")

@@ -28,15 +28,15 @@ class EngineConfig:
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"policy: unknown value {self.policy!r}; allowed: {', '.join(POLICIES)}")
-        _positive("block_size", self.block_size)
-        _positive("max_num_seqs", self.max_num_seqs)
-        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        self.block_size = _positive("block_size", self.block_size)
+        self.max_num_seqs = _positive("max_num_seqs", self.max_num_seqs)
+        self.max_num_batched_tokens = _positive("max_num_batched_tokens", self.max_num_batched_tokens)
         if self.num_blocks is not None:
-            _positive("num_blocks", self.num_blocks)
+            self.num_blocks = _positive("num_blocks", self.num_blocks)
         if self.kv_cache_memory_gib is not None and not is_finite(self.kv_cache_memory_gib):
             raise ValueError(f"kv_cache_memory_gib: must be a finite number > 0, got {self.kv_cache_memory_gib!r}")
         if self.max_model_len is not None:
-            _positive("max_model_len", self.max_model_len)
+            self.max_model_len = _positive("max_model_len", self.max_model_len)
         if self.max_num_batched_tokens < self.max_num_seqs:
             # every running sequence must be able to decode one token per step
             raise ValueError(
@@ -50,6 +50,8 @@ class EngineConfig:
                 raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")
 
 
-def _positive(name: str, value) -> None:
-    if not is_int(value, numpy=False) or value < 1:
+def _positive(name: str, value) -> int:
+    # numpy integers too (a sweep over np.arange), stored as plain ints: json cannot write numpy ones
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    return int(value)

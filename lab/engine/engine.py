@@ -150,6 +150,9 @@ class Engine:
         bad = next((t for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"prompt: token id {bad} is outside the vocabulary [0, {vocab})")
+        bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:  # it can never be sampled, so the stop would silently never happen
+            raise ValueError(f"stop_token_ids: token id {bad} is outside the vocabulary [0, {vocab})")
         problem = admission_error(len(ids), params.max_tokens, cfg, cfg.max_model_len, self.block_manager)
         if problem is not None:
             raise ValueError(problem)

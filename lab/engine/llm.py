@@ -91,11 +91,13 @@ class LLM:
     def stream(self, prompts, params=None) -> Iterator[TokenEvent]:
         """Yield a `TokenEvent` per new token of any prompt, as steps produce them."""
         seqs = self._add_all(prompts, params)
+        # a step also reports other requests: an earlier stream's aborts, requests queued on the engine
+        mine = {s.request_id for s in seqs}
         try:
             # has_unfinished counts aborts not yet reported: a consumer that aborts the last request
             # still hears its end here, and the next stream does not
             while self.engine.has_unfinished():
-                yield from self.engine.step(flush=True)
+                yield from (e for e in self.engine.step(flush=True) if e.request_id in mine)
         finally:
             # a consumer that stops early (break, close): its requests would run on inside the next
             # generate or stream, costing its steps and blocks

@@ -35,7 +35,7 @@ class SamplingParams:
             raise ValueError(f"temperature: must be a finite number >= 0 (0: greedy), got {self.temperature!r}")
         if not is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p: must be a number in (0, 1], got {self.top_p!r}")
-        if self.top_k == -1:
+        if is_int(self.top_k) and self.top_k == -1:  # not -1.0: a float is refused as for any other value
             self.top_k = 0
         if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k: must be an integer >= 0 (0 or -1: off), got {self.top_k!r}")
