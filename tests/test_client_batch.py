@@ -119,6 +119,35 @@ def test_resume_after_a_killed_run_skips_finished_and_ignores_a_torn_line(tmp_pa
     assert sorted(r["custom_id"] for r in lines) == ["r0", "r1", "r2", "r3", "r4"]
 
 
+def test_resume_after_a_write_torn_inside_a_multibyte_character(tmp_path):
+    # records are written as UTF-8 without escapes, and a kill (or a full disk) can cut a write at any
+    # byte: a last line ending mid-character made the whole checkpoint "not UTF-8", so nothing resumed
+    server = FlakyServer()
+    out = tmp_path / "out.jsonl"
+    requests = [batch_line(f"r{i}", p) for i, p in enumerate(["a", "b", "c"])]
+    run_batch(client_for(server), requests[:1], checkpoint=out, progress=False)
+    record = json.dumps({"custom_id": "r1", "response": {"body": "naïve café 東京"}}, ensure_ascii=False)
+    raw = record.encode()
+    with open(out, "ab") as f:
+        f.write(raw[:raw.index("東".encode()) + 1])  # the process died one byte into a 3-byte character
+    server.sent.clear()
+    records = run_batch(client_for(server), requests, checkpoint=out, progress=False)
+    assert set(server.sent) == {"b", "c"} and [r["custom_id"] for r in records] == ["r0", "r1", "r2"]
+    assert sorted(r["custom_id"] for r in read_lines(out)) == ["r0", "r1", "r2"]  # the torn line is gone
+
+
+def test_a_blocking_transport_is_named_before_anything_is_sent_or_written(tmp_path):
+    # run_batch sends through an AsyncClient built from the Client's settings: a blocking transport
+    # failed there on every request, filling the checkpoint with error records a rerun then skipped
+    out = tmp_path / "out.jsonl"
+    client = Client(base_url="http://test/v1", api_key=KEY, transport=httpx.HTTPTransport())
+    with pytest.raises(ValueError, match="transport: HTTPTransport cannot serve this client"):
+        run_batch(client, [batch_line("r0", "a")], checkpoint=out, progress=False)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="transport: AsyncHTTPTransport .* a blocking transport"):
+        Client(base_url="http://test/v1", api_key=KEY, transport=httpx.AsyncHTTPTransport())
+
+
 def test_retry_errors_reruns_only_failed_records(tmp_path):
     server = FlakyServer()
     out = tmp_path / "out.jsonl"

@@ -570,3 +570,27 @@ def test_a_per_request_timeout_dict_changes_only_the_phases_it_names():
     c.with_options(timeout={"connect": 2}).chat.completions.create(model="m", messages=MESSAGES)
     assert sent[0] == {"connect": 30.0, "read": 300, "write": 30.0, "pool": 30.0}
     assert sent[1] == {"connect": 2, "read": 30.0, "write": 30.0, "pool": 30.0}
+
+
+def test_messages_given_as_a_generator_are_sent_whole_on_every_attempt():
+    # openai-python takes any iterable of messages; a generator died in the token estimate (len() of a
+    # generator), and spent once it would have left a retry with no messages at all
+    handler, calls = scripted(err(503), httpx.Response(200, json=OK_BODY))
+    c = client_for(handler, rpm=6000)  # the limiter's token estimate reads the messages too
+    history = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    resp = c.chat.completions.create(model="m", messages=(m for m in history), stop=iter(["\n"]))
+    assert resp.text == "hi" and resp.retries == 1
+    assert [json.loads(r.content)["messages"] for r in calls] == [history, history]
+    assert json.loads(calls[1].content)["stop"] == ["\n"]
+    handler, calls = scripted(httpx.Response(200, json=OK_BODY))
+    client_for(handler).completions.create(model="m", prompt=(i for i in (5, 6, 7)))  # token ids, as openai's Iterable[int]
+    assert json.loads(calls[0].content)["prompt"] == [5, 6, 7]
+
+
+def test_a_key_with_a_non_ascii_character_is_named_without_showing_it():
+    # a key copied through a word processor picks up a typographic dash; httpx's UnicodeEncodeError
+    # named neither the field nor the cause
+    secret = "sk-proj\u2010SECRETSECRET1234"
+    with pytest.raises(ValueError, match="api_key: .* non-ASCII") as err:
+        Client(base_url="http://test/v1", api_key=secret)
+    assert "SECRETSECRET" not in str(err.value)

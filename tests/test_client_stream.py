@@ -150,6 +150,22 @@ def test_error_event_mid_stream_raises_with_partial_text():
     assert len(calls) == 1
 
 
+def test_an_interrupted_stream_names_its_status_and_request_id_once():
+    error = b'event: error\ndata: {"error": {"message": "engine crashed", "code": 503}}\n\n'
+    handler, _ = stream_handler([chunk("par"), error])
+
+    def with_request_id(request):
+        response = handler(request)
+        response.headers["x-request-id"] = "req-7"
+        return response
+
+    with pytest.raises(StreamInterruptedError) as info:
+        collect(client_for(with_request_id).completions.create(model="m", prompt="p", stream=True))
+    # the cause's str was embedded whole: "HTTP 503: ... HTTP 503: engine crashed (request id req-7) (request id req-7)"
+    assert str(info.value) == "HTTP 503: stream failed after 1 chunk(s): engine crashed (request id req-7)"
+    assert info.value.request_id == "req-7" and info.value.partial_text == "par"
+
+
 def test_error_event_before_any_chunk_is_a_normal_error():
     bad = b'data: {"error": {"message": "prompt too long", "code": 400}}\n\n'
     handler, calls = stream_handler([bad])
@@ -181,6 +197,15 @@ def test_connection_lost_before_first_chunk_is_retried():
     handler, calls = stream_handler([httpx.RemoteProtocolError("peer closed")], [chunk("fine", "stop"), DONE])
     stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
     assert collect(stream) == ["fine"] and len(calls) == 2 and stream.retries == 1
+
+
+def test_a_stream_cut_after_a_retry_reports_that_retry():
+    # retries_taken was 0 on a stream that had needed a retry to open: the retry loop had already returned
+    handler, calls = stream_handler([httpx.ConnectError("refused")], [chunk("Once"), httpx.ReadError("reset")])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    with pytest.raises(StreamInterruptedError) as info:
+        collect(stream)
+    assert info.value.retries_taken == 1 == stream.retries and len(calls) == 2
 
 
 def test_idle_timeout_fires_while_only_keepalives_arrive():

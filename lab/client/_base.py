@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterable
 
 import httpx
 
@@ -70,6 +71,24 @@ def estimate_tokens(body: dict) -> int:
             chars += sum(len(part.get("text") or "") for part in content
                          if isinstance(part, dict) and isinstance(part.get("text") or "", str))
     return chars // 4 + 4 * len(body.get("messages") or ()) + _max_tokens(body)
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain(value):
+    """`value` with every iterable JSON cannot encode (a generator of messages, a map of token ids)
+    made a list, once: openai-python takes any iterable, and a generator read by the token estimate
+    or the first attempt would leave nothing for the next one."""
+    if isinstance(value, _JSON_SCALARS):
+        return value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and all(isinstance(v, _JSON_SCALARS) for v in value):
+        return value  # the common case, token ids included: nothing to copy
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, bytearray)):
+        return [_plain(v) for v in value]
+    return value  # anything else reaches json.dumps, whose TypeError names it
 
 
 def _prompt_tokens(p) -> int:
@@ -199,6 +218,7 @@ class BaseClient:
             params.setdefault("stream_options", {"include_usage": True})
         if extra_body:
             params.update(extra_body)
+        params = {k: _plain(v) for k, v in params.items()}
         # None: no limit; a dict overrides the phases it names, keeping the client's other ones
         timeout = self.timeout if timeout is NOT_GIVEN else make_timeout(timeout, self.timeout)
         if stream and self.stream_idle_timeout is not None and (timeout.read is None

@@ -91,27 +91,33 @@ def read_checkpoint(path: Path) -> tuple[dict[str, dict], bool]:
     dirty = False
     if not path.exists():
         return records, dirty
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
+    # read as bytes, decoded line by line: a write cut short can end inside a multi-byte character,
+    # and decoding the whole file refused it as "not UTF-8", so a killed run could not resume
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                if raw.startswith(b"{"):  # a record cut inside a character: torn, as below
+                    dirty = True
                     continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    if line.startswith("{"):  # a record cut short: the process died mid-write
-                        dirty = True  # that request simply runs again
-                        continue
-                    rec = None
-                if not (isinstance(rec, dict) and "custom_id" in rec and "error" in rec
-                        and (rec["error"] is None or isinstance(rec["error"], dict))):
-                    raise ValueError(f"checkpoint: {path}, line {n} is not a record of a batch run; give a "
-                                     f"new file, or the output of an earlier run to resume it")
-                dirty |= rec["custom_id"] in records
-                records[rec["custom_id"]] = rec
-    except UnicodeDecodeError:
-        raise ValueError(f"checkpoint: {path} is not UTF-8 text, so not the output of a batch run; "
-                         f"give a new file") from None
+                raise ValueError(f"checkpoint: {path} is not UTF-8 text, so not the output of a batch "
+                                 f"run; give a new file") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                if line.startswith("{"):  # a record cut short: the process died mid-write
+                    dirty = True  # that request simply runs again
+                    continue
+                rec = None
+            if not (isinstance(rec, dict) and "custom_id" in rec and "error" in rec
+                    and (rec["error"] is None or isinstance(rec["error"], dict))):
+                raise ValueError(f"checkpoint: {path}, line {n} is not a record of a batch run; give a "
+                                 f"new file, or the output of an earlier run to resume it")
+            dirty |= rec["custom_id"] in records
+            records[rec["custom_id"]] = rec
     return records, dirty
 
 

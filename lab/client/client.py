@@ -69,11 +69,21 @@ def _answer(client: BaseClient, response, content: bytes, method: str, rid, est:
                               retries=retries, request_id=rid)
 
 
+def _check_transport(transport, method: str, wanted: str) -> None:
+    # httpx takes any transport and fails at the first request with an AttributeError; run_batch and
+    # run_workload build an AsyncClient from a Client's settings, and recorded that error for every input
+    if transport is not None and not hasattr(transport, method):
+        raise ValueError(f"transport: {type(transport).__name__} cannot serve this client, which needs {wanted} "
+                         f"(run_batch and run_workload send through an AsyncClient built from your client's "
+                         f"settings); httpx.MockTransport serves both kinds")
+
+
 class Client(BaseClient):
     """Blocking client. `Client(base_url=..., api_key=...)` or `Client(provider="openai")`."""
 
     def __init__(self, *args, http_client: httpx.Client | None = None, **kw):
         super().__init__(*args, **kw)
+        _check_transport(self.transport, "handle_request", "a blocking transport such as httpx.HTTPTransport")
         self._custom_http = http_client is not None
         self._http = http_client or httpx.Client(timeout=self.timeout, limits=DEFAULT_POOL,
                                                  transport=self.transport, follow_redirects=True)
@@ -170,6 +180,7 @@ class AsyncClient(BaseClient):
 
     def __init__(self, *args, http_client: httpx.AsyncClient | None = None, **kw):
         super().__init__(*args, **kw)
+        _check_transport(self.transport, "handle_async_request", "an async transport such as httpx.AsyncHTTPTransport")
         self._custom_http = http_client is not None
         # one TLS context for every pool: building one loads the CA bundle (~80 ms of CPU), and PoolSet
         # opens pools mid-run on the event loop, where that stalled every stream in flight (and inflated

@@ -80,7 +80,7 @@ async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0
             pass
     except Exception as e:  # noqa: BLE001 - a failed request is a measurement, not a crash
         m.status, m.error = "error", f"{type(e).__name__}: {e}"
-        # a stream cut after its first chunk raises without retries_taken: the stream counted them
+        # the stream, when one opened, counted the retries it took to open
         m.retries = stream.retries if stream is not None else getattr(e, "retries_taken", 0)
         m.finish_s = time.perf_counter() - t0
         return m

@@ -62,6 +62,11 @@ def _check_key_chars(key: str, source: str) -> None:
     if any(c.isspace() or not c.isprintable() for c in key):
         raise ValueError(f"api_key: the key from the {source} contains spaces or control characters "
                          f"({mask_key(key)}); copy it again")
+    if not key.isascii():
+        # HTTP headers are ASCII: httpx's UnicodeEncodeError named neither the key nor the cause (a dash
+        # or quote made typographic by the editor it was copied through)
+        raise ValueError(f"api_key: the key from the {source} contains non-ASCII characters "
+                         f"({mask_key(key)}), often a typographic dash or quote; copy it again")
 
 
 def mask_key(key: str | None) -> str:

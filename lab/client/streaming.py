@@ -98,7 +98,8 @@ class StreamState:
         if isinstance(error, StreamInterruptedError):
             return error
         return StreamInterruptedError(
-            f"stream failed after {self.chunks} chunk(s): {error}",
+            # the cause's message, not str(cause): this error's own str adds the status and request id
+            f"stream failed after {self.chunks} chunk(s): {error.message}",
             partial_text=self.text,
             chunks_received=self.chunks,
             cause=error,
@@ -207,7 +208,10 @@ class _StreamBase:
 
     def _fail(self, exc: Exception) -> StreamInterruptedError:
         error = exc if isinstance(exc, APIError) else from_httpx(exc)
-        return self.state.interrupted(error)
+        interrupted = self.state.interrupted(error)
+        # raised outside the retry loop, which sets retries_taken on the errors it raises
+        interrupted.retries_taken = self.retries
+        return interrupted
 
 
 class Stream(_StreamBase):
