@@ -43,6 +43,15 @@ def write_table(tmp_path, *lines, name="prices.csv"):
     return path
 
 
+GPU_HEADER = "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
+
+
+def write_gpu_table(tmp_path, *lines, encoding="utf-8"):
+    path = tmp_path / "gpu_prices.csv"
+    path.write_text(GPU_HEADER + "".join(lines), encoding=encoding)
+    return path
+
+
 @pytest.fixture
 def table(tmp_path):
     return load_prices(write_table(tmp_path, *ROWS.values()))
@@ -211,12 +220,7 @@ def test_unknown_gpu_name_error_names_the_field_and_the_choices():
 
 
 def test_gpu_loader_rejects_negative_price(tmp_path):
-    path = tmp_path / "gpu_prices.csv"
-    path.write_text(
-        "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
-        f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n",
-        encoding="utf-8",
-    )
+    path = write_gpu_table(tmp_path, f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n")
     with pytest.raises(PriceTableError, match=r"line 2 \(acme/H100 SXM\): usd_per_gpu_hour"):
         load_gpu_prices(path)
 
@@ -409,9 +413,7 @@ def test_bad_numbers_and_types_are_named(call, message):
 ])
 def test_gpu_loader_rejects_infinite_price_and_blank_names(tmp_path, row, message):
     # inf and blank names were loaded as they stood
-    path = tmp_path / "gpu_prices.csv"
-    header = "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
-    path.write_text(header + row, encoding="utf-8")
+    path = write_gpu_table(tmp_path, row)
     with pytest.raises(PriceTableError, match=rf"gpu_prices.csv line 2 \(.*\): {message}"):
         load_gpu_prices(path)
 
@@ -444,12 +446,7 @@ def test_loader_errors_name_the_line_an_editor_shows(tmp_path):
     path = write_table(tmp_path, two_line_note, "\n", ROWS["acme"], ROWS["acme"])
     with pytest.raises(PriceTableError, match="line 6: duplicate acme/model-x, first on line 5"):
         load_prices(path)
-    gpu = tmp_path / "gpu_prices.csv"
-    gpu.write_text(
-        "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n\n"
-        f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n",
-        encoding="utf-8",
-    )
+    gpu = write_gpu_table(tmp_path, "\n", f"H100 SXM,80,acme,pod,-2.0,{URL},2026-11-23,\n")
     with pytest.raises(PriceTableError, match=r"gpu_prices.csv line 3 \(acme/H100 SXM\)"):
         load_gpu_prices(gpu)
 
@@ -460,10 +457,5 @@ def test_loaders_read_a_spreadsheets_utf8_export(tmp_path):
     path = tmp_path / "prices.csv"
     path.write_text(HEADER + ROWS["acme"], encoding="utf-8-sig")
     assert load_prices(path).find("model-x").provider == "acme"
-    gpu = tmp_path / "gpu_prices.csv"
-    gpu.write_text(
-        "gpu,memory_gb,provider,offering,usd_per_gpu_hour,source_url,seen,notes\n"
-        f"H100 SXM,80,acme,pod,2.0,{URL},2026-11-23,\n",
-        encoding="utf-8-sig",
-    )
+    gpu = write_gpu_table(tmp_path, f"H100 SXM,80,acme,pod,2.0,{URL},2026-11-23,\n", encoding="utf-8-sig")
     assert gpu_price("H100-SXM", path=gpu).usd_per_gpu_hour == 2.0
