@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,26 @@ def test_demo_prints_table_and_writes_report(tiny_llama, tmp_path, capsys):
     assert f"report: {report.resolve()}" in out
     page = report.read_text()
     assert page.count("plotly-graph-div") >= 6 and "Static versus continuous batching" in page
+
+
+def _one_request_result(label: str, e2e_s: float):
+    from lab.metrics import RequestMetrics, Result
+
+    return Result([RequestMetrics("r", 0.0, 4, 2, 0.0, e2e_s / 2, e2e_s, [e2e_s / 2, e2e_s])], label=label,
+                  duration_s=e2e_s)
+
+
+@pytest.mark.parametrize("continuous_e2e_s, note", [(2.0, True), (0.5, False)])
+def test_demo_says_why_when_continuous_does_not_win(continuous_e2e_s, note, monkeypatch, tmp_path, capsys):
+    # on a busy CPU the wall-clock runs can invert the lesson: the demo must say so, not leave it there
+    results = {"static": _one_request_result("static", 1.0),
+               "continuous": _one_request_result("continuous", continuous_e2e_s)}
+    monkeypatch.setattr("lab.demo.run_demo", lambda *a, **k: results)
+    monkeypatch.setattr("lab.demo.summary_table", lambda r: "the table")  # it needs step traces
+    monkeypatch.setattr("lab.demo.write_report", lambda r, path, n: Path(path))
+    assert main(["demo", "--report", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert ("continuous batching did not win this run" in out) is note
 
 
 @pytest.mark.parametrize(
