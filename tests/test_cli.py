@@ -124,7 +124,7 @@ def test_every_option_is_explained_and_examples_are_given():
     # most options had no help at all (so no default shown either), and no command had an example
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    for name in ("demo", "bench", "batch", "simulate"):
+    for name in ("demo", "serve", "bench", "batch", "simulate"):
         sub = commands[name]
         unexplained = [a.option_strings or a.dest for a in sub._actions if not a.help]
         assert not unexplained, f"{name}: {unexplained}"

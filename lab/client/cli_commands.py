@@ -39,9 +39,10 @@ def _add_connection_args(parser: argparse.ArgumentParser, model_help: str, retri
     parser.add_argument("--base-url", help="the API's URL, e.g. http://127.0.0.1:8000/v1 (default: the "
                         "--provider's; with neither, the local server at http://127.0.0.1:8000/v1)")
     parser.add_argument("--provider", choices=sorted(PROVIDERS),
-                        help="a preset base URL and API-key environment variable (default: local)")
+                        help="a preset base URL and API-key environment variable (default: local, "
+                        "unless --base-url is given: then none)")
     parser.add_argument("--api-key", help="the API key (default: the provider's environment variable, which "
-                        "is better: shell history keeps this)")
+                        "is better: shell history keeps this; a --base-url with no --provider has none)")
     parser.add_argument("--model", help=model_help)
     parser.add_argument("--max-retries", type=number_arg(0, low_ok=True, integer=True), default=None,
                         help=retries_help)

@@ -54,22 +54,37 @@ def _status_rate(text: str) -> tuple[int, float]:
     return status_code, _unit(rate)
 
 
+SERVE_EXAMPLES = f"""examples:
+  batching-lab serve                                  # the bundled model on http://127.0.0.1:8000/v1, no key
+  batching-lab serve --port 8000 --api-key sk-test --policy static
+  {KEYS_ENV}=sk-a,sk-b batching-lab serve --rpm 60 --max-queued-requests 32
+  batching-lab serve --fault 429=0.2 --fault 504=0.1 --fault-seed 0   # faults for the error-handling lesson
+  batching-lab serve --model path/to/Qwen2.5-0.5B-Instruct --served-model-name qwen --port 8001
+"""
+
+
 def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="HF-format folder (default: the bundled tiny-shakespeare)")
     parser.add_argument("--served-model-name", default=None, help="name clients use (default: the folder's)")
-    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="0.0.0.0 to listen on every interface (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--api-key", action="append", default=[],
                         help=f"accepted Bearer key (repeatable), added to those in the environment variable "
                         f"{KEYS_ENV} (one key, or several separated by commas); none at all: open server")
-    parser.add_argument("--policy", choices=("continuous", "static"), default="continuous")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--policy", choices=("continuous", "static"), default="continuous",
+                        help="batching policy (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N "
+                        "(default: %(default)s)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: %(default)s)")
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="most requests in a batch (default: %(default)s)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                        help="most tokens an engine step computes (default: %(default)s)")
     parser.add_argument("--num-blocks", type=int, default=None, help="KV cache blocks (default: from memory)")
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--max-queued-requests", type=int, default=1024, help="beyond this, 429")
+    parser.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output (default: the "
+                        "model's context)")
+    parser.add_argument("--max-queued-requests", type=int, default=1024,
+                        help="waiting requests; beyond this, 429 (default: %(default)s)")
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute, per key")
     parser.add_argument("--tpm", type=int, default=None, help="tokens (prompt + max_tokens) per minute, per key")
     parser.add_argument("--fault", action="append", default=[], metavar="STATUS=P", type=_status_rate,
@@ -85,11 +100,14 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="how long a stall lasts (default 5)")
     parser.add_argument("--fault-stall-after", type=_chunks, default=1, metavar="CHUNKS",
                         help="chunks a stalled stream sends before going quiet (default 1)")
-    parser.add_argument("--fault-seed", type=int, default=None)
+    parser.add_argument("--fault-seed", type=int, default=None, help="seed of the fault draws, for repeatable "
+                        "runs (default: a fresh one)")
     parser.add_argument("--no-fault-header", action="store_true", help="ignore the x-lab-fault header")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's); 1 is often faster on a busy small CPU")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                        help="(default: %(default)s)")
+    parser.epilog = SERVE_EXAMPLES
     return parser
 
 
