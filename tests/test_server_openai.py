@@ -270,3 +270,23 @@ def test_openapi_describes_request_bodies(server):
     assert {"ChatMessage", "StreamOptions"} <= set(schemas)
     assert all(ref.removeprefix("#/components/schemas/") in schemas for ref in refs), refs  # none dangle
     assert httpx.get(server.base + "/openapi.json").json()["paths"] == doc["paths"]  # served as built
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client, kind):
+    # vLLM's stream_options extra: it was accepted and ignored, every chunk said usage null
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    common = dict(model="tiny-llama", max_tokens=6, temperature=0, stream=True, stream_options=options,
+                  extra_body={"ignore_eos": True})
+    if kind == "chat":
+        chunks = list(client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], **common))
+    else:
+        chunks = list(client.completions.create(prompt="Go", **common))
+    *per_token, final = chunks
+    assert final.choices == [] and final.usage.completion_tokens == 6
+    counts = [c.usage.completion_tokens for c in per_token]
+    assert all(c.usage.prompt_tokens == final.usage.prompt_tokens for c in per_token)
+    assert counts == sorted(counts) and counts[-1] == 6 and counts[0] <= 1  # grows to the final count
+    plain = list(client.completions.create(model="tiny-llama", prompt="Go", max_tokens=3, stream=True,
+                                           stream_options={"include_usage": True}))
+    assert all(c.usage is None for c in plain[:-1])  # without the extra: OpenAI's null in each chunk

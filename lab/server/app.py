@@ -185,7 +185,8 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
         raise bad_request(exc, default_param=prompt_field) from None
     except RuntimeError:
         raise APIError(503, "server is shutting down", code="shutting_down") from None
-    admitted = Admitted(kind, request_id, state.model_name, stream, fault, req.include_usage, arrival, headers)
+    admitted = Admitted(kind, request_id, state.model_name, stream, fault, req.include_usage, arrival, headers,
+                        continuous_usage=req.continuous_usage)
     return admitted, req.stream
 
 

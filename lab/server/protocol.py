@@ -15,6 +15,7 @@ from lab.engine.sequence import SamplingParams
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's extra: with include_usage, the usage so far in every chunk
 
 
 # OpenAI (and vLLM) fields this server does not implement, with the values that change nothing: any
@@ -80,6 +81,10 @@ class _Common(BaseModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.include_usage and self.stream_options.continuous_usage_stats
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -165,14 +170,16 @@ def completion_body(kind: str, rid: str, model: str, text: str, finish_reason: s
 
 
 class ChunkMaker:
-    """Builds a stream's `data:` chunks; `usage: null` in each when include_usage, as OpenAI sends."""
+    """Builds a stream's `data:` chunks; `usage: null` in each when include_usage, as OpenAI sends, or the
+    usage so far with vLLM's `continuous_usage_stats`."""
 
-    def __init__(self, kind: str, rid: str, model: str, include_usage: bool):
-        self.kind, self.include_usage = kind, include_usage
+    def __init__(self, kind: str, rid: str, model: str, include_usage: bool, continuous_usage: bool = False):
+        self.kind, self.include_usage, self.continuous_usage = kind, include_usage, continuous_usage
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         self.head = {"id": rid, "object": obj, "created": int(time.time()), "model": model}
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False) -> dict:
+    def chunk(self, text: str | None, finish_reason: str | None = None, role: bool = False,
+              use: dict | None = None) -> dict:
         if self.kind == "chat":
             delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -180,7 +187,7 @@ class ChunkMaker:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
         out = {**self.head, "choices": [choice]}
         if self.include_usage:
-            out["usage"] = None
+            out["usage"] = use if self.continuous_usage else None
         return out
 
     def usage_chunk(self, use: dict) -> dict:

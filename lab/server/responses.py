@@ -36,6 +36,7 @@ class Admitted:
     include_usage: bool
     arrival_s: float  # time.perf_counter() when it reached the server
     headers: dict[str, str]
+    continuous_usage: bool = False  # vLLM's stream_options.continuous_usage_stats
 
 
 PAUSE_POLL_S = 0.05  # how often an injected delay looks for a shutdown
@@ -81,7 +82,7 @@ def _engine_error(a: Admitted, ev, metrics: ServerMetrics) -> APIError:
 
 
 async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics) -> AsyncIterator[str]:
-    maker = ChunkMaker(a.kind, a.request_id, a.model, a.include_usage)
+    maker = ChunkMaker(a.kind, a.request_id, a.model, a.include_usage, a.continuous_usage)
     sent = 0
 
     async def emit(payload: dict | str) -> str:
@@ -96,7 +97,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
     stream, failure, reason = a.stream, None, "client_gone"
     try:
         if a.kind == "chat":
-            yield await emit(maker.chunk(None, role=True))
+            yield await emit(maker.chunk(None, role=True, use=usage(stream.prompt_tokens, 0)))
         async for ev in stream:
             if ev.error is not None:  # engine failure or shutdown: say so
                 for event in _error_end(_engine_error(a, ev, metrics)):
@@ -109,10 +110,11 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                 # finished, so the `finally` below does not count it as client_gone either
                 metrics.finished(stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason,
                                  time.perf_counter() - a.arrival_s)
+            so_far = usage(stream.prompt_tokens, ev.num_output_tokens)
             if ev.text:
-                yield await emit(maker.chunk(ev.text))
+                yield await emit(maker.chunk(ev.text, use=so_far))
             if ev.finished:
-                yield await emit(maker.chunk(None, ev.finish_reason))
+                yield await emit(maker.chunk(None, ev.finish_reason, use=so_far))
         if a.include_usage:
             yield await emit(maker.usage_chunk(usage(stream.prompt_tokens, stream.num_output_tokens)))
         yield await emit("[DONE]")
