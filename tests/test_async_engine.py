@@ -4,10 +4,11 @@ raises in the caller; an idle engine thread blocks instead of spinning."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
-from helpers_server import tiny_llm
+from helpers_server import tiny_llm, wait_until
 
 from lab.engine import SamplingParams
 from lab.engine.async_engine import AsyncEngine
@@ -135,3 +136,119 @@ async def test_an_id_whose_abort_is_unreported_is_refused_not_orphaned():
 
 async def _last(stream):
     return [ev async for ev in stream][-1]
+
+
+async def test_an_add_cancelled_while_queued_leaves_the_engine_serving():
+    aengine = AsyncEngine(tiny_llm("cancel").engine).start()
+    in_step, gate = threading.Event(), threading.Event()
+    step = aengine._step
+
+    def gated_step():  # holds the engine thread inside a step, so the next add stays queued
+        in_step.set()
+        gate.wait(5)
+        return step()
+
+    aengine._step = gated_step
+    try:
+        first = await aengine.add_request([1, 2, 3], SamplingParams(max_tokens=3, ignore_eos=True), "first")
+        assert await asyncio.to_thread(in_step.wait, 5)
+        late = asyncio.ensure_future(aengine.add_request([4, 5], SamplingParams(max_tokens=2), "late"))
+        await asyncio.sleep(0)  # it runs up to its wait for the engine thread
+        late.cancel()  # asyncio.wait_for's timeout, a cancelled handler: the future it waits on is cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        gate.set()
+        # before: the engine thread died on InvalidStateError (set_result on the cancelled future) when it
+        # ran that add, and every stream, this one too, waited forever
+        assert (await asyncio.wait_for(_last(first), 5)).finish_reason == "length"
+        assert "late" not in aengine.engine.seqs  # its caller went away first: never admitted
+        again = await asyncio.wait_for(aengine.add_request([4, 5], SamplingParams(max_tokens=2), "again"), 5)
+        assert (await asyncio.wait_for(_last(again), 5)).finish_reason == "length"
+    finally:
+        gate.set()
+        await asyncio.to_thread(aengine.stop)
+    assert aengine.engine.block_manager.num_used == 0
+
+
+async def test_a_failing_command_does_not_end_the_engine_thread():
+    aengine = AsyncEngine(tiny_llm("command").engine).start()
+    engine_abort = aengine.engine.abort
+
+    def abort(request_id):  # a bug in one abort
+        if request_id == "bad":
+            raise RuntimeError("a bug in abort")
+        return engine_abort(request_id)
+
+    aengine.engine.abort = abort
+    try:
+        other = await aengine.add_request([1, 2, 3], SamplingParams(max_tokens=40, ignore_eos=True), "other")
+        bad = await aengine.add_request([4, 5], SamplingParams(max_tokens=40, ignore_eos=True), "bad")
+        await other.__anext__()
+        aengine.abort("bad")
+        # before: the exception ended the engine thread, and both streams waited forever
+        assert (await asyncio.wait_for(_last(other), 5)).finish_reason == "length"
+        assert (await asyncio.wait_for(_last(bad), 5)).finish_reason == "length"
+        assert aengine.is_running
+    finally:
+        del aengine.engine.abort
+        await asyncio.to_thread(aengine.stop)
+    assert aengine.engine.block_manager.num_used == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the point
+async def test_an_engine_thread_that_dies_ends_every_stream_and_refuses_new_requests():
+    aengine = AsyncEngine(tiny_llm("dies").engine).start()
+    step, calls = aengine._step, []
+
+    def dying_step():
+        calls.append(1)
+        if len(calls) == 2:  # not an Exception, so the loop's handler does not catch it
+            raise SystemExit("the engine thread ends")
+        return step()
+
+    aengine._step = dying_step
+    try:
+        stream = await aengine.add_request([1, 2, 3], SamplingParams(max_tokens=40, ignore_eos=True), "d-1")
+        # before: the stream waited forever for its next token
+        last = await asyncio.wait_for(_last(stream), 5)
+        assert last.finished and last.finish_reason == "error" and "engine thread died" in last.error
+        assert not aengine.is_running
+        with pytest.raises(RuntimeError, match="engine is not running"):
+            await asyncio.wait_for(aengine.add_request([1], SamplingParams(max_tokens=1), "d-2"), 5)
+    finally:
+        await asyncio.to_thread(aengine.stop)
+    assert aengine.engine.block_manager.num_used == 0
+
+
+def test_a_request_whose_event_loop_closed_is_aborted():
+    # a notebook's asyncio.run() that returned mid-stream without an abort: nobody can read the tokens
+    aengine = AsyncEngine(tiny_llm("closed").engine).start()
+    step, calls, gate = aengine._step, [], threading.Event()
+    release, reasons = aengine.engine.release, {}
+
+    def gated_step():  # the first token, then wait for the loop to be closed
+        calls.append(1)
+        if len(calls) > 1:
+            gate.wait(5)
+        return step()
+
+    def recording_release(request_id):
+        reasons[request_id] = aengine.engine.seqs[request_id].finish_reason
+        release(request_id)
+
+    aengine._step, aengine.engine.release = gated_step, recording_release
+    loop = asyncio.new_event_loop()
+    try:
+        params = SamplingParams(max_tokens=200, ignore_eos=True)
+        stream = loop.run_until_complete(aengine.add_request([1, 2, 3], params, "c-1"))
+        assert loop.run_until_complete(stream.__anext__()).num_output_tokens == 1
+        loop.close()
+        gate.set()
+        assert wait_until(lambda: "c-1" in reasons, 10)
+        # before: it ran on to max_tokens ("length") for nobody, holding its blocks and a batch slot
+        assert reasons["c-1"] == "abort"
+    finally:
+        gate.set()
+        del aengine.engine.release
+        aengine.stop()
+    assert aengine.engine.block_manager.num_used == 0

@@ -20,8 +20,8 @@ from lab.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.002
-_DRIVEN: weakref.WeakSet = weakref.WeakSet()  # engines with a live engine thread: one each, never two  # static policy waiting for a batch to fill: how often to re-check its timeout
+IDLE_POLL_S = 0.002  # static policy waiting for a batch to fill: how often to re-check its timeout
+_DRIVEN: weakref.WeakSet = weakref.WeakSet()  # engines with a live engine thread: one each, never two
 
 
 @dataclass(slots=True)
@@ -126,6 +126,10 @@ class AsyncEngine:
         done: concurrent.futures.Future = concurrent.futures.Future()
 
         def add():
+            # claims the future: a cancelled caller wants no request (and set_result on its cancelled
+            # future raised InvalidStateError here, which ended the engine thread and hung every stream)
+            if not done.set_running_or_notify_cancel():
+                return
             if request_id in self._streams:
                 # an id whose abort is not yet reported: the engine would take it (its request is finished),
                 # and the new stream would replace the old one, whose consumer then waits forever for its end
@@ -168,6 +172,22 @@ class AsyncEngine:
 
     # -- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:  # a stop, or the thread dying: no caller and no consumer may be left waiting forever
+            with self._cond:
+                died = not self._stopping
+                self._stopping = True  # adds from now on are refused at once, not queued for nobody
+                dropped, self._commands, self._pending_adds = self._commands, [], 0
+            for _, _, on_drop in dropped:  # queued, never run: their callers must hear so
+                if on_drop is not None:
+                    on_drop()
+            if died:
+                self._fail_all("error", "the engine thread died (see the server log)")
+            else:
+                self._fail_all("abort", "server shutting down")
+
+    def _serve(self) -> None:
         engine = self.engine
         while True:
             with self._cond:
@@ -179,7 +199,10 @@ class AsyncEngine:
                 for _, is_add, _ in commands:
                     self._pending_adds -= is_add
             for command, _, _ in commands:
-                command()
+                try:
+                    command()
+                except Exception:  # a bug in one abort must not end the thread that serves everyone
+                    log.exception("engine command failed")
             try:
                 ran = self._step()
             except Exception as exc:  # a bug or out of memory: fail the requests, keep serving
@@ -190,12 +213,6 @@ class AsyncEngine:
                 with self._cond:
                     if not self._commands and not self._stopping:
                         self._cond.wait(IDLE_POLL_S)
-        with self._cond:  # queued before the stop, never run: their callers must hear so
-            dropped, self._commands, self._pending_adds = self._commands, [], 0
-        for _, _, on_drop in dropped:
-            if on_drop is not None:
-                on_drop()
-        self._fail_all("abort", "server shutting down")
 
     def _step(self) -> bool:
         engine = self.engine
@@ -220,7 +237,12 @@ class AsyncEngine:
             self._stats = EngineStats(len(sched.running), len(sched.waiting), bm.num_used, bm.num_blocks,
                                       self._stats.num_steps + ran)
         for loop, items in out.items():
-            _deliver_threadsafe(loop, items)
+            if not _deliver_threadsafe(loop, items):
+                # its consumer's event loop is closed and nobody can read these tokens: stop making them
+                # (else the request ran on to max_tokens, holding its KV blocks and a batch slot)
+                for stream, item in items:
+                    if not item.finished:
+                        engine.abort(stream.request_id)
         if len(engine.trace) > 2 * self.trace_limit:
             del engine.trace[: len(engine.trace) - self.trace_limit]
         return ran
@@ -245,8 +267,10 @@ def _deliver(items) -> None:
         stream.queue.put_nowait(item)
 
 
-def _deliver_threadsafe(loop: asyncio.AbstractEventLoop, items) -> None:
+def _deliver_threadsafe(loop: asyncio.AbstractEventLoop, items) -> bool:
+    """False if that event loop is closed: nobody is listening any more."""
     try:
         loop.call_soon_threadsafe(_deliver, items)  # one wake-up per loop per step, not per token
-    except RuntimeError:  # that event loop is closed: nobody is listening any more
-        pass
+    except RuntimeError:
+        return False
+    return True
