@@ -61,7 +61,7 @@ class RequestSpec:
             raise ValueError(f"request {self.id}: prompt_token_ids must be a list of integers, got {type(ids).__name__}")
         if len(ids) == 0:  # else the error named prompt_len, which the caller never gave
             raise ValueError(f"request {self.id}: prompt_token_ids must not be empty")
-        return list(ids)
+        return ids if isinstance(ids, list) else list(ids)  # a list as given: no copy per spec
 
     def _check_prompt(self):
         if self.prompt is not None and not isinstance(self.prompt, str):

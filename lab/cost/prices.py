@@ -94,8 +94,8 @@ class PriceTable:
             raise ValueError(f"provider must be a string (e.g. 'openai') or None, got {provider!r}")
         # The name as given first: a table may price a snapshot on its own (gpt-4o-2024-05-13 cost more
         # than gpt-4o), and stripping its date would price it as the base model, or not find it at all.
-        exact = model.strip().lower()
-        for name in (exact, _normalise(model), _HYPHEN_VERSION.sub(r"-\1.\2", _normalise(model))):
+        base = _normalise(model)
+        for name in (model.strip().lower(), base, _HYPHEN_VERSION.sub(r"-\1.\2", base)):
             rows = [r for r in self.rows if r.model == name]
             if rows:
                 break

@@ -110,7 +110,8 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                 # finished, so the `finally` below does not count it as client_gone either
                 metrics.finished(stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason,
                                  time.perf_counter() - a.arrival_s)
-            so_far = usage(stream.prompt_tokens, ev.num_output_tokens)
+            # a usage dict per token only for those who asked for it (the hot path of every stream)
+            so_far = usage(stream.prompt_tokens, ev.num_output_tokens) if maker.continuous_usage else None
             if ev.text:
                 yield await emit(maker.chunk(ev.text, use=so_far))
             if ev.finished:
