@@ -28,6 +28,7 @@ from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a sc
 from lab.engine import LLM
 from lab.engine.config import EngineConfig
 from lab.sim import FittedStepModel, RooflineStepModel, simulate
+from lab.sim.step_models import shapes_from_trace
 from lab.workload import LogNormal, RequestSpec, Uniform, Workload, azure_trace, synthetic
 
 ENGINE = dict(block_size=16, num_blocks=1024, max_num_seqs=16, max_num_batched_tokens=256)
@@ -156,11 +157,29 @@ def run_engine(folder: Path, policy: str, workload, quiet: float | None):
         "load_before": load,
         "load_after": os.getloadavg()[0],
         "steps": len(result.steps),
+        "one_row_decode_ms": one_row_decode_ms(result.steps),
     }
 
 
+def one_row_decode_ms(steps) -> float:
+    """Median time of the run's steps that decode one sequence and nothing else: a probe of the
+    machine's speed during the run, much the same work in every run (contexts differ a little)."""
+    shapes = shapes_from_trace(steps)
+    times = [
+        b.start_s - a.start_s
+        for a, b, s in zip(steps, steps[1:], shapes, strict=False)
+        if a.num_running > 0 and s.decode_seqs == 1 and s.prefill_seqs == 0
+    ]
+    return 1e3 * float(np.median(times)) if times else float("nan")
+
+
 def compare(name: str, policy: str, w, engine, info, model) -> dict:
-    sim = simulate(w, EngineConfig(policy=policy, **ENGINE), model)
+    """The simulator's figures for `w` with `model` against the engine's run of it. Beside them, the
+    error of a model fitted on that very run ("own fit"): what the model's form cannot express, apart
+    from how far the machine's speed moved between the fit run and this one."""
+    config = EngineConfig(policy=policy, **ENGINE)
+    sim = simulate(w, config, model)
+    own = simulate(w, config, FittedStepModel.fit(engine.steps)).summary()
     e, s = engine.summary(), sim.summary()
     return {
         "workload": name,
@@ -171,6 +190,7 @@ def compare(name: str, policy: str, w, engine, info, model) -> dict:
         "engine": {k: e[k] for k in METRICS},
         "sim": {k: s[k] for k in METRICS},
         "error_pct": {k: 100 * (s[k] - e[k]) / e[k] for k in METRICS},
+        "own_fit_error_pct": {k: 100 * (own[k] - e[k]) / e[k] for k in METRICS},
     }
 
 
@@ -214,6 +234,7 @@ def medians(rounds: list[dict]) -> dict:
             k: {
                 "error_pct": float(np.median([p["error_pct"][k] for p in per])),
                 "error_range_pct": [min(p["error_pct"][k] for p in per), max(p["error_pct"][k] for p in per)],
+                "own_fit_error_pct": float(np.median([p["own_fit_error_pct"][k] for p in per])),
                 "engine_spread_pct": float(
                     100
                     * (max(p["engine"][k] for p in per) - min(p["engine"][k] for p in per))
@@ -260,12 +281,14 @@ def print_tables(report: dict) -> None:
                 for k in METRICS:
                     print(
                         f"{'':<9}{row['workload']:<9}{row['policy']:<11}{k:<20}{row['engine'][k]:>10.2f}"
-                        f"{row['sim'][k]:>10.2f}{row['error_pct'][k]:>8.1f}%"
+                        f"{row['sim'][k]:>10.2f}{row['error_pct'][k]:>8.1f}%  (own fit "
+                        f"{row['own_fit_error_pct'][k]:+.1f}%)"
                     )
                 info = row["engine_run"]
                 print(
                     f"{'':<29}engine {info['wall_s']:.1f} s, CPU share {info['cpu_share']:.2f}, "
-                    f"load {info['load_before']:.1f} -> {info['load_after']:.1f}"
+                    f"load {info['load_before']:.1f} -> {info['load_after']:.1f}, "
+                    f"1-row decode step {info['one_row_decode_ms']:.2f} ms"
                 )
             print(f"{'':<9}coefficients:", {k: f"{v:.3g}" for k, v in rd["coef"].items()})
         print(f"median over {len(acc['rounds'])} rounds: error (range) | engine's own spread between rounds")
@@ -275,7 +298,7 @@ def print_tables(report: dict) -> None:
                 lo, hi = m["error_range_pct"]
                 print(
                     f"  {name:<4}{k:<20}{m['error_pct']:+7.1f}% ({lo:+.1f} .. {hi:+.1f}) | "
-                    f"engine spread {m['engine_spread_pct']:.1f}%"
+                    f"engine spread {m['engine_spread_pct']:.1f}% | own fit {m['own_fit_error_pct']:+.1f}%"
                 )
     t = report["trace"]
     for key in ("no_steps", "with_steps"):
