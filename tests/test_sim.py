@@ -356,6 +356,22 @@ def test_fp8_weights_use_the_fp8_peak_where_the_gpu_has_one():
     assert compute_s("A100-80GB", fp8) == pytest.approx(compute_s("A100-80GB", bf16))
 
 
+def test_attention_flops_follow_the_heads_not_the_width():
+    # Qwen3-0.6B: width 1024, 16 heads of 128. Read as 1024 / 128 = 8 heads, its attention was half
+    derived = ModelShape("q3-derived", 0.6e9, 28, 1024, 8, 128)
+    qwen3 = ModelShape("q3", 0.6e9, 28, 1024, 8, 128, heads=16)
+    assert derived.heads == 8 and qwen3.heads == 16
+    # a compute-bound prefill of 8,192 tokens: the extra 8 heads add exactly their attention FLOPs
+    prefill = BatchShape(prefill_tokens=8192, prefill_seqs=1, context_tokens=8192, prefill_attention=8192 * 8193 // 2)
+    t8 = RooflineStepModel("H100-SXM", derived, overhead_s=0.0).step_time(prefill)
+    t16 = RooflineStepModel("H100-SXM", qwen3, overhead_s=0.0).step_time(prefill)
+    flops = 989.5e12 * 0.6  # H100 BF16 peak at the default efficiency
+    assert t16 - t8 == pytest.approx(4 * 28 * 8 * 128 * (8192 * 8193 // 2) / flops)
+    assert kv_heads_per_gpu(qwen3, 16) == 1 and kv_heads_per_gpu(derived, 8) == 1
+    with pytest.raises(ValueError, match="q3's 16 attention heads cannot be split evenly over 32 GPUs"):
+        kv_heads_per_gpu(qwen3, 32)
+
+
 def test_numpy_integer_counts_are_accepted_and_bools_are_not():
     # replicas from np.arange used to fail with "must be an integer >= 1, got 2"
     w = Workload([RequestSpec(f"r{i}", 0.0, prompt_len=4, output_len=2) for i in range(4)])
@@ -374,6 +390,8 @@ def test_numpy_integer_counts_are_accepted_and_bools_are_not():
     (lambda: GPU("x", 80, 3350, 989.5, "", memory_mib=-1), r"GPU.memory_mib: must be an integer >= 0"),
     # inf params made every step infinite: the run stalled with an error blaming the KV cache
     (lambda: ModelShape("x", float("inf"), 32, 4096, 8, 128), r"ModelShape.params: must be a finite number > 0"),
+    (lambda: ModelShape("x", 8e9, 32, 4096, 8, 128, heads=-1), r"ModelShape.heads: must be an integer >= 0"),
+    (lambda: ModelShape("x", 8e9, 32, 4096, 8, 96), r"ModelShape.heads: hidden 4096 is not a multiple of head_dim 96"),
     (lambda: kv_cache_blocks("H100-SXM", "llama-3.1-8b", block_size=0), r"block_size: must be an integer >= 1"),
     (lambda: kv_cache_blocks("H100-SXM", "llama-3.1-8b", gpu_memory_utilization="0.9"),
      r"gpu_memory_utilization: must be a number in \(0, 1\], got '0.9'"),

@@ -105,6 +105,17 @@ def test_custom_model_shape_matches_the_named_one(tmp_path, capsys):
     assert custom == named
 
 
+def test_heads_flag_sets_the_attention_heads_of_a_custom_shape(tmp_path, capsys):
+    # Qwen3-0.6B's heads are not hidden / head_dim: 16 heads of 128 on a width of 1024
+    qwen3 = "--params 0.6B --layers 28 --hidden 1024 --kv-heads 8 --head-dim 128".split()
+    _, derived = _summary(tmp_path, capsys, *qwen3, "--input-len", "4000", "--max-model-len", "8192")
+    _, given = _summary(tmp_path, capsys, *qwen3, "--heads", "16", "--input-len", "4000", "--max-model-len", "8192")
+    # twice the heads, twice the attention FLOPs of a 4,000-token prefill: a slower first token
+    assert given["mean_ttft_ms"] > derived["mean_ttft_ms"]
+    with pytest.raises(ValueError, match="^--tensor-parallel: custom-0.6B's 16 attention heads cannot be split"):
+        simulate_main(_args(*SMALL_RUN, *qwen3, "--heads", "16", "--tensor-parallel", "3"))
+
+
 def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, capsys):
     _, small = _summary(tmp_path, capsys, *QWEN_05B_SHAPE)
     bigger = [("4B" if a == "494M" else a) for a in QWEN_05B_SHAPE]  # 8x the weights to read every step
@@ -124,6 +135,8 @@ def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, cap
         (("--params", "8B", "--layers", "32"), r"^--hidden: a custom model shape needs all of --params, "),
         (("--model", "qwen2.5-7b", *QWEN_05B_SHAPE), r"^--model: give a named model or a custom shape"),
         (("--params", "900B", *QWEN_05B_SHAPE[2:]), r"^model: custom-900B .* leaves no room"),
+        (("--model", "qwen2.5-7b", "--heads", "28"), r"^--heads: only with a custom model shape"),
+        ((*QWEN_05B_SHAPE, "--head-dim", "96"), r"^ModelShape.heads: hidden 896 is not a multiple of head_dim 96"),
     ],
 )
 def test_bad_custom_shapes(argv, match):

@@ -118,6 +118,9 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     shape.add_argument("--hidden", type=positive_int_arg, help="hidden_size (query heads x head size)")
     shape.add_argument("--kv-heads", type=positive_int_arg, help="num_key_value_heads")
     shape.add_argument("--head-dim", type=positive_int_arg, help="head size (hidden_size / num_attention_heads)")
+    shape.add_argument(
+        "--heads", type=positive_int_arg, help="num_attention_heads, where it is not hidden / head size (Qwen3)"
+    )
     # these two also adjust a named --model (fp8 weights and cache: --dtype-bytes 1)
     shape.add_argument(
         "--dtype-bytes", type=positive_int_arg, help="bytes per weight and KV value (default 2: bf16)"
@@ -190,6 +193,8 @@ def _model(args) -> ModelShape:
     given = [opt for opt, field in SHAPE_OPTIONS.items() if getattr(args, field) is not None]
     extra = {k: v for k, v in (("dtype_bytes", args.dtype_bytes), ("max_model_len", args.max_model_len)) if v}
     if not given:
+        if args.heads is not None:
+            raise ValueError(f"--heads: only with a custom model shape ({', '.join(SHAPE_OPTIONS)})")
         return dataclasses.replace(get_model(args.model or DEFAULT_MODEL), **extra)
     if args.model is not None:
         raise ValueError(f"--model: give a named model or a custom shape ({', '.join(given)}), not both")
@@ -200,6 +205,8 @@ def _model(args) -> ModelShape:
             f"missing {', '.join(missing)}"
         )
     fields = {field: getattr(args, field) for field in SHAPE_OPTIONS.values()}
+    if args.heads is not None:
+        extra["heads"] = args.heads
     return ModelShape(f"custom-{args.params / 1e9:.3g}B", **fields, **extra)
 
 

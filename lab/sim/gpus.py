@@ -63,17 +63,29 @@ class ModelShape:
     name: str
     params: float  # parameter count
     layers: int
-    hidden: int  # model width = query heads x head_dim
+    hidden: int  # hidden_size, the model width
     kv_heads: int
     head_dim: int
     dtype_bytes: int = 2  # bf16 / fp16 weights and KV cache
     max_model_len: int = 8192  # max_position_embeddings: the context the simulator allows by default
+    # num_attention_heads; 0 reads it as hidden / head_dim, true of Llama and Qwen2 but not of every
+    # model (Qwen3-0.6B: hidden 1024, 16 heads of 128)
+    heads: int = 0
 
     def __post_init__(self):
         for name in ("params", "layers", "hidden", "kv_heads", "head_dim", "dtype_bytes", "max_model_len"):
             # finite too: inf params made every step last forever, and the run then stalled blaming the KV cache
             if not is_finite(getattr(self, name)):
                 raise ValueError(f"ModelShape.{name}: must be a finite number > 0, got {getattr(self, name)!r}")
+        if not is_int(self.heads) or self.heads < 0:
+            raise ValueError(f"ModelShape.heads: must be an integer >= 0 (0: hidden / head_dim), got {self.heads!r}")
+        if self.heads == 0:
+            if self.hidden % self.head_dim:
+                raise ValueError(
+                    f"ModelShape.heads: hidden {self.hidden} is not a multiple of head_dim {self.head_dim}; "
+                    "give heads (num_attention_heads in config.json)"
+                )
+            object.__setattr__(self, "heads", int(self.hidden // self.head_dim))  # frozen: set once, here
 
     @property
     def weight_bytes(self) -> float:
@@ -119,7 +131,7 @@ def kv_heads_per_gpu(model: str | ModelShape, tensor_parallel: int) -> int:
     m = get_model(model)
     if not is_int(tensor_parallel) or tensor_parallel < 1:  # numpy integers count, bools do not
         raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
-    tp, query_heads = int(tensor_parallel), m.hidden // m.head_dim
+    tp, query_heads = int(tensor_parallel), m.heads
     if query_heads % tp:
         raise ValueError(f"tensor_parallel: {m.name}'s {query_heads} attention heads cannot be split "
                          f"evenly over {tp} GPUs; use a divisor of {query_heads}")

@@ -221,7 +221,7 @@ class ConstantStepModel:
 class RooflineStepModel:
     """max(FLOPs / peak, bytes / bandwidth) + a fixed per-step overhead.
 
-    FLOPs: 2 x params per token plus attention (4 x hidden per layer per query-key pair), at the BF16
+    FLOPs: 2 x params per token plus attention (4 x heads x head_dim per layer per query-key pair), at the BF16
     peak, or the FP8 peak for a model of 1-byte weights on a GPU that has one. Bytes: the weights once per step plus the KV of every attended token. The efficiencies are what real
     kernels reach of the peaks (assumed, typical of vLLM on Hopper); tensor parallelism splits
     both evenly and its all-reduce time is left out.
@@ -251,7 +251,7 @@ class RooflineStepModel:
         bandwidth = g.bandwidth_gbps * 1e9 * self.bandwidth_efficiency * tp
         self._k = (
             2 * m.params / flops,
-            4 * m.layers * m.hidden / flops,
+            4 * m.layers * m.heads * m.head_dim / flops,
             m.weight_bytes / bandwidth,
             # each GPU reads its own KV heads at its own bandwidth (copied heads are read on every GPU)
             m.kv_bytes_per_token * kv_share / (bandwidth / tp),
