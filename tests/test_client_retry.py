@@ -31,7 +31,7 @@ from lab.client import (
     run_batch,
 )
 from lab.client.limits import RateLimiter, parse_reset
-from lab.client.providers import is_placeholder, mask_key
+from lab.client.providers import is_placeholder, mask_key, redact_url
 from lab.client.retry import MAX_RETRY_AFTER, parse_retry_after
 
 KEY = "sk-test-0123456789abcdef"
@@ -254,6 +254,15 @@ def test_provider_presets_and_key_from_env(monkeypatch):
         Client(provider="nope")
     with pytest.raises(ValueError, match="base_url"):
         Client()
+
+
+def test_a_password_in_base_url_is_not_shown():
+    # httpx sends user:password@ as basic auth (a proxy in front of a server); repr printed it whole
+    c = Client(base_url="http://alice:s3cret@proxy.example:8080/v1")
+    assert "s3cret" not in repr(c) and "'http://alice:***@proxy.example:8080/v1'" in repr(c)
+    assert c.base_url == "http://alice:s3cret@proxy.example:8080/v1"  # still used as given
+    assert redact_url("https://api.example/v1") == "https://api.example/v1"
+    assert redact_url("http://bob@host/v1") == "http://bob@host/v1"  # no password, nothing to hide
 
 
 def test_key_never_shown_in_full():

@@ -13,7 +13,7 @@ import httpx
 
 from lab._checks import is_number
 from lab.client.limits import RateLimits
-from lab.client.providers import mask_key, resolve
+from lab.client.providers import mask_key, redact_url, resolve
 from lab.client.retry import RetryPolicy
 from lab.client.types import Completion, Usage, cost_of
 
@@ -172,7 +172,7 @@ class BaseClient:
         self.models = _Models(self)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(base_url={self.base_url!r}, provider={self.provider!r}, "
+        return (f"{type(self).__name__}(base_url={redact_url(self.base_url)!r}, provider={self.provider!r}, "
                 f"api_key={mask_key(self.api_key)!r}, max_retries={self.retry.max_retries})")
 
     def config(self) -> dict:

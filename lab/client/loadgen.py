@@ -18,7 +18,7 @@ import time
 from lab._checks import is_int
 from lab.client._aio import run_sync
 from lab.client.client import AsyncClient
-from lab.client.providers import PROVIDERS
+from lab.client.providers import PROVIDERS, redact_url
 from lab.metrics import RequestMetrics, Result
 from lab.workload import RequestSpec, Workload
 
@@ -128,7 +128,7 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
         if model is None:
             models = await aclient.models.list()
             if not models:
-                raise ValueError(f"{aclient.base_url}/models lists no model; pass model=...")
+                raise ValueError(f"{redact_url(aclient.base_url)}/models lists no model; pass model=...")
             model = models[0].id
         # built before the clock starts: a bad spec fails the call, not one request in the measurement
         bodies = [request_body(spec, model, endpoint, ignore_eos) for spec in workload]
@@ -168,7 +168,7 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
         if own:
             await aclient.close()
     return Result(requests=list(metrics), duration_s=duration,
-                  label=label or f"http {aclient.base_url} ({model})")
+                  label=label or f"http {redact_url(aclient.base_url)} ({model})")
 
 
 def run_workload(client, workload: Workload, max_concurrency: int | None = None, **kw) -> Result:

@@ -78,6 +78,16 @@ def mask_key(key: str | None) -> str:
     return f"{key[:5]}...{key[-4:]}"
 
 
+def redact_url(url: str) -> str:
+    """The URL with the password of a `user:password@host` hidden: httpx sends it as basic auth,
+    and a repr or an error message must not print it."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
 def provider_for_url(base_url: str) -> Provider | None:
     host = urlsplit(base_url).hostname or ""
     for p in PROVIDERS.values():
