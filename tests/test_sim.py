@@ -342,6 +342,41 @@ def test_tensor_parallel_follows_the_model_heads():
     assert kv_time(8) == pytest.approx(kv_time(16)) and kv_time(4) == pytest.approx(2 * kv_time(8))
 
 
+def _allreduce_s(gpu, model, tp, shape):
+    """What tensor parallelism adds to a step beyond splitting the work: compute and bytes halve
+    exactly at tp=2 for these models (their KV heads split evenly), so the rest is the all-reduces."""
+    def step(tp_):
+        return RooflineStepModel(gpu, model, overhead_s=0.0, tensor_parallel=tp_).step_time(shape)
+    return step(tp) - step(1) / tp
+
+
+@pytest.mark.parametrize("tp, measured_us", [(2, 19.9), (4, 31.1), (8, 33.8)])
+def test_an_all_reduce_of_1mb_takes_what_h100s_measured(tp, measured_us):
+    # sgl-project/sglang#2904: a custom all-reduce of 1 MB on H100s, without CUDA graphs. 128 tokens of
+    # llama-3.1-8b (hidden 4096, 16-bit) are 1 MB; a step runs 2 all-reduces per layer, 64 in all
+    decode = BatchShape(decode_seqs=128, context_tokens=128, decode_context=128)
+    per_all_reduce = _allreduce_s("H100-SXM", "llama-3.1-8b", tp, decode) / 64
+    assert per_all_reduce * 1e6 == pytest.approx(measured_us, rel=0.15)
+
+
+def test_all_reduces_take_the_faster_way_and_need_a_link():
+    # one token (8 KB a time): the one-shot kernel, 5 us + the bytes at 15% of NVLink's 450 GB/s one way
+    one = BatchShape(decode_seqs=1, context_tokens=1, decode_context=1)
+    assert _allreduce_s("H100-SXM", "llama-3.1-8b", 2, one) == pytest.approx(64 * (5e-6 + 4096 * 2 / (450e9 * 0.15)))
+    # a prefill chunk of 8,192 tokens (64 MiB a time): NCCL's ring, 30 us + the bytes at 80%
+    chunk = BatchShape(prefill_tokens=8192, prefill_seqs=1, context_tokens=8192, prefill_attention=8192 * 8193 // 2)
+    ring = 64 * (30e-6 + 8192 * 4096 * 2 / (450e9 * 0.8))
+    assert _allreduce_s("H100-SXM", "llama-3.1-8b", 2, chunk) == pytest.approx(ring)
+    # over two L4s' PCIe (64 GB/s both ways), qwen2.5-0.5b: 48 all-reduces of 14 MiB
+    assert _allreduce_s("L4", "qwen2.5-0.5b", 2, chunk) == pytest.approx(48 * (30e-6 + 8192 * 896 * 2 / (32e9 * 0.8)))
+    # one GPU: no all-reduce at all
+    assert RooflineStepModel(overhead_s=0.0).step_time(one) == pytest.approx(
+        RooflineStepModel(overhead_s=0.0, allreduce_latency_s=1.0, ring_latency_s=1.0).step_time(one))
+    with pytest.raises(ValueError, match="tensor_parallel: x has no link_gbps"):
+        RooflineStepModel(GPU("x", 80, 3350, 989.5, ""), tensor_parallel=2)
+    assert RooflineStepModel(GPU("x", 80, 3350, 989.5, "")).step_time(one) > 0  # one GPU needs no link
+
+
 def test_fp8_weights_use_the_fp8_peak_where_the_gpu_has_one():
     # a compute-bound prefill of 8,192 tokens: fp8 halves its time on an H100 (FP8 peak = 2 x BF16),
     # not on an A100 (no FP8 tensor cores; it was halved nowhere before, only the bytes were)
@@ -388,6 +423,9 @@ def test_numpy_integer_counts_are_accepted_and_bools_are_not():
     (lambda: RooflineStepModel(GPU("x", 80, 0, 989.5, "")), r"GPU.bandwidth_gbps: must be a finite number > 0, got 0"),
     (lambda: RooflineStepModel(GPU("x", 80, 3350, float("nan"), "")), r"GPU.bf16_tflops: must be a finite number"),
     (lambda: GPU("x", 80, 3350, 989.5, "", memory_mib=-1), r"GPU.memory_mib: must be an integer >= 0"),
+    (lambda: GPU("x", 80, 3350, 989.5, "", link_gbps=-900), r"GPU.link_gbps: must be a finite number >= 0"),
+    (lambda: RooflineStepModel(ring_latency_s=float("nan")), r"ring_latency_s: must be a finite number >= 0"),
+    (lambda: RooflineStepModel(allreduce_efficiency=0), r"allreduce_efficiency: must be a number in \(0, 1\]"),
     # inf params made every step infinite: the run stalled with an error blaming the KV cache
     (lambda: ModelShape("x", float("inf"), 32, 4096, 8, 128), r"ModelShape.params: must be a finite number > 0"),
     (lambda: ModelShape("x", 8e9, 32, 4096, 8, 128, heads=-1), r"ModelShape.heads: must be an integer >= 0"),

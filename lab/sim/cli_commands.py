@@ -87,7 +87,8 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--model", choices=list(MODELS), default=None, help=f"a named shape (default: {DEFAULT_MODEL})"
     )
     hw.add_argument("--tensor-parallel", type=positive_int_arg, default=1,
-                    help="GPUs per replica, splitting the model (default: %(default)s)")
+                    help="GPUs per replica, splitting the model; two all-reduces per layer each step go "
+                         "over the GPU's link (default: %(default)s)")
     hw.add_argument("--replicas", type=positive_int_arg, default=1,
                     help="copies of the model, each on its own GPUs (default: %(default)s)")
     hw.add_argument("--router", choices=list(ROUTERS), default=None,

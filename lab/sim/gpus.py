@@ -22,6 +22,9 @@ class GPU:
     memory_mib: int = 0
     # dense FP8 tensor-core peak, 0 where the GPU has none (an A100 runs fp8 weights through BF16 math)
     fp8_tflops: float = 0.0
+    # GPU-to-GPU bandwidth, GB/s, both directions summed as the sheets print it (NVLink, else PCIe);
+    # what tensor parallelism's all-reduces run over. 0: unknown, and tensor_parallel > 1 refused
+    link_gbps: float = 0.0
 
     def __post_init__(self):
         # a hand-made GPU: 0 bandwidth was a ZeroDivisionError in RooflineStepModel, NaN gave NaN latencies
@@ -32,6 +35,8 @@ class GPU:
             raise ValueError(f"GPU.memory_mib: must be an integer >= 0 (0: use memory_gb), got {self.memory_mib!r}")
         if not is_finite(self.fp8_tflops, inclusive=True):
             raise ValueError(f"GPU.fp8_tflops: must be a finite number >= 0 (0: no FP8), got {self.fp8_tflops!r}")
+        if not is_finite(self.link_gbps, inclusive=True):
+            raise ValueError(f"GPU.link_gbps: must be a finite number >= 0 (0: unknown), got {self.link_gbps!r}")
 
     @property
     def memory_bytes(self) -> int:
@@ -41,19 +46,21 @@ class GPU:
 # NVIDIA's spec sheets, seen 2026-11-23; they print BF16 and FP8 "with sparsity", dense is half of it.
 # memory_mib: the total nvidia-smi prints for each card (H100 80GB HBM3 81559MiB, H200 143771MiB,
 # A100-SXM4-80GB 81920MiB, L4 23034MiB), as seen in public nvidia-smi logs, 2026-11-24.
+# link_gbps: the sheets' interconnect row, 2026-11-24. The H100 PCIe card takes PCIe Gen5's 128GB/s:
+# its 600GB/s NVLink bridge joins pairs only, and tensor parallelism past 2 goes over PCIe.
 H100 = "https://www.nvidia.com/en-us/data-center/h100/"
 # fmt: off
 GPUS: dict[str, GPU] = {g.name: g for g in [
     GPU("H100-SXM", 80, 3350, 989.5,
-        H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse)", 81559, 1979),
+        H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse, NVLink 900GB/s)", 81559, 1979, 900),
     GPU("H100-PCIe", 80, 2000, 756.5,
-        H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 / FP8 3,026 TFLOPS sparse)", 81559, 1513),
+        H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 / FP8 3,026 TFLOPS sparse, PCIe Gen5 128GB/s)", 81559, 1513, 128),
     GPU("H200", 141, 4800, 989.5, "https://www.nvidia.com/en-us/data-center/h200/ "
-        "(SXM: 141GB, 4.8TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse)", 143771, 1979),
-    GPU("A100-80GB", 80, 2039, 312,
-        "https://www.nvidia.com/en-us/data-center/a100/ (80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense)", 81920),
+        "(SXM: 141GB, 4.8TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse, NVLink 900GB/s)", 143771, 1979, 900),
+    GPU("A100-80GB", 80, 2039, 312, "https://www.nvidia.com/en-us/data-center/a100/ "
+        "(80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense, NVLink 600GB/s)", 81920, 0.0, 600),
     GPU("L4", 24, 300, 121, "https://www.nvidia.com/en-us/data-center/l4/ "
-        "(24GB, 300GB/s, BF16 242 / FP8 485 TFLOPS sparse)", 23034, 242.5),
+        "(24GB, 300GB/s, BF16 242 / FP8 485 TFLOPS sparse, PCIe Gen4 x16 64GB/s)", 23034, 242.5, 64),
 ]}
 # fmt: on
 

@@ -224,7 +224,14 @@ class RooflineStepModel:
     FLOPs: 2 x params per token plus attention (4 x heads x head_dim per layer per query-key pair), at the BF16
     peak, or the FP8 peak for a model of 1-byte weights on a GPU that has one. Bytes: the weights once per step plus the KV of every attended token. The efficiencies are what real
     kernels reach of the peaks (assumed, typical of vLLM on Hopper); tensor parallelism splits
-    both evenly and its all-reduce time is left out.
+    both evenly and adds two all-reduces of the step's activations per layer, not overlapped.
+    An all-reduce moves 2(tp-1)/tp x B bytes over one direction of the GPU's link, the faster of
+    two ways, as vLLM picks a one-shot kernel for small messages and NCCL's ring for large ones:
+    `allreduce_latency_s` + the bytes at `allreduce_efficiency` of the link (fitted to H100
+    measurements of such a kernel in sgl-project/sglang#2904, without CUDA graphs: 4-6 us up to
+    32 KB, 20-34 us at 1 MB for 2 to 8 GPUs; vLLM's own kernel measured 9-10 and 27-45 us there),
+    or `ring_latency_s` + the bytes at `bandwidth_efficiency` of the link (both assumed; with them
+    the ring takes over from the kernel at about 2 MB).
     """
 
     gpu: str | GPU = "H100-SXM"
@@ -233,18 +240,26 @@ class RooflineStepModel:
     bandwidth_efficiency: float = 0.8
     overhead_s: float = 0.001  # scheduling, sampling, launches per step
     tensor_parallel: int = 1
+    allreduce_latency_s: float = 5e-6
+    allreduce_efficiency: float = 0.15
+    ring_latency_s: float = 30e-6
     _k: tuple = field(init=False, repr=False, default=())
 
     def __post_init__(self):
         self.gpu, self.model = get_gpu(self.gpu), get_model(self.model)
-        for name in ("flops_efficiency", "bandwidth_efficiency"):
+        for name in ("flops_efficiency", "bandwidth_efficiency", "allreduce_efficiency"):
             value = getattr(self, name)
             if not is_finite(value) or value > 1:  # "0.6" was a TypeError naming neither field nor rule
                 raise ValueError(f"{name}: must be a number in (0, 1], got {value!r}")
         if not is_finite(self.overhead_s, inclusive=True):  # NaN passed `< 0` and made every time NaN
             raise ValueError(f"overhead_s: must be a finite number >= 0, got {self.overhead_s!r}")
+        for name in ("allreduce_latency_s", "ring_latency_s"):
+            if not is_finite(getattr(self, name), inclusive=True):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {getattr(self, name)!r}")
         g, m, tp = self.gpu, self.model, self.tensor_parallel
         kv_share = kv_heads_per_gpu(m, tp) / m.kv_heads  # checks tp against the model's heads
+        if tp > 1 and not g.link_gbps:
+            raise ValueError(f"tensor_parallel: {g.name} has no link_gbps (GPU-to-GPU bandwidth) for its all-reduces")
         # fp8 weights (dtype_bytes 1) run on the FP8 tensor cores where the GPU has them
         peak = g.fp8_tflops if m.dtype_bytes == 1 and g.fp8_tflops else g.bf16_tflops
         flops = peak * 1e12 * self.flops_efficiency * tp
@@ -255,13 +270,30 @@ class RooflineStepModel:
             m.weight_bytes / bandwidth,
             # each GPU reads its own KV heads at its own bandwidth (copied heads are read on every GPU)
             m.kv_bytes_per_token * kv_share / (bandwidth / tp),
+            *self._allreduce(),
+        )
+
+    def _allreduce(self) -> tuple[float, ...]:
+        """The step's 2 all-reduces per layer, (seconds, seconds per token) of each way; 0 on one GPU."""
+        g, m, tp = self.gpu, self.model, self.tensor_parallel
+        if tp == 1:
+            return 0.0, 0.0, 0.0, 0.0
+        one_way = g.link_gbps / 2 * 1e9
+        moved = 2 * m.layers * 2 * (tp - 1) / tp * m.hidden * 2  # per token; activations stay 16-bit
+        return (
+            2 * m.layers * self.allreduce_latency_s,
+            moved / (one_way * self.allreduce_efficiency),
+            2 * m.layers * self.ring_latency_s,
+            moved / (one_way * self.bandwidth_efficiency),
         )
 
     def step_time(self, s: BatchShape) -> float:
-        per_token, per_pair, weights, per_kv = self._k
-        compute = per_token * s.num_tokens + per_pair * (s.prefill_attention + s.decode_context)
+        per_token, per_pair, weights, per_kv, shot, shot_per_token, ring, ring_per_token = self._k
+        n = s.num_tokens
+        compute = per_token * n + per_pair * (s.prefill_attention + s.decode_context)
         memory = weights + per_kv * s.context_tokens
-        return self.overhead_s + (compute if compute > memory else memory)
+        comm = min(shot + shot_per_token * n, ring + ring_per_token * n)
+        return self.overhead_s + (compute if compute > memory else memory) + comm
 
     def kv_cache_blocks(self, block_size: int = 16, gpu_memory_utilization: float = 0.9) -> int:
         return kv_cache_blocks(
