@@ -342,6 +342,20 @@ def test_tensor_parallel_follows_the_model_heads():
     assert kv_time(8) == pytest.approx(kv_time(16)) and kv_time(4) == pytest.approx(2 * kv_time(8))
 
 
+def test_a_kv_memory_budget_is_per_gpu_under_tensor_parallelism():
+    # llama-3.1-8b: 2 MiB a block of 16 tokens, so 64 MiB holds 32 blocks on one GPU and, each GPU
+    # keeping half the KV heads, 64 on two (vLLM's --kv-cache-memory is per GPU too). Four requests
+    # needing 13 blocks each run without preemption on two GPUs only
+    w = Workload([RequestSpec(f"r{i}", 0.0, prompt_len=100, output_len=100) for i in range(4)])
+    config = EngineConfig(kv_cache_memory_gib=1 / 16, max_num_seqs=4, max_num_batched_tokens=512)
+
+    def preempted(tp):
+        steps = simulate(w, config, RooflineStepModel(tensor_parallel=tp)).steps
+        return sum(st.num_preempted for st in steps)
+
+    assert preempted(1) > 0 and preempted(2) == 0
+
+
 def _allreduce_s(gpu, model, tp, shape):
     """What tensor parallelism adds to a step beyond splitting the work: compute and bytes halve
     exactly at tp=2 for these models (their KV heads split evenly), so the rest is the all-reduces."""

@@ -17,7 +17,7 @@ class EngineConfig:
     policy: str = "continuous"
     block_size: int = 16
     num_blocks: int | None = None  # None: derived from kv_cache_memory_gib by the engine
-    kv_cache_memory_gib: float | None = None
+    kv_cache_memory_gib: float | None = None  # in the simulator with tensor parallelism: per GPU
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_model_len: int | None = None  # None: the model's max_position_embeddings
