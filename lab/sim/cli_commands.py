@@ -116,9 +116,11 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     shape.add_argument("--params", type=_count, help="parameter count: 8.03e9, 8.03B, 494M")
     shape.add_argument("--layers", type=positive_int_arg, help="num_hidden_layers")
-    shape.add_argument("--hidden", type=positive_int_arg, help="hidden_size (query heads x head size)")
+    shape.add_argument("--hidden", type=positive_int_arg, help="hidden_size")
     shape.add_argument("--kv-heads", type=positive_int_arg, help="num_key_value_heads")
-    shape.add_argument("--head-dim", type=positive_int_arg, help="head size (hidden_size / num_attention_heads)")
+    shape.add_argument(
+        "--head-dim", type=positive_int_arg, help="head_dim (hidden_size / num_attention_heads where config.json has none)"
+    )
     shape.add_argument(
         "--heads", type=positive_int_arg, help="num_attention_heads, where it is not hidden / head size (Qwen3)"
     )

@@ -221,8 +221,9 @@ class ConstantStepModel:
 class RooflineStepModel:
     """max(FLOPs / peak, bytes / bandwidth) + a fixed per-step overhead.
 
-    FLOPs: 2 x params per token plus attention (4 x heads x head_dim per layer per query-key pair), at the BF16
-    peak, or the FP8 peak for a model of 1-byte weights on a GPU that has one. Bytes: the weights once per step plus the KV of every attended token. The efficiencies are what real
+    FLOPs: 2 x params per token plus attention (4 x heads x head_dim per layer per query-key pair),
+    at the BF16 peak, or the FP8 peak for a model of 1-byte weights on a GPU that has one. Bytes: the
+    weights once per step plus the KV of every attended token. The efficiencies are what real
     kernels reach of the peaks (assumed, typical of vLLM on Hopper); tensor parallelism splits
     both evenly and adds two all-reduces of the step's activations per layer, not overlapped.
     An all-reduce moves 2(tp-1)/tp x B bytes over one direction of the GPU's link, the faster of
