@@ -145,9 +145,15 @@ def test_rate_limit_per_key_with_headers():
             h = e.value.response.headers
             assert int(h["retry-after"]) >= 1 and h["x-ratelimit-remaining-requests"] == "0"
             assert e.value.code == "rate_limit_exceeded"
-            with pytest.raises(openai.RateLimitError, match="tokens per minute"):  # larger than the bucket
-                c.with_options(api_key="sk-other-key-0000").completions.create(
-                    model="tiny-llama", prompt="abc", max_tokens=200)
+            # larger than the bucket: no wait helps, so the SDK must not retry it, even when allowed to
+            seen = []
+            counting = httpx.Client(event_hooks={"response": [seen.append]})
+            with openai.OpenAI(base_url=s.url, api_key="sk-other-key-0000", max_retries=3,
+                               http_client=counting) as retrying:
+                with pytest.raises(openai.RateLimitError, match="tokens per minute") as e:
+                    retrying.completions.create(model="tiny-llama", prompt="abc", max_tokens=200)
+            assert len(seen) == 1 and e.value.response.headers["x-should-retry"] == "false"
+            assert "retry-after" not in e.value.response.headers
         with openai.OpenAI(base_url=s.url, api_key="sk-other-key-0000", max_retries=0) as other:
             assert other.completions.create(model="tiny-llama", prompt="abc", max_tokens=2).usage
 

@@ -77,7 +77,9 @@ class RateLimiter:
         if tok is not None and tokens > tok.capacity:
             raise APIError(429, f"Request too large: {tokens} tokens (prompt + max_tokens) exceed this key's "
                            f"limit of {self.tpm} tokens per minute; lower max_tokens.",
-                           code="rate_limit_exceeded", type="tokens", headers=self._headers(req, tok))
+                           code="rate_limit_exceeded", type="tokens",
+                           # no wait makes it fit: tell clients (the OpenAI SDK, ours) not to retry
+                           headers=self._headers(req, tok) | {"x-should-retry": "false"})
         for bucket, amount, kind, limit in ((req, 1, "requests", self.rpm), (tok, tokens, "tokens", self.tpm)):
             if bucket is not None and bucket.level < amount:
                 wait = bucket.wait_for(amount)
