@@ -116,6 +116,13 @@ def test_heads_flag_sets_the_attention_heads_of_a_custom_shape(tmp_path, capsys)
         simulate_main(_args(*SMALL_RUN, *qwen3, "--heads", "16", "--tensor-parallel", "3"))
 
 
+def test_tensor_parallel_runs_say_how_many_gpus_and_cut_the_time_per_token(tmp_path, capsys):
+    one_text, one = _summary(tmp_path, capsys, "--gpu", "H100-SXM")
+    two_text, two = _summary(tmp_path, capsys, "--gpu", "H100-SXM", "--tensor-parallel", "2", "--replicas", "2")
+    assert "on 1 x H100-SXM," in one_text and "on 2 replicas of 2 x H100-SXM (TP 2)," in two_text
+    assert two["mean_tpot_ms"] < one["mean_tpot_ms"]
+
+
 def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, capsys):
     _, small = _summary(tmp_path, capsys, *QWEN_05B_SHAPE)
     bigger = [("4B" if a == "494M" else a) for a in QWEN_05B_SHAPE]  # 8x the weights to read every step

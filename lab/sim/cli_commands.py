@@ -243,9 +243,10 @@ def simulate_main(args) -> int:
         enable_prefix_caching=not args.no_prefix_caching,
         enable_chunked_prefill=not args.no_chunked_prefill,
     )
-    where = f"{args.replicas} x {args.gpu}" + (
-        f" (TP {args.tensor_parallel})" if args.tensor_parallel > 1 else ""
-    )
+    tp = args.tensor_parallel
+    where = f"{args.replicas} x {args.gpu}" if tp == 1 else f"{tp} x {args.gpu} (TP {tp})"
+    if tp > 1 and args.replicas > 1:
+        where = f"{args.replicas} replicas of {where}"
     print(
         f"{workload.name}: {len(workload)} requests over {workload.duration_s:.0f} s on {where}, "
         f"{model.model.name}, {args.policy}, {num_blocks} KV blocks of {args.block_size} per replica"
