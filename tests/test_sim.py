@@ -1,5 +1,7 @@
 """lab.sim: hand-computed timelines with a constant step time, step models, GPUs, routers."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from lab.sim import (
     ModelShape,
     RooflineStepModel,
     get_gpu,
+    get_model,
     kv_cache_blocks,
     kv_heads_per_gpu,
     shapes_from_trace,
@@ -383,6 +386,14 @@ def test_all_reduces_take_the_faster_way_and_need_a_link():
     assert _allreduce_s("H100-SXM", "llama-3.1-8b", 2, chunk) == pytest.approx(ring)
     # over two L4s' PCIe (64 GB/s both ways), qwen2.5-0.5b: 48 all-reduces of 14 MiB
     assert _allreduce_s("L4", "qwen2.5-0.5b", 2, chunk) == pytest.approx(48 * (30e-6 + 8192 * 896 * 2 / (32e9 * 0.8)))
+    # one token on 4 PCIe GPUs: no one-shot kernel (vLLM turns it off past 2 PCIe GPUs), the ring's 30 us
+    assert _allreduce_s("L4", "llama-3.1-8b", 4, one) == pytest.approx(64 * (30e-6 + 1.5 * 4096 * 2 / (32e9 * 0.8)))
+    assert _allreduce_s("H100-SXM", "llama-3.1-8b", 4, one) == pytest.approx(
+        64 * (5e-6 + 1.5 * 4096 * 2 / (450e9 * 0.15)))
+    # fp32 activations are 4 bytes: twice the ring's bytes; fp8 weights keep 16-bit activations
+    fp32, fp8 = (ModelShape(f"m{b}", 8.03e9, 32, 4096, 8, 128, dtype_bytes=b) for b in (4, 1))
+    assert _allreduce_s("H100-SXM", fp32, 2, chunk) == pytest.approx(64 * (30e-6 + 8192 * 4096 * 4 / (450e9 * 0.8)))
+    assert _allreduce_s("H100-SXM", fp8, 2, chunk) == pytest.approx(ring)
     # one GPU: no all-reduce at all
     assert RooflineStepModel(overhead_s=0.0).step_time(one) == pytest.approx(
         RooflineStepModel(overhead_s=0.0, allreduce_latency_s=1.0, ring_latency_s=1.0).step_time(one))
@@ -409,7 +420,9 @@ def test_attention_flops_follow_the_heads_not_the_width():
     # Qwen3-0.6B: width 1024, 16 heads of 128. Read as 1024 / 128 = 8 heads, its attention was half
     derived = ModelShape("q3-derived", 0.6e9, 28, 1024, 8, 128)
     qwen3 = ModelShape("q3", 0.6e9, 28, 1024, 8, 128, heads=16)
-    assert derived.heads == 8 and qwen3.heads == 16
+    assert derived.query_heads == 8 and qwen3.query_heads == 16
+    # derived on each read: a wider copy of a named shape has more heads, not the original's 32
+    assert dataclasses.replace(get_model("llama-3.1-8b"), hidden=8192).query_heads == 64
     # a compute-bound prefill of 8,192 tokens: the extra 8 heads add exactly their attention FLOPs
     prefill = BatchShape(prefill_tokens=8192, prefill_seqs=1, context_tokens=8192, prefill_attention=8192 * 8193 // 2)
     t8 = RooflineStepModel("H100-SXM", derived, overhead_s=0.0).step_time(prefill)
@@ -444,6 +457,8 @@ def test_numpy_integer_counts_are_accepted_and_bools_are_not():
     (lambda: ModelShape("x", float("inf"), 32, 4096, 8, 128), r"ModelShape.params: must be a finite number > 0"),
     (lambda: ModelShape("x", 8e9, 32, 4096, 8, 128, heads=-1), r"ModelShape.heads: must be an integer >= 0"),
     (lambda: ModelShape("x", 8e9, 32, 4096, 8, 96), r"ModelShape.heads: hidden 4096 is not a multiple of head_dim 96"),
+    (lambda: ModelShape("x", 8e9, 32, 4096, 8, 128, heads=12), r"ModelShape.heads: 12 attention heads cannot share 8 KV"),
+    (lambda: RooflineStepModel(ring_efficiency=1.5), r"ring_efficiency: must be a number in \(0, 1\]"),
     (lambda: kv_cache_blocks("H100-SXM", "llama-3.1-8b", block_size=0), r"block_size: must be an integer >= 1"),
     (lambda: kv_cache_blocks("H100-SXM", "llama-3.1-8b", gpu_memory_utilization="0.9"),
      r"gpu_memory_utilization: must be a number in \(0, 1\], got '0.9'"),

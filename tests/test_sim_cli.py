@@ -117,10 +117,13 @@ def test_heads_flag_sets_the_attention_heads_of_a_custom_shape(tmp_path, capsys)
 
 
 def test_tensor_parallel_runs_say_how_many_gpus_and_cut_the_time_per_token(tmp_path, capsys):
-    one_text, one = _summary(tmp_path, capsys, "--gpu", "H100-SXM")
+    one_text, one = _summary(tmp_path, capsys, "--gpu", "H100-SXM", "--replicas", "2")
     two_text, two = _summary(tmp_path, capsys, "--gpu", "H100-SXM", "--tensor-parallel", "2", "--replicas", "2")
-    assert "on 1 x H100-SXM," in one_text and "on 2 replicas of 2 x H100-SXM (TP 2)," in two_text
-    assert two["mean_tpot_ms"] < one["mean_tpot_ms"]
+    four_text, single = _summary(tmp_path, capsys, "--gpu", "H100-SXM", "--tensor-parallel", "4")
+    assert "on 2 x H100-SXM," in one_text and "on 2 replicas of 2 x H100-SXM (TP 2)," in two_text
+    assert "on 4 x H100-SXM (TP 4)," in four_text
+    assert two["mean_tpot_ms"] < one["mean_tpot_ms"]  # the same replicas, each split over 2 GPUs
+    assert single["mean_tpot_ms"] < two["mean_tpot_ms"]
 
 
 def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, capsys):
@@ -143,7 +146,7 @@ def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, cap
         (("--model", "qwen2.5-7b", *QWEN_05B_SHAPE), r"^--model: give a named model or a custom shape"),
         (("--params", "900B", *QWEN_05B_SHAPE[2:]), r"^model: custom-900B .* leaves no room"),
         (("--model", "qwen2.5-7b", "--heads", "28"), r"^--heads: only with a custom model shape"),
-        ((*QWEN_05B_SHAPE, "--head-dim", "96"), r"^ModelShape.heads: hidden 896 is not a multiple of head_dim 96"),
+        ((*QWEN_05B_SHAPE, "--head-dim", "96"), r"^--heads: hidden 896 is not a multiple of head_dim 96"),
     ],
 )
 def test_bad_custom_shapes(argv, match):

@@ -226,7 +226,8 @@ def simulate_main(args) -> int:
     try:
         model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
     except ValueError as e:  # the library names its argument; on the command line the flag is what to fix
-        raise ValueError(str(e).replace("tensor_parallel:", "--tensor-parallel:", 1)) from None
+        message = str(e).replace("tensor_parallel:", "--tensor-parallel:", 1)
+        raise ValueError(message.replace("ModelShape.heads:", "--heads:", 1)) from None
     num_blocks = args.num_blocks
     if num_blocks is None:
         utilization = 0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization

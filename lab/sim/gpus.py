@@ -25,6 +25,9 @@ class GPU:
     # GPU-to-GPU bandwidth, GB/s, both directions summed as the sheets print it (NVLink, else PCIe);
     # what tensor parallelism's all-reduces run over. 0: unknown, and tensor_parallel > 1 refused
     link_gbps: float = 0.0
+    # GPUs joined all to all by NVLink (SXM boards). vLLM's one-shot all-reduce kernel needs it, or at
+    # most two GPUs; more PCIe GPUs use NCCL's ring for every all-reduce
+    nvlink: bool = False
 
     def __post_init__(self):
         # a hand-made GPU: 0 bandwidth was a ZeroDivisionError in RooflineStepModel, NaN gave NaN latencies
@@ -52,13 +55,13 @@ H100 = "https://www.nvidia.com/en-us/data-center/h100/"
 # fmt: off
 GPUS: dict[str, GPU] = {g.name: g for g in [
     GPU("H100-SXM", 80, 3350, 989.5,
-        H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse, NVLink 900GB/s)", 81559, 1979, 900),
+        H100 + " (SXM: 80GB, 3.35TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse, NVLink 900GB/s)", 81559, 1979, 900, True),
     GPU("H100-PCIe", 80, 2000, 756.5,
         H100 + " (PCIe: 80GB, 2TB/s, BF16 1,513 / FP8 3,026 TFLOPS sparse, PCIe Gen5 128GB/s)", 81559, 1513, 128),
     GPU("H200", 141, 4800, 989.5, "https://www.nvidia.com/en-us/data-center/h200/ "
-        "(SXM: 141GB, 4.8TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse, NVLink 900GB/s)", 143771, 1979, 900),
+        "(SXM: 141GB, 4.8TB/s, BF16 1,979 / FP8 3,958 TFLOPS sparse, NVLink 900GB/s)", 143771, 1979, 900, True),
     GPU("A100-80GB", 80, 2039, 312, "https://www.nvidia.com/en-us/data-center/a100/ "
-        "(80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense, NVLink 600GB/s)", 81920, 0.0, 600),
+        "(80GB SXM: 2,039GB/s, BF16 312 TFLOPS dense, NVLink 600GB/s)", 81920, 0.0, 600, True),
     GPU("L4", 24, 300, 121, "https://www.nvidia.com/en-us/data-center/l4/ "
         "(24GB, 300GB/s, BF16 242 / FP8 485 TFLOPS sparse, PCIe Gen4 x16 64GB/s)", 23034, 242.5, 64),
 ]}
@@ -86,13 +89,20 @@ class ModelShape:
                 raise ValueError(f"ModelShape.{name}: must be a finite number > 0, got {getattr(self, name)!r}")
         if not is_int(self.heads) or self.heads < 0:
             raise ValueError(f"ModelShape.heads: must be an integer >= 0 (0: hidden / head_dim), got {self.heads!r}")
-        if self.heads == 0:
-            if self.hidden % self.head_dim:
-                raise ValueError(
-                    f"ModelShape.heads: hidden {self.hidden} is not a multiple of head_dim {self.head_dim}; "
-                    "give heads (num_attention_heads in config.json)"
-                )
-            object.__setattr__(self, "heads", int(self.hidden // self.head_dim))  # frozen: set once, here
+        if self.heads == 0 and self.hidden % self.head_dim:
+            raise ValueError(
+                f"ModelShape.heads: hidden {self.hidden} is not a multiple of head_dim {self.head_dim}; "
+                "give heads (num_attention_heads in config.json)"
+            )
+        if self.query_heads % self.kv_heads:  # grouped-query attention shares each KV head by a whole group
+            raise ValueError(f"ModelShape.heads: {self.query_heads} attention heads cannot share "
+                             f"{self.kv_heads} KV heads evenly; check heads and kv_heads")
+
+    @property
+    def query_heads(self) -> int:
+        """num_attention_heads: `heads`, or hidden / head_dim where it was left at 0 (derived on each read,
+        so dataclasses.replace(shape, hidden=...) follows)."""
+        return self.heads or self.hidden // self.head_dim
 
     @property
     def weight_bytes(self) -> float:
@@ -138,7 +148,7 @@ def kv_heads_per_gpu(model: str | ModelShape, tensor_parallel: int) -> int:
     m = get_model(model)
     if not is_int(tensor_parallel) or tensor_parallel < 1:  # numpy integers count, bools do not
         raise ValueError(f"tensor_parallel: must be an integer >= 1, got {tensor_parallel!r}")
-    tp, query_heads = int(tensor_parallel), m.heads
+    tp, query_heads = int(tensor_parallel), m.query_heads
     if query_heads % tp:
         raise ValueError(f"tensor_parallel: {m.name}'s {query_heads} attention heads cannot be split "
                          f"evenly over {tp} GPUs; use a divisor of {query_heads}")

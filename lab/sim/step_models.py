@@ -225,14 +225,17 @@ class RooflineStepModel:
     at the BF16 peak, or the FP8 peak for a model of 1-byte weights on a GPU that has one. Bytes: the
     weights once per step plus the KV of every attended token. The efficiencies are what real
     kernels reach of the peaks (assumed, typical of vLLM on Hopper); tensor parallelism splits
-    both evenly and adds two all-reduces of the step's activations per layer, not overlapped.
-    An all-reduce moves 2(tp-1)/tp x B bytes over one direction of the GPU's link, the faster of
-    two ways, as vLLM picks a one-shot kernel for small messages and NCCL's ring for large ones:
+    both evenly and adds two all-reduces of the step's activations per layer, not overlapped
+    (the embedding's and the logits' collectives are left out). An all-reduce of a B-byte message
+    moves 2(tp-1)/tp x B bytes over one direction of the GPU's link, the faster of two ways, as
+    vLLM picks a one-shot kernel for small messages and NCCL's ring for large ones:
     `allreduce_latency_s` + the bytes at `allreduce_efficiency` of the link (fitted to H100
-    measurements of such a kernel in sgl-project/sglang#2904, without CUDA graphs: 4-6 us up to
-    32 KB, 20-34 us at 1 MB for 2 to 8 GPUs; vLLM's own kernel measured 9-10 and 27-45 us there),
-    or `ring_latency_s` + the bytes at `bandwidth_efficiency` of the link (both assumed; with them
-    the ring takes over from the kernel at about 2 MB).
+    measurements of such a kernel in sgl-project/sglang#2904: 4-6 us up to 32 KB, 20-34 us at 1 MB
+    for 2 to 8 GPUs; vLLM's own kernel measured 9-10 and 27-45 us there), or `ring_latency_s` + the
+    bytes at `ring_efficiency` of the link (both assumed; the ring takes over at messages of about
+    2.1 MB on 2 GPUs, 1.2 MB on 8). The kernel is used only over NVLink or on 2 GPUs, as in vLLM.
+    Those measurements ran without CUDA graphs; vLLM decodes under them, where the kernel's fixed
+    cost is lower, so decode steps' communication is likely overstated here.
     """
 
     gpu: str | GPU = "H100-SXM"
@@ -244,11 +247,12 @@ class RooflineStepModel:
     allreduce_latency_s: float = 5e-6
     allreduce_efficiency: float = 0.15
     ring_latency_s: float = 30e-6
+    ring_efficiency: float = 0.8
     _k: tuple = field(init=False, repr=False, default=())
 
     def __post_init__(self):
         self.gpu, self.model = get_gpu(self.gpu), get_model(self.model)
-        for name in ("flops_efficiency", "bandwidth_efficiency", "allreduce_efficiency"):
+        for name in ("flops_efficiency", "bandwidth_efficiency", "allreduce_efficiency", "ring_efficiency"):
             value = getattr(self, name)
             if not is_finite(value) or value > 1:  # "0.6" was a TypeError naming neither field nor rule
                 raise ValueError(f"{name}: must be a number in (0, 1], got {value!r}")
@@ -267,7 +271,7 @@ class RooflineStepModel:
         bandwidth = g.bandwidth_gbps * 1e9 * self.bandwidth_efficiency * tp
         self._k = (
             2 * m.params / flops,
-            4 * m.layers * m.heads * m.head_dim / flops,
+            4 * m.layers * m.query_heads * m.head_dim / flops,
             m.weight_bytes / bandwidth,
             # each GPU reads its own KV heads at its own bandwidth (copied heads are read on every GPU)
             m.kv_bytes_per_token * kv_share / (bandwidth / tp),
@@ -280,13 +284,12 @@ class RooflineStepModel:
         if tp == 1:
             return 0.0, 0.0, 0.0, 0.0
         one_way = g.link_gbps / 2 * 1e9
-        moved = 2 * m.layers * 2 * (tp - 1) / tp * m.hidden * 2  # per token; activations stay 16-bit
-        return (
-            2 * m.layers * self.allreduce_latency_s,
-            moved / (one_way * self.allreduce_efficiency),
-            2 * m.layers * self.ring_latency_s,
-            moved / (one_way * self.bandwidth_efficiency),
-        )
+        activation_bytes = max(2, m.dtype_bytes)  # 16-bit under fp8 weights, 4 under fp32
+        moved = 2 * m.layers * 2 * (tp - 1) / tp * m.hidden * activation_bytes  # per token
+        ring = (2 * m.layers * self.ring_latency_s, moved / (one_way * self.ring_efficiency))
+        if not g.nvlink and tp > 2:  # vLLM turns its one-shot kernel off on more than 2 PCIe GPUs
+            return (*ring, *ring)
+        return (2 * m.layers * self.allreduce_latency_s, moved / (one_way * self.allreduce_efficiency), *ring)
 
     def step_time(self, s: BatchShape) -> float:
         per_token, per_pair, weights, per_kv, shot, shot_per_token, ring, ring_per_token = self._k
