@@ -98,6 +98,22 @@ async def test_run_workload_measures_like_vllm_bench():
     assert s["mean_ttft_ms"] > 0 and s["mean_itl_ms"] > 0
 
 
+async def test_a_password_in_base_url_stays_out_of_labels_and_errors():
+    url = "http://alice:s3cret@test/v1"
+    workload = Workload([RequestSpec(id="a", prompt_len=3, output_len=2)])
+    async with AsyncClient(base_url=url, transport=httpx.MockTransport(StreamingServer())) as client:
+        result = await arun_workload(client, workload)
+    assert result.label == "http http://alice:***@test/v1 (tiny-model)"
+
+    async def no_models(request):
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    async with AsyncClient(base_url=url, transport=httpx.MockTransport(no_models)) as client:
+        with pytest.raises(ValueError, match=r"^http://alice:\*\*\*@test/v1/models lists no model") as info:
+            await arun_workload(client, workload)
+    assert "s3cret" not in str(info.value)
+
+
 async def test_chat_endpoint_sends_one_user_message_to_chat_completions():
     server = StreamingServer()
     workload = Workload([

@@ -263,6 +263,9 @@ def test_a_password_in_base_url_is_not_shown():
     assert c.base_url == "http://alice:s3cret@proxy.example:8080/v1"  # still used as given
     assert redact_url("https://api.example/v1") == "https://api.example/v1"
     assert redact_url("http://bob@host/v1") == "http://bob@host/v1"  # no password, nothing to hide
+    with pytest.raises(ValueError, match=r"base_url: .* got 'ftp://alice:\*\*\*@proxy.example/v1'") as info:
+        Client(base_url="ftp://alice:s3cret@proxy.example/v1")
+    assert "s3cret" not in str(info.value)
 
 
 def test_key_never_shown_in_full():

@@ -114,7 +114,7 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
     if base_url is not None and (not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https")
                                  or not urlsplit(base_url).hostname):
         raise ValueError(f"base_url: must be an http:// or https:// URL such as http://localhost:8000/v1, "
-                         f"got {base_url!r}")
+                         f"got {redact_url(base_url) if isinstance(base_url, str) else base_url!r}")
     url = (base_url or preset.base_url).rstrip("/")
     if api_key is None and preset is not None:
         api_key = os.environ.get(preset.env_var)
