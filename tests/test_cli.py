@@ -47,16 +47,20 @@ def _one_request_result(label: str, e2e_s: float):
                   duration_s=e2e_s)
 
 
-@pytest.mark.parametrize("continuous_e2e_s, note", [(2.0, True), (0.5, False)])
-def test_demo_says_why_when_continuous_does_not_win(continuous_e2e_s, note, monkeypatch, tmp_path, capsys):
-    # on a busy CPU the wall-clock runs can invert the lesson: the demo must say so, not leave it there
-    results = {"static": _one_request_result("static", 1.0),
-               "continuous": _one_request_result("continuous", continuous_e2e_s)}
-    monkeypatch.setattr("lab.demo.run_demo", lambda *a, **k: results)
+def _demo_output(static, continuous, monkeypatch, tmp_path, capsys) -> str:
+    """What `batching-lab demo` prints when its two runs give these results."""
+    monkeypatch.setattr("lab.demo.run_demo", lambda *a, **k: {"static": static, "continuous": continuous})
     monkeypatch.setattr("lab.demo.summary_table", lambda r: "the table")  # it needs step traces
     monkeypatch.setattr("lab.demo.write_report", lambda r, path, n: Path(path))
     assert main(["demo", "--report", str(tmp_path / "r.html")]) == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("continuous_e2e_s, note", [(2.0, True), (0.5, False)])
+def test_demo_says_why_when_continuous_does_not_win(continuous_e2e_s, note, monkeypatch, tmp_path, capsys):
+    # on a busy CPU the wall-clock runs can invert the lesson: the demo must say so, not leave it there
+    out = _demo_output(_one_request_result("static", 1.0), _one_request_result("continuous", continuous_e2e_s),
+                       monkeypatch, tmp_path, capsys)
     assert ("continuous batching did not win this run" in out) is note
     ratio = 1.0 / continuous_e2e_s  # the same 2 tokens, in each run's duration
     assert f"mean E2E 1000 -> {continuous_e2e_s * 1000:.0f} ms, {ratio:.2f}x the output tokens/s" in out
@@ -67,11 +71,7 @@ def test_demo_says_why_tokens_per_second_tie(monkeypatch, tmp_path, capsys):
     # an arrival-bound run: both policies finish when the last arrival is served, so tokens/s tie
     static, continuous = _one_request_result("static", 1.0), _one_request_result("continuous", 0.5)
     continuous.duration_s = static.duration_s
-    monkeypatch.setattr("lab.demo.run_demo", lambda *a, **k: {"static": static, "continuous": continuous})
-    monkeypatch.setattr("lab.demo.summary_table", lambda r: "the table")
-    monkeypatch.setattr("lab.demo.write_report", lambda r, path, n: Path(path))
-    assert main(["demo", "--report", str(tmp_path / "r.html")]) == 0
-    out = capsys.readouterr().out
+    out = _demo_output(static, continuous, monkeypatch, tmp_path, capsys)
     assert "mean E2E 1000 -> 500 ms, 1.00x the output tokens/s" in out and "follow the arrival rate" in out
 
 

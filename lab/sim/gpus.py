@@ -158,6 +158,13 @@ def kv_heads_per_gpu(model: str | ModelShape, tensor_parallel: int) -> int:
     return max(1, m.kv_heads // tp)
 
 
+def kv_block_bytes_per_gpu(model: str | ModelShape, block_size: int, tensor_parallel: int = 1) -> float:
+    """Bytes of one KV block on each GPU: its KV heads' share of the block (a whole copied head when
+    there are fewer KV heads than GPUs)."""
+    m = get_model(model)
+    return m.kv_bytes_per_token * block_size * kv_heads_per_gpu(m, tensor_parallel) / m.kv_heads
+
+
 def kv_cache_blocks(
     gpu: str | GPU,
     model: str | ModelShape,
@@ -178,10 +185,9 @@ def kv_cache_blocks(
         raise ValueError(f"block_size: must be an integer >= 1, got {block_size!r}")
     if not is_finite(activation_gib, inclusive=True):  # NaN was "cannot convert float NaN to integer"
         raise ValueError(f"activation_gib: must be a finite number >= 0, got {activation_gib!r}")
-    kv_share = kv_heads_per_gpu(m, tensor_parallel) / m.kv_heads
+    per_block = kv_block_bytes_per_gpu(m, block_size, tensor_parallel)
     memory = g.memory_bytes or g.memory_gb * 1e9  # a GPU made by hand may give only the sheet's figure
     free = memory * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
-    per_block = m.kv_bytes_per_token * block_size * kv_share
     blocks = int(free // per_block)
     if blocks < 1:
         raise ValueError(

@@ -12,7 +12,7 @@ from lab._checks import is_int
 from lab.engine.config import EngineConfig
 from lab.metrics import Result
 from lab.sim.cluster import Router, make_router, run
-from lab.sim.gpus import kv_heads_per_gpu
+from lab.sim.gpus import kv_block_bytes_per_gpu
 from lab.sim.replica import Replica
 from lab.workload import Workload
 
@@ -70,8 +70,8 @@ def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
     if config.kv_cache_memory_gib is not None and hasattr(step_model, "model"):
         # per GPU, as vLLM's --kv-cache-memory: under tensor parallelism each GPU holds only its own
         # KV heads of every block, so the same budget holds more blocks
-        m, tp = step_model.model, getattr(step_model, "tensor_parallel", 1)
-        per_block = m.kv_bytes_per_token * config.block_size * kv_heads_per_gpu(m, tp) / m.kv_heads
+        tp = getattr(step_model, "tensor_parallel", 1)
+        per_block = kv_block_bytes_per_gpu(step_model.model, config.block_size, tp)
         blocks = int(config.kv_cache_memory_gib * 2**30 // per_block)
     elif hasattr(step_model, "kv_cache_blocks"):
         blocks = step_model.kv_cache_blocks(config.block_size)
