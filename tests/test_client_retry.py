@@ -266,6 +266,9 @@ def test_a_password_in_base_url_is_not_shown():
     with pytest.raises(ValueError, match=r"base_url: .* got 'ftp://alice:\*\*\*@proxy.example/v1'") as info:
         Client(base_url="ftp://alice:s3cret@proxy.example/v1")
     assert "s3cret" not in str(info.value)
+    with pytest.raises(ValueError, match=r"got 'http://alice:\*\*\*@\[::1/v1' \(Invalid IPv6") as info:
+        Client(base_url="http://alice:s3cret@[::1/v1")  # unparsable: the password is found by hand
+    assert "s3cret" not in str(info.value)
 
 
 def test_key_never_shown_in_full():
@@ -281,6 +284,11 @@ def test_key_never_shown_in_full():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(base_url="localhost:8000/v1"), "base_url: must be an http:// or https:// URL"),
     (dict(base_url=8000), "base_url: must be an http:// or https:// URL .* got 8000"),
+    # urllib's errors at construction (a broken IPv6 address) or httpx's at the first request (a bad
+    # port) before; now named at construction
+    (dict(base_url="http://[::1/v1"), r"base_url: .* got 'http://\[::1/v1' \(Invalid IPv6 URL\)"),
+    (dict(base_url="http://localhost:80000/v1"), r"base_url: .* \(Port out of range 0-65535\)"),
+    (dict(base_url="http://localhost:port/v1"), r"base_url: .* \(Port could not be cast to integer"),
     (dict(base_url="http://x/v1", timeout=0), r"timeout: must be a number of seconds > 0 or None"),
     (dict(base_url="http://x/v1", timeout={"read": -1}), r"timeout.read: must be a number of seconds > 0"),
     (dict(base_url="http://x/v1", stream_idle_timeout=0), r"stream_idle_timeout: must be a number of seconds > 0"),

@@ -88,6 +88,35 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
+def check_base_url(base_url) -> None:
+    """Refuse what httpx would fail on only at the first request: another scheme, no host, a port
+    that is not a number in 0-65535, a broken IPv6 address."""
+    problem = None
+    if not isinstance(base_url, str):
+        problem = f"got {base_url!r}"
+    else:
+        try:
+            parts = urlsplit(base_url)
+            parts.port  # noqa: B018 - parsing the port is the check
+        except ValueError as exc:  # "Invalid IPv6 URL", "Port out of range 0-65535", ...
+            problem = f"got {_redact_unparsable(base_url)!r} ({exc})"
+        else:
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                problem = f"got {redact_url(base_url)!r}"
+    if problem:
+        raise ValueError(f"base_url: must be an http:// or https:// URL such as http://localhost:8000/v1, {problem}")
+
+
+def _redact_unparsable(url: str) -> str:
+    # urlsplit failed, so find the credentials by hand: everything between '://' and the last '@'
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.partition("/")[0].rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{rest[len(creds) + 1:]}"
+
+
 def provider_for_url(base_url: str) -> Provider | None:
     host = urlsplit(base_url).hostname or ""
     for p in PROVIDERS.values():
@@ -107,14 +136,12 @@ def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> 
         preset = PROVIDERS.get(provider)
         if preset is None:
             raise ValueError(f"provider={provider!r} is unknown; allowed: {', '.join(PROVIDERS)}")
-    elif isinstance(base_url, str):
-        preset = provider_for_url(base_url)
     elif base_url is None:
         raise ValueError(f"give base_url=... or provider=... (one of {', '.join(PROVIDERS)})")
-    if base_url is not None and (not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https")
-                                 or not urlsplit(base_url).hostname):
-        raise ValueError(f"base_url: must be an http:// or https:// URL such as http://localhost:8000/v1, "
-                         f"got {redact_url(base_url) if isinstance(base_url, str) else base_url!r}")
+    if base_url is not None:
+        check_base_url(base_url)
+        if provider is None:
+            preset = provider_for_url(base_url)
     url = (base_url or preset.base_url).rstrip("/")
     if api_key is None and preset is not None:
         api_key = os.environ.get(preset.env_var)
