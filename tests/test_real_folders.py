@@ -91,6 +91,13 @@ def test_generation_config_sampling_defaults_apply_where_a_request_is_silent(tmp
     write_json(folder / "generation_config.json", {"temperature": -1})
     with pytest.raises(ValueError, match="model: generation_config.json: temperature: must be"):
         LLM(folder, device="cpu")
+    # the config loader read the file first and failed with json's bare error, naming no file
+    (folder / "generation_config.json").write_text('{"temperature": 0.7,}')
+    with pytest.raises(ValueError, match=r"model: .*generation_config.json is not valid JSON"):
+        LLM(folder, device="cpu")
+    write_json(folder / "generation_config.json", [{"temperature": 0.7}])
+    with pytest.raises(ValueError, match=r"model: .*generation_config.json must hold a JSON object, got list"):
+        LLM(folder, device="cpu")
 
 
 @pytest.mark.parametrize("name, template, files", [

@@ -64,10 +64,7 @@ def read_config(folder: Path) -> ModelConfig:
     cfg = json.loads(path.read_text())
     # stop on every end-of-sequence id the folder names, as vLLM does: instruct models list their
     # end-of-turn token (Llama 3's <|eot_id|>, Qwen's <|im_end|>) in generation_config.json
-    eos = _ids(cfg.get("eos_token_id"))
-    gen_path = folder / "generation_config.json"
-    if gen_path.exists():
-        eos += _ids(json.loads(gen_path.read_text()).get("eos_token_id"))
+    eos = _ids(cfg.get("eos_token_id")) + _ids(read_generation_config(folder).get("eos_token_id"))
     cfg["eos_token_id"] = list(dict.fromkeys(eos)) or None
     return ModelConfig.from_hf(cfg)
 
@@ -80,15 +77,22 @@ HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 def read_sampling_defaults(folder: str | Path | None) -> dict:
     """The sampling settings a model folder's generation_config.json recommends (temperature, top_p,
     top_k), which vLLM applies to every request that leaves them out (its `--generation-config auto`)."""
-    path = Path(folder if folder is not None else bundled_model_dir()) / "generation_config.json"
+    gen = read_generation_config(Path(folder if folder is not None else bundled_model_dir()))
+    return {k: gen[k] for k, default in HF_SAMPLING_DEFAULTS.items() if gen.get(k) is not None and gen[k] != default}
+
+
+def read_generation_config(folder: Path) -> dict:
+    """The folder's generation_config.json as a dict ({} when there is none)."""
+    path = folder / "generation_config.json"
     if not path.exists():
         return {}
     try:
         gen = json.loads(path.read_text())
     except ValueError as exc:
         raise ValueError(f"model: {path} is not valid JSON ({exc})") from None
-    return {k: gen[k] for k, default in HF_SAMPLING_DEFAULTS.items()
-            if isinstance(gen, dict) and gen.get(k) is not None and gen[k] != default}
+    if not isinstance(gen, dict):
+        raise ValueError(f"model: {path} must hold a JSON object, got {type(gen).__name__}")
+    return gen
 
 
 def _ids(value) -> list[int]:
