@@ -98,6 +98,17 @@ def test_generation_config_sampling_defaults_apply_where_a_request_is_silent(tmp
     write_json(folder / "generation_config.json", [{"temperature": 0.7}])
     with pytest.raises(ValueError, match=r"model: .*generation_config.json must hold a JSON object, got list"):
         LLM(folder, device="cpu")
+    (folder / "generation_config.json").unlink()
+    assert (folder / "tokenizer.json").exists()
+    for name in ("config.json", "tokenizer_config.json"):  # every JSON file of the folder alike
+        good = (folder / name).read_text() if (folder / name).exists() else None
+        (folder / name).write_text('{"a": 1')
+        with pytest.raises(ValueError, match=rf"model: .*{name} is not valid JSON"):
+            LLM(folder, device="cpu")
+        if good is None:
+            (folder / name).unlink()
+        else:
+            (folder / name).write_text(good)
 
 
 @pytest.mark.parametrize("name, template, files", [

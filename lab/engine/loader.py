@@ -4,7 +4,6 @@ bundled tiny-shakespeare model when no folder is given.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from lab.engine.model import ModelConfig, build_model
-from lab.engine.tokenizer import Tokenizer
+from lab.engine.tokenizer import Tokenizer, read_json_object
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,10 +60,10 @@ def read_config(folder: Path) -> ModelConfig:
     path = folder / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"model: {folder} has no config.json; expected a Hugging Face-format folder")
-    cfg = json.loads(path.read_text())
+    cfg = read_json_object(path)
     # stop on every end-of-sequence id the folder names, as vLLM does: instruct models list their
     # end-of-turn token (Llama 3's <|eot_id|>, Qwen's <|im_end|>) in generation_config.json
-    eos = _ids(cfg.get("eos_token_id")) + _ids(read_generation_config(folder).get("eos_token_id"))
+    eos = _ids(cfg.get("eos_token_id")) + _ids(read_json_object(folder / "generation_config.json").get("eos_token_id"))
     cfg["eos_token_id"] = list(dict.fromkeys(eos)) or None
     return ModelConfig.from_hf(cfg)
 
@@ -77,22 +76,8 @@ HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 def read_sampling_defaults(folder: str | Path | None) -> dict:
     """The sampling settings a model folder's generation_config.json recommends (temperature, top_p,
     top_k), which vLLM applies to every request that leaves them out (its `--generation-config auto`)."""
-    gen = read_generation_config(Path(folder if folder is not None else bundled_model_dir()))
+    gen = read_json_object(Path(folder if folder is not None else bundled_model_dir()) / "generation_config.json")
     return {k: gen[k] for k, default in HF_SAMPLING_DEFAULTS.items() if gen.get(k) is not None and gen[k] != default}
-
-
-def read_generation_config(folder: Path) -> dict:
-    """The folder's generation_config.json as a dict ({} when there is none)."""
-    path = folder / "generation_config.json"
-    if not path.exists():
-        return {}
-    try:
-        gen = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ValueError(f"model: {path} is not valid JSON ({exc})") from None
-    if not isinstance(gen, dict):
-        raise ValueError(f"model: {path} must hold a JSON object, got {type(gen).__name__}")
-    return gen
 
 
 def _ids(value) -> list[int]:
@@ -101,10 +86,7 @@ def _ids(value) -> list[int]:
 
 def checkpoint_dtype(folder: str | Path | None) -> str | None:
     """The dtype a checkpoint was saved in (config.json `dtype`, or `torch_dtype` before transformers 5)."""
-    path = Path(folder if folder is not None else bundled_model_dir()) / "config.json"
-    if not path.exists():
-        return None
-    cfg = json.loads(path.read_text())
+    cfg = read_json_object(Path(folder if folder is not None else bundled_model_dir()) / "config.json")
     value = cfg.get("dtype") or cfg.get("torch_dtype")
     return value if isinstance(value, str) else None
 
@@ -136,7 +118,7 @@ def load_weights(model: torch.nn.Module, folder: Path) -> None:
     files = sorted(folder.glob("*.safetensors"))
     index = folder / "model.safetensors.index.json"
     if index.exists():  # a sharded checkpoint: the files its index names, not strays beside them
-        listed = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        listed = set(read_json_object(index).get("weight_map", {}).values())
         files = [f for f in files if f.name in listed]
     if not files:
         raise FileNotFoundError(f"model: {folder} has no *.safetensors weights")

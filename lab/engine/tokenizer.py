@@ -52,10 +52,10 @@ class Tokenizer:
                 "or pass prompts as token ids"
             )
         hf = HFTokenizer.from_file(str(path))
-        cfg = _read_json(folder / "tokenizer_config.json")
+        cfg = read_json_object(folder / "tokenizer_config.json")
         # every special token the template may name (bos_token, eos_token, pad_token, ...); older
         # folders keep them in special_tokens_map.json, and tokenizer_config.json wins, as in transformers
-        specials = {k: _token_text(v) for k, v in _read_json(folder / "special_tokens_map.json").items()
+        specials = {k: _token_text(v) for k, v in read_json_object(folder / "special_tokens_map.json").items()
                     if k.endswith("_token") and v}
         specials |= {k: _token_text(v) for k, v in cfg.items() if k.endswith("_token") and v}
         eos_id = hf.token_to_id(specials["eos_token"]) if "eos_token" in specials else None
@@ -111,8 +111,17 @@ def _token_text(tok) -> str:
     return tok["content"] if isinstance(tok, dict) else tok
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+def read_json_object(path: Path) -> dict:
+    """A model folder's JSON file as a dict ({} when it is missing); a broken one names the file."""
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"model: {path} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"model: {path} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _default_template(template) -> str | None:
