@@ -50,6 +50,33 @@ def test_all_blocks_free_after_finish_and_abort(tiny_llama):
     assert all(engine.seqs[f"r{i}"].finish_reason == "length" for i in (0, 2, 3, 4, 5, 7))
 
 
+def test_block_queue_hands_out_never_used_blocks_first_then_least_recently_freed():
+    from lab.engine.block_manager import BlockManager
+    from lab.engine.sequence import Sequence
+
+    def seq(n: int) -> Sequence:
+        return Sequence("r", list(range(1, n + 1)), GREEDY, 0.0)
+
+    bm = BlockManager(10**7, block_size=4, enable_prefix_caching=False)
+    assert (bm.num_free, bm.num_used, len(bm.blocks)) == (10**7, 0, 0)  # blocks made when first handed out
+    a, b = seq(8), seq(4)
+    bm.admit(a, []), bm.admit(b, [])
+    assert (a.block_table, b.block_table, bm.num_used) == ([0, 1], [2], 3)
+    bm.release(a)  # freed tail first: 1, then 0
+    assert bm.num_free == 10**7 - 1 and bm.num_used == 1
+    c = seq(4)
+    bm.admit(c, [])
+    assert c.block_table == [3]  # never-used blocks stand before freed ones in the queue
+    small = BlockManager(4, block_size=4)
+    x, y = seq(8), seq(8)
+    small.admit(x, []), small.admit(y, [])
+    assert small.num_free == 0 and not small.can_admit(seq(1), [])
+    small.release(y), small.release(x)
+    z = seq(12)
+    small.admit(z, [])
+    assert z.block_table == [3, 2, 1] and small.num_free == 1  # least recently freed first
+
+
 def test_prefix_cache_hits_reuse_blocks_and_change_nothing(tiny_llama):
     shared = list(range(5, 45))  # 40 tokens = 10 full blocks of 4
     prompts = [shared + [i, i + 1] for i in range(6)]

@@ -32,18 +32,19 @@ class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self.num_blocks = num_blocks
+        # The free queue is the blocks never handed out (ids len(blocks) .. num_blocks - 1, in order)
+        # followed by `free`, the blocks given back, least recently freed first. Blocks are created
+        # the first time they are handed out: a simulated H100 has ~28,000 blocks per replica, and
+        # creating them all up front cost 6.5 MB and a few ms per replica whatever the workload.
+        self.blocks: list[Block] = []
+        self.free: OrderedDict[int, None] = OrderedDict()
         self.hash_to_block: dict[int, int] = {}
         self.prefix_hits = 0  # blocks reused from the prefix cache, for the notebooks
 
     @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
-
-    @property
     def num_free(self) -> int:
-        return len(self.free)
+        return self.num_blocks - len(self.blocks) + len(self.free)
 
     @property
     def num_used(self) -> int:
@@ -105,6 +106,9 @@ class BlockManager:
             seq.block_table.append(self._take_free_block())
 
     def _take_free_block(self) -> int:
+        if len(self.blocks) < self.num_blocks:  # never-used blocks head the queue
+            self.blocks.append(Block(len(self.blocks), ref_count=1))
+            return len(self.blocks) - 1
         block_id, _ = self.free.popitem(last=False)  # least recently freed first
         block = self.blocks[block_id]
         if block.hash is not None and self.hash_to_block.get(block.hash) == block_id:
