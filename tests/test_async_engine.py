@@ -88,6 +88,26 @@ def test_one_engine_thread_per_engine(aengine):
         AsyncEngine(aengine.engine).start()
 
 
+async def test_the_llm_of_a_running_engine_thread_refuses_direct_calls():
+    # LLM.generate beside a serve() of the same LLM stepped the engine from two threads at once:
+    # generate raised IndexError and the server's steps failed ("engine step failed")
+    llm = tiny_llm("driven")
+    aengine = AsyncEngine(llm.engine).start()
+    stream = await aengine.add_request("To be", SamplingParams(max_tokens=30, ignore_eos=True), "served")
+    calls = [("add_request", lambda: llm.generate(["Hi"], SamplingParams(max_tokens=4), use_tqdm=False)),
+             ("add_request", lambda: list(llm.stream(["Hi"], SamplingParams(max_tokens=4)))),
+             ("step", llm.engine.step), ("abort", lambda: llm.engine.abort("served"))]
+    for method, call in calls:
+        with pytest.raises(RuntimeError, match=f"{method}: a server .AsyncEngine. drives this engine from its own"):
+            await asyncio.to_thread(call)
+    events = [ev async for ev in stream]
+    assert events[-1].finish_reason == "length" and events[-1].num_output_tokens == 30  # untouched
+    assert set(llm.engine.seqs) <= {"served"}  # nothing was queued behind the server's back
+    await asyncio.to_thread(aengine.stop)
+    assert llm.generate(["Hi"], SamplingParams(max_tokens=4), use_tqdm=False)[0].finish_reason == "length"
+    assert llm.engine.block_manager.num_used == 0 and not llm.engine.has_unfinished()
+
+
 async def test_an_add_queued_when_the_engine_stops_fails_at_once():
     aengine = AsyncEngine(tiny_llm("stop").engine).start()
     step = aengine._step

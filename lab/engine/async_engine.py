@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -21,7 +20,6 @@ from lab.metrics import RequestMetrics
 log = logging.getLogger(__name__)
 
 IDLE_POLL_S = 0.002  # static policy waiting for a batch to fill: how often to re-check its timeout
-_DRIVEN: weakref.WeakSet = weakref.WeakSet()  # engines with a live engine thread: one each, never two
 
 
 @dataclass(slots=True)
@@ -87,10 +85,10 @@ class AsyncEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> AsyncEngine:
-        if self.engine in _DRIVEN:
+        if self.engine.driver is not None:
             raise RuntimeError("engine: another AsyncEngine (a running server?) already drives it; stop that one first")
-        _DRIVEN.add(self.engine)
         self._thread = threading.Thread(target=self._run, name="lab-engine", daemon=True)
+        self.engine.driver = self._thread  # from now on only this thread may add, abort or step
         self._thread.start()
         return self
 
@@ -103,7 +101,8 @@ class AsyncEngine:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise RuntimeError(f"engine thread did not stop within {timeout}s (a step is stuck?)")
-        _DRIVEN.discard(self.engine)
+        if self.engine.driver is self._thread:
+            self.engine.driver = None
 
     @property
     def is_running(self) -> bool:

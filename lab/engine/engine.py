@@ -8,6 +8,7 @@ user-facing `LLM` wrapper lives in `llm.py`.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -66,6 +67,15 @@ class Engine:
         self._aborted: list[Sequence] = []  # reported as events by the next step
         self._t0 = time.perf_counter()
         self._next_id = 0
+        # the thread of the AsyncEngine (a server) that drives this engine, if one does: the engine is
+        # not thread-safe, and an LLM.generate beside a serve() broke both (IndexError, failed steps)
+        self.driver: threading.Thread | None = None
+
+    def _check_thread(self, what: str) -> None:
+        driver = self.driver
+        if driver is not None and driver is not threading.current_thread():
+            raise RuntimeError(f"{what}: a server (AsyncEngine) drives this engine from its own thread; "
+                               "send the request to the server, or stop the server first")
 
     def _blocks_from_budget(self, dtype: torch.dtype) -> int:
         cfg = self.config
@@ -101,6 +111,7 @@ class Engine:
     def _enqueue(self, text: str | None, ids: list[int], params: SamplingParams, request_id: str | None = None,
                  arrival_s: float | None = None) -> Sequence:
         """Queue a request `check_request` has already validated (and tokenized)."""
+        self._check_thread("add_request")  # LLM.generate and run_workload queue through here too
         if request_id is None:
             request_id = self._new_request_id()
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
@@ -163,6 +174,7 @@ class Engine:
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request; its blocks are free when this returns. False if it already ended."""
+        self._check_thread("abort")
         seq = self.seqs.get(request_id)
         if seq is None or seq.is_finished:
             return False
@@ -177,6 +189,7 @@ class Engine:
     # -- one step --------------------------------------------------------------------------
     def step(self, flush: bool = False) -> list[TokenEvent]:
         """Schedule, run the model once, sample, check stops. `flush`: no more requests are coming."""
+        self._check_thread("step")
         # an id reused since its abort belongs to the new request now: its old end is not reported
         events = [TokenEvent(s.request_id, None, "", True, "abort") for s in self._aborted
                   if self.seqs.get(s.request_id) is s]
