@@ -266,3 +266,16 @@ def format_summary(s: dict, title: str = "Serving Benchmark Result") -> str:
             row(f"{stat} {key.upper()} (ms):", s[f"{stat.lower()}_{key}_ms"])
     lines.append("=" * 50)
     return "\n".join(lines)
+
+
+def json_ready(value):
+    """`value` with every NaN or infinite float replaced by None, recursively, so that `json.dump`
+    writes standard JSON: a summary has NaN where there is nothing to average (no request reached a
+    second token), and Python would write a bare `NaN` that strict parsers (JavaScript's, jq) refuse."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

@@ -135,3 +135,19 @@ def test_steps_frame_columns_do_not_depend_on_the_steps(result):
     assert list(empty.columns) == list(full.columns) and "num_tokens" in empty.columns
     assert (empty.dtypes == full.dtypes).all(), empty.dtypes
     assert full.loc[0, "num_tokens"] == 4 and full.loc[0, "start_s"] == 0.5
+
+
+def test_json_ready_writes_standard_json_for_empty_averages():
+    import json
+
+    from lab.metrics import json_ready
+
+    # one request with a one-token output: TPOT has nothing to average, and json.dump wrote NaN
+    r = RequestMetrics("a", arrival_s=0.0, prompt_tokens=4, output_tokens=1, first_token_s=0.1, finish_s=0.1,
+                       token_times_s=[0.1])
+    summary = Result([r]).summary()
+    assert math.isnan(summary["mean_tpot_ms"])
+    text = json.dumps(json_ready({"summary": summary, "rate": float("inf")}), allow_nan=False)
+    back = json.loads(text)
+    assert back["summary"]["mean_tpot_ms"] is None and back["rate"] is None
+    assert back["summary"]["completed"] == 1 and back["summary"]["mean_ttft_ms"] == summary["mean_ttft_ms"]
