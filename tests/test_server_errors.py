@@ -241,6 +241,50 @@ def test_no_max_tokens_fits_a_small_kv_cache():
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 126  # 128 + 1 - 3
 
 
+def test_a_prompt_far_over_the_context_is_refused_without_tokenizing_it(monkeypatch):
+    # encoding holds the GIL (~1 s per million characters): a 4 MB prompt stalled every other stream
+    # for seconds before its 400; a character vocabulary bounds its token count without encoding
+    llm = tiny_llm("huge-prompt")
+    encoded = []
+    encode = llm.engine.tokenizer.encode
+    monkeypatch.setattr(llm.engine.tokenizer, "encode", lambda text, **kw: (encoded.append(len(text)), encode(text, **kw))[1])
+    with serve(llm=llm) as server:
+        http = httpx.Client(base_url=server.url, timeout=30)
+        huge = "To be, or not to be: " * 50_000  # 1,050,000 characters; the context is 256 tokens
+        r = http.post("/completions", json={**COMP, "prompt": huge})
+        err = _error(r, 400, "prompt")
+        assert err["code"] == "context_length_exceeded"
+        assert err["message"].startswith(f"prompt: the prompt has at least {len(huge) // len('<eos>')} tokens")
+        r = http.post("/chat/completions", json={"model": server.model_name, "messages": [{"role": "user", "content": huge}]})
+        assert _error(r, 400, "messages")["code"] == "context_length_exceeded"
+        assert encoded == []  # neither was tokenized
+        r = http.post("/completions", json={**COMP, "prompt": "x" * 300})  # within reach of the bound: counted
+        assert _error(r, 400, "prompt")["message"].startswith("prompt: the prompt has 300 tokens")
+        assert encoded == [300]
+
+
+def test_a_chat_request_the_kv_cache_cannot_hold_is_refused_in_its_own_terms():
+    # the engine names prompt and max_tokens; a chat request sent messages and max_completion_tokens
+    from lab.engine import LLM
+
+    llm = LLM(tiny_model_dir(), device="cpu", num_blocks=2, block_size=16)  # 32 slots, context 256
+    with serve(llm=llm) as server:
+        chat = {"model": server.model_name, "messages": [{"role": "user", "content": "Speak now, good sir, speak."}]}
+        r = httpx.post(server.url + "/chat/completions", json={**chat, "max_completion_tokens": 1}, timeout=30)
+        error = _error(r, 400, "messages")
+        assert error["message"].startswith("messages: ") and "cannot fit in the KV cache" in error["message"]
+        short = {**chat, "messages": [{"role": "user", "content": "Hi"}]}
+        r = httpx.post(server.url + "/chat/completions", json={**short, "max_completion_tokens": 20}, timeout=30)
+        error = _error(r, 400, "max_completion_tokens")
+        assert error["message"].startswith("max_completion_tokens: prompt + max_completion_tokens = ")
+        assert "max_tokens" not in error["message"].replace("max_completion_tokens", "")
+        r = httpx.post(server.url + "/chat/completions", json={**short, "max_tokens": 20}, timeout=30)
+        assert _error(r, 400, "max_tokens")["message"].startswith("max_tokens: prompt + max_tokens = ")
+        r = httpx.post(server.url + "/completions", json={"model": server.model_name, "prompt": "x" * 40,
+                                                          "max_tokens": 1}, timeout=30)
+        assert _error(r, 400, "prompt")["message"].startswith("prompt: 4")  # completions keep the engine's names
+
+
 @pytest.mark.parametrize("value", ["latency:inf", "latency:-5", "latency:nan", "stall:nan", "stall:1e9", "cut:-1"])
 def test_fault_header_values_are_checked(http, value):
     r = http.post("/completions", json=COMP, headers={"x-lab-fault": value})

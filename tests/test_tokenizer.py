@@ -173,3 +173,17 @@ def test_engine_text_is_the_full_decode_cut_at_the_stop_string(tmp_path):
     assert cut.text == plain.text[: plain.text.find(stop)]
     streamed = "".join(ev.text for ev in llm.stream("the cat", params))
     assert streamed == plain.text
+
+
+def test_min_tokens_bounds_the_count_without_encoding():
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models
+
+    hf = build_char_tokenizer("abc <>eos")
+    hf.add_special_tokens(["<eos>"])
+    chars = Tokenizer(hf, special_tokens={"eos_token": "<eos>"})
+    for text in ("abc", "a" * 1000, "<eos>" * 10, "ab<eos>c" * 7):
+        assert chars.min_tokens(text) <= len(chars.encode(text))  # a bound, special tokens included
+    assert chars.min_tokens("a" * 1000) == 1000 // 5  # 5: the longest token, "<eos>"
+    merged = HFTokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")]))
+    assert Tokenizer(merged).min_tokens("ab" * 1000) == 0  # tokens of any length: no bound claimed

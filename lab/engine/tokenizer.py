@@ -41,6 +41,10 @@ class Tokenizer:
         # character, and tokenizers without an unk token drop it silently: name it instead
         chars = set(hf.get_vocab()) - set(self.special_tokens.values())
         self.alphabet = frozenset(chars) if chars and all(len(t) == 1 for t in chars) else None
+        # a character vocabulary spells at most this many characters with one token (1, or a special
+        # token's length): what lets min_tokens bound a prompt's length without tokenizing it
+        self._chars_per_token = (max(map(len, hf.get_vocab(with_added_tokens=True)))
+                                 if self.alphabet is not None else None)
 
     @classmethod
     def from_folder(cls, folder: str | Path, eos_token_ids: tuple[int, ...] = ()) -> Tokenizer:
@@ -80,6 +84,13 @@ class Tokenizer:
                     f"allowed: {''.join(sorted(self.alphabet))!r}"
                 )
         return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text)), computed without tokenizing: exact enough for a character
+        vocabulary, 0 (no bound) for others, whose tokens may spell any number of characters. Encoding
+        holds the GIL (about 1 s per million characters here), so a server refuses a prompt that cannot
+        fit its context by this bound instead of stalling every other request while it tokenizes."""
+        return len(text) // self._chars_per_token if self._chars_per_token else 0
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)

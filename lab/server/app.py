@@ -6,6 +6,7 @@ context (400), queue (429), rate limit (429); then the engine. Every answer carr
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -165,7 +166,7 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
         # everything the engine would refuse, refused before this request takes any rate budget
         engine.engine.check_request(ids, params)
     except ValueError as exc:
-        raise bad_request(exc, default_param=prompt_field) from None
+        raise bad_request(_in_request_terms(exc, prompt_field, _max_tokens_name(req)), default_param=prompt_field) from None
     client = request.client.host if request.client else "unknown"
     bucket = key or f"address:{client}"
     if engine.stats.num_waiting >= cfg.max_queued_requests:
@@ -226,6 +227,9 @@ def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
         raise APIError(400, f"{field}: the chat template failed: {exc}", param=field, code="invalid_value") from None
     if not text:
         raise APIError(400, f"{field}: must not be empty", param=field, code="invalid_value")
+    at_least = tokenizer.min_tokens(text)
+    if at_least >= engine.engine.config.max_model_len:  # refused without tokenizing it: see min_tokens
+        _max_tokens(engine.engine, at_least, req, field, at_least=True)
     try:
         # a rendered chat template carries its own BOS; adding one doubles it (vLLM's chat default)
         return tokenizer.encode(text, add_special_tokens=not isinstance(req, ChatCompletionRequest))
@@ -234,11 +238,26 @@ def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
         raise APIError(400, f"{field}: {detail}", param=field, code="invalid_value") from None
 
 
-def _max_tokens(engine, prompt_tokens: int, req, field: str) -> int:
+def _max_tokens_name(req) -> str:
+    return "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+
+
+def _in_request_terms(exc: ValueError, prompt_field: str, max_tokens_name: str) -> ValueError:
+    """The engine names its own fields (prompt, max_tokens); a chat request sent messages, and maybe
+    max_completion_tokens: the error names what the client sent."""
+    head, sep, rest = str(exc).partition(":")
+    if sep and head == "prompt":
+        head = prompt_field
+    message = re.sub(r"\bmax_tokens\b", max_tokens_name, head + sep + rest)
+    return ValueError(message)
+
+
+def _max_tokens(engine, prompt_tokens: int, req, field: str, at_least: bool = False) -> int:
     max_model_len = engine.config.max_model_len
     room = max_model_len - prompt_tokens
     if room < 1:
-        raise APIError(400, f"{field}: the prompt has {prompt_tokens} tokens; this model's context is "
+        count = f"at least {prompt_tokens}" if at_least else prompt_tokens
+        raise APIError(400, f"{field}: the prompt has {count} tokens; this model's context is "
                        f"{max_model_len} tokens, which leaves no room to generate. Shorten the prompt.",
                        param=field, code="context_length_exceeded")
     requested = req.requested_max_tokens()
@@ -252,7 +271,7 @@ def _max_tokens(engine, prompt_tokens: int, req, field: str) -> int:
                            param=field, code="context_length_exceeded")
         return min(room, capacity + 1 - prompt_tokens)
     if requested > room:
-        name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+        name = _max_tokens_name(req)
         raise APIError(400, f"{name}: this model's maximum context length is {max_model_len} tokens; you "
                        f"requested {prompt_tokens + requested} ({prompt_tokens} in the {field}, {requested} "
                        f"in the completion). Lower {name} to at most {room}.", param=name,
