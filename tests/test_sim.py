@@ -248,6 +248,34 @@ def test_kv_capacity():
     assert get_gpu("L4").bandwidth_gbps == 300
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    # every case read "model: llama-3.1-8b (16 GB of weights) leaves no room for a KV cache ...; use a
+    # larger GPU", though the 8B model fits an H100 and the knob to turn was another one
+    ({"gpu_memory_utilization": 0.2},
+     r"^gpu_memory_utilization: 0.2 x 85.5 GB of H100-SXM = 17.1 GB is below the 16.1 GB of weights "
+     r"\+ 1.1 GB of activations, leaving no room for a KV cache; 0.21 or more leaves some$"),
+    ({"block_size": 1_000_000},  # 128 KiB a token: 131 GB a block
+     r"^block_size: one block of 1000000 tokens takes 131 GB of KV cache, more than the 59.8 GB left "
+     r"after the weights; at most 456\d{3} tokens per block fit$"),
+])
+def test_no_room_for_a_kv_cache_names_what_is_short(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kv_cache_blocks("H100-SXM", "llama-3.1-8b", **kwargs)
+    # each named limit is the right one: the suggested utilization, or block size, fits a block
+    if "gpu_memory_utilization" in kwargs:
+        assert kv_cache_blocks("H100-SXM", "llama-3.1-8b", gpu_memory_utilization=0.21) >= 1
+    else:
+        with pytest.raises(ValueError) as info:
+            kv_cache_blocks("H100-SXM", "llama-3.1-8b", **kwargs)
+        most = int(str(info.value).split("at most ")[1].split()[0])
+        assert kv_cache_blocks("H100-SXM", "llama-3.1-8b", block_size=most) == 1
+        with pytest.raises(ValueError, match="^block_size: "):
+            kv_cache_blocks("H100-SXM", "llama-3.1-8b", block_size=most + 1)
+    # a model too large for the GPU at any utilization still blames the model
+    with pytest.raises(ValueError, match=r"^model: llama-3.1-70b .* more of them \(tensor_parallel\)$"):
+        kv_cache_blocks("L4", "llama-3.1-70b", gpu_memory_utilization=1.0)
+
+
 def test_azure_window_on_simulated_h100():
     w = azure_trace("conv", end_s=60)
     r = simulate(

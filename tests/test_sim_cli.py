@@ -69,7 +69,16 @@ def test_generated_workload_static_on_l4(capsys):
 @pytest.mark.parametrize(
     "argv, match", [
         (("--goodput", "itl:5"), "--goodput"),
-        (("--goodput", "ttft:-5"), r"slo_ms\['ttft'\]: must be a finite number"),  # before the run, not after
+        # before the run, not after; they named the library's parameter: "slo_ms['ttft']: must be ..."
+        (("--goodput", "ttft:-5"), r"^--goodput: 'ttft:-5': the limit must be a finite number of milliseconds > 0$"),
+        (("--goodput", "ttft:abc"), r"^--goodput: 'ttft:abc': the limit must be a finite number"),
+        # EngineConfig's fields were named instead: "max_num_batched_tokens (8192) must be >= max_num_seqs (10000)"
+        (("--max-num-seqs", "10000"), r"^--max-num-batched-tokens \(8192\) must be >= --max-num-seqs \(10000\)"),
+        (("--max-num-batched-tokens", "100"), r"^--max-num-batched-tokens \(100\) must be >= --max-num-seqs \(256\)"),
+        # both read "model: llama-3.1-8b (16 GB of weights) leaves no room for a KV cache ...": the 8B fits
+        (("--gpu-memory-utilization", "0.2"), r"^--gpu-memory-utilization: 0.2 x 85.5 GB of H100-SXM = 17.1 GB "
+                                              r"is below the 16.1 GB of weights"),
+        (("--block-size", "1000000"), r"^--block-size: one block of 1000000 tokens takes 131 GB of KV cache"),
         (("--max-requests", "5"), "--max-requests: applies to --trace only"),  # was ignored
         (("--trace", "conv", "--rate", "3"), "--rate: applies to generated workloads only"),  # was ignored
         (("--trace", "conv", "--seed", "3"), "--seed: applies to generated workloads only"),  # was ignored
@@ -144,14 +153,37 @@ def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, cap
     [
         (("--params", "8B", "--layers", "32"), r"^--hidden: a custom model shape needs all of --params, "),
         (("--model", "qwen2.5-7b", *QWEN_05B_SHAPE), r"^--model: give a named model or a custom shape"),
-        (("--params", "900B", *QWEN_05B_SHAPE[2:]), r"^model: custom-900B .* leaves no room"),
+        (("--params", "900B", *QWEN_05B_SHAPE[2:]),
+         r"^model: custom-900B .* leaves no room .* more of them \(--tensor-parallel\)$"),
         (("--model", "qwen2.5-7b", "--heads", "28"), r"^--heads: only with a custom model shape"),
-        ((*QWEN_05B_SHAPE, "--head-dim", "96"), r"^--heads: hidden 896 is not a multiple of head_dim 96"),
+        # the next three said "--heads: ...", an option the user had not given
+        ((*QWEN_05B_SHAPE, "--head-dim", "96"),
+         r"^--hidden/--head-dim: --hidden 896 is not a multiple of --head-dim 96; check both, or give --heads"),
+        ((*QWEN_05B_SHAPE, "--kv-heads", "3"),
+         r"^--kv-heads: 14 attention heads \(--hidden 896 / --head-dim 64\) cannot share --kv-heads 3 evenly"),
+        ((*QWEN_05B_SHAPE, "--heads", "15"),
+         r"^--heads/--kv-heads: 15 attention heads \(--heads 15\) cannot share --kv-heads 2 evenly"),
     ],
 )
 def test_bad_custom_shapes(argv, match):
     with pytest.raises(ValueError, match=match):
         simulate_main(_args("--num-prompts", "2", "--no-progress", *argv))
+
+
+def test_result_json_is_standard_json(tmp_path, capsys):
+    # --rate inf was saved as a bare Infinity and one-token outputs' TPOT as NaN: not JSON (RFC 8259),
+    # and JavaScript's JSON.parse or jq refused the file
+    out = tmp_path / "s.json"
+    argv = ["--num-prompts", "4", "--rate", "inf", "--burstiness", "inf", "--output-len", "1", "--no-progress"]
+    assert simulate_main(_args(*argv, "--result-json", str(out))) == 0
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    saved = json.loads(out.read_text(), parse_constant=refuse)
+    assert saved["args"]["rate"] == "inf" and saved["args"]["burstiness"] == "inf"  # what the flags take
+    assert saved["summary"]["completed"] == 4 and saved["summary"]["mean_tpot_ms"] is None
+    assert saved["summary"]["mean_ttft_ms"] > 0
 
 
 @pytest.mark.parametrize("argv", [("--layers", "0"), ("--params", "lots"), ("--head-dim", "1.5"),

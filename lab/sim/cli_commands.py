@@ -13,9 +13,9 @@ import sys
 import time
 from collections import Counter
 
-from lab._checks import positive_int_arg
+from lab._checks import is_finite, positive_int_arg
 from lab.cli import check_output_path, number_arg, seed_arg
-from lab.metrics import check_slos, format_summary
+from lab.metrics import check_slos, format_summary, json_ready
 from lab.sim.cluster import ROUTERS
 from lab.sim.gpus import GPUS, MODELS, ModelShape, get_model
 
@@ -185,7 +185,10 @@ def _slos(pairs: list[str]) -> dict[str, float]:
         try:
             slos[key] = float(value)
         except ValueError:
-            slos[key] = value  # named below, with the rule
+            slos[key] = None
+        # named the library's parameter: "slo_ms['ttft']: must be a finite number ..."
+        if not is_finite(slos[key]):
+            raise ValueError(f"--goodput: {pair!r}: the limit must be a finite number of milliseconds > 0")
     check_slos(slos)  # before the run, not after it
     return slos
 
@@ -210,7 +213,25 @@ def _model(args) -> ModelShape:
     fields = {field: getattr(args, field) for field in SHAPE_OPTIONS.values()}
     if args.heads is not None:
         extra["heads"] = args.heads
+    _check_heads(args)
     return ModelShape(f"custom-{args.params / 1e9:.3g}B", **fields, **extra)
+
+
+def _check_heads(args) -> None:
+    """ModelShape's checks of the attention heads, naming the flags given: its message started
+    "ModelShape.heads:", shown as "--heads:" to a user who had typed --kv-heads and no --heads."""
+    if args.heads is None:
+        if args.hidden % args.head_dim:
+            raise ValueError(f"--hidden/--head-dim: --hidden {args.hidden} is not a multiple of --head-dim "
+                             f"{args.head_dim}; check both, or give --heads (num_attention_heads in config.json)")
+        heads, source = args.hidden // args.head_dim, f"--hidden {args.hidden} / --head-dim {args.head_dim}"
+        at_fault, hint = "--kv-heads", f"use a divisor of {heads}, or give --heads where the model's differ"
+    else:
+        heads, source = args.heads, f"--heads {args.heads}"
+        at_fault, hint = "--heads/--kv-heads", "check both (num_attention_heads, num_key_value_heads in config.json)"
+    if heads % args.kv_heads:  # grouped-query attention shares each KV head by a whole group
+        raise ValueError(f"{at_fault}: {heads} attention heads ({source}) cannot share --kv-heads "
+                         f"{args.kv_heads} evenly; {hint}")
 
 
 def simulate_main(args) -> int:
@@ -221,6 +242,10 @@ def simulate_main(args) -> int:
     check_output_path("--result-json", args.result_json)  # before the run, not after it
     if args.router is not None and args.replicas == 1:  # was ignored: one replica takes every request
         raise ValueError("--router: applies to --replicas 2 or more only; one replica takes every request")
+    if args.max_num_batched_tokens < args.max_num_seqs:
+        # EngineConfig's message named its fields: "max_num_batched_tokens (8192) must be >= max_num_seqs (10000)"
+        raise ValueError(f"--max-num-batched-tokens ({args.max_num_batched_tokens}) must be >= --max-num-seqs "
+                         f"({args.max_num_seqs}): every running request decodes a token each step")
     workload = _workload(args)
     slos = _slos(args.goodput)
     try:
@@ -231,7 +256,14 @@ def simulate_main(args) -> int:
     num_blocks = args.num_blocks
     if num_blocks is None:
         utilization = 0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization
-        num_blocks = model.kv_cache_blocks(args.block_size, utilization)
+        try:
+            num_blocks = model.kv_cache_blocks(args.block_size, utilization)
+        except ValueError as e:  # the library names its parameters; the flags are what to change here
+            message = str(e)
+            for name, flag in (("gpu_memory_utilization:", "--gpu-memory-utilization:"),
+                               ("block_size:", "--block-size:"), ("(tensor_parallel)", "(--tensor-parallel)")):
+                message = message.replace(name, flag, 1)
+            raise ValueError(message) from None
     elif args.gpu_memory_utilization is not None:  # it only sizes the cache --num-blocks fixes: was ignored
         raise ValueError("--gpu-memory-utilization: sizes the KV cache from GPU memory, which --num-blocks "
                          "sets; drop one of them")
@@ -272,8 +304,12 @@ def simulate_main(args) -> int:
         print(f"error ({count} request{'s' if count > 1 else ''}): {reason}", file=sys.stderr)
     if args.result_json is not None:
         with open(args.result_json, "w", encoding="utf-8") as f:
+            # standard JSON: an infinite option is saved as "inf", the string the flag takes (as vllm bench
+            # serve saves request_rate), and a summary's NaN (one-token outputs have no TPOT) as null;
+            # json.dump wrote bare Infinity and NaN, which JavaScript's and jq's parsers refuse
+            options = {k: "inf" if isinstance(v, float) and v == math.inf else v for k, v in vars(args).items()}
             json.dump(
-                {"args": vars(args) | {"run": None}, "summary": summary, "wall_s": wall},
+                json_ready({"args": options | {"run": None}, "summary": summary, "wall_s": wall}),
                 f,
                 indent=2,
                 default=str,

@@ -4,6 +4,7 @@ and how many KV-cache blocks fit on a GPU once the weights are loaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lab._checks import is_finite, is_int
@@ -187,11 +188,30 @@ def kv_cache_blocks(
         raise ValueError(f"activation_gib: must be a finite number >= 0, got {activation_gib!r}")
     per_block = kv_block_bytes_per_gpu(m, block_size, tensor_parallel)
     memory = g.memory_bytes or g.memory_gb * 1e9  # a GPU made by hand may give only the sheet's figure
-    free = memory * gpu_memory_utilization - m.weight_bytes / tensor_parallel - activation_gib * 2**30
+    weights, activation = m.weight_bytes / tensor_parallel, activation_gib * 2**30
+    free = memory * gpu_memory_utilization - weights - activation
     blocks = int(free // per_block)
     if blocks < 1:
-        raise ValueError(
-            f"model: {m.name} ({m.weight_bytes / 1e9:.0f} GB of weights) leaves no room for a KV "
-            f"cache on {tensor_parallel} x {g.name} ({g.memory_gb:g} GB); use a larger GPU or more"
-        )
+        raise ValueError(_no_room(g, m, block_size, gpu_memory_utilization, tensor_parallel, memory, weights,
+                                  activation, per_block))
     return blocks
+
+
+def _no_room(g: GPU, m: ModelShape, block_size: int, utilization: float, tp: int, memory: float, weights: float,
+             activation: float, per_block: float) -> str:
+    """Why not one KV block fits, naming the knob to turn: every case read "model: ... leaves no room",
+    a --gpu-memory-utilization 0.2 or a --block-size 1000000 too."""
+    per_gpu = " per GPU" if tp > 1 else ""
+    free = memory * utilization - weights - activation
+    if free >= per_block / block_size:  # a block of one token would fit: the block is what is too large
+        return (f"block_size: one block of {block_size} tokens takes {per_block / 1e9:.3g} GB of KV cache{per_gpu}, "
+                f"more than the {free / 1e9:.3g} GB left after the weights; at most "
+                f"{int(free // (per_block / block_size))} tokens per block fit")
+    if memory - weights - activation >= per_block:  # the whole GPU would hold a block: the share is too small
+        needed = math.ceil((weights + activation + per_block) / memory * 100) / 100
+        return (f"gpu_memory_utilization: {utilization:g} x {memory / 1e9:.3g} GB of {g.name} = "
+                f"{utilization * memory / 1e9:.3g} GB is below the {weights / 1e9:.3g} GB of weights{per_gpu} + "
+                f"{activation / 1e9:.2g} GB of activations, leaving no room for a KV cache; "
+                f"{needed:.2f} or more leaves some")
+    return (f"model: {m.name} ({m.weight_bytes / 1e9:.0f} GB of weights) leaves no room for a KV "
+            f"cache on {tp} x {g.name} ({g.memory_gb:g} GB); use a larger GPU, or more of them (tensor_parallel)")
