@@ -1,11 +1,14 @@
 """lab.cost: hand-computed prices, table validation, reseller deals, self-hosted cost per token."""
 
 import math
+import re
 
 import pytest
 
 from lab.cost import (
+    PriceTable,
     PriceTableError,
+    TokenCounts,
     UnknownGpuError,
     UnknownModelError,
     break_even,
@@ -459,3 +462,25 @@ def test_loaders_read_a_spreadsheets_utf8_export(tmp_path):
     assert load_prices(path).find("model-x").provider == "acme"
     gpu = write_gpu_table(tmp_path, f"H100 SXM,80,acme,pod,2.0,{URL},2026-11-23,\n", encoding="utf-8-sig")
     assert gpu_price("H100-SXM", path=gpu).usd_per_gpu_hour == 2.0
+
+
+def test_a_table_with_no_rows_is_refused_by_name(tmp_path):
+    # a header alone loaded as a table of 0 rows; cost_table then raised a bare KeyError('cost_usd')
+    # and usage_cost said "unknown model 'gpt-4.1'; closest known: " with nothing after it
+    path = write_table(tmp_path, "\n")
+    with pytest.raises(PriceTableError, match=rf"^{re.escape(str(path))}: no price rows"):
+        load_prices(path)
+    (tmp_path / "blank.csv").write_text("")
+    with pytest.raises(PriceTableError, match="blank.csv: no price rows"):
+        load_prices(tmp_path / "blank.csv")
+    gpu = write_gpu_table(tmp_path)
+    with pytest.raises(PriceTableError, match=r"gpu_prices.csv: no price rows"):
+        gpu_price("H100 SXM", path=gpu)
+    # a table emptied by hand (a filter that matched nothing) says so rather than failing obscurely
+    empty = PriceTable([], tmp_path / "mine.csv")
+    with pytest.raises(UnknownModelError, match=r"^unknown model 'gpt-4.1': the price table \(.*mine.csv\) has no rows$"):
+        usage_cost("gpt-4.1", 10, 10, prices=empty)
+    with pytest.raises(ValueError, match=r"^prices: the price table \(.*mine.csv\) has no rows"):
+        cost_table(TokenCounts(1, 10, 10), prices=empty)
+    with pytest.raises(ValueError, match=r"^prices: the price table has no rows"):
+        cost_table(TokenCounts(1, 10, 10), prices=PriceTable([]))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab._checks import is_number
-from lab.cost.prices import DEFAULT_MARKET_CNY_PER_USD, PriceTable, default_prices, row_cost
+from lab.cost.prices import DEFAULT_MARKET_CNY_PER_USD, PriceTable, default_prices, row_cost, table_location
 from lab.metrics import Result
 from lab.workload import Workload
 
@@ -60,8 +60,11 @@ def cost_table(
         raise ValueError(f"batch must be True or False, got {batch!r}")
     counts = token_counts(run)
     cached = round(counts.prompt_tokens * cached_fraction)
+    table = prices or default_prices()
+    if not table.rows:  # a table built by hand with no rows: sorting the empty frame raised KeyError('cost_usd')
+        raise ValueError(f"prices: the price table{table_location(table)} has no rows; nothing to compare")
     records = []
-    for row in (prices or default_prices()).rows:
+    for row in table.rows:
         note = "provider's claim, not verified" if row.verification == "provider_claim" else ""
         if batch and not row.offers_batch:
             cost, note = float("nan"), "no batch API"

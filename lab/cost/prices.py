@@ -100,6 +100,8 @@ class PriceTable:
             if rows:
                 break
         if not rows:
+            if not self.rows:  # a table built by hand with no rows: "closest known: " named nothing
+                raise UnknownModelError(f"unknown model {model!r}: the price table{table_location(self)} has no rows")
             close = difflib.get_close_matches(name, self.models(), n=3, cutoff=0.4)
             hint = ", ".join(close) if close else ", ".join(self.models())
             raise UnknownModelError(f"unknown model {model!r}; closest known: {hint}")
@@ -114,6 +116,11 @@ class PriceTable:
             sellers = ", ".join(sorted(r.provider for r in direct))
             raise ValueError(f"model {name!r} is sold by several providers ({sellers}); pass provider=")
         return direct[0]
+
+
+def table_location(table: PriceTable) -> str:
+    """' (path)' of a table loaded from a file, '' for one built by hand."""
+    return f" ({table.path})" if table.path is not None else ""
 
 
 def _normalise(model: str) -> str:
@@ -134,6 +141,8 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     path = Path(path) if path is not None else default_prices_path()
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save "CSV UTF-8" with a BOM
         rows = [_parse_row(raw, path.name, line) for line, raw in csv_records(f)]
+    if not rows:  # a header alone loaded as a table that priced nothing: cost_table raised KeyError('cost_usd')
+        raise PriceTableError(f"{path}: no price rows; a price table needs a header line and at least one row")
     seen_keys: dict[tuple[str, str], int] = {}
     for row in rows:
         key = (row.provider, row.model)

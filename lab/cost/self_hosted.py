@@ -84,6 +84,8 @@ def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
                     line,
                 )
             )
+    if not rows:  # a header alone: gpu_price then said "known: " and named nothing
+        raise PriceTableError(f"{path}: no price rows; a GPU price table needs a header line and at least one row")
     return rows
 
 
