@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -120,13 +121,18 @@ def _free_port() -> int:
         (["demo", "--model", "/nonexistent/model", "--num-requests", "1"], "batching-lab demo: "),
         (["bench", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--max-retries", "0", "--num-prompts", "1"],
          "batching-lab bench: "),
+        # with --model, models.list() is skipped: every request failed, and it printed a table of nan
+        (["bench", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--model", "m", "--num-prompts", "2",
+          "--no-progress"], "batching-lab bench: connection error"),
     ],
 )
 def test_failures_of_the_world_exit_1_with_one_line(argv, message, capsys):
     # a missing folder or a server that does not answer is not a usage error, and not a traceback either
     assert main(argv) == 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert err.startswith(message) and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "nan" not in captured.out
 
 
 def test_debug_shows_the_traceback_for_serve_too(monkeypatch):
@@ -287,6 +293,68 @@ def test_bench_max_retries_is_used(monkeypatch):
     assert calls == ["/v1/completions"] * 3  # one attempt and two retries: the flag was ignored (one attempt)
     calls.clear()
     assert main(argv[:-2]) == 1 and len(calls) == 1  # bench's default: single attempts, as vllm bench serve
+
+
+def _one_token_stream(request):
+    import httpx
+
+    body = {"id": "s", "object": "text_completion", "model": "m",
+            "choices": [{"index": 0, "text": "x", "finish_reason": "length"}]}
+    return httpx.Response(200, content=f"data: {json.dumps(body)}\n\ndata: [DONE]\n\n".encode(),
+                          headers={"content-type": "text/event-stream"})
+
+
+def test_bench_result_json_is_standard_json(tmp_path, monkeypatch):
+    # one token per answer: no TPOT or ITL to average, NaN in the summary, written as a bare NaN that
+    # strict parsers (jq, JavaScript's JSON.parse) refuse
+    def refuse(name):
+        raise ValueError(f"not standard JSON: {name}")
+
+    _mock_client(monkeypatch, _one_token_stream)
+    out = tmp_path / "b.json"
+    assert main(["bench", "--base-url", "http://h/v1", "--model", "m", "--num-prompts", "2", "--no-progress",
+                 "--result-json", str(out)]) == 0
+    saved = json.loads(out.read_text(), parse_constant=refuse)
+    assert saved["summary"]["completed"] == 2 and saved["summary"]["mean_tpot_ms"] is None
+
+
+def test_bench_that_reaches_the_server_still_prints_its_table(monkeypatch, capsys):
+    # only a server that answered nothing ends in one line: refusals (here a 500 each) are measurements
+    import httpx
+
+    _mock_client(monkeypatch, lambda request: httpx.Response(500, json={"error": {"message": "down"}}))
+    assert main(["bench", "--base-url", "http://h/v1", "--model", "m", "--num-prompts", "2", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "Failed requests:" in captured.out and "error: InternalServerError: HTTP 500: down" in captured.err
+
+
+def test_batch_keeps_an_answer_with_a_lone_surrogate(tmp_path, monkeypatch, capsys):
+    # "\ud83d" (half an emoji) passes json.loads but not a UTF-8 write: the batch died with no record and
+    # exit 2, as if an option were bad, and every rerun died the same way
+    import httpx
+
+    answer = (b'{"id": "x", "object": "chat.completion", "model": "m", "choices": [{"index": 0, '
+              b'"message": {"role": "assistant", "content": "hi \\ud83d"}, "finish_reason": "length"}]}')
+    sent = []
+    _mock_client(monkeypatch, lambda request: (sent.append(1), httpx.Response(200, content=answer))[1])
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(_batch_lines(4))
+    argv = ["batch", str(inp), str(out), "--base-url", "http://h/v1", "--no-progress", "--concurrency", "2"]
+    assert main(argv) == 0 and len(sent) == 4
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["custom_id"] for r in records) == [f"q{i}" for i in range(4)]
+    assert {r["response"]["body"]["choices"][0]["message"]["content"] for r in records} == {"hi \ud83d"}
+    assert main(argv) == 0 and len(sent) == 4  # resumed: nothing sent again
+    assert capsys.readouterr().out.splitlines()[-1] == f"4 succeeded, 0 failed; records in {out}"
+
+
+def test_batch_reads_an_input_saved_with_a_byte_order_mark(tmp_path, monkeypatch, capsys):
+    # Notepad and PowerShell write UTF-8 with a BOM: line 1 was "not valid JSON", exit 2
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes(b"\xef\xbb\xbf" + _batch_lines(2).encode())
+    _mock_client(monkeypatch, _chat_answer)
+    assert main(["batch", str(inp), str(out), "--base-url", "http://h/v1", "--no-progress"]) == 0
+    assert capsys.readouterr().out == f"2 succeeded, 0 failed; records in {out}\n"
 
 
 @pytest.mark.parametrize("argv", [

@@ -136,6 +136,47 @@ def test_resume_after_a_write_torn_inside_a_multibyte_character(tmp_path):
     assert sorted(r["custom_id"] for r in read_lines(out)) == ["r0", "r1", "r2"]  # the torn line is gone
 
 
+def test_an_answer_with_a_lone_surrogate_gets_its_record_and_resumes(tmp_path):
+    # "\ud83d" is half an emoji (a gateway cut the string at a UTF-16 boundary); json.loads accepts it, and
+    # writing it to the UTF-8 checkpoint raised UnicodeEncodeError: the batch died with no record, every rerun too
+    answer = b'{"id": "x", "object": "text_completion", "model": "m", "choices": [{"index": 0, ' \
+             b'"text": "caf\xc3\xa9 \\ud83d", "finish_reason": "length"}]}'
+    sent, failed = [], []
+
+    def handler(request):
+        prompt = json.loads(request.content)["prompt"]
+        sent.append(prompt)
+        if prompt == "3" and not failed:  # fails once: the retry_errors run rewrites the file
+            failed.append(prompt)
+            return httpx.Response(400, content=b'{"error": {"message": "bad \\udc80 byte"}}')
+        return httpx.Response(200, content=answer, headers={"content-type": "application/json"})
+
+    out = tmp_path / "out.jsonl"
+    client = Client(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler), retry=NO_WAIT)
+    requests = [{"custom_id": f"q{i}", "model": "m", "prompt": str(i)} for i in range(5)]
+    records = run_batch(client, requests, concurrency=2, checkpoint=out, progress=False)
+    assert [r["custom_id"] for r in records] == [f"q{i}" for i in range(5)]
+    assert records[0]["response"]["body"]["choices"][0]["text"] == "café \ud83d"
+    assert records[3]["error"]["message"] == "bad \udc80 byte"
+    text = out.read_bytes().decode("utf-8")  # still UTF-8: non-ASCII kept as it is, the surrogate escaped
+    assert "café" in text and "\\ud83d" in text and len(text.splitlines()) == 5
+    assert read_lines(out) == records  # reads back as the very same records
+    sent.clear()
+    assert run_batch(client, requests, checkpoint=out, progress=False) == records and sent == []  # resumed
+    again = run_batch(client, requests, checkpoint=out, progress=False, retry_errors=True)  # rewrites the file
+    assert sent == ["3"] and all(r["error"] is None for r in again)
+    assert sorted(read_lines(out), key=lambda r: r["index"]) == again and again[:3] == records[:3]
+
+
+def test_load_requests_takes_a_file_with_a_byte_order_mark(tmp_path):
+    # Notepad and PowerShell save UTF-8 with a BOM; json.loads refused line 1 ("Unexpected UTF-8 BOM")
+    from lab.client.batch import load_requests
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(batch_line("a", "x")) + "\n" + json.dumps(batch_line("b", "y"))).encode())
+    assert load_requests(path) == [batch_line("a", "x"), batch_line("b", "y")]
+
+
 def test_a_blocking_transport_is_named_before_anything_is_sent_or_written(tmp_path):
     # run_batch sends through an AsyncClient built from the Client's settings: a blocking transport
     # failed there on every request, filling the checkpoint with error records a rerun then skipped

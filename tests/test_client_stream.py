@@ -219,7 +219,9 @@ def test_idle_timeout_fires_while_only_keepalives_arrive():
     assert info.value.partial_text == "a" and len(calls) == 1
 
 
-def test_idle_timeout_bounds_each_read():
+def test_a_stream_is_sent_with_the_request_timeout_not_the_idle_one():
+    # the read timeout was capped at stream_idle_timeout for a stream: the wait for its headers and first
+    # chunk (queue, prefill) failed at 60 s whatever timeout= said; the idle timeout starts at the first chunk
     seen = []
 
     def handler(request):
@@ -230,9 +232,19 @@ def test_idle_timeout_bounds_each_read():
 
     c = client_for(handler, timeout=30.0, stream_idle_timeout=2.0)
     list(c.completions.create(model="m", prompt="p", stream=True))
-    c.completions.create(model="m", prompt="p")  # non-streaming keeps the full read timeout
-    assert seen[0]["read"] == 2.0 and seen[0]["connect"] == 30.0
-    assert seen[1]["read"] == 30.0
+    c.completions.create(model="m", prompt="p")
+    list(c.completions.create(model="m", prompt="p", stream=True, timeout={"read": 300}))
+    assert [t["read"] for t in seen] == [30.0, 30.0, 300]
+
+
+def test_keepalives_before_the_first_chunk_are_not_an_idle_stream():
+    # comments while a request queues or prefills: the server is there, the first token is not yet;
+    # the idle check counted them from the headers and ended the stream before it had begun
+    stall = lambda: time.sleep(0.02)  # noqa: E731
+    pieces = [p for _ in range(10) for p in (stall, b": keep-alive\n\n")] + [chunk("a"), chunk("b", "stop"), DONE]
+    handler, calls = stream_handler(pieces)
+    stream = client_for(handler, stream_idle_timeout=0.05).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["a", "b"] and len(calls) == 1
 
 
 def test_read_timeout_mid_stream_is_a_timeout_with_partial_text():
@@ -241,6 +253,122 @@ def test_read_timeout_mid_stream_is_a_timeout_with_partial_text():
     with pytest.raises(StreamInterruptedError) as info:
         collect(stream)
     assert isinstance(info.value.cause, APITimeoutError) and info.value.partial_text == "abc"
+
+
+# ---- over a real socket: what the idle timeout leaves to the request's timeout, and what it ends
+
+
+def sse_bytes(text, finish=None):
+    return chunk(text, finish)
+
+
+def http_chunk(data: bytes) -> bytes:  # chunked transfer encoding, as uvicorn and vLLM send a stream
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+SSE_REST = http_chunk(chunk("a")) + http_chunk(chunk("b", "stop")) + http_chunk(DONE) + b"0\r\n\r\n"
+WHOLE = json.dumps({"id": "w", "object": "text_completion", "model": "m",
+                    "choices": [{"index": 0, "text": "ab", "finish_reason": "stop"}]}).encode()
+WHOLE_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+    len(WHOLE), WHOLE)
+
+
+@pytest.fixture
+def raw_server():
+    """`start([(delay_s, bytes), ...])` -> base URL of a server that reads a request, then sends each
+    piece after its delay: slow headers, a slow first chunk, a stall, which MockTransport cannot time."""
+    import socketserver
+    import threading
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                got = self.request.recv(65536)
+                if not got:
+                    return
+                data += got
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while len(body) < length:
+                body += self.request.recv(65536)
+            try:
+                for delay, piece in self.server.script:
+                    time.sleep(delay)
+                    self.request.sendall(piece)
+            except OSError:  # the client hung up (it gave up on a stall)
+                pass
+
+    servers = []
+
+    def start(script):
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.script = script
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+async def stream_texts(url, use_async, **kw):
+    """The chunks' texts of one streamed completion, through Client or AsyncClient."""
+    kw = dict(base_url=url, retry=RetryPolicy(max_retries=0), **kw)
+    if use_async:
+        async with AsyncClient(**kw) as c:
+            return [ch.text async for ch in await c.completions.create(model="m", prompt="p", stream=True)]
+    with Client(**kw) as c:
+        return collect(c.completions.create(model="m", prompt="p", stream=True))
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("script, texts", [
+    ([(0.6, SSE_HEAD + SSE_REST)], ["a", "b"]),  # the headers come late (a queue in front of them)
+    ([(0.0, SSE_HEAD), (0.6, SSE_REST)], ["a", "b"]),  # the headers at once, the first chunk late (vLLM's prefill)
+    ([(0.6, WHOLE_ANSWER)], ["ab"]),  # a provider that ignores stream=True: one JSON body, late
+], ids=["late-headers", "late-first-chunk", "late-whole-answer"])
+async def test_the_wait_for_the_first_chunk_is_governed_by_the_request_timeout(raw_server, script, texts, use_async):
+    # Client(timeout=300) still failed at stream_idle_timeout (60 s by default): the read timeout of a stream
+    # was capped at it, headers and first chunk included. Here 0.6 s of waiting, idle 0.2 s, timeout 10 s
+    url = raw_server(script)
+    assert await stream_texts(url, use_async, timeout=10.0, stream_idle_timeout=0.2) == texts
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+async def test_a_silent_server_after_the_first_chunk_ends_at_the_idle_timeout(raw_server, use_async):
+    # no keep-alives, no bytes at all: the idle timeout, not the longer read timeout, ends the stream
+    url = raw_server([(0.0, SSE_HEAD + http_chunk(chunk("a"))), (5.0, SSE_REST)])
+    with pytest.raises(StreamInterruptedError) as info:
+        await stream_texts(url, use_async, timeout=3.0, stream_idle_timeout=0.2)
+    assert isinstance(info.value.cause, APITimeoutError) and "stream idle: no chunk for more than 0.2 s" in str(info.value)
+    assert info.value.partial_text == "a" and info.value.chunks_received == 1
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+async def test_a_slow_reader_over_a_socket_is_not_ended_as_idle(raw_server, use_async):
+    # the answer arrived at once and waits in the buffers while the caller takes its time per chunk
+    url = raw_server([(0.0, SSE_HEAD + SSE_REST)])
+    kw = dict(base_url=url, retry=RetryPolicy(max_retries=0), stream_idle_timeout=0.1)
+    texts = []
+    if use_async:
+        import asyncio
+
+        async with AsyncClient(**kw) as c:
+            async for ch in await c.completions.create(model="m", prompt="p", stream=True):
+                texts.append(ch.text)
+                await asyncio.sleep(0.3)
+    else:
+        with Client(**kw) as c:
+            for ch in c.completions.create(model="m", prompt="p", stream=True):
+                texts.append(ch.text)
+                time.sleep(0.3)
+    assert texts == ["a", "b"]
 
 
 # ---- async streams

@@ -219,13 +219,11 @@ class BaseClient:
         if extra_body:
             params.update(extra_body)
         params = {k: _plain(v) for k, v in params.items()}
-        # None: no limit; a dict overrides the phases it names, keeping the client's other ones
+        # None: no limit; a dict overrides the phases it names, keeping the client's other ones. A stream
+        # gets the same timeout: the wait for its headers and first chunk (queue, prefill) is the request's,
+        # as in openai-python; stream_idle_timeout takes over between chunks (lab/client/idle.py). Capping
+        # the read timeout at the idle one also cut that wait, and a provider's one-JSON-body answer, short
         timeout = self.timeout if timeout is NOT_GIVEN else make_timeout(timeout, self.timeout)
-        if stream and self.stream_idle_timeout is not None and (timeout.read is None
-                                                                 or timeout.read > self.stream_idle_timeout):
-            # a blocked read must not outlast the idle timeout (keep-alive comments are checked per line)
-            timeout = httpx.Timeout(connect=timeout.connect, read=self.stream_idle_timeout,
-                                    write=timeout.write, pool=timeout.pool)
         return params, stream, timeout, extra_headers
 
     def _url(self, path: str) -> str:

@@ -17,11 +17,19 @@ from lab.client._aio import run_sync
 from lab.client.client import AsyncClient, Client
 
 ENDPOINTS = {"/v1/chat/completions": "/chat/completions", "/v1/completions": "/completions"}
+# how records are written: a server's JSON may hold a lone surrogate ("\ud83d", half an emoji, from a
+# gateway that cut a string at a UTF-16 boundary), which json.loads accepts and UTF-8 cannot encode: the
+# write raised, killing the batch at that record, and every rerun again. Surrogates occur only inside JSON
+# strings, so "backslashreplace" writes back the very escape they came from (`\ud83d`): the line stays
+# valid JSON, readable UTF-8 elsewhere, and reads back as the same string
+RECORD_ERRORS = "backslashreplace"
 
 
 def load_requests(path: str | os.PathLike) -> list[dict]:
     """Input lines of a JSONL file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as f:
+    # utf-8-sig: editors on Windows (Notepad, PowerShell's Out-File) save UTF-8 with a byte order mark,
+    # which json.loads refused as "Unexpected UTF-8 BOM" on line 1
+    with open(path, encoding="utf-8-sig") as f:
         return [_input_line(path, n, line) for n, line in enumerate(f, 1) if line.strip()]
 
 
@@ -181,7 +189,7 @@ async def _arun(client, fresh: bool, requests, *, concurrency, checkpoint, progr
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, disable=not progress)
-    out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115 (closed in finally)
+    out = open(path, "a", encoding="utf-8", errors=RECORD_ERRORS) if path else None  # noqa: SIM115 (closed in finally)
     if out is not None and out.tell() > 0 and not _ends_with_newline(path):
         out.write("\n")  # a torn last line must not swallow the next record
     queue: asyncio.Queue = asyncio.Queue()
@@ -244,7 +252,7 @@ def _ends_with_newline(path: Path) -> bool:
 def _rewrite(path: Path, records: dict[str, dict]) -> None:
     """One line per custom_id, atomically (a crash leaves the old file or the new one, never half)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8", errors=RECORD_ERRORS) as f:
         for rec in records.values():
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     os.replace(tmp, path)

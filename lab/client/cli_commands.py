@@ -14,10 +14,11 @@ from pathlib import Path
 
 from lab._checks import positive_int_arg
 from lab.cli import check_output_path, number_arg, seed_arg
+from lab.client._base import DEFAULT_STREAM_IDLE_TIMEOUT
 from lab.client.batch import read_checkpoint
 from lab.client.loadgen import ENDPOINTS
 from lab.client.providers import PROVIDERS
-from lab.metrics import format_summary
+from lab.metrics import format_summary, json_ready
 
 BENCH_EXAMPLES = """examples (a server first, in another terminal: batching-lab serve --port 8000):
   batching-lab bench --base-url http://127.0.0.1:8000/v1 --num-prompts 20 --rate 4
@@ -47,8 +48,10 @@ def _add_connection_args(parser: argparse.ArgumentParser, model_help: str, retri
     parser.add_argument("--max-retries", type=number_arg(0, low_ok=True, integer=True), default=None,
                         help=retries_help)
     parser.add_argument("--timeout", type=number_arg(), default=None,
-                        help="seconds each phase of a request may take: connect, read, write "
-                             "(default: 5 to connect, 120 for the others)")
+                        help="seconds each phase of a request may take: connecting, sending, and each wait "
+                             "for the server, the wait for the first token (queue and prefill) included "
+                             "(default: 5 to connect, 120 for the others); once a streamed answer has begun, "
+                             f"{DEFAULT_STREAM_IDLE_TIMEOUT:g} s without a chunk ends it")
 
 
 def _client_from(args, **kw):
@@ -126,6 +129,9 @@ def bench_main(args) -> int:
         # run_workload makes single attempts unless told otherwise: --max-retries was ignored
         result = run_workload(client, workload, args.max_concurrency, model=args.model, endpoint=args.endpoint,
                               max_retries=args.max_retries or 0, progress=not args.no_progress)
+    unanswered = _no_answer(result)
+    if unanswered is not None:  # a table of nan says less than the reason
+        raise unanswered
     summary = result.summary()
     print(format_summary(summary))
     errors = sorted({r.error for r in result.requests if r.error})
@@ -133,8 +139,26 @@ def bench_main(args) -> int:
         print(f"error: {err}", file=sys.stderr)
     if args.result_json is not None:
         with open(args.result_json, "w", encoding="utf-8") as f:
-            json.dump({"summary": summary, "label": result.label}, f, indent=2)
+            # json_ready: None for the NaN of a metric with nothing to average, which plain json.dump
+            # writes as a bare NaN that strict parsers (jq, JavaScript) refuse
+            json.dump(json_ready({"summary": summary, "label": result.label}), f, indent=2)
     return 0 if summary["failed"] == 0 else 1
+
+
+# what loadgen records for a request that got no answer at all: no connection, or none in time
+_NO_ANSWER_ERRORS = ("APIConnectionError: ", "APITimeoutError: ")
+
+
+def _no_answer(result):
+    """A server that answered none of the requests (it is not there, or said nothing in time), as the
+    error the command ends with: the same one line as when `models.list()` fails without --model."""
+    from lab.client.errors import APIConnectionError
+
+    errors = [r.error for r in result.requests]
+    if not errors or not all(e and e.startswith(_NO_ANSWER_ERRORS) for e in errors):
+        return None
+    detail = errors[0].split(": ", 1)[1]
+    return APIConnectionError(f"{detail}; no request got an answer ({len(errors)} sent)")
 
 
 def _check_batch_output(output: str, input: str) -> None:

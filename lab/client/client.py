@@ -15,6 +15,7 @@ import httpx
 from lab.client._base import DEFAULT_POOL, BaseClient, estimate_tokens
 from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
+from lab.client.idle import start_watch
 from lab.client.limits import AsyncLimiter, SyncLimiter
 from lab.client.streaming import (
     AsyncStream,
@@ -171,8 +172,9 @@ class Client(BaseClient):
                 self._limiter.core.settle(est, self._used_tokens(usage, est))
                 self._limiter.release_slot()
 
+        # from here on the idle timeout applies: the request's read timeout covered the wait for this chunk
         return Stream(response, state, first, lines=lines, start_t=start_t, retries=retries,
-                      provider=self.provider, on_close=on_close)
+                      provider=self.provider, on_close=on_close, watch=start_watch(state, response, blocking=True))
 
 
 class AsyncClient(BaseClient):
@@ -301,4 +303,5 @@ class AsyncClient(BaseClient):
                 self._limiter.release_slot()
 
         return AsyncStream(response, state, first, lines=lines, start_t=start_t, retries=retries,
-                           provider=self.provider, on_close=on_close)
+                           provider=self.provider, on_close=on_close,
+                           watch=start_watch(state, response, blocking=False))

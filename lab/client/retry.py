@@ -17,7 +17,14 @@ from lab.client.errors import APIConnectionError, APIError, APIStatusError, Stre
 
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
-MAX_RETRY_AFTER = 120.0  # openai-python's cap: a server asking for longer is not retried at all
+# Retry-After is obeyed up to this many seconds; a server asking for longer is not retried at all: the
+# error goes to the caller (RateLimitError.retry_after says how long), and run_batch records it for a
+# `retry_errors` rerun. openai-python differs by release: the 1.x series (what `openai>=1.40` allows)
+# obeys the header only up to 60 s and, above that, still retries after its usual 0.5-8 s backoff; newer
+# releases (MAX_RETRY_AFTER_DELAY) cap it at 120 s and do not retry above it, as we do. We refuse rather
+# than back off: a server asking for minutes has a spent quota, so a retry seconds later only earns another
+# 429 (and counts against the limit again), and sleeping minutes inside one call would look like a hang
+MAX_RETRY_AFTER = 120.0
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 

@@ -2,7 +2,8 @@
 
 `StreamState` is the I/O-free part (parse, account, detect errors and truncation) that `Stream` and
 `AsyncStream` share. A stream that breaks after its first chunk raises `StreamInterruptedError`
-carrying the partial text; it is never retried behind the caller's back.
+carrying the partial text; it is never retried behind the caller's back. The idle timeout counts only
+from the first chunk on: until then the request's read timeout governs (lab/client/idle.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class StreamState:
     """Everything a stream learned so far. Times are `time.perf_counter()` values."""
 
     __slots__ = ("decoder", "idle_timeout", "last_event_t", "done", "chunks", "text_parts", "usage",
-                 "finish_reason", "model", "first_chunk_t", "token_times", "request_id")
+                 "finish_reason", "model", "first_chunk_t", "token_times", "request_id", "waiting",
+                 "idle_expired")
 
     def __init__(self, idle_timeout: float | None, now: float, request_id: str | None = None):
         self.decoder = SSEDecoder()
@@ -43,17 +45,24 @@ class StreamState:
         self.first_chunk_t: float | None = None
         self.token_times: list[float] = []  # when each chunk with text arrived (ITL)
         self.request_id = request_id
+        self.waiting = False  # the caller is waiting on the server (the idle clock runs only then)
+        self.idle_expired = False  # the idle watch shut the socket: whatever the read says next, it was that
 
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
 
     def feed_line(self, line: str, now: float) -> Chunk | None:
-        if self.idle_timeout is not None and now - self.last_event_t > self.idle_timeout:
-            # keep-alive comments arrive, but no data: the generation is stuck
-            raise APITimeoutError(f"stream idle: no chunk for more than {self.idle_timeout:g} s")
+        # keep-alive comments arrive, but no data: the generation is stuck. Not before the first chunk:
+        # comments sent while a request queues or prefills are the server saying it is still there
+        if (self.idle_timeout is not None and self.first_chunk_t is not None
+                and now - self.last_event_t > self.idle_timeout):
+            raise self.idle_error()
         event = self.decoder.decode(line)
         return None if event is None else self._on_event(event.event, event.data, now)
+
+    def idle_error(self) -> APITimeoutError:
+        return APITimeoutError(f"stream idle: no chunk for more than {self.idle_timeout:g} s")
 
     def feed_eof(self, now: float) -> Chunk | None:
         event = self.decoder.flush()
@@ -159,7 +168,7 @@ class _StreamBase:
     """What a finished (or failed) stream reports, like a non-streaming result."""
 
     def __init__(self, response: httpx.Response, state: StreamState, first: Chunk | None, *, start_t: float,
-                 retries: int, provider: str | None, on_close):
+                 retries: int, provider: str | None, on_close, watch=None):
         self.response = response
         self.state = state
         self._pending = first
@@ -167,6 +176,7 @@ class _StreamBase:
         self.retries = retries
         self.provider = provider
         self._on_close = on_close  # releases the concurrency slot and settles the token estimate
+        self._watch = watch  # enforces the idle timeout on a silent socket (lab/client/idle.py)
         self.end_t: float | None = None
         self.closed = False
 
@@ -189,6 +199,8 @@ class _StreamBase:
         return cost_of(self.state.model, self.state.usage, self.provider)
 
     def _finish(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         if not self.closed:
             self.closed = True
             self.end_t = time.perf_counter()
@@ -300,25 +312,42 @@ def next_chunk(state: StreamState, lines) -> Chunk | None:
     """The next chunk from a line iterator, or None at the end. Raises our errors and httpx's."""
     now = time.perf_counter
     _start_waiting(state, now())
-    while not state.done:
-        line = next(lines, None)
-        if line is None:
-            return state.feed_eof(now())
-        chunk = state.feed_line(line, now())
-        if chunk is not None:
-            return chunk
-    return None
+    state.waiting = True
+    try:
+        while not state.done:
+            line = next(lines, None)
+            if line is None:
+                return state.feed_eof(now())
+            chunk = state.feed_line(line, now())
+            if chunk is not None:
+                return chunk
+        return None
+    except (APIError, httpx.HTTPError) as e:
+        # the idle watch shut the socket: the read ends as a cut stream or a read error, but it was a stall
+        if state.idle_expired:
+            raise state.idle_error() from e
+        raise
+    finally:
+        state.waiting = False
 
 
 async def anext_chunk(state: StreamState, lines) -> Chunk | None:
     now = time.perf_counter
     _start_waiting(state, now())
-    while not state.done:
-        try:
-            line = await lines.__anext__()
-        except StopAsyncIteration:
-            return state.feed_eof(now())
-        chunk = state.feed_line(line, now())
-        if chunk is not None:
-            return chunk
-    return None
+    state.waiting = True
+    try:
+        while not state.done:
+            try:
+                line = await lines.__anext__()
+            except StopAsyncIteration:
+                return state.feed_eof(now())
+            chunk = state.feed_line(line, now())
+            if chunk is not None:
+                return chunk
+        return None
+    except (APIError, httpx.HTTPError) as e:
+        if state.idle_expired:
+            raise state.idle_error() from e
+        raise
+    finally:
+        state.waiting = False
