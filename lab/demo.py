@@ -54,7 +54,9 @@ def summary_table(results: dict[str, Result]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: dict[str, Result], path: str | Path, max_num_seqs: int) -> Path:
+def report_figures(results: dict[str, Result], max_num_seqs: int) -> list:
+    """The report's figures, in order. Step axes count each run's steps from 0: the warm-up in
+    `run_demo` leaves the engine's own step counter at 16 or so (lab.viz renumbers them)."""
     from lab import viz
 
     figures = [viz.compare(results)]
@@ -63,6 +65,11 @@ def write_report(results: dict[str, Result], path: str | Path, max_num_seqs: int
         figures.append(viz.batch_occupancy(result, max_num_seqs=max_num_seqs, title=f"{name}: batch occupancy"))
     figures += [viz.latency_cdf(results, metric="ttft"), viz.latency_cdf(results, metric="e2e"),
                 viz.kv_blocks(results)]
+    return figures
+
+
+def write_report(results: dict[str, Result], path: str | Path, max_num_seqs: int) -> Path:
+    figures = report_figures(results, max_num_seqs)
     # plotly.js inlined once, so the report opens offline (classrooms, no CDN)
     parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures)]
     body = "\n".join(parts)

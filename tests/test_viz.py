@@ -98,9 +98,29 @@ def test_timeline_marks_failures_and_orders_by_arrival():
 def test_timeline_over_http_has_no_queue_phase():
     r = Result(requests=[req("h", 1.0, None, 1.4, 2.0)])
     fig = request_timeline(r)
-    assert len(trace(fig, "queued").x) == 0
-    assert list(trace(fig, "prefill").base) == pytest.approx([1.0])
-    assert list(trace(fig, "prefill").x) == pytest.approx([0.4])
+    # the client cannot see the server's queue or where prefill starts: one honest phase up to the first token
+    assert [t.name for t in fig.data] == ["waiting for first token", "decode", "failed"]
+    assert list(trace(fig, "waiting for first token").base) == pytest.approx([1.0])
+    assert list(trace(fig, "waiting for first token").x) == pytest.approx([0.4])
+
+
+def test_timeline_over_http_shows_retried_requests_and_does_not_call_their_waits_prefill():
+    # over HTTP a retried request's back-off waits sit between its arrival and its first token
+    r = Result(requests=[
+        req("plain", 0.0, None, 0.1, 0.5),
+        req("retried", 0.1, None, 2.6, 3.0, retries=3),
+        req("gave-up", 0.2, None, None, 4.2, out=0, status="error", error="RateLimitError: 429", retries=4),
+    ])
+    fig = request_timeline(r)
+    assert "prefill" not in [t.name for t in fig.data]
+    waiting = trace(fig, "waiting for first token")
+    assert list(waiting.y) == [0, 1, 2]
+    assert list(waiting.x) == pytest.approx([0.1, 2.5, 4.0])  # the failed one waited until it gave up
+    marks = trace(fig, "retried (↻ retries)")
+    assert list(marks.y) == [1, 2] and list(marks.x) == pytest.approx([0.1, 0.2])
+    assert list(marks.text) == ["↻3", "↻4"]
+    assert [tuple(c[:2]) for c in marks.customdata] == [("retried", 3), ("gave-up", 4)]
+    assert "3 retries" in waiting.customdata[1][5]  # the bar's hover says so too
 
 
 def test_timeline_of_many_requests_stays_one_trace_per_phase():
@@ -216,6 +236,51 @@ def test_kv_blocks_overlays_runs_with_capacity():
     assert list(fig.data[2].y) == [10, 10]
 
 
+def test_kv_blocks_draws_each_runs_own_capacity():
+    # two engines with different pools: one capacity line drawn for both misstated the roomy one's pool
+    roomy, tight = ok_result("roomy"), ok_result("tight")
+    tight.steps = tight.steps[:3]
+    fig = kv_blocks({"roomy": roomy, "tight": tight}, capacity={"roomy": 128, "tight": 24}, x="step")
+    assert [t.name for t in fig.data] == ["roomy", "tight", "roomy: capacity = 128", "tight: capacity = 24"]
+    lines = {t.name: t for t in fig.data}
+    assert list(lines["roomy: capacity = 128"].y) == [128, 128]
+    assert list(lines["tight: capacity = 24"].y) == [24, 24]
+    assert list(lines["tight: capacity = 24"].x) == [0, 2]  # as far as its own run goes
+    assert lines["roomy: capacity = 128"].line.color == lines["roomy"].line.color
+    assert lines["tight: capacity = 24"].line.color == lines["tight"].line.color
+    assert " of 24 blocks" in lines["tight"].hovertemplate
+    # a partial mapping draws only the capacities it gives
+    assert [t.name for t in kv_blocks({"roomy": roomy, "tight": tight}, capacity={"tight": 24}).data] == [
+        "roomy", "tight", "tight: capacity = 24"]
+    with pytest.raises(ValueError, match=r"capacity: no run labelled \['other'\]"):
+        kv_blocks({"roomy": roomy}, capacity={"other": 24})
+    with pytest.raises(ValueError, match="capacity\\['roomy'\\]"):
+        kv_blocks({"roomy": roomy}, capacity={"roomy": 0})
+
+
+def _from_step(result: Result, first: int) -> Result:
+    """The run's steps numbered from `first`, as after a warm-up on the same engine."""
+    from dataclasses import replace
+
+    result.steps = [replace(s, step=first + i) for i, s in enumerate(result.steps)]
+    return result
+
+
+def test_step_axes_count_each_run_from_zero_after_a_warm_up():
+    # a warm-up generate then trace.clear() leaves the engine's counter running: the axis began at 16
+    run = _from_step(ok_result(), 16)
+    fig = batch_occupancy(run, max_num_seqs=4)
+    assert list(fig.data[0].x) == [0, 1, 2, 3, 4]
+    assert list(trace(fig, "max_num_seqs = 4").x) == [-0.5, 4.5]
+    assert [c[0] for c in fig.data[0].customdata] == [0, 1, 2, 3, 4]
+    assert [c[5] for c in fig.data[0].customdata] == [16, 17, 18, 19, 20]  # hover keeps the engine's number
+    assert "engine step" in fig.data[0].hovertemplate
+    assert "engine step" not in batch_occupancy(ok_result()).data[0].hovertemplate  # no offset, nothing to say
+    runs = {"warm": run, "fresh": ok_result()}
+    assert [list(t.x) for t in kv_blocks(runs, capacity=8, x="step").data] == [[0, 1, 2, 3, 4]] * 2 + [[0, 4]]
+    assert list(kv_blocks(run, x="time").data[0].x) == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+
+
 def _two_replicas() -> Result:
     from lab.engine.config import EngineConfig
     from lab.sim import ConstantStepModel, simulate
@@ -327,6 +392,21 @@ def test_throughput_vs_latency_from_frame_and_bad_columns():
     assert has_note(throughput_vs_latency([]), "No runs")
 
 
+def test_throughput_vs_latency_names_a_parameter_that_is_not_a_rate():
+    # client concurrency on the x-parameter: its points read "1/s" and hover "rate 4 req/s"
+    table = pd.DataFrame({"concurrency": [16, 1, 4], "label": ["bundled"] * 3,
+                          "output_throughput": [600.0, 100.0, 300.0], "mean_e2el_ms": [900.0, 300.0, 400.0]})
+    fig = throughput_vs_latency(table, rate="concurrency", latency="mean_e2el_ms")
+    points = fig.data[0]
+    assert list(points.text) == ["concurrency 1", "concurrency 4", "concurrency 16"]
+    assert "req/s" not in points.hovertemplate and "concurrency %{customdata}" in points.hovertemplate
+    assert "concurrency" in fig.layout.title.text and "request rates" not in fig.layout.title.text
+    # a real rate keeps its unit
+    rates = table.rename(columns={"concurrency": "request_rate"})
+    fig = throughput_vs_latency(rates, latency="mean_e2el_ms")
+    assert list(fig.data[0].text) == ["1/s", "4/s", "16/s"] and "rate %{customdata} req/s" in fig.data[0].hovertemplate
+
+
 def test_throughput_vs_latency_keeps_rows_without_a_label():
     frame = pd.DataFrame({"request_rate": [1, 2, 4], "output_throughput": [10, 20, 30],
                           "p99_e2el_ms": [5, 9, 40], "label": ["cont", None, None]})
@@ -400,6 +480,18 @@ def test_cost_bars_custom_columns_and_errors():
     with pytest.raises(ValueError, match="frame"):
         cost_bars([{"provider": "x"}])
     assert has_note(cost_bars(costs().iloc[4:]), "No priced rows")
+
+
+def test_cost_bars_unit_comes_from_the_whole_column_name():
+    # the text after the last underscore is not always the currency: usd_per_1k_requests read "REQUESTS"
+    frame = costs().rename(columns={"cost_usd": "usd_per_1k_requests"})
+    fig = cost_bars(frame, cost="usd_per_1k_requests")
+    assert fig.layout.yaxis.title.text == "cost (USD per 1k requests)"
+    assert "USD per 1k requests" in fig.data[0].hovertemplate and "REQUESTS" not in fig.data[0].hovertemplate
+    assert cost_bars(costs()).layout.yaxis.title.text == "cost (USD)"
+    fig = cost_bars(costs().rename(columns={"cost_usd": "price_requests"}), cost="price_requests")
+    assert fig.layout.yaxis.title.text == "price_requests"  # no currency in the name: none is made up
+    assert "REQUESTS" not in fig.data[0].hovertemplate
 
 
 def test_every_figure_serialises():

@@ -19,6 +19,8 @@ TEMPLATE = "plotly_white"
 PHASE_COLORS = {
     "queued": "#B0B0B0",  # grey: nothing is happening for the request yet
     "prefill": "#F58518",
+    # over HTTP: queue, prefill, network and any retries' back-off, which the client cannot tell apart
+    "waiting for first token": "#FDBF6F",
     "decode": "#4C78A8",
     "idle": "#EAEAEA",
     "failed": "#D62728",

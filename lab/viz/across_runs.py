@@ -50,6 +50,8 @@ def throughput_vs_latency(
     `data`: a list of (request_rate, Result) pairs, or a DataFrame of `Result.summary()` rows with a
     `rate` column (and a `label` column, if present, to split the lines). The knee of the curve is
     where the server saturates: throughput stops growing and latency takes off.
+    `rate` may name any other parameter of the sweep (client concurrency, say): a column whose name
+    does not end in "rate" labels its points with the column's name ("concurrency 4"), not in req/s.
     """
     if isinstance(data, pd.DataFrame):
         frame = data
@@ -57,7 +59,8 @@ def throughput_vs_latency(
         frame = _rate_frame(data)
     else:
         raise ValueError(f"data: expected a list of (rate, Result) pairs or a DataFrame, got {type(data).__name__}")
-    title = title or "Throughput against latency across request rates"
+    is_rate = rate.endswith("rate")  # request_rate, rate: requests per second; anything else is not
+    title = title or f"Throughput against latency across {'request rates' if is_rate else rate}"
     if frame.empty:
         return empty_figure(title, "No runs to plot.")
     _check_columns(frame, throughput=throughput, latency=latency, rate=rate)
@@ -70,10 +73,11 @@ def throughput_vs_latency(
         fig.add_trace(
             go.Scatter(
                 name=str(name) or "run", x=group[throughput], y=group[latency], mode="lines+markers+text",
-                text=[_rate_text(v) for v in group[rate]], textposition="top left",
-                line=dict(color=label_color(i)), customdata=group[rate],
+                text=[_rate_text(v) if is_rate else _param_text(rate, v) for v in group[rate]],
+                textposition="top left", line=dict(color=label_color(i)), customdata=group[rate],
                 hovertemplate=(
-                    f"{name}<br>rate %{{customdata}} req/s<br>{throughput} %{{x:.1f}} {unit_of(throughput)}"
+                    f"{name}<br>{'rate %{customdata} req/s' if is_rate else rate + ' %{customdata}'}"
+                    f"<br>{throughput} %{{x:.1f}} {unit_of(throughput)}"
                     f"<br>{latency} %{{y:.1f}} {unit_of(latency)}<extra></extra>"
                 ),
             )
@@ -85,6 +89,11 @@ def throughput_vs_latency(
 
 def _rate_text(rate: float) -> str:
     return "all at once" if math.isinf(rate) else f"{rate:g}/s"
+
+
+def _param_text(column: str, value) -> str:
+    # concurrency 4, not "4/s": the x-parameter of a sweep that is not a request rate
+    return f"{column} {value:g}" if isinstance(value, (int, float, np.number)) else f"{column} {value}"
 
 
 def compare(results, *, metrics: Sequence[str] = DEFAULT_COMPARE, title: str | None = None) -> go.Figure:
@@ -142,15 +151,16 @@ def cost_bars(
 ) -> go.Figure:
     """Cost per model, one colour per provider (the same model at two providers sits side by side).
 
-    `cost` defaults to the frame's "cost_usd" column, else "cost"; `currency` defaults to what the
-    column name ends with (cost_usd -> USD). Rows with the same provider and model are summed.
+    `cost` defaults to the frame's "cost_usd" column, else "cost"; `currency`, the unit shown on the
+    axis and in hover, defaults to what the column name says (cost_usd -> USD, usd_per_1k_requests ->
+    USD per 1k requests; none when it names no currency). Rows with the same provider and model are summed.
     """
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"frame: expected a pandas DataFrame, got {type(frame).__name__}")
     if cost is None:
         cost = next((c for c in ("cost_usd", "cost") if c in frame.columns), "cost_usd")
     _check_columns(frame, cost=cost, provider=provider, model=model)
-    currency = currency or (cost.rsplit("_", 1)[1].upper() if "_" in cost else "")
+    currency = currency or _cost_unit(cost)
     title = title or "Cost per provider and model"
     keys = [provider] + ([model] if model else [])
     unpriced = frame[frame[cost].isna()]
@@ -170,12 +180,28 @@ def cost_bars(
         )
     styled(
         fig, title, barmode="group", xaxis=dict(title=x_col, categoryorder="array", categoryarray=order),
-        yaxis_title=f"cost ({currency})" if currency else "cost",
+        yaxis_title=f"cost ({currency})" if currency else cost,
     )
     if not unpriced.empty:
         missing = unpriced[keys].astype(str).agg(" · ".join, axis=1).tolist()
         note(fig, f"No cost for: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
     return fig
+
+
+CURRENCIES = ("usd", "eur", "gbp", "cny", "rmb", "jpy", "inr", "krw", "cad", "aud", "chf", "hkd", "sgd")
+
+
+def _cost_unit(column: str) -> str:
+    """The unit a cost column's name states: cost_usd -> USD, usd_per_1k_requests -> USD per 1k requests.
+
+    The text after the last underscore is not always a currency: it turned usd_per_1k_requests into
+    "REQUESTS". A name without a currency code states no unit ("")."""
+    words = column.lower().split("_")
+    code = next((w for w in words if w in CURRENCIES), None)
+    if code is None:
+        return ""
+    rest = [w for w in words if w not in (code, "cost")]
+    return " ".join([code.upper(), *rest])
 
 
 def _plain_number(value: float) -> str:

@@ -31,19 +31,26 @@ _PHASE_HOVER = (
 )
 
 
+WAITING = "waiting for first token"  # the phase of a request timed from outside the server (HTTP)
+_PHASE_ORDER = ("queued", "prefill", WAITING, "decode")
+
+
 def _phases(r: RequestMetrics) -> dict[str, tuple[float, float]]:
     """Start and end of each phase we can tell from the request's timestamps."""
     out = {}
+    end = r.first_token_s if r.first_token_s is not None else r.finish_s  # failed before its first token
     if r.first_scheduled_s is not None:
         out["queued"] = (r.arrival_s, r.first_scheduled_s)
-    # Over HTTP the server's queue is invisible, so prefill then starts at arrival and includes it.
-    prefill_start = r.first_scheduled_s if r.first_scheduled_s is not None else r.arrival_s
-    if r.first_token_s is not None:
-        out["prefill"] = (prefill_start, r.first_token_s)
-        if r.finish_s is not None:
-            out["decode"] = (r.first_token_s, r.finish_s)
-    elif r.first_scheduled_s is not None and r.finish_s is not None:
-        out["prefill"] = (prefill_start, r.finish_s)  # failed or aborted before its first token
+        if end is not None:
+            out["prefill"] = (r.first_scheduled_s, end)
+    elif end is not None:
+        # Over HTTP the server's queue is invisible, and so is where prefill starts: the client sees
+        # only the wait from sending to the first token. It holds the network, the server's queue and
+        # prefill, and a retried request's failed attempts and back-off waits: calling it "prefill"
+        # drew seconds of back-off as prompt processing.
+        out[WAITING] = (r.arrival_s, end)
+    if r.first_token_s is not None and r.finish_s is not None:
+        out["decode"] = (r.first_token_s, r.finish_s)
     return out
 
 
@@ -57,6 +64,9 @@ def _last_known_s(r: RequestMetrics) -> float:
 def request_timeline(result: Result, *, title: str | None = None) -> go.Figure:
     """One horizontal bar per request, split into queued / prefill / decode; failures marked with ✕.
 
+    A run timed from outside the server (over HTTP) has no queued or prefill time: its bars run from
+    sending the request to its first token ("waiting for first token", retries and their back-off
+    included), then decode. Retried requests are marked with their retry count at the start of their row.
     Requests are ordered by arrival, first at the top. One trace per phase (bars placed with `base=`),
     so thousands of requests still render quickly.
     """
@@ -67,16 +77,19 @@ def request_timeline(result: Result, *, title: str | None = None) -> go.Figure:
         return empty_figure(title, "No requests in this result.")
     ordered = sorted(result.requests, key=lambda r: r.arrival_s)
     fig = go.Figure()
-    for phase in ("queued", "prefill", "decode"):
+    phases = [_phases(r) for r in ordered]
+    for phase in _PHASE_ORDER:
         ys, starts, lengths, data = [], [], [], []
-        for i, r in enumerate(ordered):
-            span = _phases(r).get(phase)
+        for i, (r, spans) in enumerate(zip(ordered, phases, strict=True)):
+            span = spans.get(phase)
             if span is None:
                 continue
             ys.append(i)
             starts.append(span[0])
             lengths.append(span[1] - span[0])
             data.append((r.request_id, span[0], span[1], r.prompt_tokens, r.output_tokens, _status_text(r)))
+        if not ys:  # no legend entry for a phase no request has (queued and prefill over HTTP)
+            continue
         fig.add_trace(
             go.Bar(
                 name=phase, orientation="h", y=ys, x=lengths, base=starts, customdata=data,
@@ -92,6 +105,20 @@ def request_timeline(result: Result, *, title: str | None = None) -> go.Figure:
             hovertemplate="<b>%{customdata[0]}</b> at %{x:.3f} s<br>%{customdata[1]}<extra></extra>",
         )
     )
+    retried = [(i, r) for i, r in enumerate(ordered) if r.retries]
+    if retried:  # the back-off waits sit inside the bars; say which rows hold them
+        fig.add_trace(
+            go.Scatter(
+                name="retried (↻ retries)", mode="markers+text", y=[i for i, _ in retried],
+                x=[r.arrival_s for _, r in retried], text=[f"↻{r.retries}" for _, r in retried],
+                textposition="middle right", textfont=dict(size=10, color="#333"),
+                marker=dict(symbol="circle-open", size=7, color="#333"),
+                customdata=[(r.request_id, r.retries, _status_text(r)) for _, r in retried],
+                hovertemplate=("<b>%{customdata[0]}</b> retried %{customdata[1]} time(s): its bar holds the "
+                               "failed attempts and the wait before each retry<br>"
+                               "%{customdata[2]}<extra></extra>"),
+            )
+        )
     yaxis = dict(title="request (by arrival)", autorange="reversed", showgrid=False)
     if len(ordered) <= 40:  # few enough to name each row
         yaxis.update(tickvals=list(range(len(ordered))), ticktext=[r.request_id for r in ordered])
