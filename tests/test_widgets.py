@@ -77,6 +77,36 @@ def test_cost_playground_table_counts_every_request():
     assert row.cost_usd == pytest.approx(usage_cost("gpt-4.1", 801_000, 300_000, cached_tokens=400_500))
 
 
+def test_cost_playground_refuses_fewer_than_one_request_and_names_the_field():
+    pg = widgets.cost_playground()
+    c = pg.controls
+    c["requests"].value = 100
+    bars = [tuple(t.y) for t in pg.figures["cost"].data]
+    for bad in (0, -5):  # were priced as 1 request, with no word said
+        c["requests"].value = bad
+        assert "requests" in pg.status.value and f"got {bad}" in pg.status.value and "cheapest" not in pg.status.value
+        assert set(pg.results["frame"]["requests"]) == {100}  # the last valid count, not 1
+        assert [tuple(t.y) for t in pg.figures["cost"].data] == bars
+    c["requests"].value = 200
+    assert pg.status.value.startswith("cheapest") and set(pg.results["frame"]["requests"]) == {200}
+
+
+def test_cost_playground_status_tells_small_costs_apart():
+    import re
+
+    pg = widgets.cost_playground()
+    pg.controls["requests"].value = 1  # one request costs a fraction of a cent at every provider
+    shown = [v.replace(",", "") for v in re.findall(r"\$(\d[\d,]*(?:\.\d+)?)", pg.status.value)]
+    frame = pg.results["frame"].dropna(subset=["cost_usd"])
+    assert len(shown) == 3 and "0.00" not in shown  # two decimals showed each as $0.00
+    assert [float(v) for v in shown] == pytest.approx(list(frame["cost_usd"].head(3)), rel=5e-3)
+    assert [float(v) for v in shown] == sorted(float(v) for v in shown)
+    from lab.widgets.costs import _dollars
+
+    assert (_dollars(1234.5), _dollars(0.0042), _dollars(0.004216), _dollars(0.0)) == (
+        "$1,234.50", "$0.0042", "$0.00422", "$0")
+
+
 def _kv_run(pg) -> tuple[int, dict, int]:
     """Preemptions, summary and prefill tokens computed of the kv playground's last simulation."""
     result = pg.results["simulator"]

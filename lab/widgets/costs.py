@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 
 import ipywidgets as widgets
+import numpy as np
 import plotly.graph_objects as go
 
 from lab import viz
@@ -42,7 +43,11 @@ def cost_playground(*, prices=None) -> Playground:
 
     def on_change(_=None):
         c = controls
-        requests = max(1, int(c["requests"].value))
+        requests = c["requests"].value
+        if requests < 1:  # was priced as 1 request, silently; the bars and table keep the last valid count
+            status.value = (f"<span style='color:#b00'><b>requests</b>: expected a whole number of requests "
+                            f"≥ 1, got {html.escape(str(requests))}; the bars still show the last valid count</span>")
+            return
         counts = TokenCounts(requests, requests * c["prompt_tokens"].value, requests * c["output_tokens"].value)
         frame = cost_table(counts, cached_fraction=c["cached_fraction"].value, batch=c["batch"].value, prices=prices)
         frame = frame[frame["provider"].isin(c["providers"].value)]
@@ -50,7 +55,7 @@ def cost_playground(*, prices=None) -> Playground:
         replace_figure(figures["cost"], viz.cost_bars(frame, title=f"Cost of {requests:,} requests (USD)"))
         cheapest = frame.dropna(subset=["cost_usd"]).head(3)
         status.value = "cheapest: " + ", ".join(
-            f"{html.escape(r.provider)} {html.escape(r.model)} ${r.cost_usd:,.2f}" for r in cheapest.itertuples())
+            f"{html.escape(r.provider)} {html.escape(r.model)} {_dollars(r.cost_usd)}" for r in cheapest.itertuples())
 
     for control in controls.values():
         control.observe(on_change, names="value")
@@ -60,3 +65,11 @@ def cost_playground(*, prices=None) -> Playground:
     pg = Playground(controls, figures, status, rows)
     on_change()
     return pg
+
+
+def _dollars(amount: float) -> str:
+    """$1,234.50 for a dollar or more; below that three significant digits ($0.00421), so the cheapest
+    providers of a small workload can still be told apart (two decimals showed each as $0.00)."""
+    if abs(amount) >= 1:
+        return f"${amount:,.2f}"
+    return "$" + np.format_float_positional(amount, precision=3, fractional=False, trim="-")
