@@ -137,6 +137,17 @@ class _Models:
 
 
 class BaseClient:
+    """Settings `Client` and `AsyncClient` share.
+
+    `base_url` / `api_key` / `provider`: where to send and with which key (a provider preset fills both
+    from its environment variable). `timeout`: seconds for each phase (a number, an httpx.Timeout or a
+    dict of connect/read/write/pool; None: no limit); it covers a stream until its first chunk too
+    (the server's queue and prefill). `stream_idle_timeout`: after the first chunk, a stream with no
+    chunk for this long is ended. `max_retries` / `retry`: openai-python's retry policy.
+    `max_concurrency`, `rpm`, `tpm` (or `limits`): client-side limits, adapted to the server's
+    x-ratelimit-* headers. `transport`: an httpx transport (tests use httpx.MockTransport).
+    """
+
     def __init__(
         self,
         base_url: str | None = None,

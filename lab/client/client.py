@@ -80,7 +80,8 @@ def _check_transport(transport, method: str, wanted: str) -> None:
 
 
 class Client(BaseClient):
-    """Blocking client. `Client(base_url=..., api_key=...)` or `Client(provider="openai")`."""
+    """Blocking client. `Client(base_url=..., api_key=...)` or `Client(provider="openai")`; the settings
+    (timeouts, retries, limits) are described on `BaseClient`."""
 
     def __init__(self, *args, http_client: httpx.Client | None = None, **kw):
         super().__init__(*args, **kw)
