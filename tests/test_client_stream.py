@@ -247,6 +247,16 @@ def test_keepalives_before_the_first_chunk_are_not_an_idle_stream():
     assert collect(stream) == ["a", "b"] and len(calls) == 1
 
 
+def test_data_that_arrives_after_an_idle_gap_is_kept():
+    # the per-line check judged the late data line itself and threw away a chunk, its finish_reason and
+    # [DONE] that had arrived; only keep-alive comments tell of a stuck generation (where no watch runs,
+    # as here or over HTTP/2, the read timeout bounds a silent wait)
+    pieces = [chunk("a"), lambda: time.sleep(0.15), chunk("b", "stop"), DONE]
+    handler, calls = stream_handler(pieces)
+    stream = client_for(handler, stream_idle_timeout=0.05).completions.create(model="m", prompt="p", stream=True)
+    assert collect(stream) == ["a", "b"] and stream.finish_reason == "stop" and len(calls) == 1
+
+
 def test_read_timeout_mid_stream_is_a_timeout_with_partial_text():
     handler, _ = stream_handler([chunk("abc"), httpx.ReadTimeout("no bytes")])
     stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
@@ -268,6 +278,8 @@ def http_chunk(data: bytes) -> bytes:  # chunked transfer encoding, as uvicorn a
 
 SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 SSE_REST = http_chunk(chunk("a")) + http_chunk(chunk("b", "stop")) + http_chunk(DONE) + b"0\r\n\r\n"
+ROLE_ONLY = b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [
+    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}).encode() + b"\n\n"
 WHOLE = json.dumps({"id": "w", "object": "text_completion", "model": "m",
                     "choices": [{"index": 0, "text": "ab", "finish_reason": "stop"}]}).encode()
 WHOLE_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
@@ -332,7 +344,10 @@ async def stream_texts(url, use_async, **kw):
     ([(0.6, SSE_HEAD + SSE_REST)], ["a", "b"]),  # the headers come late (a queue in front of them)
     ([(0.0, SSE_HEAD), (0.6, SSE_REST)], ["a", "b"]),  # the headers at once, the first chunk late (vLLM's prefill)
     ([(0.6, WHOLE_ANSWER)], ["ab"]),  # a provider that ignores stream=True: one JSON body, late
-], ids=["late-headers", "late-first-chunk", "late-whole-answer"])
+    # a chat stream's role chunk at once, its first token late (our server, queued): the role chunk
+    # started the idle clock, and a queued chat request ended as idle, with nothing retried
+    ([(0.0, SSE_HEAD + http_chunk(ROLE_ONLY)), (0.6, SSE_REST)], ["", "a", "b"]),
+], ids=["late-headers", "late-first-chunk", "late-whole-answer", "role-chunk-then-late-token"])
 async def test_the_wait_for_the_first_chunk_is_governed_by_the_request_timeout(raw_server, script, texts, use_async):
     # Client(timeout=300) still failed at stream_idle_timeout (60 s by default): the read timeout of a stream
     # was capped at it, headers and first chunk included. Here 0.6 s of waiting, idle 0.2 s, timeout 10 s

@@ -141,8 +141,8 @@ class BaseClient:
 
     `base_url` / `api_key` / `provider`: where to send and with which key (a provider preset fills both
     from its environment variable). `timeout`: seconds for each phase (a number, an httpx.Timeout or a
-    dict of connect/read/write/pool; None: no limit); it covers a stream until its first chunk too
-    (the server's queue and prefill). `stream_idle_timeout`: after the first chunk, a stream with no
+    dict of connect/read/write/pool; None: no limit); it covers a stream until its first token too
+    (the server's queue and prefill). `stream_idle_timeout`: once tokens arrive, a stream with no
     chunk for this long is ended. `max_retries` / `retry`: openai-python's retry policy.
     `max_concurrency`, `rpm`, `tpm` (or `limits`): client-side limits, adapted to the server's
     x-ratelimit-* headers. `transport`: an httpx transport (tests use httpx.MockTransport).
@@ -231,7 +231,7 @@ class BaseClient:
             params.update(extra_body)
         params = {k: _plain(v) for k, v in params.items()}
         # None: no limit; a dict overrides the phases it names, keeping the client's other ones. A stream
-        # gets the same timeout: the wait for its headers and first chunk (queue, prefill) is the request's,
+        # gets the same timeout: the wait for its headers and first token (queue, prefill) is the request's,
         # as in openai-python; stream_idle_timeout takes over between chunks (lab/client/idle.py). Capping
         # the read timeout at the idle one also cut that wait, and a provider's one-JSON-body answer, short
         timeout = self.timeout if timeout is NOT_GIVEN else make_timeout(timeout, self.timeout)

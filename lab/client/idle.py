@@ -1,6 +1,6 @@
 """The stream idle timeout: a stream whose server goes silent mid-answer is ended after `stream_idle_timeout`.
 
-Until the first chunk the request's own read timeout governs (queue and prefill can take minutes, as in
+Until the first token the request's own read timeout governs (queue and prefill can take minutes, as in
 openai-python); httpx has one read timeout for a whole body, so a watch shuts the socket down instead.
 """
 
@@ -27,7 +27,7 @@ def socket_of(response):
 def seconds_left(state, now: float) -> float:
     """Seconds before the stream counts as idle (<= 0: it does). Only a caller waiting on the server is
     counted: a slow reader finds the rest of the answer buffered, and that is no stall."""
-    if not state.waiting:
+    if not state.waiting or not state.generating:  # before the first token the read timeout governs
         return state.idle_timeout
     return state.last_event_t + state.idle_timeout - now
 

@@ -3,7 +3,7 @@
 `StreamState` is the I/O-free part (parse, account, detect errors and truncation) that `Stream` and
 `AsyncStream` share. A stream that breaks after its first chunk raises `StreamInterruptedError`
 carrying the partial text; it is never retried behind the caller's back. The idle timeout counts only
-from the first chunk on: until then the request's read timeout governs (lab/client/idle.py).
+once tokens arrive: until then the request's read timeout governs (lab/client/idle.py).
 """
 
 from __future__ import annotations
@@ -52,14 +52,23 @@ class StreamState:
     def text(self) -> str:
         return "".join(self.text_parts)
 
+    @property
+    def generating(self) -> bool:
+        """Tokens have started to arrive: from here on the idle timeout applies. Not from the first chunk:
+        a chat stream's first one often only announces the assistant's role, sent before the request
+        even left the server's queue (ours does; a queued chat request was ended as idle, unretried)."""
+        return bool(self.token_times) or self.finish_reason is not None
+
     def feed_line(self, line: str, now: float) -> Chunk | None:
-        # keep-alive comments arrive, but no data: the generation is stuck. Not before the first chunk:
-        # comments sent while a request queues or prefills are the server saying it is still there
-        if (self.idle_timeout is not None and self.first_chunk_t is not None
-                and now - self.last_event_t > self.idle_timeout):
-            raise self.idle_error()
         event = self.decoder.decode(line)
-        return None if event is None else self._on_event(event.event, event.data, now)
+        if event is not None:
+            return self._on_event(event.event, event.data, now)
+        # keep-alive comments arrive, but no data: the generation is stuck. Only comments are judged:
+        # data that did arrive late is kept (no watch cuts an HTTP/2 stream; its read timeout governs)
+        if line.startswith(":") and self.idle_timeout is not None and self.generating \
+                and now - self.last_event_t > self.idle_timeout:
+            raise self.idle_error()
+        return None
 
     def idle_error(self) -> APITimeoutError:
         return APITimeoutError(f"stream idle: no chunk for more than {self.idle_timeout:g} s")
