@@ -30,13 +30,13 @@ def demo_workload(n: int = 48, rate: float = 16.0, seed: int = 0) -> Workload:
 
 
 def run_demo(model=None, n: int = 48, rate: float = 16.0, max_num_seqs: int = 16, seed: int = 0,
-             progress: bool = True) -> dict[str, Result]:
+             progress: bool = True, device: str = "auto") -> dict[str, Result]:
     from lab.engine import LLM
 
     workload = demo_workload(n, rate, seed)
     results = {}
     for policy in ("static", "continuous"):
-        llm = LLM(model, policy=policy, max_num_seqs=max_num_seqs, seed=seed)
+        llm = LLM(model, device=device, policy=policy, max_num_seqs=max_num_seqs, seed=seed)
         llm.generate(["To be"], use_tqdm=False)  # warm-up, outside the measured run
         llm.engine.trace.clear()
         results[policy] = llm.run_workload(workload, progress=progress, label=policy)

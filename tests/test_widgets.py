@@ -91,6 +91,21 @@ def test_cost_playground_refuses_fewer_than_one_request_and_names_the_field():
     assert pg.status.value.startswith("cheapest") and set(pg.results["frame"]["requests"]) == {200}
 
 
+def test_cost_playground_says_why_nothing_is_priced():
+    pg = widgets.cost_playground()
+    c = pg.controls
+    from lab.cost.prices import default_prices
+
+    no_batch = tuple(p for p in c["providers"].options
+                     if not any(row.offers_batch for row in default_prices().rows if row.provider == p))
+    assert no_batch  # some providers in the table offer no batch API
+    c["providers"].value, c["batch"].value = no_batch, True
+    # the status read "cheapest: " and the chart "No priced rows to plot.", with no reason given
+    assert "nothing to price" in pg.status.value and "batch API" in pg.status.value
+    c["batch"].value = False
+    assert pg.status.value.startswith("cheapest: ") and "$" in pg.status.value
+
+
 def test_cost_playground_status_tells_small_costs_apart():
     import re
 

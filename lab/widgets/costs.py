@@ -54,6 +54,11 @@ def cost_playground(*, prices=None) -> Playground:
         pg.results["frame"] = frame
         replace_figure(figures["cost"], viz.cost_bars(frame, title=f"Cost of {requests:,} requests (USD)"))
         cheapest = frame.dropna(subset=["cost_usd"]).head(3)
+        if cheapest.empty:  # said why: the status read "cheapest: " and the chart "No priced rows to plot."
+            why = ("none of the selected providers offers a batch API: turn batch off or select another provider"
+                   if c["batch"].value and len(frame) else "no provider selected")
+            status.value = f"<span style='color:#b00'>nothing to price: {why}</span>"
+            return
         status.value = "cheapest: " + ", ".join(
             f"{html.escape(r.provider)} {html.escape(r.model)} {_dollars(r.cost_usd)}" for r in cheapest.itertuples())
 
