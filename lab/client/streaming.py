@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 import httpx
 
@@ -311,18 +312,28 @@ class AsyncStream(_StreamBase):
         await self.aclose()
 
 
-def _start_waiting(state: StreamState, now: float) -> None:
-    # the idle clock counts only time spent waiting on the server: a caller that took a minute over
-    # the last chunk (or a notebook cell run later) finds the rest buffered, and that is not a stall
-    state.last_event_t = max(state.last_event_t, now)
+@contextmanager
+def _waiting_on_server(state: StreamState):
+    """While the caller waits for the next chunk: the idle clock runs (from now, not from the last chunk:
+    a caller that took a minute over it, or a notebook cell run later, finds the rest buffered, and that
+    is no stall), and an error after the idle watch shut the socket is reported as the stall it was."""
+    state.last_event_t = max(state.last_event_t, time.perf_counter())
+    state.waiting = True
+    try:
+        yield
+    except (APIError, httpx.HTTPError) as e:
+        # the watch's shutdown ends the read as a cut stream or a read error
+        if state.idle_expired:
+            raise state.idle_error() from e
+        raise
+    finally:
+        state.waiting = False
 
 
 def next_chunk(state: StreamState, lines) -> Chunk | None:
     """The next chunk from a line iterator, or None at the end. Raises our errors and httpx's."""
     now = time.perf_counter
-    _start_waiting(state, now())
-    state.waiting = True
-    try:
+    with _waiting_on_server(state):
         while not state.done:
             line = next(lines, None)
             if line is None:
@@ -331,20 +342,11 @@ def next_chunk(state: StreamState, lines) -> Chunk | None:
             if chunk is not None:
                 return chunk
         return None
-    except (APIError, httpx.HTTPError) as e:
-        # the idle watch shut the socket: the read ends as a cut stream or a read error, but it was a stall
-        if state.idle_expired:
-            raise state.idle_error() from e
-        raise
-    finally:
-        state.waiting = False
 
 
 async def anext_chunk(state: StreamState, lines) -> Chunk | None:
     now = time.perf_counter
-    _start_waiting(state, now())
-    state.waiting = True
-    try:
+    with _waiting_on_server(state):
         while not state.done:
             try:
                 line = await lines.__anext__()
@@ -354,9 +356,3 @@ async def anext_chunk(state: StreamState, lines) -> Chunk | None:
             if chunk is not None:
                 return chunk
         return None
-    except (APIError, httpx.HTTPError) as e:
-        if state.idle_expired:
-            raise state.idle_error() from e
-        raise
-    finally:
-        state.waiting = False
