@@ -111,14 +111,37 @@ def test_a_stream_cut_at_any_chunk_is_counted_once(server, http):
 def test_a_cut_stream_counts_its_tokens(server, http):
     # before: a streamed hang-up or cut counted only as client_gone, so lab_prompt_tokens and
     # lab_generation_tokens missed what it had computed (a non-streamed hang-up's were counted)
-    before = [_metric(server, n) for n in ("lab_prompt_tokens_total", "lab_generation_tokens_total",
-                                           'lab_requests_total{finish_reason="client_gone"}')]
+    gone, length = 'lab_requests_total{finish_reason="client_gone"}', 'lab_requests_total{finish_reason="length"}'
+    names = ("lab_prompt_tokens_total", "lab_generation_tokens_total", gone, length)
+    before = [_metric(server, n) for n in names]
     lines, _ = _stream_lines(http, {"x-lab-fault": "cut:4"})
     assert len(lines) == 4  # four tokens of text reached the client before the cut
-    gone = 'lab_requests_total{finish_reason="client_gone"}'
-    assert wait_until(lambda: _metric(server, gone) == before[2] + 1)
+    # counted once: client_gone, or length when the engine had finished all 8 tokens before the cut
+    assert wait_until(lambda: _metric(server, gone) + _metric(server, length) == before[2] + before[3] + 1)
     assert _metric(server, "lab_prompt_tokens_total") - before[0] == len("Hi")
-    assert 4 <= _metric(server, "lab_generation_tokens_total") - before[1] <= COMP["max_tokens"]
+    generated = _metric(server, "lab_generation_tokens_total") - before[1]
+    assert 4 <= generated <= COMP["max_tokens"]
+    if _metric(server, length) > before[3]:
+        assert generated == COMP["max_tokens"]  # every token the engine made, not the 4 that were sent
+
+
+def test_a_request_held_by_injected_latency_at_shutdown_is_told_503():
+    # before: after its pause the request ran on through the later checks and was told what they said,
+    # here a 429 "retry in 60 s" from a spent rate budget, instead of the server's shutdown
+    s = start_server(llm=tiny_llm("aux"), requests_per_minute=1)
+    assert httpx.post(s.url + "/completions", json=COMP, timeout=30).status_code == 200  # the budget is spent
+    answer = {}
+
+    def held():
+        answer["r"] = httpx.post(s.url + "/completions", json=COMP, headers={"x-lab-fault": "latency:60"}, timeout=30)
+
+    client = threading.Thread(target=held)
+    client.start()
+    time.sleep(0.3)
+    s.close()
+    client.join(10)
+    r = answer["r"]
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down" and r.headers["retry-after"] == "5"
 
 
 def test_shutdown_ends_injected_delays(monkeypatch):
@@ -337,13 +360,28 @@ def test_admin_faults_names_an_unknown_setting(server, http):
 
 
 def test_a_stalled_stream_ends_when_the_client_leaves(server, http):
-    gone = 'lab_requests_total{finish_reason="client_gone"}'
-    before = _metric(server, gone)
+    before = _finished_count(server)
     with pytest.raises(httpx.ReadTimeout):
         with http.stream("POST", "/completions", json={**COMP, "max_tokens": 200, "stream": True},
                          headers={"x-lab-fault": "stall:60"}, timeout=httpx.Timeout(30, read=0.3)) as r:
             for _ in r.iter_lines():
                 pass
-    # the handler stops at once, not after the 60 s stall: counted, its blocks freed
-    assert wait_until(lambda: _metric(server, gone) == before + 1, timeout_s=5)
+    # the handler stops at once, not after the 60 s stall: counted once (client_gone, or length if the
+    # engine finished the 200 tokens before the client left), its blocks freed
+    assert wait_until(lambda: _finished_count(server) == before + 1, timeout_s=5)
     assert wait_until(lambda: tiny_llm().engine.block_manager.num_used == 0, 3.0)
+
+
+def test_a_stream_left_after_the_engine_finished_counts_every_token_and_its_own_end(server, http):
+    # before: the counter took the tokens this stream had sent (2 of 50) and called the request
+    # client_gone, though the engine had generated all 50 and ended it with length
+    names = ("lab_generation_tokens_total", 'lab_requests_total{finish_reason="length"}')
+    before = [_metric(server, n) for n in names]
+    with http.stream("POST", "/completions", json={**COMP, "max_tokens": 50, "stream": True},
+                     headers={"x-lab-fault": "stall:1"}) as r:
+        lines = r.iter_lines()  # kept: a dropped line iterator closes the response at once
+        next(lines)  # the first chunk; the stream then stalls while the engine runs on
+        assert wait_until(lambda: not tiny_llm().engine.has_unfinished(), timeout_s=10)
+    # hung up: after its stall the handler finds the client gone and the finished request's events unread
+    assert wait_until(lambda: _metric(server, names[1]) == before[1] + 1, timeout_s=10)
+    assert _metric(server, names[0]) - before[0] == 50

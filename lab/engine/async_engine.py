@@ -65,7 +65,17 @@ class RequestStream:
     async def __anext__(self) -> StreamEvent:
         if self.finished:
             raise StopAsyncIteration
-        event = await self.queue.get()
+        return self._take(await self.queue.get())
+
+    def drain(self) -> StreamEvent | None:
+        """Take the events that arrived but were not read (a consumer that leaves early): the last one,
+        or None. Afterwards `finished` and `num_output_tokens` say how far the engine had got."""
+        last = None
+        while not self.finished and not self.queue.empty():
+            last = self._take(self.queue.get_nowait())
+        return last
+
+    def _take(self, event: StreamEvent) -> StreamEvent:
         self.finished = event.finished
         self.num_output_tokens = event.num_output_tokens
         return event

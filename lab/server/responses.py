@@ -128,10 +128,20 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
         metrics.errors.labels("500").inc()
         reason = "error"
     finally:
+        if not stream.finished:
+            # tokens the engine produced but this generator never sent (the client left first) were
+            # computed all the same; and a request the engine had finished ends with its own reason
+            last = stream.drain()
+            if stream.finished and last.error is not None:
+                _engine_error(a, last, metrics)  # counted as the failure it was; nobody is left to tell
+            elif stream.finished:
+                metrics.finished(stream.prompt_tokens, last.num_output_tokens, last.finish_reason,
+                                 time.perf_counter() - a.arrival_s)
         if not stream.finished:  # failed, client gone, cut, or cancelled: free the blocks now
             engine.abort(a.request_id)
             # its prompt and the tokens generated so far were computed all the same: counted, as a
             # non-streamed hang-up's are, or lab_generation_tokens misses every cut stream's tokens
+            # (those produced after this abort is queued, within one step, are not seen here)
             metrics.finished(stream.prompt_tokens, stream.num_output_tokens, reason,
                              time.perf_counter() - a.arrival_s)
     if failure is not None:  # after the abort above: a client that sees the error finds the blocks freed
