@@ -17,16 +17,8 @@ from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
 from lab.client.idle import start_watch
 from lab.client.limits import AsyncLimiter, SyncLimiter
-from lab.client.streaming import (
-    AsyncStream,
-    Stream,
-    StreamState,
-    aiter_items,
-    anext_chunk,
-    is_whole_answer,
-    next_chunk,
-    whole_answer_lines,
-)
+from lab.client.stream_state import StreamState, is_whole_answer, whole_answer_lines
+from lab.client.streaming import AsyncStream, Stream, aiter_items, anext_chunk, next_chunk
 from lab.client.types import Completion, Model, ModelPage
 
 

@@ -1,177 +1,27 @@
 """Streams: SSE lines in, typed chunks out, with an idle timeout between chunks and honest failures.
 
-`StreamState` is the I/O-free part (parse, account, detect errors and truncation) that `Stream` and
-`AsyncStream` share. A stream that breaks after its first chunk raises `StreamInterruptedError`
-carrying the partial text; it is never retried behind the caller's back. The idle timeout counts only
-once tokens arrive: until then the request's read timeout governs (lab/client/idle.py).
+`StreamState` (lab/client/stream_state.py) is the I/O-free part (parse, account, detect errors and
+truncation) that `Stream` and `AsyncStream` share. A stream that breaks after its first chunk raises
+`StreamInterruptedError` carrying the partial text; it is never retried behind the caller's back. The
+idle timeout counts only once tokens arrive: until then the request's read timeout governs
+(lab/client/idle.py).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 
 import httpx
 
-from lab.client.errors import (
-    APIConnectionError,
-    APIError,
-    APITimeoutError,
-    StreamInterruptedError,
-    from_httpx,
-    make_status_error,
-)
-from lab.client.sse import SSEDecoder
-from lab.client.types import Chunk, Usage, cost_of
-
-
-class StreamState:
-    """Everything a stream learned so far. Times are `time.perf_counter()` values."""
-
-    __slots__ = ("decoder", "idle_timeout", "last_event_t", "done", "chunks", "text_parts", "usage",
-                 "finish_reason", "model", "first_chunk_t", "token_times", "request_id", "waiting",
-                 "idle_expired")
-
-    def __init__(self, idle_timeout: float | None, now: float, request_id: str | None = None):
-        self.decoder = SSEDecoder()
-        self.idle_timeout = idle_timeout
-        self.last_event_t = now
-        self.done = False
-        self.chunks = 0
-        self.text_parts: list[str] = []
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.model = ""
-        self.first_chunk_t: float | None = None
-        self.token_times: list[float] = []  # when each chunk with text arrived (ITL)
-        self.request_id = request_id
-        self.waiting = False  # the caller is waiting on the server (the idle clock runs only then)
-        self.idle_expired = False  # the idle watch shut the socket: whatever the read says next, it was that
-
-    @property
-    def text(self) -> str:
-        return "".join(self.text_parts)
-
-    @property
-    def generating(self) -> bool:
-        """Tokens have started to arrive: from here on the idle timeout applies. Not from the first chunk:
-        a chat stream's first one often only announces the assistant's role, sent before the request
-        even left the server's queue (ours does; a queued chat request was ended as idle, unretried)."""
-        return bool(self.token_times) or self.finish_reason is not None
-
-    def feed_line(self, line: str, now: float) -> Chunk | None:
-        event = self.decoder.decode(line)
-        if event is not None:
-            return self._on_event(event.event, event.data, now)
-        # keep-alive comments arrive, but no data: the generation is stuck. Only comments are judged:
-        # data that did arrive late is kept (no watch cuts an HTTP/2 stream; its read timeout governs)
-        if line.startswith(":") and self.idle_timeout is not None and self.generating \
-                and now - self.last_event_t > self.idle_timeout:
-            raise self.idle_error()
-        return None
-
-    def idle_error(self) -> APITimeoutError:
-        return APITimeoutError(f"stream idle: no chunk for more than {self.idle_timeout:g} s")
-
-    def feed_eof(self, now: float) -> Chunk | None:
-        event = self.decoder.flush()
-        chunk = None if event is None else self._on_event(event.event, event.data, now)
-        if not self.done and self.finish_reason is None:
-            raise APIConnectionError("stream ended without [DONE] and without a finish_reason: it was cut")
-        self.done = True  # a missing [DONE] after a finish_reason is tolerated: nothing was lost
-        return chunk
-
-    def _on_event(self, name: str, data: str, now: float) -> Chunk | None:
-        self.last_event_t = now
-        if data.strip() == "[DONE]":
-            self.done = True
-            return None
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            if name != "error":
-                raise APIConnectionError(f"malformed stream chunk: {data[:200]!r}") from None
-            payload = {"error": {"message": data}}  # an error event in plain text
-        # `"error": null` on a healthy chunk is no error event (some gateways send the key always)
-        if name == "error" or (isinstance(payload, dict) and payload.get("error") is not None):
-            raise _stream_error(payload, self.request_id)
-        chunk = _chunk(payload, data)
-        self.chunks += 1
-        self.model = chunk.model or self.model
-        if self.first_chunk_t is None:
-            self.first_chunk_t = now
-        text = chunk.text
-        if text:
-            self.text_parts.append(text)
-        if text or chunk.reasoning:  # reasoning tokens are generated tokens too (usage counts them)
-            self.token_times.append(now)
-        for choice in chunk.choices:
-            if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        return chunk
-
-    def interrupted(self, error: APIError) -> StreamInterruptedError:
-        if isinstance(error, StreamInterruptedError):
-            return error
-        return StreamInterruptedError(
-            # the cause's message, not str(cause): this error's own str adds the status and request id
-            f"stream failed after {self.chunks} chunk(s): {error.message}",
-            partial_text=self.text,
-            chunks_received=self.chunks,
-            cause=error,
-            status_code=error.status_code,
-            request_id=error.request_id or self.request_id,
-            body=error.body,
-            headers=error.headers,
-        )
-
-
-def is_whole_answer(response: httpx.Response) -> bool:
-    """A provider or proxy that ignores stream=True answers with one JSON body, not an event stream."""
-    return response.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
-
-
-def whole_answer_lines(content: bytes) -> list[str]:
-    """That body as the lines of a one-event stream and [DONE], so the caller still gets its text, usage
-    and finish_reason; the SSE parser found no `data:` line in it and reported a cut stream (retried)."""
-    try:
-        payload = json.loads(content)
-    except ValueError:
-        raise APIConnectionError(f"expected an event stream (stream=True), got a body that is not JSON: "
-                                 f"{content[:200]!r}") from None
-    return [f"data: {json.dumps(payload)}", "", "data: [DONE]", ""]
+from lab.client.errors import APIError, StreamInterruptedError, from_httpx
+from lab.client.stream_state import StreamState
+from lab.client.types import Chunk, cost_of
 
 
 async def aiter_items(items):
     for item in items:
         yield item
-
-
-def _chunk(payload: object, data: str) -> Chunk:
-    # JSON of the wrong shape (`42`, `null`, choices that are not objects) is as malformed as broken
-    # JSON: it must surface as our error (closing the stream, keeping the partial text), not AttributeError
-    try:
-        if not isinstance(payload, dict):
-            raise TypeError
-        return Chunk.from_dict(payload)
-    except (AttributeError, TypeError):
-        raise APIConnectionError(f"malformed stream chunk: {data[:200]!r}") from None
-
-
-def _stream_error(payload: object, request_id: str | None) -> APIError:
-    """An error event: its `code` when that is an HTTP status, else a 500 (the server failed mid-way)."""
-    err = payload.get("error") if isinstance(payload, dict) else None
-    code = err.get("code") if isinstance(err, dict) else None
-    try:
-        status = int(code)
-    except (TypeError, ValueError):
-        status = 500
-    status = status if 400 <= status <= 599 else 500
-    return make_status_error(status, payload if isinstance(payload, dict) else {"error": payload},
-                             request_id=request_id)
 
 
 class _StreamBase:
