@@ -115,8 +115,9 @@ def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: st
         return np.full(n, int(spec), dtype=np.int64)
     arr = _whole(np.asarray(spec), field_name)
     if arr.ndim != 1 or len(arr) != n:
+        got = f"{arr.size}" if arr.ndim == 1 else f"an array of shape {arr.shape}"
         raise ValueError(
-            f"{field_name}: need {n} values, got {arr.size}; or give an int or a distribution "
+            f"{field_name}: need a flat list of {n} values, got {got}; or give an int or a distribution "
             f"({', '.join(k.__name__ for k in LENGTH_KINDS)})"
         )
     if (arr < 1).any():

@@ -150,7 +150,11 @@ class Result:
         one-token output meeting any TPOT limit. Duration is first arrival to last finish.
         """
         done = self.completed
+        if self.duration_s is not None and not is_finite(self.duration_s):
+            raise ValueError(f"duration_s: must be a number of seconds > 0, or None, got {self.duration_s!r}")
         span = self.span_s or float("nan")
+        # nothing completed is 0 per second, also when nothing finished at all (every request refused)
+        per_s = 1 / span if done else 0.0
         out_tokens = sum(r.output_tokens for r in done)
         in_tokens = sum(r.prompt_tokens for r in done)
         s: dict[str, float] = {
@@ -159,9 +163,9 @@ class Result:
             "duration_s": span,
             "total_input_tokens": in_tokens,
             "total_output_tokens": out_tokens,
-            "request_throughput": len(done) / span,
-            "output_throughput": out_tokens / span,
-            "total_token_throughput": (in_tokens + out_tokens) / span,
+            "request_throughput": len(done) * per_s,
+            "output_throughput": out_tokens * per_s,
+            "total_token_throughput": (in_tokens + out_tokens) * per_s,
         }
         s.update(_stats([r.ttft_s for r in done], "ttft"))
         s.update(_stats([r.tpot_s for r in done], "tpot"))
@@ -172,7 +176,7 @@ class Result:
             check_slos(slo_ms)
         if slo_ms:
             good = sum(1 for r in done if _meets(r, slo_ms))
-            s["goodput"] = s["request_goodput"] = good / span
+            s["goodput"] = s["request_goodput"] = good * per_s
         if self.steps:
             s["wasted_slot_steps"] = sum(min(st.idle_slots, st.num_waiting) for st in self.steps)
         return s
@@ -196,7 +200,10 @@ class Result:
             rows.append(row)
         # an all-None column would be dtype object (no .mean(), no plot); no rows, no columns at all
         df = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
-        return df.astype({c: float for c in _FRAME_TIMES} | {c: "int64" for c in _FRAME_COUNTS})
+        # text columns as object (str or None): pandas 3 would infer str for some rows and object for
+        # others (no rows, or all None), so concatenated frames of two runs would change dtype
+        return df.astype({c: float for c in _FRAME_TIMES} | {c: "int64" for c in _FRAME_COUNTS}
+                         | {c: object for c in _FRAME_COLUMNS if c not in _FRAME_TIMES + _FRAME_COUNTS})
 
     def steps_frame(self):
         """One row per step; the same columns with no steps (an HTTP run) as with some."""

@@ -187,9 +187,13 @@ def corpus_text(path: str | Path | None = None) -> str:
 
 def _text_prompts(n_chars: np.ndarray, rng: np.random.Generator, corpus_path) -> list[str]:
     text = corpus_text(corpus_path)
+    if len(n_chars) and n_chars.max() > len(text):  # a clipped prompt would no longer be prompt_len long
+        raise ValueError(f"prompt_lens: a text prompt of {int(n_chars.max())} characters (prompt_len x "
+                         f"chars_per_token) is longer than the whole corpus ({len(text)} characters); draw "
+                         "shorter prompts, or lengths only (text_prompts=False)")
     out = []
     for k in n_chars:
-        k = int(min(max(k, 1), len(text)))
+        k = int(max(k, 1))
         start = int(rng.integers(0, len(text) - k + 1))
         out.append(text[start : start + k])
     return out

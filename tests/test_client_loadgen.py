@@ -388,3 +388,32 @@ def test_batch_main_with_model_names_a_line_whose_body_is_not_an_object(tmp_path
     with pytest.raises(ValueError, match="request q0: body must be a JSON object"):
         batch_main(parser.parse_args([str(inp), str(out), "--base-url", "http://h/v1", "--model", "mm",
                                       "--no-progress"]))
+
+
+def test_e2e_ends_at_the_last_token_and_a_usage_without_completion_tokens_is_counted():
+    """vllm bench serve's E2EL stops at the last chunk with text: a server that waits before [DONE]
+    adds nothing to E2EL or TPOT; a usage chunk that leaves out completion_tokens is not 0 tokens."""
+    import asyncio
+    import json as _json
+
+    def handler(request):
+        async def body():
+            for text in ("A", "B", "C"):
+                await asyncio.sleep(0.01)
+                yield f"data: {_json.dumps(_chat_chunk(content=text))}\n\n".encode()
+            partial_usage = {"id": "c", "choices": [], "usage": {"prompt_tokens": 2}}
+            yield f"data: {_json.dumps(partial_usage)}\n\n".encode()
+            await asyncio.sleep(0.4)  # slow to close the stream
+            yield b"data: [DONE]\n\n"
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    async def run():
+        async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler)) as c:
+            return await arun_workload(c, Workload([RequestSpec("r0", 0.0, prompt="hi", output_len=3)]),
+                                       model="m", endpoint="chat")
+
+    r = asyncio.run(run()).requests[0]
+    assert r.ok and r.finish_s == r.token_times_s[-1] and r.e2e_s < 0.3  # the 0.4 s wait is not in it
+    assert r.output_tokens == 3 and r.prompt_tokens == 2
+    assert r.tpot_s < 0.1

@@ -69,6 +69,16 @@ def test_goodput_counts_requests_meeting_every_slo(result):
 def test_empty_result_is_nan_not_an_error():
     s = Result([RequestMetrics("x", 0.0, status="error")]).summary()
     assert s["completed"] == 0 and s["failed"] == 1 and math.isnan(s["mean_ttft_ms"])
+    # nothing completed is 0 per second, not NaN: every request here was refused before it finished
+    assert s["request_throughput"] == s["output_throughput"] == s["total_token_throughput"] == 0.0
+    assert Result([RequestMetrics("x", 0.0, status="error")]).summary({"ttft": 100})["goodput"] == 0.0
+
+
+@pytest.mark.parametrize("duration", [-2.0, 0, float("nan"), float("inf"), "5"])
+def test_a_given_duration_must_be_positive_seconds(result, duration):
+    with pytest.raises(ValueError, match=re.escape(f"duration_s: must be a number of seconds > 0, or None, got {duration!r}")):
+        Result(result.requests, duration_s=duration).summary()
+    assert Result(result.requests, duration_s=4.0).summary()["request_throughput"] == pytest.approx(3 / 4)
 
 
 def test_frames_and_merge(result):
@@ -106,6 +116,9 @@ def test_frame_columns_and_dtypes_do_not_depend_on_the_rows(result):
         df = res.to_frame()
         assert list(df.columns) == list(full.columns)
         assert all(df[c].dtype == "float64" for c in TIME_COLUMNS), df.dtypes
+        # text columns too: pandas 3 infers str when a column has a string, object when it has none
+        assert df.dtypes.to_dict() == full.dtypes.to_dict(), df.dtypes
+        assert all(df[c].dtype == object for c in ("request_id", "status", "finish_reason", "error"))
     assert math.isnan(Result([RequestMetrics("x", 0.0, status="error")]).to_frame().ttft_s.mean())
 
 

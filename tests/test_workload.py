@@ -109,6 +109,9 @@ def test_synthetic_text_prompts_come_from_the_corpus():
     w = synthetic(5, prompt_lens=40, text_prompts=True, chars_per_token=1.0, corpus_path=CORPUS, seed=3)
     for r in w:
         assert len(r.prompt) == 40 and r.prompt in text and r.prompt_len == 40
+    # a prompt longer than the whole corpus used to be clipped to it while prompt_len kept its value
+    with pytest.raises(ValueError, match=rf"prompt_lens: a text prompt of {len(text) + 1} characters .* whole corpus \({len(text)} characters\)"):
+        synthetic(2, prompt_lens=[5, len(text) + 1], text_prompts=True, chars_per_token=1.0, corpus_path=CORPUS)
 
 
 def test_corpus_missing_is_a_clear_error(tmp_path):
@@ -261,6 +264,8 @@ def test_workload_accepts_any_iterable_of_specs_and_sorts_it():
     (lambda: Exponential(float("inf")), "Exponential.mean: must be a finite number > 0, got inf"),
     (lambda: LogNormal(10, sigma=float("nan")), "LogNormal.sigma: must be a finite number >= 0, got nan"),
     (lambda: Uniform(1, 5.5), "Uniform.high: must be an integer >= low (1), got 5.5"),
+    (lambda: lengths([[1, 2]], 2, field_name="prompt_lens"), "prompt_lens: need a flat list of 2 values, got an array of shape (1, 2)"),
+    (lambda: lengths([1, 2, 3], 2, field_name="prompt_lens"), "prompt_lens: need a flat list of 2 values, got 3"),
 ])
 def test_length_specs_are_checked_not_truncated(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -86,18 +86,21 @@ async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0
         return m
     state = stream.state
     m.retries = stream.retries
-    m.finish_s = (stream.end_t or time.perf_counter()) - t0
     if not state.token_times:  # as vllm bench serve: a 200 that never streamed a token is a failure
         m.status, m.error = "error", "EmptyStream: the stream ended without a single token"
+        m.finish_s = (stream.end_t or time.perf_counter()) - t0
         return m
     m.token_times_s = [t - t0 for t in state.token_times]
-    m.first_token_s = state.token_times[0] - t0
+    m.first_token_s = m.token_times_s[0]
+    # E2E ends at the last token, as in vllm bench serve: the usage chunk and [DONE] after it are
+    # not generation, and a server slow to close the stream would otherwise inflate E2EL and TPOT
+    m.finish_s = m.token_times_s[-1]
     m.finish_reason = state.finish_reason
-    if state.usage is not None:
-        m.prompt_tokens = state.usage.prompt_tokens or m.prompt_tokens
-        m.output_tokens = state.usage.completion_tokens
-    else:  # no usage chunk: count chunks with text, one token each as servers usually stream them
-        m.output_tokens = len(state.token_times)
+    usage = state.usage
+    m.prompt_tokens = (usage and usage.prompt_tokens) or m.prompt_tokens
+    # no usage chunk, or one without completion_tokens: count chunks with text, one token each as
+    # servers usually stream them
+    m.output_tokens = (usage and usage.completion_tokens) or len(state.token_times)
     return m
 
 
