@@ -5,8 +5,7 @@ Submodules: `lab.engine` (the inference engine), `lab.server` (OpenAI-compatible
 most notebooks need are re-exported here; the heavy ones (torch, FastAPI) load on first use.
 """
 
-from importlib import import_module
-
+from lab._lazy import lazy_exports
 from lab.metrics import RequestMetrics, Result, StepRecord
 from lab.workload import RequestSpec, Workload
 
@@ -19,18 +18,6 @@ _LAZY = {
     "Client": "lab.client", "AsyncClient": "lab.client", "run_batch": "lab.client",
     "simulate": "lab.sim",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'lab' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = ["RequestMetrics", "RequestSpec", "Result", "StepRecord", "Workload", "__version__", *_LAZY]

@@ -1,5 +1,4 @@
-"""Shared type checks for config validation: an integer or a real number, never a bool; and the
-command line's positive-integer option type.
+"""Shared type checks for config validation: an integer or a real number, never a bool.
 
 A leaf module (it imports nothing from lab), so any layer may use it.
 """
@@ -25,16 +24,3 @@ def is_number(x, *, numpy: bool = True) -> bool:
 def is_finite(x, *, above: float = 0.0, inclusive: bool = False) -> bool:
     """A finite real number (not a bool, not NaN or inf) > `above` (>= with `inclusive`)."""
     return is_number(x) and math.isfinite(x) and (x >= above if inclusive else x > above)
-
-
-def positive_int_arg(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse then names the option in its usage error, exit 2)."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value

@@ -333,7 +333,9 @@ def test_reasoning_tokens_are_timed_and_an_empty_stream_is_a_failure():
 
     r = asyncio.run(run(thinking)).requests[0]
     assert r.ok and len(r.token_times_s) == 4 and r.output_tokens == 4  # 2 reasoning + 2 content, all timed
-    assert r.ttft_s < 0.035  # the first reasoning token, not the first content token (4 gaps later)
+    # TTFT is the first reasoning token, not the first content token (two chunks later); compared by
+    # order, not by a time bound that a busy machine could break
+    assert r.first_token_s == r.token_times_s[0] < r.token_times_s[2]
     empty = asyncio.run(run([_chat_chunk(role="assistant", content=""), "[DONE]"])).requests[0]
     assert empty.status == "error" and "without a single token" in empty.error  # not a 0-token success
 
@@ -414,6 +416,6 @@ def test_e2e_ends_at_the_last_token_and_a_usage_without_completion_tokens_is_cou
                                        model="m", endpoint="chat")
 
     r = asyncio.run(run()).requests[0]
-    assert r.ok and r.finish_s == r.token_times_s[-1] and r.e2e_s < 0.3  # the 0.4 s wait is not in it
+    assert r.ok and r.finish_s == r.token_times_s[-1]  # the 0.4 s wait before [DONE] is not in E2E
     assert r.output_tokens == 3 and r.prompt_tokens == 2
-    assert r.tpot_s < 0.1
+    assert r.tpot_s == pytest.approx((r.token_times_s[-1] - r.token_times_s[0]) / 2)

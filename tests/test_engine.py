@@ -316,6 +316,12 @@ def test_import_lab_is_light_and_reexports_lazily():
             "from lab.engine import LLM; assert lab.LLM is LLM; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    # the simulator and the command line's parser (bench and batch are HTTP only) need no torch either
+    code = ("import sys, lab.sim; from lab.cli import build_parser; build_parser(); lab.simulate; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('lab')); "
+            "from lab.server import serve; assert 'torch' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_stream_events_rebuild_generate_output(tiny_llama):

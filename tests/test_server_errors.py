@@ -198,6 +198,7 @@ def test_one_api_key_given_as_a_string_stays_one_key():
     # list("sk-...") would have made every character a valid key
     with serve(llm=tiny_llm("keys"), api_keys="sk-one-0123456789") as server:
         assert server.config.api_keys == ["sk-one-0123456789"]
+        assert "0123456789" not in repr(server.config)  # a config shown in a notebook keeps the key to itself
         assert httpx.get(server.url + "/models", headers={"Authorization": "Bearer s"}).status_code == 401
         ok = httpx.get(server.url + "/models", headers={"Authorization": "Bearer sk-one-0123456789"})
         assert ok.status_code == 200

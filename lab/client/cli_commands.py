@@ -12,8 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from lab._checks import positive_int_arg
-from lab.cli import check_output_path, number_arg, seed_arg
+from lab.cli_args import check_output_path, number_arg, positive_int_arg, seed_arg
 from lab.client._base import DEFAULT_STREAM_IDLE_TIMEOUT
 from lab.client.batch import read_checkpoint
 from lab.client.loadgen import ENDPOINTS

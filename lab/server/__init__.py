@@ -3,8 +3,14 @@
     with serve(model="path/to/folder", api_keys=["sk-test"]) as server: ...  # server.url ends in /v1
 """
 
-from lab.server.config import ServerConfig
-from lab.server.faults import FaultConfig
-from lab.server.serve import Server, serve, start_server
+from lab._lazy import lazy_exports
 
-__all__ = ["FaultConfig", "Server", "ServerConfig", "serve", "start_server"]
+# name -> submodule, resolved on first use (PEP 562): `batching-lab bench` reads the fault statuses
+# for its options and must not load torch and the engine with them
+_LAZY = {
+    "ServerConfig": "lab.server.config", "FaultConfig": "lab.server.faults",
+    "Server": "lab.server.serve", "serve": "lab.server.serve", "start_server": "lab.server.serve",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
+
+__all__ = list(_LAZY)

@@ -12,7 +12,9 @@ from lab._checks import is_int, is_number
 
 @dataclass(slots=True)
 class ServerConfig:
-    api_keys: list[str] = field(default_factory=list)  # empty: open server
+    # empty: open server. Left out of repr: a config shown in a notebook must not print the keys
+    # (serve() logs them masked at start)
+    api_keys: list[str] = field(default_factory=list, repr=False)
     served_model_name: str | None = None  # None: the model folder's name
     max_queued_requests: int = 1024  # waiting for a batch slot; beyond this a 429
     requests_per_minute: int | None = None  # per key (per client address on an open server)

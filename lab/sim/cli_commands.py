@@ -13,8 +13,8 @@ import sys
 import time
 from collections import Counter
 
-from lab._checks import is_finite, positive_int_arg
-from lab.cli import check_output_path, number_arg, seed_arg
+from lab._checks import is_finite
+from lab.cli_args import check_output_path, number_arg, positive_int_arg, seed_arg
 from lab.metrics import check_slos, format_summary, json_ready
 from lab.sim.cluster import ROUTERS
 from lab.sim.gpus import GPUS, MODELS, ModelShape, get_model

@@ -1,0 +1,78 @@
+"""argparse option types and checks shared by every `batching-lab` subcommand: numbers in a range,
+seeds, output paths. A leaf module (it imports nothing from lab), so lab.client and lab.sim mount
+their verbs without importing lab.cli, which sits on top of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+SEED_MAX = 2**63 - 1  # the engine's torch.Generator takes no more
+
+
+def number_arg(low: float = 0.0, *, low_ok: bool = False, high: float = math.inf, high_ok: bool = False,
+               inf_ok: bool = False, integer: bool = False):
+    """argparse type: a number in the range (low, high), ends included where *_ok, inf only with
+    inf_ok, never NaN. A bad value exits 2 with `argument --flag: must be ...`, before anything runs."""
+    if inf_ok:
+        high, high_ok = math.inf, True
+
+    def fmt(x):
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
+    kind = "an integer" if integer else "a number" if inf_ok or high < math.inf else "a finite number"
+    rule = kind + (f" >= {fmt(low)}" if low_ok else f" > {fmt(low)}") + (
+        " (or inf)" if inf_ok else "" if high == math.inf else f" and {'<=' if high_ok else '<'} {fmt(high)}")
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value) or not (value >= low if low_ok else value > low) or not (
+                value <= high if high_ok else value < high):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"  # argparse's fallback wording, if ever used
+    return parse
+
+
+seed_arg = number_arg(0, low_ok=True, high=SEED_MAX, high_ok=True, integer=True)
+
+
+def check_output_path(option: str, path: str | os.PathLike | None, *, create_parent: bool = False) -> None:
+    """Fail before a long run, not after it, where its output file could not be written: a folder that
+    does not exist (unless create_parent), a folder in the file's place, an empty name."""
+    if path is None:
+        return
+    if not os.fspath(path):
+        raise ValueError(f"{option}: an empty path; give a file name")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option}: {str(path)!r} is a folder; give a file name inside it")
+    parent = path.parent
+    if create_parent:
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # "[Errno 17] File exists: 'x'" for a file in the way said neither what nor why
+            raise type(e)(f"{option}: cannot create the folder {str(parent)!r}: {e.strerror}") from None
+    elif parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(f"{option}: {str(parent)!r} is a file, not a folder")
+    elif not parent.is_dir():
+        raise FileNotFoundError(f"{option}: the folder {str(parent)!r} does not exist; create it first "
+                                f"or write somewhere else")
+
+
+def positive_int_arg(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then names the option in its usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
