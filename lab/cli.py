@@ -45,8 +45,8 @@ def demo_main(args: argparse.Namespace) -> int:
         # both runs are timed on the wall clock: a busy CPU (another program, a second engine) can turn
         # the lesson upside down, and a learner deserves to hear why rather than a wrong conclusion
         print("note: continuous batching did not win this run. Both policies run on the wall clock, so a "
-              "busy CPU decides them (another program, a second engine; see the README); the wasted "
-              "slot-steps do not depend on speed. Rerun on a quiet machine.")
+              "busy CPU decides them (another program, a second engine; see the README), and with it which "
+              "requests have arrived when a batch forms. Rerun on a quiet machine.")
     path = write_report(results, args.report, args.max_num_seqs)
     print(f"report: {path.resolve()}")
     return 0
@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:  # `| head` closed stdout: what the reader wanted was printed, files were written
+        # point stdout at devnull so the interpreter's own flush at exit does not fail a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the run was
         if os.environ.get("BATCHING_LAB_DEBUG"):
             raise

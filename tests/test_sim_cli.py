@@ -2,8 +2,11 @@
 
 import argparse
 import importlib
+import io
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -84,6 +87,11 @@ def test_generated_workload_static_on_l4(capsys):
         (("--trace", "conv", "--seed", "3"), "--seed: applies to generated workloads only"),  # was ignored
         (("--router", "least_outstanding"), "--router: applies to --replicas 2 or more only"),  # was ignored
         (("--model", "llama-3.1-8b", "--tensor-parallel", "3"), "--tensor-parallel: llama-3.1-8b's 32 attention"),
+        # were accepted: a context the model does not have, and prompts that fill it (a table of failures after the run)
+        (("--model", "llama-3.1-8b", "--max-model-len", "10000000"),
+         r"^--max-model-len: llama-3.1-8b's context is 131072 tokens, got 10000000"),
+        (("--model", "qwen2.5-0.5b", "--input-len", "40000"),
+         r"^--input-len: prompts of up to 40000 tokens leave no room to generate within qwen2.5-0.5b's context of 32768"),
     ]
 )
 def test_bad_options(argv, match):
@@ -222,6 +230,40 @@ def test_failed_requests_say_why(capsys):
     captured = capsys.readouterr()
     assert code == 1 and re.search(r"Failed requests:\s+5\n", captured.out)
     assert "error (5 requests): max_tokens:" in captured.err and "num_blocks=8" in captured.err
+
+
+def test_outputs_cut_by_the_context_are_reported(capsys):
+    # the engine (and so the simulator) stops a request at the model's context: 1000 + 2000 tokens in a
+    # context of 2048 makes 1048 of the 2000, which the summary alone showed without a word
+    argv = ["--num-prompts", "3", "--input-len", "1000", "--output-len", "2000", "--max-model-len", "2048", "--no-progress"]
+    assert simulate_main(_args(*argv)) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"Total generated tokens:\s+3144\n", captured.out)
+    assert "note: 3 requests stopped at the model's context (2048 tokens, --max-model-len)" in captured.err
+
+
+def test_a_closed_pipe_keeps_the_result_json(tmp_path, monkeypatch):
+    # `| head -1` closed stdout before the summary was printed, and the JSON, written after it, was lost
+    class ClosedAfterFirstLine(io.StringIO):
+        def write(self, text):
+            if "\n" in self.getvalue():  # the first line is out; print writes its text and "\n" apart
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+    out = tmp_path / "s.json"
+    monkeypatch.setattr(sys, "stdout", ClosedAfterFirstLine())
+    with pytest.raises(BrokenPipeError):
+        simulate_main(_args("--num-prompts", "4", "--no-progress", "--result-json", str(out)))
+    assert json.loads(out.read_text())["summary"]["completed"] == 4
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    # it printed "batching-lab simulate: [Errno 32] Broken pipe" and exited 1, as if the run had failed
+    cmd = [sys.executable, "-m", "lab.cli", "simulate", "--num-prompts", "4", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and not err, err
 
 
 @pytest.mark.parametrize("argv, match", [

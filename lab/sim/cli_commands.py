@@ -201,7 +201,11 @@ def _model(args) -> ModelShape:
     if not given:
         if args.heads is not None:
             raise ValueError(f"--heads: only with a custom model shape ({', '.join(SHAPE_OPTIONS)})")
-        return dataclasses.replace(get_model(args.model or DEFAULT_MODEL), **extra)
+        named = get_model(args.model or DEFAULT_MODEL)
+        if args.max_model_len and args.max_model_len > named.max_model_len:  # as the engine and serve refuse it
+            raise ValueError(f"--max-model-len: {named.name}'s context is {named.max_model_len} tokens, got "
+                             f"{args.max_model_len}; give at most that, or a custom shape for a longer one")
+        return dataclasses.replace(named, **extra)
     if args.model is not None:
         raise ValueError(f"--model: give a named model or a custom shape ({', '.join(given)}), not both")
     missing = [opt for opt, field in SHAPE_OPTIONS.items() if getattr(args, field) is None]
@@ -253,6 +257,10 @@ def simulate_main(args) -> int:
     except ValueError as e:  # the library names its argument; on the command line the flag is what to fix
         message = str(e).replace("tensor_parallel:", "--tensor-parallel:", 1)
         raise ValueError(message.replace("ModelShape.heads:", "--heads:", 1)) from None
+    longest = max((spec.prompt_len for spec in workload), default=0)
+    if not args.trace and longest >= model.max_model_len:  # every such request would fail, after the run
+        raise ValueError(f"--input-len: prompts of up to {longest} tokens leave no room to generate within "
+                         f"{model.model.name}'s context of {model.max_model_len} tokens (--max-model-len)")
     num_blocks = args.num_blocks
     if num_blocks is None:
         utilization = 0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization
@@ -296,13 +304,7 @@ def simulate_main(args) -> int:
     )
     wall = time.perf_counter() - t0
     summary = result.summary(slos or None)
-    print(format_summary(summary, "Simulated Serving Result"))
-    print(f"simulated in {wall:.1f} s of wall time ({len(workload) / wall:,.0f} requests/s)")
-    # a failed count alone leaves the user guessing which limit refused them
-    reasons = Counter(r.error for r in result.requests if r.error)
-    for reason, count in reasons.most_common(5):
-        print(f"error ({count} request{'s' if count > 1 else ''}): {reason}", file=sys.stderr)
-    if args.result_json is not None:
+    if args.result_json is not None:  # written before printing: a closed pipe (| head) must not lose it
         with open(args.result_json, "w", encoding="utf-8") as f:
             # standard JSON: an infinite option is saved as "inf", the string the flag takes (as vllm bench
             # serve saves request_rate), and a summary's NaN (one-token outputs have no TPOT) as null;
@@ -314,4 +316,16 @@ def simulate_main(args) -> int:
                 indent=2,
                 default=str,
             )
+    print(format_summary(summary, "Simulated Serving Result"))
+    print(f"simulated in {wall:.1f} s of wall time ({len(workload) / wall:,.0f} requests/s)")
+    # a failed count alone leaves the user guessing which limit refused them
+    reasons = Counter(r.error for r in result.requests if r.error)
+    for reason, count in reasons.most_common(5):
+        print(f"error ({count} request{'s' if count > 1 else ''}): {reason}", file=sys.stderr)
+    # as in the engine, generation stops at the model's context: say so, or the output tokens look short
+    wanted = {spec.id: spec.output_len for spec in workload}
+    cut = sum(1 for r in result.requests if r.ok and r.output_tokens < wanted[r.request_id])
+    if cut:
+        print(f"note: {cut} request{'s' if cut > 1 else ''} stopped at the model's context ({model.max_model_len} "
+              "tokens, --max-model-len) before their output length", file=sys.stderr)
     return 0 if summary["failed"] == 0 else 1
