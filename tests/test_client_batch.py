@@ -324,3 +324,133 @@ async def test_a_failing_checkpoint_write_stops_every_worker(tmp_path, monkeypat
     await asyncio.sleep(0)
     await client.close()
     assert left == [] and len(sent) == 3
+
+
+def _completion(request):
+    body = json.loads(request.content)
+    return httpx.Response(200, json={"id": "t", "object": "text_completion", "model": body.get("model"),
+                                     "choices": [{"index": 0, "text": "!", "finish_reason": "stop"}]})
+
+
+@pytest.mark.parametrize("body, path", [
+    ({"model": "m", "prompt": "x", "max_tokens": 4}, "/completions"),
+    ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "/chat/completions"),
+])
+def test_a_batch_line_without_url_goes_where_its_body_says_as_a_bare_body_does(body, path):
+    # a Batch-API line without url went to chat whatever its body: a prompt got "messages: field required"
+    assert normalize([{"custom_id": "a", "body": body}]) == [("a", path, body)]
+    assert normalize([{"custom_id": "a", **body}]) == [("a", path, body)]
+    sent = []
+
+    def handler(request):
+        sent.append(request.url.path)
+        return _completion(request)
+
+    records = run_batch(client_for(handler), [{"custom_id": "a", "body": body}], progress=False)
+    assert sent == ["/v1" + path] and records[0]["response"]["status_code"] == 200
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("timeout", "abc", r"request a: body key timeout is this client's per-request timeout, not a field it "
+                       r"sends; it must be seconds > 0, null \(no limit\) or an object of connect/read/write/"
+                       r"pool seconds, got 'abc'"),
+    ("timeout", {"total": 5}, r"request a: body key timeout .*got \{'total': 5\}"),
+    ("timeout", -1, r"request a: body key timeout .*got -1"),
+    ("extra_headers", 5, r"request a: body key extra_headers is the headers this client adds to the request, "
+                         r"not a field it sends; it must be an object of strings, got 5"),
+    ("extra_headers", {"x-n": 1}, r"request a: body key extra_headers .*got \{'x-n': 1\}"),
+    ("extra_body", [1], r"request a: body key extra_body is merged into the body this client sends; it must "
+                        r"be an object, got list"),
+])
+def test_a_client_option_in_a_body_that_the_client_cannot_use_is_refused_before_sending(key, value, message):
+    # "timeout": "abc" failed every line with a TypeError, "extra_headers": 5 with "'int' object is not
+    # iterable": error records naming neither the line nor the key
+    sent = []
+    for line in ({"custom_id": "a", "url": "/v1/completions", "body": {"model": "m", "prompt": "x", key: value}},
+                 {"custom_id": "a", "model": "m", "prompt": "x", key: value}):
+        with pytest.raises(ValueError, match=message):
+            run_batch(client_for(lambda r: sent.append(r) or _completion(r)), [line], progress=False)
+    assert sent == []
+
+
+def test_client_options_in_a_body_apply_to_that_request():
+    # per-line headers are how a batch injects faults (tests/test_client_server.py); extra_query is no
+    # option of this client, so it goes in the JSON like any field
+    seen = []
+
+    def handler(request):
+        seen.append((json.loads(request.content), request.headers))
+        return _completion(request)
+
+    body = {"model": "m", "prompt": "x", "timeout": {"read": 30}, "extra_headers": {"x-lab-fault": "none"},
+            "extra_body": {"ignore_eos": True}, "extra_query": {"q": 1}}
+    records = run_batch(client_for(handler), [{"custom_id": "a", "body": body}], progress=False)
+    assert records[0]["error"] is None
+    sent, headers = seen[0]
+    assert sent == {"model": "m", "prompt": "x", "ignore_eos": True, "extra_query": {"q": 1}}
+    assert headers["x-lab-fault"] == "none"
+
+
+def _run_cli(argv, handler, monkeypatch, capsys):
+    from lab.cli import main
+
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(handler), **kw))
+    code = main(["batch", *map(str, argv), "--base-url", "http://h/v1", "--api-key", KEY, "--no-progress"])
+    return code, capsys.readouterr()
+
+
+def test_batch_without_model_refuses_a_body_that_names_none_before_sending(tmp_path, monkeypatch, capsys):
+    # every such line became an error record ("create(): model is required (see client.models.list())",
+    # the Python API's words), which a rerun with --model then skipped as done
+    sent = []
+
+    def handler(request):
+        sent.append(request)
+        return _completion(request)
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("\n" + json.dumps({"custom_id": "a", "body": {"model": "m", "prompt": "x"}}) + "\n"
+                   + json.dumps({"custom_id": "b", "body": {"prompt": "y"}}) + "\n")
+    code, captured = _run_cli([inp, out], handler, monkeypatch, capsys)
+    assert code == 2 and sent == [] and not out.exists()
+    assert captured.err == ("error: input line 3 (custom_id 'b'): its body names no model; pass --model NAME "
+                            'for the bodies that name none, or add "model" to each body\n')
+    inp.write_text(json.dumps({"prompt": "y", "model": None}) + "\n")  # a bare body, a null model
+    code, captured = _run_cli([inp, out], handler, monkeypatch, capsys)
+    assert code == 2 and captured.err.startswith("error: input line 1: its body names no model")
+    code, captured = _run_cli([inp, out, "--model", "mm"], handler, monkeypatch, capsys)
+    assert code == 0 and json.loads(sent[0].content)["model"] == "mm"
+
+
+def test_batch_rerun_says_which_failures_it_kept_from_the_earlier_run(tmp_path, monkeypatch, capsys):
+    # "0 succeeded, 2 failed" after fixing the cause read as if the fix had not worked: the errors in
+    # the output file were skipped, and nothing said that --retry-errors reruns them
+    fail = {"y"}
+
+    def handler(request):
+        if json.loads(request.content)["prompt"] in fail:
+            return httpx.Response(400, json={"error": {"message": "no"}})
+        return _completion(request)
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(json.dumps({"custom_id": p, "body": {"model": "m", "prompt": p}}) + "\n" for p in "xy"))
+    code, captured = _run_cli([inp, out], handler, monkeypatch, capsys)
+    assert code == 1 and f"1 succeeded, 1 failed; records in {out}" in captured.out
+    fail.clear()
+    code, captured = _run_cli([inp, out], handler, monkeypatch, capsys)
+    assert code == 1 and (f"1 succeeded, 1 failed (1 from an earlier run, not sent again: --retry-errors "
+                          f"reruns them); records in {out}") in captured.out
+    code, captured = _run_cli([inp, out, "--retry-errors"], handler, monkeypatch, capsys)
+    assert code == 0 and f"2 succeeded, 0 failed; records in {out}" in captured.out
+
+
+def test_batch_names_the_input_argument_it_cannot_read(tmp_path, monkeypatch, capsys):
+    # "[Errno 2] No such file or directory: 'missing.jsonl'" named neither the argument nor the problem
+    out = tmp_path / "out.jsonl"
+    code, captured = _run_cli([tmp_path / "missing.jsonl", out], _completion, monkeypatch, capsys)
+    assert code == 1 and captured.err == f"batching-lab batch: input: {tmp_path / 'missing.jsonl'} does not exist\n"
+    code, captured = _run_cli([tmp_path, out], _completion, monkeypatch, capsys)
+    assert code == 1 and captured.err == f"batching-lab batch: input: {tmp_path} is a folder; give the JSONL file of requests\n"
+    assert not out.exists()

@@ -419,3 +419,61 @@ def test_e2e_ends_at_the_last_token_and_a_usage_without_completion_tokens_is_cou
     assert r.ok and r.finish_s == r.token_times_s[-1]  # the 0.4 s wait before [DONE] is not in E2E
     assert r.output_tokens == 3 and r.prompt_tokens == 2
     assert r.tpot_s == pytest.approx((r.token_times_s[-1] - r.token_times_s[0]) / 2)
+
+
+def test_bench_writes_result_json_before_printing(tmp_path, monkeypatch):
+    # `bench ... --result-json r.json | head -1`: the print failed on the closed pipe first, and the
+    # file was never written
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(StreamingServer()), **kw))
+    path = tmp_path / "r.json"
+    args = add_bench_args(argparse.ArgumentParser()).parse_args(
+        ["--base-url", "http://h/v1", "--num-prompts", "2", "--input-len", "2", "--output-len", "2",
+         "--no-progress", "--result-json", str(path)])
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    with pytest.raises(BrokenPipeError):
+        bench_main(args)
+    assert json.loads(path.read_text())["summary"]["completed"] == 2
+
+
+def test_bench_against_a_server_listing_no_model_names_the_flag(monkeypatch, capsys):
+    # the command said "pass model=...", the Python API's words; the library keeps them
+    from lab.cli import main
+
+    def no_models(request):
+        return httpx.Response(200, json={"object": "list", "data": []})
+
+    with pytest.raises(ValueError, match=r"/models lists no model; pass model=\.\.\.$"):
+        run_workload(client_for(no_models, Client), Workload([RequestSpec(id="a", prompt="x", output_len=1)]))
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(no_models), **kw))
+    assert main(["bench", "--base-url", "http://h/v1", "--num-prompts", "2", "--no-progress"]) == 2
+    assert capsys.readouterr().err == "error: http://h/v1/models lists no model; pass --model NAME\n"
+
+
+@pytest.mark.parametrize("key, message", [
+    ("sk-...", "error: the API key from the --api-key option looks like a placeholder (sk***); "
+               "pass your real key as --api-key KEY\n"),
+    ("sk bad", "error: --api-key: the key contains spaces or control characters"),
+])
+def test_bench_key_errors_name_the_flag(key, message, monkeypatch, capsys):
+    # they said "api_key argument" and "pass your real key as api_key=...", the Python API's words
+    from lab.cli import main
+
+    assert main(["bench", "--base-url", "http://h/v1", "--api-key", key, "--num-prompts", "1"]) == 2
+    assert capsys.readouterr().err.startswith(message)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk bad")  # from the provider's variable: no flag to name
+    assert main(["bench", "--provider", "openai", "--num-prompts", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: the key from the environment variable OPENAI_API_KEY "
+                                              "contains spaces")

@@ -3,6 +3,7 @@
 `await arun_batch(...)` in async code (and Jupyter, which allows top-level await); `run_batch(...)` anywhere
 else, notebooks included (it runs on a helper thread when a loop is already running). Inputs are OpenAI
 Batch API lines ({"custom_id", "method", "url", "body"}) or plain request bodies; records mirror its output.
+A body's timeout, extra_headers and extra_body are per-request options, as in `create()`, not sent as fields.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from lab.client._aio import run_sync
+from lab.client._base import make_timeout
 from lab.client.client import AsyncClient, Client
 
 ENDPOINTS = {"/v1/chat/completions": "/chat/completions", "/v1/completions": "/completions"}
@@ -27,10 +29,16 @@ RECORD_ERRORS = "backslashreplace"
 
 def load_requests(path: str | os.PathLike) -> list[dict]:
     """Input lines of a JSONL file (blank lines skipped)."""
+    return [item for _, item in numbered_requests(path)]
+
+
+def numbered_requests(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number, input line) for each non-blank line of a JSONL file: the number names the line
+    in a message about it, where a position in the list would miscount past blank lines."""
     # utf-8-sig: editors on Windows (Notepad, PowerShell's Out-File) save UTF-8 with a byte order mark,
     # which json.loads refused as "Unexpected UTF-8 BOM" on line 1
     with open(path, encoding="utf-8-sig") as f:
-        return [_input_line(path, n, line) for n, line in enumerate(f, 1) if line.strip()]
+        return [(n, _input_line(path, n, line)) for n, line in enumerate(f, 1) if line.strip()]
 
 
 def _input_line(path, n: int, line: str) -> dict:
@@ -70,18 +78,22 @@ def normalize(requests) -> list[tuple[str, str, dict]]:
             # a null or numeric field must be named, not fail as `'NoneType' object has no attribute ...`
             if not isinstance(method, str) or method.upper() != "POST":
                 raise ValueError(f"request {custom_id}: method must be POST, got {method!r}")
-            url = item.get("url", "/v1/chat/completions")
+            if not isinstance(item["body"], dict):
+                raise ValueError(f"request {custom_id}: body must be a JSON object (the request body), "
+                                 f"got {type(item['body']).__name__}")
+            body = dict(item["body"])
+            # no url: the body says which endpoint, as for a bare body (a chat default sent a prompt
+            # to /chat/completions, which refused it as "messages: field required")
+            url = item.get("url", _default_url(body))
             url = url if not isinstance(url, str) or url.startswith("/v1") else "/v1" + url
             if not isinstance(url, str) or url not in ENDPOINTS:
                 raise ValueError(f"request {custom_id}: url {item.get('url')!r} unsupported; allowed: "
                                  f"{', '.join(ENDPOINTS)}")
-            if not isinstance(item["body"], dict):
-                raise ValueError(f"request {custom_id}: body must be a JSON object (the request body), "
-                                 f"got {type(item['body']).__name__}")
-            path, body = ENDPOINTS[url], dict(item["body"])
-        else:  # a bare body: chat if it has messages
+            path = ENDPOINTS[url]
+        else:  # a bare body
             body = {k: v for k, v in item.items() if k != "custom_id"}
-            path = "/chat/completions" if "messages" in body else "/completions"
+            path = ENDPOINTS[_default_url(body)]
+        _check_options(custom_id, body)
         if custom_id in seen:
             raise ValueError(f"custom_id {custom_id!r} appears twice; ids must be unique to resume a batch")
         seen.add(custom_id)
@@ -89,6 +101,35 @@ def normalize(requests) -> list[tuple[str, str, dict]]:
         body.pop("stream_options", None)
         out.append((custom_id, path, body))
     return out
+
+
+def _default_url(body: dict) -> str:
+    """The endpoint of a body that names none: chat if it has messages."""
+    return "/v1/chat/completions" if "messages" in body else "/v1/completions"
+
+
+def _check_options(custom_id: str, body: dict) -> None:
+    """A body's timeout, extra_headers and extra_body are create()'s per-request options, as they have
+    always been here: per-line headers are how a batch sends x-lab-fault (tests/test_client_server.py),
+    and no OpenAI request field has these names (its Batch API would forward them, to be refused as
+    unknown), so no file meant for it is read differently. What the client cannot use is refused
+    before anything is sent: it failed every line, as `'int' object is not iterable` and the like."""
+    if "timeout" in body:
+        try:
+            make_timeout(body["timeout"])
+        except (TypeError, ValueError):
+            raise ValueError(f"request {custom_id}: body key timeout is this client's per-request timeout, not "
+                             f"a field it sends; it must be seconds > 0, null (no limit) or an object of "
+                             f"connect/read/write/pool seconds, got {body['timeout']!r}") from None
+    headers = body.get("extra_headers")
+    if headers is not None and not (isinstance(headers, dict) and all(
+            isinstance(v, str) for v in headers.values())):
+        raise ValueError(f"request {custom_id}: body key extra_headers is the headers this client adds to the "
+                         f"request, not a field it sends; it must be an object of strings, got {headers!r}")
+    extra = body.get("extra_body")
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"request {custom_id}: body key extra_body is merged into the body this client sends; "
+                         f"it must be an object, got {type(extra).__name__}")
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, dict], bool]:

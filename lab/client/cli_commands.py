@@ -53,8 +53,24 @@ def _add_connection_args(parser: argparse.ArgumentParser, model_help: str, retri
                              f"{DEFAULT_STREAM_IDLE_TIMEOUT:g} s without a chunk ends it")
 
 
+# the library's messages name its parameters; on the command line they are flags
+_AS_FLAGS = (("pass model=...", "pass --model NAME"), ("base_url:", "--base-url:"),
+             ("api_key: the key from the api_key argument", "--api-key: the key"),
+             ("api_key: the key from the environment", "the key from the environment"),
+             ("api_key argument", "--api-key option"), ("api_key=...", "--api-key KEY"))
+
+
+def _as_flags(exc: Exception) -> Exception:
+    """`exc` again, its message naming flags (--model) where it named Python parameters (model=...)."""
+    text = str(exc)
+    for param, flag in _AS_FLAGS:
+        text = text.replace(param, flag)
+    return exc if text == str(exc) else type(exc)(text)
+
+
 def _client_from(args, **kw):
     from lab.client.client import Client
+    from lab.client.errors import MissingAPIKeyError
 
     if args.base_url is None and args.provider is None:
         args.provider = "local"
@@ -62,7 +78,10 @@ def _client_from(args, **kw):
         kw["timeout"] = args.timeout
     if args.max_retries is not None:
         kw["max_retries"] = args.max_retries
-    return Client(base_url=args.base_url, api_key=args.api_key, provider=args.provider, **kw)
+    try:
+        return Client(base_url=args.base_url, api_key=args.api_key, provider=args.provider, **kw)
+    except (ValueError, MissingAPIKeyError) as e:  # "pass your real key as api_key=..."
+        raise _as_flags(e) from None
 
 
 def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -99,10 +118,13 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("input", help="JSONL in OpenAI Batch API format (custom_id, method, url, body), or "
-                        "one request body a line")
+                        "one request body a line; a line with no url goes to /v1/chat/completions if its body "
+                        "has messages, else /v1/completions; a body's timeout, extra_headers and extra_body "
+                        "are per-request options of the client, as in create(), not fields it sends")
     parser.add_argument("output", help="JSONL of results, one record a line, appended as requests complete; "
                         "rerunning with the same file resumes")
-    _add_connection_args(parser, "model for the lines whose body names none (default: none; most servers refuse such a request)",
+    _add_connection_args(parser, "model for the lines whose body names none (default: none: then every body must "
+                         "name its model)",
                          "retries of a failed request (default: 2)")
     parser.add_argument("--concurrency", type=positive_int_arg, default=16,
                         help="requests in flight at once (default: %(default)s)")
@@ -125,22 +147,27 @@ def bench_main(args) -> int:
                          output_lens=args.output_len, burstiness=args.burstiness, seed=args.seed, name="bench")
     check_output_path("--result-json", args.result_json)  # before the run, not after it
     with _client_from(args) as client:
-        # run_workload makes single attempts unless told otherwise: --max-retries was ignored
-        result = run_workload(client, workload, args.max_concurrency, model=args.model, endpoint=args.endpoint,
-                              max_retries=args.max_retries or 0, progress=not args.no_progress)
+        try:
+            # run_workload makes single attempts unless told otherwise: --max-retries was ignored
+            result = run_workload(client, workload, args.max_concurrency, model=args.model, endpoint=args.endpoint,
+                                  max_retries=args.max_retries or 0, progress=not args.no_progress)
+        except ValueError as e:  # "/models lists no model; pass model=...": here it is --model
+            raise _as_flags(e) from None
     unanswered = _no_answer(result)
     if unanswered is not None:  # a table of nan says less than the reason
         raise unanswered
     summary = result.summary()
-    print(format_summary(summary))
-    errors = sorted({r.error for r in result.requests if r.error})
-    for err in errors[:5]:
-        print(f"error: {err}", file=sys.stderr)
+    # the file before the printing: `bench ... | head -1` closes stdout early, and the print that
+    # failed on the broken pipe ended the command before the file was written
     if args.result_json is not None:
         with open(args.result_json, "w", encoding="utf-8") as f:
             # json_ready: None for the NaN of a metric with nothing to average, which plain json.dump
             # writes as a bare NaN that strict parsers (jq, JavaScript) refuse
             json.dump(json_ready({"summary": summary, "label": result.label}), f, indent=2)
+    print(format_summary(summary))
+    errors = sorted({r.error for r in result.requests if r.error})
+    for err in errors[:5]:
+        print(f"error: {err}", file=sys.stderr)
     return 0 if summary["failed"] == 0 else 1
 
 
@@ -160,43 +187,76 @@ def _no_answer(result):
     return APIConnectionError(f"{detail}; no request got an answer ({len(errors)} sent)")
 
 
-def _check_batch_output(output: str, input: str) -> None:
+def _check_batch_output(output: str, input: str) -> set[str]:
     """Before any request: the output must be writable, not the input, and new or a file of batch
-    records (read_checkpoint refuses anything else; its messages name `checkpoint`, ours the argument)."""
+    records (read_checkpoint refuses anything else; its messages name `checkpoint`, ours the argument).
+    Returns the custom_ids of its error records, for the summary to say which it kept."""
     check_output_path("output", output)
     if not os.path.exists(output):
-        return
+        return set()
     if os.path.exists(input) and os.path.samefile(input, output):
         raise ValueError(f"output: {output} is the input file; give another file for the results")
     try:
-        read_checkpoint(Path(output))
+        records, _ = read_checkpoint(Path(output))
     except ValueError as exc:
         raise ValueError(str(exc).replace("checkpoint: ", "output: ", 1)) from None
+    return {cid for cid, rec in records.items() if rec["error"] is not None}
+
+
+def _read_batch_input(path: str) -> list[tuple[int, dict]]:
+    """The input's lines with their line numbers; a file that cannot be read is named as the `input`
+    argument ("[Errno 2] No such file or directory" named neither), exit 1 as a missing folder is."""
+    from lab.client.batch import numbered_requests
+
+    try:
+        lines = numbered_requests(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"input: {path} does not exist") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"input: {path} is a folder; give the JSONL file of requests") from None
+    except UnicodeDecodeError:  # its message named neither the file nor the problem
+        raise ValueError(f"input: {path} is not UTF-8 text; JSONL files are UTF-8") from None
+    except OSError as e:
+        raise type(e)(f"input: cannot read {path}: {e.strerror or e}") from None
+    if not lines:  # it exited 0 having sent nothing: most likely the wrong file
+        raise ValueError(f"input: {path} holds no requests (it is empty or has only blank lines); "
+                         f"give a JSONL file with one request a line")
+    return lines
+
+
+def _fill_models(lines: list[tuple[int, dict]], model: str | None) -> None:
+    """--model for the bodies that name none; without it, such a body is refused before anything is
+    sent. The client refuses a request with no model, so every such line became an error record, which
+    a rerun with --model then skipped as done."""
+    for n, item in lines:
+        body = item.get("body", item)
+        if not isinstance(body, dict) or body.get("model") is not None:
+            continue  # a body of another type is left for run_batch to name
+        if not model:  # --model "" names none either
+            cid = f" (custom_id {item['custom_id']!r})" if "custom_id" in item else ""
+            raise ValueError(f"input line {n}{cid}: its body names no model; pass --model NAME for the "
+                             f"bodies that name none, or add \"model\" to each body")
+        body["model"] = model
 
 
 def batch_main(args) -> int:
-    from lab.client.batch import load_requests, run_batch
+    from lab.client.batch import run_batch
 
-    try:
-        requests = load_requests(args.input)
-    except UnicodeDecodeError:  # its message named neither the file nor the problem
-        raise ValueError(f"input: {args.input} is not UTF-8 text; JSONL files are UTF-8") from None
-    if not requests:  # it exited 0 having sent nothing: most likely the wrong file
-        raise ValueError(f"input: {args.input} holds no requests (it is empty or has only blank lines); "
-                         f"give a JSONL file with one request a line")
-    _check_batch_output(args.output, args.input)
-    if args.model:  # fill in the model where a line leaves it out
-        for item in requests:
-            body = item.get("body", item)
-            if isinstance(body, dict):  # a body of another type is left for run_batch to name
-                body.setdefault("model", args.model)
+    lines = _read_batch_input(args.input)
+    _fill_models(lines, args.model)
+    earlier_errors = _check_batch_output(args.output, args.input)
+    requests = [item for _, item in lines]
     # each record is flushed as it completes: after Ctrl-C the file holds those that did
     args.interrupt_hint = f"; the records so far are in {args.output}: the same command resumes the run"
     with _client_from(args, rpm=args.rpm, tpm=args.tpm) as client:
         records = run_batch(client, requests, concurrency=args.concurrency, checkpoint=args.output,
                             progress=not args.no_progress, retry_errors=args.retry_errors)
     failed = [r for r in records if r["error"] is not None]
-    print(f"{len(records) - len(failed)} succeeded, {len(failed)} failed; records in {args.output}")
+    # a rerun skips the errors already in the output: say so, or "0 succeeded, 2 failed" after fixing
+    # the cause (a rerun with --model) reads as if the fix did not work
+    kept = 0 if args.retry_errors else sum(r["custom_id"] in earlier_errors for r in failed)
+    note = f" ({kept} from an earlier run, not sent again: --retry-errors reruns them)" if kept else ""
+    print(f"{len(records) - len(failed)} succeeded, {len(failed)} failed{note}; records in {args.output}")
     by_type: dict[str, int] = {}
     for r in failed:
         kind = r["error"].get("type", "error")
