@@ -83,7 +83,7 @@ def test_demo_says_why_tokens_per_second_tie(monkeypatch, tmp_path, capsys):
          "error: --trace-end: must be > --trace-start"),  # --range-ratio 1.5, here before, is the parser's now
         (["simulate", "--num-prompts", "2", "--params", "8B", "--no-progress"], "error: --layers: a custom model"),
         (["serve", "--fault", "429=0.6", "--fault", "500=0.6"], "error: "),  # serve said 1 for its bad options
-        (["serve", "--max-num-seqs", "0"], "error: max_num_seqs"),
+        (["serve", "--max-num-seqs", "5000"], "error: --max-num-batched-tokens (2048) must be >= --max-num-seqs (5000)"),
     ],
 )
 def test_bad_option_values_exit_2_with_one_line(argv, message, capsys):
@@ -156,7 +156,7 @@ def test_every_option_is_explained_and_examples_are_given():
 @pytest.mark.parametrize("argv", [
     ["demo", "--rate", "nan"], ["demo", "--seed", "-1"], ["bench", "--timeout", "0"],
     ["bench", "--max-retries", "-1"], ["bench", "--burstiness", "nan"], ["batch", "i", "o", "--rpm", "nan"],
-    ["batch", "i", "o", "--tpm", "-5"], ["simulate", "--trace-start", "nan"],
+    ["batch", "i", "o", "--tpm", "-5"], ["simulate", "--trace-start", "nan"], ["serve", "--max-num-seqs", "0"],
 ])
 def test_bad_numbers_exit_2_from_the_parser_naming_the_flag(argv, capsys):
     # they used to pass the parser: demo printed its banner first, others named a Python parameter

@@ -4,6 +4,7 @@ itself, run as a process, serving until SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import queue
 import re
@@ -62,11 +63,53 @@ def test_cut_and_stall_options(capsys):
         (0.2, 5, 0.1, 2.5, 0) and cfg.error_rates == {} and cfg.seed == 4
     assert _faults(_parse("--fault-stall-rate", "0.3")).stall_rate == 0.3  # either alone turns faults on
     assert _faults(_parse("--fault-cut-after", "5")) is None  # a shape without a rate injects nothing
-    for argv, expected in ((("--fault-cut-rate", "1.5"), "argument --fault-cut-rate: a probability must be in [0, 1]"),
-                           (("--fault-stall-seconds", "-1"), "argument --fault-stall-seconds: must be a number of seconds >= 0"),
+    for argv, expected in ((("--fault-cut-rate", "1.5"), "argument --fault-cut-rate: must be a number >= 0 and <= 1"),
+                           (("--fault-stall-seconds", "-1"), "argument --fault-stall-seconds: must be a finite number >= 0"),
                            (("--fault-cut-after", "-2"), "argument --fault-cut-after: must be an integer >= 0"),
-                           (("--fault-latency", "nan"), "argument --fault-latency: must be a number of seconds >= 0")):
+                           (("--fault-latency", "nan"), "argument --fault-latency: must be a finite number >= 0")):
         assert expected in _parse_error(capsys, *argv)
+
+
+@pytest.mark.parametrize("flag, value, rule", [
+    # before: a traceback (torch.set_num_threads raised a RuntimeError)
+    ("--torch-threads", "0", "an integer >= 1"),
+    ("--torch-threads", "-1", "an integer >= 1"),
+    # before: refused after the imports by serve(), as "requests_per_minute: ...", "num_blocks: ..."
+    ("--rpm", "0", "an integer >= 1"),
+    ("--tpm", "-5", "an integer >= 1"),
+    ("--num-blocks", "0", "an integer >= 1"),
+    ("--max-num-seqs", "0", "an integer >= 1"),
+    ("--max-num-batched-tokens", "x", "an integer >= 1"),
+    ("--max-model-len", "0", "an integer >= 1"),
+    ("--max-queued-requests", "0", "an integer >= 1"),
+    ("--port", "70000", "an integer >= 0 and <= 65535"),
+    # before: "invalid _seconds value: 'abc'", "invalid _probability value", "invalid _chunks value"
+    ("--fault-latency", "abc", "a finite number >= 0"),
+    ("--fault-latency", "inf", "a finite number >= 0"),  # before: "must be a number of seconds >= 0, got inf"
+    ("--fault-stall-seconds", "inf", "a finite number >= 0"),
+    ("--fault-cut-rate", "x", "a number >= 0 and <= 1"),
+    ("--fault-stall-rate", "2", "a number >= 0 and <= 1"),
+    ("--fault-cut-after", "x", "an integer >= 0"),
+    ("--fault-stall-after", "1.5", "an integer >= 0"),
+])
+def test_a_bad_option_value_names_the_flag_and_what_is_allowed(capsys, flag, value, rule):
+    from lab.cli import main
+
+    with pytest.raises(SystemExit) as exc:  # the command as a user runs it: argparse, before anything loads
+        main(["serve", flag, value])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"batching-lab serve: error: argument {flag}: must be {rule}, got {value!r}"
+
+
+def test_help_shows_every_default():
+    # the README: `--help` lists every option with its default; --rpm, --tpm and three fault rates showed none
+    parser = add_serve_args(argparse.ArgumentParser())
+    missing = [a.option_strings[-1] for a in parser._actions
+               if a.nargs != 0 and "default" not in (a.help or "")]  # flags (help, --no-fault-header) take no value
+    assert missing == []
+    text = " ".join(parser.format_help().split())
+    assert "per key (default: none, no limit)" in text and "every answer (default: 0)" in text
 
 
 def test_api_keys_from_flags_and_environment():
@@ -74,11 +117,79 @@ def test_api_keys_from_flags_and_environment():
     assert KEYS_ENV == "BATCHING_LAB_API_KEY"  # the variable the client's provider="local" reads
     assert api_keys(args, {KEYS_ENV: "sk-env"}) == ["sk-flag", "sk-env"]
     assert api_keys(args, {KEYS_ENV: " sk-a, sk-b,,sk-flag "}) == ["sk-flag", "sk-a", "sk-b"]
-    assert api_keys(_parse(), {}) == [] and api_keys(_parse(), {KEYS_ENV: " , "}) == []
+    assert api_keys(_parse(), {}) == []  # neither a flag nor the variable: an open server, as before
     # the old name, still exported, would otherwise leave the server open without a word
     with pytest.raises(ValueError, match="^LAB_API_KEYS: this variable was renamed BATCHING_LAB_API_KEY"):
         api_keys(_parse(), {"LAB_API_KEYS": "sk-old"})
     assert KEYS_ENV in add_serve_args(argparse.ArgumentParser()).format_help()
+
+
+@pytest.mark.parametrize("argv, env, expected", [
+    (["--api-key", ""], None, "--api-key: an empty key"),  # `--api-key "$UNSET_VAR"`
+    (["--api-key", " , "], None, "--api-key: an empty key"),
+    (["--api-key", "sk-a", "--api-key", ""], None, "--api-key: an empty key"),
+    ([], " , ", f"{KEYS_ENV}: set, but holds no key"),
+    ([], "", f"{KEYS_ENV}: set, but holds no key"),
+    (["--api-key", "sk-a"], "", f"{KEYS_ENV}: set, but holds no key"),
+])
+def test_an_empty_api_key_is_refused_not_an_open_server(monkeypatch, capsys, argv, env, expected):
+    # before: blanks were dropped, and the server started open to anyone, with only a log line to say so
+    from lab.cli import main
+
+    if env is None:
+        monkeypatch.delenv(KEYS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEYS_ENV, env)
+    monkeypatch.delenv("LAB_API_KEYS", raising=False)
+
+    def must_not_start(*args, **kwargs):  # the bug itself: it would serve, open, until SIGTERM
+        raise AssertionError("an open server was started")
+
+    # the module, not lab.server.serve, which is its serve() function re-exported
+    serve_module = importlib.import_module("lab.server.serve")
+    monkeypatch.setattr(serve_module, "start_server", must_not_start)
+    monkeypatch.setattr(serve_module, "serve", must_not_start)
+    assert main(["serve", *argv]) == 2  # refused before the model loads
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {expected}") and "for an open server" in err
+
+
+def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    """`batching-lab serve` on the tiny model, for a run that stops before serving: (exit code, stderr)."""
+    from lab.cli import main
+
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    monkeypatch.delenv("LAB_API_KEYS", raising=False)
+    code = main(["serve", "--model", str(tiny_model_dir()), "--device", "cpu", "--dtype", "float32",
+                 "--log-level", "error", *argv])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("argv, code, expected", [
+    # the engine's own checks, which only it can make: before, they named its fields
+    (["--max-num-seqs", "5000"], 2, "error: --max-num-batched-tokens (2048) must be >= --max-num-seqs (5000)"),
+    (["--max-model-len", "100000"], 2, "error: --max-model-len: 100000 exceeds this model's context "
+     "(max_position_embeddings=256); allowed: at most 256, or leave --max-model-len out for the model's own"),
+    (["--device", "tpu"], 2, "error: --device: 'tpu' is not supported"),
+    # before: "port: cannot listen on 999.1.1.1:8012 (Name or service not known); pick another or 0"
+    (["--num-blocks", "8", "--host", "999.1.1.1", "--port", "8012"], 1,
+     "batching-lab serve: --host: cannot listen on 999.1.1.1 ("),
+])
+def test_a_refused_setting_names_the_flag(monkeypatch, capsys, argv, code, expected):
+    got, err = _main(monkeypatch, capsys, *argv)
+    assert (got, err[:len(expected)]) == (code, expected)
+
+
+def test_a_port_in_use_is_still_the_ports_fault(monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = _main(monkeypatch, capsys, "--num-blocks", "8", "--port", str(port))
+    assert code == 1 and err.startswith(f"batching-lab serve: --port: cannot listen on 127.0.0.1:{port} (")
+    assert err.endswith("pick another or 0")
 
 
 START_TIMEOUT_S = 120  # a cold process imports torch and loads the model; a loaded 2-core CPU is slow

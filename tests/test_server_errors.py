@@ -3,6 +3,7 @@ also 413 (body too large), 429 (queue full), 404 routes, and 503 while shutting 
 
 from __future__ import annotations
 
+import socket
 import threading
 from contextlib import contextmanager
 
@@ -212,6 +213,21 @@ def test_one_api_key_given_as_a_string_stays_one_key():
 def test_bad_serve_arguments_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         serve(llm=tiny_llm(), **kwargs).__enter__()
+
+
+def test_a_host_that_cannot_be_used_is_named_not_the_port():
+    # before: "port: cannot listen on 999.1.1.1:8012 (Name or service not known); pick another or 0"
+    llm = tiny_llm("refused")
+    with pytest.raises(OSError, match=r"^host: cannot listen on 999\.1\.1\.1 \(.*\); give an address of this machine"):
+        serve(llm=llm, host="999.1.1.1", port=8012).__enter__()
+    with socket.socket() as taken:  # a port in use stays the port's fault
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=rf"^port: cannot listen on 127\.0\.0\.1:{port} \(.*\); pick another or 0$"):
+            serve(llm=llm, port=port).__enter__()
+    with serve(llm=llm) as server:  # neither left the engine driven
+        assert httpx.post(server.url + "/completions", json=COMP, timeout=30).status_code == 200
 
 
 def test_neutral_values_of_unimplemented_fields_are_accepted(http):

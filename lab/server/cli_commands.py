@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import threading
 
+from lab.cli_args import number_arg, positive_int_arg
 from lab.client.providers import PROVIDERS, split_keys
 from lab.server.faults import STATUSES
 
@@ -19,28 +21,17 @@ KEYS_ENV = PROVIDERS["local"].env_var
 OLD_KEYS_ENV = "LAB_API_KEYS"  # its name before; still set, it would leave a server silently open
 
 
-def _probability(text: str) -> float:
-    return _unit(float(text))  # argparse turns a ValueError into "invalid _probability value: ..."
-
-
 def _unit(p: float) -> float:
     if not 0.0 <= p <= 1.0:
         raise argparse.ArgumentTypeError(f"a probability must be in [0, 1], got {p:g}")
     return p
 
 
-def _seconds(text: str) -> float:
-    s = float(text)
-    if not 0.0 <= s < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return s
-
-
-def _chunks(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return n
+# argparse types: a bad value exits 2 with "argument --flag: must be ..., got 'x'" before the model loads
+_probability = number_arg(0, low_ok=True, high=1, high_ok=True)
+_seconds = number_arg(0, low_ok=True)  # finite: an infinite latency or stall would hang every answer
+_chunks = number_arg(0, low_ok=True, integer=True)
+_port = number_arg(0, low_ok=True, high=65535, high_ok=True, integer=True)
 
 
 def _status_rate(text: str) -> tuple[int, float]:
@@ -68,43 +59,51 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--served-model-name", default=None, help="name clients use (default: the folder's)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="0.0.0.0 to listen on every interface (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (default: %(default)s)")
+    parser.add_argument("--port", type=_port, default=8000, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--api-key", action="append", default=[],
                         help=f"accepted Bearer key (repeatable), added to those in the environment variable "
-                        f"{KEYS_ENV} (one key, or several separated by commas); none at all: open server")
+                        f"{KEYS_ENV}, which holds one key or several separated by commas (default: none; with "
+                        f"neither, an open server)")
     parser.add_argument("--policy", choices=("continuous", "static"), default="continuous",
                         help="batching policy (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N "
                         "(default: %(default)s)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: %(default)s)")
-    parser.add_argument("--max-num-seqs", type=int, default=64, help="most requests in a batch (default: %(default)s)")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048,
-                        help="most tokens an engine step computes (default: %(default)s)")
-    parser.add_argument("--num-blocks", type=int, default=None, help="KV cache blocks (default: from memory)")
-    parser.add_argument("--max-model-len", type=int, default=None, help="longest prompt + output (default: the "
-                        "model's context)")
-    parser.add_argument("--max-queued-requests", type=int, default=1024,
+    parser.add_argument("--max-num-seqs", type=positive_int_arg, default=64,
+                        help="most requests in a batch (default: %(default)s)")
+    parser.add_argument("--max-num-batched-tokens", type=positive_int_arg, default=2048,
+                        help="most tokens an engine step computes; at least --max-num-seqs (default: %(default)s)")
+    parser.add_argument("--num-blocks", type=positive_int_arg, default=None,
+                        help="KV cache blocks (default: from memory)")
+    parser.add_argument("--max-model-len", type=positive_int_arg, default=None,
+                        help="longest prompt + output; at most the model's context (default: the model's context)")
+    parser.add_argument("--max-queued-requests", type=positive_int_arg, default=1024,
                         help="waiting requests; beyond this, 429 (default: %(default)s)")
-    parser.add_argument("--rpm", type=int, default=None, help="requests per minute, per key")
-    parser.add_argument("--tpm", type=int, default=None, help="tokens (prompt + max_tokens) per minute, per key")
+    parser.add_argument("--rpm", type=positive_int_arg, default=None,
+                        help="requests per minute, per key (default: none, no limit)")
+    parser.add_argument("--tpm", type=positive_int_arg, default=None,
+                        help="tokens (prompt + max_tokens) per minute, per key (default: none, no limit)")
     parser.add_argument("--fault", action="append", default=[], metavar="STATUS=P", type=_status_rate,
-                        help="inject STATUS (401/429/500/503/504) with probability P; repeatable")
-    parser.add_argument("--fault-latency", type=_seconds, default=0.0, help="seconds added to every answer")
+                        help="inject STATUS (401/429/500/503/504) with probability P; repeatable (default: none)")
+    parser.add_argument("--fault-latency", type=_seconds, default=0.0, metavar="S",
+                        help="seconds added to every answer (default: 0)")
     parser.add_argument("--fault-cut-rate", type=_probability, default=0.0, metavar="P",
-                        help="drop the connection mid-answer with probability P (streams and whole answers)")
+                        help="drop the connection mid-answer with probability P (streams and whole answers) "
+                        "(default: 0)")
     parser.add_argument("--fault-cut-after", type=_chunks, default=3, metavar="CHUNKS",
-                        help="chunks a cut stream sends first (default 3)")
+                        help="chunks a cut stream sends first (default: %(default)s)")
     parser.add_argument("--fault-stall-rate", type=_probability, default=0.0, metavar="P",
-                        help="stall a stream (delay a whole answer) with probability P")
+                        help="stall a stream (delay a whole answer) with probability P (default: 0)")
     parser.add_argument("--fault-stall-seconds", type=_seconds, default=5.0, metavar="S",
-                        help="how long a stall lasts (default 5)")
+                        help="how long a stall lasts (default: 5)")
     parser.add_argument("--fault-stall-after", type=_chunks, default=1, metavar="CHUNKS",
-                        help="chunks a stalled stream sends before going quiet (default 1)")
+                        help="chunks a stalled stream sends before going quiet (default: %(default)s)")
     parser.add_argument("--fault-seed", type=int, default=None, help="seed of the fault draws, for repeatable "
                         "runs (default: a fresh one)")
     parser.add_argument("--no-fault-header", action="store_true", help="ignore the x-lab-fault header")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's); 1 is often faster on a busy small CPU")
+    # checked here: torch.set_num_threads(0) raised a RuntimeError, shown as a traceback
+    parser.add_argument("--torch-threads", type=positive_int_arg, default=None,
+                        help="CPU threads for torch; 1 is often faster on a busy small CPU (default: torch's)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                         help="(default: %(default)s)")
     parser.epilog = SERVE_EXAMPLES
@@ -127,20 +126,48 @@ def _faults(args):
 
 
 def api_keys(args, environ=os.environ) -> list[str]:
-    """--api-key values, then those in BATCHING_LAB_API_KEY; blanks dropped, each once."""
+    """--api-key values, then those in BATCHING_LAB_API_KEY, each once. A key given empty, as
+    `--api-key "$UNSET_VAR"` gives it, is refused: dropped, it left the server open to anyone."""
     if environ.get(OLD_KEYS_ENV):
         raise ValueError(f"{OLD_KEYS_ENV}: this variable was renamed {KEYS_ENV} (the one the client reads "
                          f"too); set that instead, or unset {OLD_KEYS_ENV}")
-    return split_keys(",".join([*args.api_key, environ.get(KEYS_ENV, "")]))
+    if any(not split_keys(value) for value in args.api_key):
+        raise ValueError("--api-key: an empty key (an unset shell variable?); give a key, or leave "
+                         "--api-key out for an open server")
+    from_env = environ.get(KEYS_ENV)
+    if from_env is not None and not split_keys(from_env):
+        raise ValueError(f"{KEYS_ENV}: set, but holds no key; give a key, or unset {KEYS_ENV} for an "
+                         f"open server")
+    return split_keys(",".join([*args.api_key, from_env or ""]))
+
+
+# serve() and the configs behind it name their parameters in messages; the user typed flags.
+# Names with an underscore are renamed wherever they appear (EngineConfig's cross-field check names
+# two), single words only as the leading "name:" ("this model's context" must stay as it is).
+_FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num-batched-tokens",
+          "num_blocks": "--num-blocks", "max_model_len": "--max-model-len",
+          "max_queued_requests": "--max-queued-requests", "served_model_name": "--served-model-name",
+          "requests_per_minute": "--rpm", "tokens_per_minute": "--tpm"}
+_LEADING = {"model": "--model", "device": "--device", "dtype": "--dtype", "host": "--host", "port": "--port"}
+_NAMES = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b")
+_LEADING_NAME = re.compile(r"^(" + "|".join(_LEADING) + r"):")
+
+
+def _flag_names(message: str) -> str:
+    """'max_num_batched_tokens (2048) must be >= max_num_seqs (5000)' -> the same with the flags."""
+    message = message.replace("or None for the model's own", "or leave --max-model-len out for the model's own")
+    message = _LEADING_NAME.sub(lambda m: _LEADING[m[1]] + ":", message)
+    return _NAMES.sub(lambda m: _FLAGS[m[1]], message)
 
 
 def serve_main(args) -> int:
     import logging
 
-    from lab.server.serve import serve
+    from lab.server.serve import start_server
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     keys = api_keys(args)
+    faults = _faults(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     engine = {"policy": args.policy, "max_num_seqs": args.max_num_seqs,
               "max_num_batched_tokens": args.max_num_batched_tokens, "num_blocks": args.num_blocks,
               "max_model_len": args.max_model_len}
@@ -148,13 +175,21 @@ def serve_main(args) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
+    try:
+        server = start_server(args.model, args.port, keys, faults, args.host, device=args.device,
+                              dtype=args.dtype, served_model_name=args.served_model_name,
+                              max_queued_requests=args.max_queued_requests, requests_per_minute=args.rpm,
+                              tokens_per_minute=args.tpm, allow_fault_header=not args.no_fault_header,
+                              log_level=args.log_level, **engine)
+    except (ValueError, OSError) as e:  # the base type: lab.cli's exit code (2 or 1) stays the same
+        message = _flag_names(str(e))
+        if message == str(e):
+            raise
+        raise (ValueError if isinstance(e, ValueError) else OSError)(message) from e
+    # only now: a SIGTERM during the load ends the process at once, as a user stopping it expects
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    faults = _faults(args)
-    with serve(args.model, args.port, keys, faults, args.host, device=args.device, dtype=args.dtype,
-               served_model_name=args.served_model_name, max_queued_requests=args.max_queued_requests,
-               requests_per_minute=args.rpm, tokens_per_minute=args.tpm,
-               allow_fault_header=not args.no_fault_header, log_level=args.log_level, **engine) as server:
+    try:
         print(f"batching-lab: serving {server.model_name!r} ({args.policy}) at {server.url}", flush=True)
         print("  try: curl " + server.url + "/models" + ("  -H 'Authorization: Bearer ...'" if keys else ""),
               flush=True)
@@ -164,4 +199,6 @@ def serve_main(args) -> int:
         except KeyboardInterrupt:
             pass
         print("batching-lab: shutting down", flush=True)
+    finally:
+        server.close()
     return 0

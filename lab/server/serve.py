@@ -4,6 +4,7 @@ and leaving the `with` block stops uvicorn and the engine thread and releases th
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
@@ -59,7 +60,7 @@ class Server:
             try:
                 self._sock.bind((host, port))
             except OSError as exc:
-                raise OSError(f"port: cannot listen on {host}:{port} ({exc.strerror}); pick another or 0") from None
+                raise OSError(_bind_error(exc, host, port)) from None
             self.host, self.port = host, self._sock.getsockname()[1]
             uv_config = uvicorn.Config(self.app, log_level=log_level, lifespan="off",
                                        timeout_graceful_shutdown=math.ceil(config.shutdown_timeout_s))
@@ -120,6 +121,15 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> str:
+    # a name that does not resolve (999.1.1.1, a typo) or an address of another machine is the host's
+    # fault; blaming the port sent the user to change the one thing that was right
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (f"host: cannot listen on {host} ({exc.strerror}); give an address of this machine, "
+                f"such as 127.0.0.1, or 0.0.0.0 for every interface")
+    return f"port: cannot listen on {host}:{port} ({exc.strerror}); pick another or 0"
 
 
 def _check_faults(faults) -> None:
