@@ -328,6 +328,18 @@ def test_bench_that_reaches_the_server_still_prints_its_table(monkeypatch, capsy
     assert "Failed requests:" in captured.out and "error: InternalServerError: HTTP 500: down" in captured.err
 
 
+def test_bench_refused_for_its_key_ends_in_one_line(monkeypatch, capsys):
+    # a wrong key printed a table of NaN and the same 401 as an error line: one line says it all
+    import httpx
+
+    _mock_client(monkeypatch, lambda request: httpx.Response(401, json={"error": {"message": "Incorrect API key"}}))
+    assert main(["bench", "--base-url", "http://h/v1", "--model", "m", "--num-prompts", "3", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "Failed requests:" not in captured.out
+    assert captured.err.strip() == ("batching-lab bench: AuthenticationError: HTTP 401: Incorrect API key "
+                                    "(all 3 requests refused alike)")
+
+
 def test_batch_keeps_an_answer_with_a_lone_surrogate(tmp_path, monkeypatch, capsys):
     # "\ud83d" (half an emoji) passes json.loads but not a UTF-8 write: the batch died with no record and
     # exit 2, as if an option were bad, and every rerun died the same way

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -173,18 +174,25 @@ def bench_main(args) -> int:
 
 # what loadgen records for a request that got no answer at all: no connection, or none in time
 _NO_ANSWER_ERRORS = ("APIConnectionError: ", "APITimeoutError: ")
+# refusals of the run itself, not of its load: a wrong key, or a model the server does not have
+_SETUP_ERRORS = ("AuthenticationError: ", "PermissionDeniedError: ", "NotFoundError: ")
 
 
 def _no_answer(result):
-    """A server that answered none of the requests (it is not there, or said nothing in time), as the
-    error the command ends with: the same one line as when `models.list()` fails without --model."""
-    from lab.client.errors import APIConnectionError
+    """A server that answered none of the requests (it is not there, or said nothing in time), or
+    refused every one for the same reason a load cannot change (a wrong key, an unknown model), as
+    the error the command ends with: the same one line as when `models.list()` fails without
+    --model. A table of NaN would say less than the reason."""
+    from lab.client.errors import APIConnectionError, APIError
 
     errors = [r.error for r in result.requests]
-    if not errors or not all(e and e.startswith(_NO_ANSWER_ERRORS) for e in errors):
-        return None
-    detail = errors[0].split(": ", 1)[1]
-    return APIConnectionError(f"{detail}; no request got an answer ({len(errors)} sent)")
+    if errors and all(e and e.startswith(_NO_ANSWER_ERRORS) for e in errors):
+        detail = errors[0].split(": ", 1)[1]
+        return APIConnectionError(f"{detail}; no request got an answer ({len(errors)} sent)")
+    reasons = {re.sub(r" \(request id [^)]*\)$", "", e or "") for e in errors}  # each answer has its own id
+    if len(reasons) == 1 and errors[0] and errors[0].startswith(_SETUP_ERRORS):
+        return APIError(f"{reasons.pop()} (all {len(errors)} requests refused alike)")
+    return None
 
 
 def _check_batch_output(output: str, input: str) -> set[str]:
