@@ -112,6 +112,18 @@ def test_missing_done_after_finish_reason_is_fine():
     assert "".join(collect(stream)) == "ab" and stream.usage.total_tokens == 7
 
 
+@pytest.mark.parametrize("drop", [httpx.RemoteProtocolError("incomplete chunked read"), httpx.ReadError("reset")])
+def test_a_connection_lost_after_the_finish_reason_lost_nothing(drop):
+    # every token and the finish_reason had arrived; the drop before the usage chunk or [DONE] was
+    # reported as a StreamInterruptedError, as if the answer were partial
+    handler, calls = stream_handler([chunk("a"), chunk("b", "length"), drop])
+    stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
+    assert "".join(collect(stream)) == "ab" and stream.finish_reason == "length" and len(calls) == 1
+    handler, _ = stream_handler([chunk("a"), chunk("b"), drop])  # no finish_reason yet: cut
+    with pytest.raises(StreamInterruptedError):
+        collect(client_for(handler).completions.create(model="m", prompt="p", stream=True))
+
+
 def test_missing_done_and_no_finish_reason_is_a_cut_stream():
     handler, calls = stream_handler([chunk("a"), chunk("b")])
     stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
@@ -528,6 +540,61 @@ async def test_an_async_stream_left_early_gives_back_its_slot():
     assert await first_text() == "a"
     gc.collect()
     assert await asyncio.wait_for(first_text(), 5) == "a" and len(calls) == 2
+    await client.close()
+
+
+def test_a_stream_interrupted_by_ctrl_c_gives_back_its_slot_at_once():
+    # the exception, kept (as IPython keeps the last one), held the stream and its slot: the next
+    # request of a max_concurrency=1 client waited for ever
+    import threading
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    handler, calls = stream_handler([chunk("a"), ctrl_c, DONE], [chunk("b"), DONE])
+    client = client_for(handler, max_concurrency=1)
+    stream = client.completions.create(model="m", prompt="p", stream=True)
+    with pytest.raises(KeyboardInterrupt) as kept:
+        collect(stream)
+    assert stream.closed and kept.value is not None
+    second = threading.Thread(target=lambda: collect(client.completions.create(model="m", prompt="p", stream=True)),
+                              daemon=True)
+    second.start()
+    second.join(5)
+    assert not second.is_alive() and len(calls) == 2
+
+
+async def test_a_cancelled_async_stream_gives_back_its_slot_at_once():
+    # a cancelled task kept in a list (asyncio.wait's, gather's results) held the stream and its slot
+    import asyncio
+
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+
+        async def body():
+            yield chunk("a")
+            if len(calls) == 1:
+                await asyncio.sleep(60)  # a stalled server, until the consumer is cancelled
+            yield DONE
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    client = AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(handler),
+                         retry=NO_WAIT, max_concurrency=1)
+
+    async def consume():
+        return [c.text async for c in await client.completions.create(model="m", prompt="p", stream=True)]
+
+    tasks = [asyncio.create_task(consume())]
+    while not calls:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    tasks[0].cancel()
+    await asyncio.wait(tasks)  # done, cancelled, and still held by the list
+    assert tasks[0].cancelled()
+    assert await asyncio.wait_for(consume(), 5) == ["a"] and len(calls) == 2
     await client.close()
 
 

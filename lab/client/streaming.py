@@ -107,14 +107,19 @@ class Stream(_StreamBase):
         except (APIError, httpx.HTTPError) as exc:
             self.close()
             raise self._fail(exc) from exc
+        except BaseException:  # Ctrl-C: the slot and the connection go back now, not when the caller
+            self.close()  # drops the stream (IPython keeps the last exception, and with it this stream)
+            raise
         if chunk is None:
             self.close()
             raise StopIteration
         return chunk
 
     def close(self) -> None:
-        self.response.close()
-        self._finish()
+        try:
+            self.response.close()
+        finally:  # the slot goes back even if closing the connection is interrupted
+            self._finish()
 
     _abandon = close  # a sync stream can also hand its connection back
 
@@ -146,14 +151,19 @@ class AsyncStream(_StreamBase):
         except (APIError, httpx.HTTPError) as exc:
             await self.aclose()
             raise self._fail(exc) from exc
+        except BaseException:  # cancelled: a cancelled task kept in a list (asyncio.wait, gather's
+            await self.aclose()  # results) holds this stream, and with it a slot the next request waits for
+            raise
         if chunk is None:
             await self.aclose()
             raise StopAsyncIteration
         return chunk
 
     async def aclose(self) -> None:
-        await self.response.aclose()
-        self._finish()
+        try:
+            await self.response.aclose()
+        finally:  # the slot goes back even if closing the connection is cancelled
+            self._finish()
 
     async def __aenter__(self):
         return self
@@ -183,7 +193,7 @@ def _waiting_on_server(state: StreamState):
 def next_chunk(state: StreamState, lines) -> Chunk | None:
     """The next chunk from a line iterator, or None at the end. Raises our errors and httpx's."""
     now = time.perf_counter
-    with _waiting_on_server(state):
+    with _waiting_on_server(state), _dropped_after_the_end(state):
         while not state.done:
             line = next(lines, None)
             if line is None:
@@ -191,12 +201,12 @@ def next_chunk(state: StreamState, lines) -> Chunk | None:
             chunk = state.feed_line(line, now())
             if chunk is not None:
                 return chunk
-        return None
+    return None
 
 
 async def anext_chunk(state: StreamState, lines) -> Chunk | None:
     now = time.perf_counter
-    with _waiting_on_server(state):
+    with _waiting_on_server(state), _dropped_after_the_end(state):
         while not state.done:
             try:
                 line = await lines.__anext__()
@@ -205,4 +215,16 @@ async def anext_chunk(state: StreamState, lines) -> Chunk | None:
             chunk = state.feed_line(line, now())
             if chunk is not None:
                 return chunk
-        return None
+    return None
+
+
+@contextmanager
+def _dropped_after_the_end(state: StreamState):
+    """A connection lost after the finish_reason (before [DONE], or the usage chunk) lost nothing that
+    was generated: the stream ends as at a missing [DONE] (StreamState.feed_eof), not as a cut one."""
+    try:
+        yield
+    except httpx.TransportError:
+        if state.finish_reason is None:
+            raise
+        state.done = True
