@@ -454,3 +454,36 @@ def test_batch_names_the_input_argument_it_cannot_read(tmp_path, monkeypatch, ca
     code, captured = _run_cli([tmp_path, out], _completion, monkeypatch, capsys)
     assert code == 1 and captured.err == f"batching-lab batch: input: {tmp_path} is a folder; give the JSONL file of requests\n"
     assert not out.exists()
+
+
+def test_run_sync_in_a_running_loop_cancels_on_a_ctrl_c_as_the_helper_starts(monkeypatch):
+    # the task was made on the helper thread: a Ctrl-C that landed just after start() found none to
+    # cancel, and the batch ran on unseen, writing records after the caller had seen KeyboardInterrupt
+    import asyncio
+    import threading
+    import time
+
+    from lab.client._aio import run_sync
+
+    ran = []
+
+    async def work():
+        await asyncio.sleep(0.3)
+        ran.append("finished")
+
+    start = threading.Thread.start
+
+    def start_then_ctrl_c(self):
+        start(self)
+        if self.name == "lab-client-run-sync":
+            raise KeyboardInterrupt  # where a Ctrl-C could land
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+
+    async def in_a_notebook():  # Jupyter's loop is running: run_sync takes the helper thread
+        with pytest.raises(KeyboardInterrupt):
+            run_sync(work)
+
+    asyncio.run(in_a_notebook())
+    time.sleep(0.5)
+    assert ran == [] and not [t for t in threading.enumerate() if t.name == "lab-client-run-sync"]

@@ -17,13 +17,15 @@ def run_sync(make_coro):
     except RuntimeError:
         return asyncio.run(make_coro())
     loop = asyncio.new_event_loop()
+    # created here, before the thread: a Ctrl-C at any moment finds a task to cancel (made on the
+    # thread, a Ctrl-C just after start() cancelled nothing and the batch ran on unseen)
+    task = loop.create_task(make_coro())
     box: dict = {}
 
     def target():
         asyncio.set_event_loop(loop)
         try:
-            box["task"] = loop.create_task(make_coro())
-            box["result"] = loop.run_until_complete(box["task"])
+            box["result"] = loop.run_until_complete(task)
         except BaseException as e:  # handed to the caller's thread below
             box["error"] = e
         finally:
@@ -31,14 +33,17 @@ def run_sync(make_coro):
             loop.close()
 
     thread = threading.Thread(target=target, name="lab-client-run-sync", daemon=True)
-    thread.start()
     try:
+        thread.start()
         while thread.is_alive():
             thread.join(0.2)  # wake up regularly so a notebook interrupt reaches us
     except KeyboardInterrupt:
-        if "task" in box and not loop.is_closed():
-            loop.call_soon_threadsafe(box["task"].cancel)
-        thread.join()
+        try:
+            loop.call_soon_threadsafe(task.cancel)  # runs as soon as the loop does, if it has not yet
+        except RuntimeError:  # the loop is closed: the run had already ended
+            pass
+        if thread.ident is not None:
+            thread.join()
         raise
     if "error" in box:
         raise box["error"]
