@@ -46,8 +46,9 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/engine.py
 
-# on a machine with an NVIDIA GPU: the CUDA parity test, then the engine benchmark on a
-# Qwen2.5-0.5B-shaped random model in bfloat16 (record the result in docs/benchmarks.md)
+# on a machine with an NVIDIA GPU: the CUDA tests, then the engine benchmark and the decode-step
+# timings on a Qwen2.5-0.5B-shaped random model in bfloat16 (engine_cuda.json, engine_steps_cuda.json;
+# record the results in docs/benchmarks.md)
 gpu-check: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_engine.py -k cuda -rs
 	$(BIN)/python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --out bench/results/engine_cuda.json

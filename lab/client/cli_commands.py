@@ -43,7 +43,7 @@ def _add_connection_args(parser: argparse.ArgumentParser, model_help: str, retri
                         help="a preset base URL and API-key environment variable (default: local, "
                         "unless --base-url is given: then none)")
     parser.add_argument("--api-key", help="the API key (default: the provider's environment variable, which "
-                        "is better: shell history keeps this; a --base-url with no --provider has none)")
+                        "is better: shell history keeps this; a --base-url of no known provider has none)")
     parser.add_argument("--model", help=model_help)
     parser.add_argument("--max-retries", type=number_arg(0, low_ok=True, integer=True), default=None,
                         help=retries_help)
