@@ -3,6 +3,7 @@ workload replay, streaming, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -322,6 +323,26 @@ def test_import_lab_is_light_and_reexports_lazily():
             "from lab.server import serve; assert 'torch' in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_lazy_names_are_not_shadowed_by_submodules():
+    # lab.server re-exported serve() while lab/server/serve.py existed: once that module was imported
+    # (by start_server, by the CLI), `from lab.server import serve` gave the module, not the function
+    import importlib
+    import pkgutil
+
+    for package in ("lab", "lab.engine", "lab.server"):
+        module = importlib.import_module(package)
+        submodules = {m.name for m in pkgutil.iter_modules(module.__path__)}
+        assert not submodules & set(module._LAZY), package
+        for name in module._LAZY:
+            importlib.import_module(module._LAZY[name])  # every source module loaded, then the names
+        assert all(not inspect.ismodule(getattr(module, name)) for name in module._LAZY), package
+    import lab.engine
+
+    assert lab.engine.llm.LLM is lab.engine.LLM  # submodules are still reachable as attributes
+    with pytest.raises(AttributeError, match="module 'lab.engine' has no attribute 'nope'"):
+        lab.engine.nope  # noqa: B018
 
 
 def test_stream_events_rebuild_generate_output(tiny_llama):

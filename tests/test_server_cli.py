@@ -145,8 +145,7 @@ def test_an_empty_api_key_is_refused_not_an_open_server(monkeypatch, capsys, arg
     def must_not_start(*args, **kwargs):  # the bug itself: it would serve, open, until SIGTERM
         raise AssertionError("an open server was started")
 
-    # the module, not lab.server.serve, which is its serve() function re-exported
-    serve_module = importlib.import_module("lab.server.serve")
+    serve_module = importlib.import_module("lab.server.background")
     monkeypatch.setattr(serve_module, "start_server", must_not_start)
     monkeypatch.setattr(serve_module, "serve", must_not_start)
     assert main(["serve", *argv]) == 2  # refused before the model loads

@@ -9,7 +9,7 @@ from lab._lazy import lazy_exports
 # for its options and must not load torch and the engine with them
 _LAZY = {
     "ServerConfig": "lab.server.config", "FaultConfig": "lab.server.faults",
-    "Server": "lab.server.serve", "serve": "lab.server.serve", "start_server": "lab.server.serve",
+    "Server": "lab.server.background", "serve": "lab.server.background", "start_server": "lab.server.background",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 

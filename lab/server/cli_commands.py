@@ -163,7 +163,7 @@ def _flag_names(message: str) -> str:
 def serve_main(args) -> int:
     import logging
 
-    from lab.server.serve import start_server
+    from lab.server.background import start_server
 
     keys = api_keys(args)
     faults = _faults(args)
