@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        code = int(args.run(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a buffered stdout meets a closed pipe only when flushed
+        return code
     except BrokenPipeError:  # `| head` closed stdout: what the reader wanted was printed, files were written
-        # point stdout at devnull so the interpreter's own flush at exit does not fail a second time
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return 141  # as a shell reports a process ended by SIGPIPE
     except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the run was
         if os.environ.get("BATCHING_LAB_DEBUG"):
@@ -125,6 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"batching-lab {args.command}: {e}", file=sys.stderr)
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so the interpreter's own flush at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (pytest's capture, a notebook)
+        pass
 
 
 if __name__ == "__main__":

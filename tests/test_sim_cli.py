@@ -4,6 +4,7 @@ import argparse
 import importlib
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -260,7 +261,9 @@ def test_a_closed_pipe_keeps_the_result_json(tmp_path, monkeypatch):
 def test_a_closed_pipe_ends_the_command_quietly():
     # it printed "batching-lab simulate: [Errno 32] Broken pipe" and exited 1, as if the run had failed
     cmd = [sys.executable, "-m", "lab.cli", "simulate", "--num-prompts", "4", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # buffered stdout, as on most machines: the write then fails at the flush, not at the print
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and not err, err
