@@ -124,6 +124,23 @@ def test_a_connection_lost_after_the_finish_reason_lost_nothing(drop):
         collect(client_for(handler).completions.create(model="m", prompt="p", stream=True))
 
 
+def test_with_n_2_a_drop_before_the_second_choice_ends_is_a_cut_stream():
+    # the first choice's finish_reason made the whole stream look complete
+    def two(i, text, finish=None):
+        body = {"id": "s1", "object": "text_completion", "model": "m",
+                "choices": [{"index": i, "text": text, "finish_reason": finish}]}
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+    for end in (httpx.ReadError("reset"), None):  # a drop, or a clean end with no [DONE]
+        handler, _ = stream_handler([two(0, "a"), two(1, "b"), two(0, "c", "stop"), two(1, "d")]
+                                    + ([end] if end else []))
+        with pytest.raises(StreamInterruptedError):
+            collect(client_for(handler).completions.create(model="m", prompt="p", stream=True, n=2))
+    # both ended, then a repeat of an ended choice (as some providers send with the usage): complete
+    handler, _ = stream_handler([two(0, "a", "stop"), two(1, "b", "length"), two(0, ""), httpx.ReadError("reset")])
+    assert collect(client_for(handler).completions.create(model="m", prompt="p", stream=True, n=2)) == ["a", "b", ""]
+
+
 def test_missing_done_and_no_finish_reason_is_a_cut_stream():
     handler, calls = stream_handler([chunk("a"), chunk("b")])
     stream = client_for(handler).completions.create(model="m", prompt="p", stream=True)
@@ -651,3 +668,27 @@ def test_sse_retry_field_takes_ascii_digits_only():
     # "²".isdigit() is True but int("²") raises: the ValueError escaped the stream, which stayed open
     events = list(iter_events(["retry: ²", "data: a", "", "retry: 30", "data: b", ""]))
     assert [(e.data, e.retry) for e in events] == [("a", None), ("b", 30)]
+
+
+# httpcore's own read coroutine, closed with no loop, reports itself as unraisable: not ours to mend
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_async_stream_whose_consumer_is_closed_outside_a_loop_gives_back_its_slot(raw_server):
+    # a task dropped with its loop: coro.close() throws GeneratorExit into the waiting read, and
+    # awaiting the connection's close there, with no loop running, raised instead of ending quietly
+    import asyncio
+
+    url = raw_server([(0.0, SSE_HEAD + http_chunk(chunk("a"))), (30.0, b"")])
+    client = AsyncClient(base_url=url, api_key=KEY, retry=NO_WAIT, max_concurrency=1, stream_idle_timeout=None)
+
+    async def consume():
+        async for _ in await client.completions.create(model="m", prompt="p", stream=True):
+            pass
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(consume())
+    loop.run_until_complete(asyncio.sleep(0.5))  # the stream waits for its second chunk
+    coro = task.get_coro()
+    del task
+    coro.close()  # raised AsyncLibraryNotFoundError
+    assert client._limiter._slots._value == 1  # the slot came back
+    loop.close()

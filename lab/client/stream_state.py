@@ -23,8 +23,8 @@ class StreamState:
     """Everything a stream learned so far. Times are `time.perf_counter()` values."""
 
     __slots__ = ("decoder", "idle_timeout", "last_event_t", "done", "chunks", "text_parts", "usage",
-                 "finish_reason", "model", "first_chunk_t", "token_times", "request_id", "waiting",
-                 "idle_expired")
+                 "finish_reason", "unfinished", "ended", "model", "first_chunk_t", "token_times", "request_id",
+                 "waiting", "idle_expired")
 
     def __init__(self, idle_timeout: float | None, now: float, request_id: str | None = None):
         self.decoder = SSEDecoder()
@@ -35,6 +35,8 @@ class StreamState:
         self.text_parts: list[str] = []
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
+        self.unfinished: set[int] = set()  # choices seen without their finish_reason yet (n > 1)
+        self.ended: set[int] = set()  # choices that had theirs
         self.model = ""
         self.first_chunk_t: float | None = None
         self.token_times: list[float] = []  # when each chunk with text arrived (ITL)
@@ -45,6 +47,11 @@ class StreamState:
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
+
+    @property
+    def finished(self) -> bool:
+        """Every choice seen has its finish_reason: what is still to come (usage, [DONE]) is no generation."""
+        return self.finish_reason is not None and not self.unfinished
 
     @property
     def generating(self) -> bool:
@@ -70,9 +77,9 @@ class StreamState:
     def feed_eof(self, now: float) -> Chunk | None:
         event = self.decoder.flush()
         chunk = None if event is None else self._on_event(event.event, event.data, now)
-        if not self.done and self.finish_reason is None:
+        if not self.done and not self.finished:
             raise APIConnectionError("stream ended without [DONE] and without a finish_reason: it was cut")
-        self.done = True  # a missing [DONE] after a finish_reason is tolerated: nothing was lost
+        self.done = True  # a missing [DONE] after every finish_reason is tolerated: nothing was lost
         return chunk
 
     def _on_event(self, name: str, data: str, now: float) -> Chunk | None:
@@ -102,6 +109,10 @@ class StreamState:
         for choice in chunk.choices:
             if choice.finish_reason:
                 self.finish_reason = choice.finish_reason
+                self.ended.add(choice.index)
+                self.unfinished.discard(choice.index)
+            elif choice.index not in self.ended:  # some providers repeat an ended choice, empty, with the usage
+                self.unfinished.add(choice.index)
         if chunk.usage is not None:
             self.usage = chunk.usage
         return chunk

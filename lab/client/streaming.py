@@ -151,6 +151,9 @@ class AsyncStream(_StreamBase):
         except (APIError, httpx.HTTPError) as exc:
             await self.aclose()
             raise self._fail(exc) from exc
+        except GeneratorExit:  # the consumer coroutine closed outside any loop: nothing to await
+            self._finish()
+            raise
         except BaseException:  # cancelled: a cancelled task kept in a list (asyncio.wait, gather's
             await self.aclose()  # results) holds this stream, and with it a slot the next request waits for
             raise
@@ -225,6 +228,6 @@ def _dropped_after_the_end(state: StreamState):
     try:
         yield
     except httpx.TransportError:
-        if state.finish_reason is None:
+        if not state.finished:
             raise
         state.done = True
