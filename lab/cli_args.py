@@ -42,6 +42,7 @@ def number_arg(low: float = 0.0, *, low_ok: bool = False, high: float = math.inf
 
 
 seed_arg = number_arg(0, low_ok=True, high=SEED_MAX, high_ok=True, integer=True)
+positive_int_arg = number_arg(1, low_ok=True, integer=True)  # counts: requests, blocks, threads
 
 
 def check_output_path(option: str, path: str | os.PathLike | None, *, create_parent: bool = False) -> None:
@@ -65,14 +66,3 @@ def check_output_path(option: str, path: str | os.PathLike | None, *, create_par
     elif not parent.is_dir():
         raise FileNotFoundError(f"{option}: the folder {str(parent)!r} does not exist; create it first "
                                 f"or write somewhere else")
-
-
-def positive_int_arg(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse then names the option in its usage error, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value

@@ -199,11 +199,10 @@ class Result:
             row.update(ttft_s=r.ttft_s, tpot_s=r.tpot_s, e2e_s=r.e2e_s, queue_s=r.queue_s)
             rows.append(row)
         # an all-None column would be dtype object (no .mean(), no plot); no rows, no columns at all
-        df = pd.DataFrame(rows, columns=_FRAME_COLUMNS)
-        # text columns as object (str or None): pandas 3 would infer str for some rows and object for
-        # others (no rows, or all None), so concatenated frames of two runs would change dtype
-        return df.astype({c: float for c in _FRAME_TIMES} | {c: "int64" for c in _FRAME_COUNTS}
-                         | {c: object for c in _FRAME_COLUMNS if c not in _FRAME_TIMES + _FRAME_COUNTS})
+        # built as object, text columns stay so (str or None): pandas 3 inferred str for some rows and
+        # object for others (no rows, or all None), with NaN or None for a missing value
+        df = pd.DataFrame(rows, columns=_FRAME_COLUMNS, dtype=object)
+        return df.astype({c: float for c in _FRAME_TIMES} | {c: "int64" for c in _FRAME_COUNTS})
 
     def steps_frame(self):
         """One row per step; the same columns with no steps (an HTTP run) as with some."""

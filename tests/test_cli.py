@@ -328,12 +328,15 @@ def test_bench_that_reaches_the_server_still_prints_its_table(monkeypatch, capsy
     assert "Failed requests:" in captured.out and "error: InternalServerError: HTTP 500: down" in captured.err
 
 
-def test_bench_refused_for_its_key_ends_in_one_line(monkeypatch, capsys):
+def test_bench_refused_for_its_key_ends_in_one_line(monkeypatch, capsys, tmp_path):
     # a wrong key printed a table of NaN and the same 401 as an error line: one line says it all
     import httpx
 
     _mock_client(monkeypatch, lambda request: httpx.Response(401, json={"error": {"message": "Incorrect API key"}}))
-    assert main(["bench", "--base-url", "http://h/v1", "--model", "m", "--num-prompts", "3", "--no-progress"]) == 1
+    out = tmp_path / "b.json"
+    assert main(["bench", "--base-url", "http://h/v1", "--model", "m", "--num-prompts", "3", "--no-progress",
+                 "--result-json", str(out)]) == 1
+    assert json.loads(out.read_text())["summary"]["failed"] == 3  # the file still says how the run went
     captured = capsys.readouterr()
     assert "Failed requests:" not in captured.out
     assert captured.err.strip() == ("batching-lab bench: AuthenticationError: HTTP 401: Incorrect API key "

@@ -461,7 +461,6 @@ def test_run_sync_in_a_running_loop_cancels_on_a_ctrl_c_as_the_helper_starts(mon
     # cancel, and the batch ran on unseen, writing records after the caller had seen KeyboardInterrupt
     import asyncio
     import threading
-    import time
 
     from lab.client._aio import run_sync
 
@@ -484,6 +483,5 @@ def test_run_sync_in_a_running_loop_cancels_on_a_ctrl_c_as_the_helper_starts(mon
         with pytest.raises(KeyboardInterrupt):
             run_sync(work)
 
-    asyncio.run(in_a_notebook())
-    time.sleep(0.5)
+    asyncio.run(in_a_notebook())  # run_sync joined its thread before raising
     assert ran == [] and not [t for t in threading.enumerate() if t.name == "lab-client-run-sync"]

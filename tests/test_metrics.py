@@ -119,6 +119,8 @@ def test_frame_columns_and_dtypes_do_not_depend_on_the_rows(result):
         # text columns too: pandas 3 infers str when a column has a string, object when it has none
         assert df.dtypes.to_dict() == full.dtypes.to_dict(), df.dtypes
         assert all(df[c].dtype == object for c in ("request_id", "status", "finish_reason", "error"))
+    # a missing text is None whether or not other rows have one (it was NaN beside a string)
+    assert list(result.to_frame().error) == [None, None, None, "boom"]
     assert math.isnan(Result([RequestMetrics("x", 0.0, status="error")]).to_frame().ttft_s.mean())
 
 

@@ -46,7 +46,8 @@ def test_fault_options(capsys):
     assert "argument --fault: unsupported status 418; allowed: 401, 429, 500, 503, 504" in \
         _parse_error(capsys, "--fault", "418=0.5")
     assert "argument --fault: expected STATUS=PROBABILITY" in _parse_error(capsys, "--fault", "429=often")
-    assert "argument --fault: a probability must be in [0, 1], got 2" in _parse_error(capsys, "--fault", "429=2")
+    assert "argument --fault: 429: the probability must be a number >= 0 and <= 1, got '2'" in _parse_error(
+        capsys, "--fault", "429=2")
     with pytest.raises(ValueError, match="^--fault: the probabilities sum to 1.2, more than 1"):
         _faults(_parse("--fault", "429=0.6", "--fault", "503=0.6"))
     # before: refused as "the probabilities sum to 1, more than 1" (0.34 + 0.56 + 0.1 is 1.0000000000000002
@@ -114,6 +115,7 @@ def test_help_shows_every_default():
 
 def test_api_keys_from_flags_and_environment():
     args = _parse("--api-key", "sk-flag")
+    assert api_keys(args, {KEYS_ENV: ""}) == ["sk-flag"]  # a blank variable beside a flag's key opens nothing
     assert KEYS_ENV == "BATCHING_LAB_API_KEY"  # the variable the client's provider="local" reads
     assert api_keys(args, {KEYS_ENV: "sk-env"}) == ["sk-flag", "sk-env"]
     assert api_keys(args, {KEYS_ENV: " sk-a, sk-b,,sk-flag "}) == ["sk-flag", "sk-a", "sk-b"]
@@ -130,7 +132,6 @@ def test_api_keys_from_flags_and_environment():
     (["--api-key", "sk-a", "--api-key", ""], None, "--api-key: an empty key"),
     ([], " , ", f"{KEYS_ENV}: set, but holds no key"),
     ([], "", f"{KEYS_ENV}: set, but holds no key"),
-    (["--api-key", "sk-a"], "", f"{KEYS_ENV}: set, but holds no key"),
 ])
 def test_an_empty_api_key_is_refused_not_an_open_server(monkeypatch, capsys, argv, env, expected):
     # before: blanks were dropped, and the server started open to anyone, with only a log line to say so
@@ -242,3 +243,11 @@ def test_serve_command_serves_until_sigterm():
             proc.wait(timeout=30)
         reader.join(10)  # the pipe is at EOF once the process is gone
         proc.stdout.close()
+
+
+def test_flag_names_rename_field_names_not_paths():
+    from lab.server.cli_commands import _flag_names
+
+    assert _flag_names("max_num_batched_tokens (2048) must be >= max_num_seqs (5000)") == (
+        "--max-num-batched-tokens (2048) must be >= --max-num-seqs (5000)")
+    assert _flag_names("model: /data/max_model_len-4k is not a folder") == "--model: /data/max_model_len-4k is not a folder"

@@ -92,7 +92,8 @@ def test_generated_workload_static_on_l4(capsys):
         (("--model", "llama-3.1-8b", "--max-model-len", "10000000"),
          r"^--max-model-len: llama-3.1-8b's context is 131072 tokens, got 10000000"),
         (("--model", "qwen2.5-0.5b", "--input-len", "40000"),
-         r"^--input-len: prompts of up to 40000 tokens leave no room to generate within qwen2.5-0.5b's context of 32768"),
+         r"^--input-len: every prompt \(40000 tokens or more\) leaves no room to generate within qwen2.5-0.5b's "
+         r"context of 32768"),
     ]
 )
 def test_bad_options(argv, match):
@@ -241,6 +242,16 @@ def test_outputs_cut_by_the_context_are_reported(capsys):
     captured = capsys.readouterr()
     assert re.search(r"Total generated tokens:\s+3144\n", captured.out)
     assert "note: 3 requests stopped at the model's context (2048 tokens, --max-model-len)" in captured.err
+
+
+def test_prompts_of_which_some_fill_the_context_run_and_say_why_those_failed(capsys):
+    # --range-ratio spreads the prompts: refusing the whole run for its longest ones was a false alarm
+    argv = ["--model", "qwen2.5-0.5b", "--max-model-len", "1400", "--input-len", "1000", "--range-ratio", "0.5",
+            "--output-len", "16", "--num-prompts", "30", "--no-progress"]
+    assert simulate_main(_args(*argv)) == 1
+    captured = capsys.readouterr()
+    failed = int(re.search(r"Failed requests:\s+(\d+)", captured.out)[1])
+    assert 0 < failed < 30 and "leaves no room to generate" in captured.err
 
 
 def test_a_closed_pipe_keeps_the_result_json(tmp_path, monkeypatch):

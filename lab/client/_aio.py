@@ -17,14 +17,15 @@ def run_sync(make_coro):
     except RuntimeError:
         return asyncio.run(make_coro())
     loop = asyncio.new_event_loop()
-    # created here, before the thread: a Ctrl-C at any moment finds a task to cancel (made on the
-    # thread, a Ctrl-C just after start() cancelled nothing and the batch ran on unseen)
-    task = loop.create_task(make_coro())
     box: dict = {}
+    cancel = threading.Event()  # a Ctrl-C before the task exists: the thread cancels it as it makes it
 
     def target():
         asyncio.set_event_loop(loop)
         try:
+            box["task"] = task = loop.create_task(make_coro())
+            if cancel.is_set():
+                task.cancel()
             box["result"] = loop.run_until_complete(task)
         except BaseException as e:  # handed to the caller's thread below
             box["error"] = e
@@ -38,12 +39,18 @@ def run_sync(make_coro):
         while thread.is_alive():
             thread.join(0.2)  # wake up regularly so a notebook interrupt reaches us
     except KeyboardInterrupt:
+        # set first, then look: the thread makes the task, then looks; whichever comes second cancels it
+        # (a Ctrl-C just after start() found no task, and the batch ran on unseen)
+        cancel.set()
+        if "task" in box:
+            try:
+                loop.call_soon_threadsafe(box["task"].cancel)
+            except RuntimeError:  # the loop is closed: the run had already ended
+                pass
         try:
-            loop.call_soon_threadsafe(task.cancel)  # runs as soon as the loop does, if it has not yet
-        except RuntimeError:  # the loop is closed: the run had already ended
-            pass
-        if thread.ident is not None:
             thread.join()
+        except RuntimeError:  # start() itself was interrupted before the thread began
+            pass
         raise
     if "error" in box:
         raise box["error"]

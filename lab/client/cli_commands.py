@@ -154,17 +154,18 @@ def bench_main(args) -> int:
                                   max_retries=args.max_retries or 0, progress=not args.no_progress)
         except ValueError as e:  # "/models lists no model; pass model=...": here it is --model
             raise _as_flags(e) from None
-    unanswered = _no_answer(result)
-    if unanswered is not None:  # a table of nan says less than the reason
-        raise unanswered
     summary = result.summary()
     # the file before the printing: `bench ... | head -1` closes stdout early, and the print that
-    # failed on the broken pipe ended the command before the file was written
+    # failed on the broken pipe ended the command before the file was written; also for a run that
+    # ends below in one line, which a script reading the file must see failed
     if args.result_json is not None:
         with open(args.result_json, "w", encoding="utf-8") as f:
             # json_ready: None for the NaN of a metric with nothing to average, which plain json.dump
             # writes as a bare NaN that strict parsers (jq, JavaScript) refuse
             json.dump(json_ready({"summary": summary, "label": result.label}), f, indent=2)
+    unanswered = _no_answer(result)
+    if unanswered is not None:  # a table of nan says less than the reason
+        raise unanswered
     print(format_summary(summary))
     errors = sorted({r.error for r in result.requests if r.error})
     for err in errors[:5]:

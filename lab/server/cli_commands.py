@@ -21,12 +21,6 @@ KEYS_ENV = PROVIDERS["local"].env_var
 OLD_KEYS_ENV = "LAB_API_KEYS"  # its name before; still set, it would leave a server silently open
 
 
-def _unit(p: float) -> float:
-    if not 0.0 <= p <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability must be in [0, 1], got {p:g}")
-    return p
-
-
 # argparse types: a bad value exits 2 with "argument --flag: must be ..., got 'x'" before the model loads
 _probability = number_arg(0, low_ok=True, high=1, high_ok=True)
 _seconds = number_arg(0, low_ok=True)  # finite: an infinite latency or stall would hang every answer
@@ -37,12 +31,15 @@ _port = number_arg(0, low_ok=True, high=65535, high_ok=True, integer=True)
 def _status_rate(text: str) -> tuple[int, float]:
     status, _, p = text.partition("=")
     try:
-        status_code, rate = int(status), float(p)  # no "=": float("") fails too
+        status_code, _ = int(status), float(p)  # no "=": float("") fails too
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected STATUS=PROBABILITY such as 429=0.1, got {text!r}") from None
     if status_code not in STATUSES:
         raise argparse.ArgumentTypeError(f"unsupported status {status_code}; allowed: {', '.join(map(str, STATUSES))}")
-    return status_code, _unit(rate)
+    try:
+        return status_code, _probability(p)
+    except argparse.ArgumentTypeError as e:  # "must be a number >= 0 and <= 1, got '1.5'", for that status
+        raise argparse.ArgumentTypeError(f"{status_code}: the probability {e}") from None
 
 
 SERVE_EXAMPLES = f"""examples:
@@ -135,7 +132,8 @@ def api_keys(args, environ=os.environ) -> list[str]:
         raise ValueError("--api-key: an empty key (an unset shell variable?); give a key, or leave "
                          "--api-key out for an open server")
     from_env = environ.get(KEYS_ENV)
-    if from_env is not None and not split_keys(from_env):
+    # a blank variable beside a key given as a flag leaves no server open: only alone is it refused
+    if from_env is not None and not split_keys(from_env) and not args.api_key:
         raise ValueError(f"{KEYS_ENV}: set, but holds no key; give a key, or unset {KEYS_ENV} for an "
                          f"open server")
     return split_keys(",".join([*args.api_key, from_env or ""]))
@@ -149,7 +147,8 @@ _FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num
           "max_queued_requests": "--max-queued-requests", "served_model_name": "--served-model-name",
           "requests_per_minute": "--rpm", "tokens_per_minute": "--tpm"}
 _LEADING = {"model": "--model", "device": "--device", "dtype": "--dtype", "host": "--host", "port": "--port"}
-_NAMES = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b")
+# a name, not part of a path or another word: "/data/max_model_len-4k" is a folder, left as it is
+_NAMES = re.compile(r"(?<![\w/.-])(" + "|".join(_FLAGS) + r")(?![\w/.-])")
 _LEADING_NAME = re.compile(r"^(" + "|".join(_LEADING) + r"):")
 
 

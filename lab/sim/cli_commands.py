@@ -257,10 +257,10 @@ def simulate_main(args) -> int:
     except ValueError as e:  # the library names its argument; on the command line the flag is what to fix
         message = str(e).replace("tensor_parallel:", "--tensor-parallel:", 1)
         raise ValueError(message.replace("ModelShape.heads:", "--heads:", 1)) from None
-    longest = max((spec.prompt_len for spec in workload), default=0)
-    if not args.trace and longest >= model.max_model_len:  # every such request would fail, after the run
-        raise ValueError(f"--input-len: prompts of up to {longest} tokens leave no room to generate within "
-                         f"{model.model.name}'s context of {model.max_model_len} tokens (--max-model-len)")
+    shortest = min((spec.prompt_len for spec in workload), default=0)
+    if not args.trace and shortest >= model.max_model_len:  # every request would fail, after the run
+        raise ValueError(f"--input-len: every prompt ({shortest} tokens or more) leaves no room to generate "
+                         f"within {model.model.name}'s context of {model.max_model_len} tokens (--max-model-len)")
     num_blocks = args.num_blocks
     if num_blocks is None:
         utilization = 0.9 if args.gpu_memory_utilization is None else args.gpu_memory_utilization
