@@ -111,6 +111,18 @@ def test_seeded_sampling_repeats_regardless_of_batch(tiny_llama):
     assert make_llm(tiny_llama).generate([[3, 4, 5]], other_seed, use_tqdm=False)[0].token_ids != alone
 
 
+def test_seeds_that_differ_above_32_bits_sample_differently(tiny_llama):
+    # torch's CPU generator keeps a seed's low 32 bits: 1 and 1 + 2**32, -1 and 2**32 - 1 drew the same tokens
+    llm = make_llm(tiny_llama)
+
+    def tokens(seed):
+        params = SamplingParams(max_tokens=16, temperature=1.0, seed=seed, ignore_eos=True)
+        return tuple(llm.generate([[3, 4, 5]], params, use_tqdm=False)[0].token_ids)
+
+    assert tokens(1) != tokens(1 + 2**32) and tokens(-1) != tokens(2**32 - 1) != tokens(2**63 - 1)
+    assert tokens(1 + 2**32) == tokens(1 + 2**32)  # still repeatable
+
+
 def test_top_k_one_is_greedy(tiny_llama):
     llm = make_llm(tiny_llama)
     greedy = llm.generate([[1, 2, 3]], GREEDY, use_tqdm=False)[0].token_ids
@@ -522,6 +534,8 @@ def test_unsupported_device_rejected(tiny_llama, device):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(stop=5), "stop: must be a string or a list of strings, got 5"),
     (dict(stop=["ok", 3]), "stop: must be a string or a list of strings"),
+    (dict(stop=""), "stop: must not contain an empty string"),  # was dropped unseen (vLLM refuses it too)
+    (dict(stop=["ok", ""]), "stop: must not contain an empty string"),
     (dict(temperature="hot"), "temperature: must be a finite number >= 0 (0: greedy), got 'hot'"),
     (dict(temperature=float("nan")), "temperature: must be a finite number >= 0"),
     (dict(temperature=-1), "temperature: must be a finite number >= 0"),
@@ -544,7 +558,7 @@ def test_sampling_params_types_rejected(kwargs, message):
 def test_sampling_params_accepts_what_it_should():
     p = SamplingParams(temperature=1, top_p=1, top_k=-1, stop="\n\n", stop_token_ids=(3,), seed=2)
     assert (p.stop, p.stop_token_ids, p.top_k, p.greedy) == (["\n\n"], [3], 0, False)
-    assert SamplingParams(temperature=0, stop=["", "x"]).stop == ["x"] and SamplingParams(temperature=0).greedy
+    assert SamplingParams(temperature=0, stop=("x",)).stop == ["x"] and SamplingParams(temperature=0).greedy
 
 
 def test_unexpected_checkpoint_tensor_rejected_and_named(tiny_models, tmp_path):

@@ -68,6 +68,7 @@ BAD = [
     ("completion", {**COMP, "prompt": {"text": "x"}}, "prompt"),
     ("completion", {**COMP, "n": 3}, "n"),
     ("completion", {**COMP, "stop": 5}, "stop"),
+    ("completion", {**COMP, "stop": ""}, "stop"),  # was dropped: the request ran on as if sent no stop
     ("completion", {**COMP, "seed": 2**64}, "seed"),  # torch's overflow message, under `messages`, before
     # known OpenAI fields this server does not implement: refused by name, not ignored
     ("chat", {**CHAT, "logprobs": True, "top_logprobs": 3}, "logprobs"),

@@ -19,6 +19,7 @@ from lab.engine.block_manager import BlockManager
 from lab.engine.config import EngineConfig
 from lab.engine.model import ModelConfig
 from lab.engine.model_runner import ModelRunner, kv_bytes_per_block
+from lab.engine.sampler import seeded_generator
 from lab.engine.scheduler import Scheduler, admission_error
 from lab.engine.sequence import SamplingParams, Sequence, SequenceStatus
 from lab.engine.tokenizer import Tokenizer
@@ -119,7 +120,7 @@ class Engine:
         seq.detok_read = len(seq.detok_ids)
         if params.seed is not None:
             # on the model's device, so sampling never copies a row of probabilities to the host
-            seq.generator = torch.Generator(self.runner.device).manual_seed(params.seed)
+            seq.generator = seeded_generator(self.runner.device, params.seed)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
         return seq

@@ -10,7 +10,7 @@ import torch
 
 from lab.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan, build_decode_mask
 from lab.engine.model import ModelConfig
-from lab.engine.sampler import sample
+from lab.engine.sampler import sample, seeded_generator
 from lab.engine.scheduler import ScheduledBatch
 from lab.engine.sequence import Sequence
 
@@ -37,7 +37,7 @@ class ModelRunner:
         for layer in model.attention_layers:
             layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
-        self.generator = torch.Generator(device).manual_seed(seed)
+        self.generator = seeded_generator(device, seed)
 
     def _decode_groups(self, decodes: list[tuple[Sequence, int]]) -> list[DecodeGroup]:
         """(sequence, row) pairs -> attention groups, shortest contexts first (less padding)."""

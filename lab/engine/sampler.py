@@ -12,6 +12,19 @@ import torch
 from lab.engine.sequence import SamplingParams
 
 
+def seeded_generator(device, seed: int) -> torch.Generator:
+    """A generator for a 64-bit seed. torch's CPU generator keeps only a seed's low 32 bits (1 and
+    1 + 2**32, -1 and 2**32 - 1 drew the same tokens), so a seed outside [0, 2**32) is mixed down to 32
+    bits first (splitmix64's finaliser); seeds inside it are used as they are."""
+    if not 0 <= seed < 2**32:
+        mask = 2**64 - 1
+        z = (seed + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        seed = (z ^ (z >> 31)) & 0xFFFFFFFF
+    return torch.Generator(device).manual_seed(seed)
+
+
 def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask (to -inf) the tokens outside the top-k and outside the top-p nucleus, for one row."""
     if top_k and top_k < logits.shape[-1]:

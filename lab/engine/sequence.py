@@ -49,7 +49,9 @@ class SamplingParams:
         if self.stop is not None and (not isinstance(self.stop, (list, tuple))
                                       or not all(isinstance(s, str) for s in self.stop)):
             raise ValueError(f"stop: must be a string or a list of strings, got {self.stop!r}")
-        self.stop = [s for s in (self.stop or []) if s]
+        if any(not s for s in self.stop or []):  # as vLLM: "" would match everywhere, or be dropped unseen
+            raise ValueError("stop: must not contain an empty string")
+        self.stop = list(self.stop or [])
         if self.stop_token_ids is not None and (not isinstance(self.stop_token_ids, (list, tuple))
                                                 or not all(is_int(t) for t in self.stop_token_ids)):
             raise ValueError(f"stop_token_ids: must be a list of integers, got {self.stop_token_ids!r}")
