@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
 SEED_MAX = 2**63 - 1  # the engine's torch.Generator takes no more
@@ -66,3 +67,12 @@ def check_output_path(option: str, path: str | os.PathLike | None, *, create_par
     elif not parent.is_dir():
         raise FileNotFoundError(f"{option}: the folder {str(parent)!r} does not exist; create it first "
                                 f"or write somewhere else")
+
+
+def in_flag_terms(message: str, flags: dict[str, str]) -> str:
+    """`message` with each library parameter name in `flags` replaced by the flag a user typed, where it
+    stands as a name: "max_num_batched_tokens (2048) must be >= max_num_seqs (5000)" -> "--max-num-...";
+    inside a path or a longer word it stays ("/data/max_model_len-4k" is a folder)."""
+    names = "|".join(map(re.escape, sorted(flags, key=len, reverse=True)))
+    pattern = re.compile(rf"(?<![\w/.-])({names})(?![\w/-]|\.\w)")
+    return pattern.sub(lambda m: flags[m[1]], message)

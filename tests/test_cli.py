@@ -404,3 +404,13 @@ def test_demo_options_it_cannot_use_fail_before_the_run(argv, code, message, tmp
     assert main(["demo", *(a.format(d=tmp_path) for a in argv)]) == code
     err = capsys.readouterr().err
     assert err.startswith(message.format(d=tmp_path)) and len(err.strip().splitlines()) == 1
+
+
+def test_in_flag_terms_renames_names_not_paths_or_longer_words():
+    from lab.cli_args import in_flag_terms
+
+    flags = {"max_num_seqs": "--max-num-seqs", "block_size": "--block-size"}
+    assert in_flag_terms("max_num_seqs (5000) must be <= 2048; lower max_num_seqs.", flags) == (
+        "--max-num-seqs (5000) must be <= 2048; lower --max-num-seqs.")
+    assert in_flag_terms("block_size: 0 (a block_size_hint, /m/block_size-4, block_size.json)", flags) == (
+        "--block-size: 0 (a block_size_hint, /m/block_size-4, block_size.json)")

@@ -11,7 +11,7 @@ import re
 import signal
 import threading
 
-from lab.cli_args import number_arg, positive_int_arg
+from lab.cli_args import in_flag_terms, number_arg, positive_int_arg
 from lab.client.providers import PROVIDERS, split_keys
 from lab.server.faults import STATUSES
 
@@ -140,15 +140,13 @@ def api_keys(args, environ=os.environ) -> list[str]:
 
 
 # serve() and the configs behind it name their parameters in messages; the user typed flags.
-# Names with an underscore are renamed wherever they appear (EngineConfig's cross-field check names
-# two), single words only as the leading "name:" ("this model's context" must stay as it is).
+# Names with an underscore are renamed wherever they stand as names (EngineConfig's cross-field check
+# names two), single words only as the leading "name:" ("this model's context" must stay as it is).
 _FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num-batched-tokens",
           "num_blocks": "--num-blocks", "max_model_len": "--max-model-len",
           "max_queued_requests": "--max-queued-requests", "served_model_name": "--served-model-name",
           "requests_per_minute": "--rpm", "tokens_per_minute": "--tpm"}
 _LEADING = {"model": "--model", "device": "--device", "dtype": "--dtype", "host": "--host", "port": "--port"}
-# a name, not part of a path or another word: "/data/max_model_len-4k" is a folder, left as it is
-_NAMES = re.compile(r"(?<![\w/.-])(" + "|".join(_FLAGS) + r")(?![\w/.-])")
 _LEADING_NAME = re.compile(r"^(" + "|".join(_LEADING) + r"):")
 
 
@@ -156,7 +154,7 @@ def _flag_names(message: str) -> str:
     """'max_num_batched_tokens (2048) must be >= max_num_seqs (5000)' -> the same with the flags."""
     message = message.replace("or None for the model's own", "or leave --max-model-len out for the model's own")
     message = _LEADING_NAME.sub(lambda m: _LEADING[m[1]] + ":", message)
-    return _NAMES.sub(lambda m: _FLAGS[m[1]], message)
+    return in_flag_terms(message, _FLAGS)
 
 
 def serve_main(args) -> int:

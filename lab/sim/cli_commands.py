@@ -14,7 +14,7 @@ import time
 from collections import Counter
 
 from lab._checks import is_finite
-from lab.cli_args import check_output_path, number_arg, positive_int_arg, seed_arg
+from lab.cli_args import check_output_path, in_flag_terms, number_arg, positive_int_arg, seed_arg
 from lab.metrics import check_slos, format_summary, json_ready
 from lab.sim.cluster import ROUTERS
 from lab.sim.gpus import GPUS, MODELS, ModelShape, get_model
@@ -141,6 +141,12 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+# the library's parameter names, as the flags a user typed, for its messages (lab.cli_args.in_flag_terms)
+_FLAGS = {"tensor_parallel": "--tensor-parallel", "ModelShape.heads": "--heads",
+          "gpu_memory_utilization": "--gpu-memory-utilization", "block_size": "--block-size",
+          "start_s/end_s": "--trace-start/--trace-end"}
+
+
 def _source_options(args) -> dict:
     """The workload options with their defaults filled in; an option of the other source is an error."""
     mine, other = (TRACE_DEFAULTS, GENERATED_DEFAULTS) if args.trace else (GENERATED_DEFAULTS, TRACE_DEFAULTS)
@@ -164,7 +170,7 @@ def _workload(args):
             return azure_trace(args.trace, start_s=o["trace_start"], end_s=o["trace_end"],
                                rate_scale=o["rate_scale"], max_requests=o["max_requests"])
         except ValueError as e:  # named the function's parameters: "start_s/end_s: the window ... holds no requests"
-            raise ValueError(str(e).replace("start_s/end_s:", "--trace-start/--trace-end:", 1)) from None
+            raise ValueError(in_flag_terms(str(e), _FLAGS)) from None
     if not 0 <= o["range_ratio"] < 1:
         raise ValueError(f"--range-ratio: must be in [0, 1), got {o['range_ratio']}")
 
@@ -255,8 +261,7 @@ def simulate_main(args) -> int:
     try:
         model = RooflineStepModel(args.gpu, _model(args), tensor_parallel=args.tensor_parallel)
     except ValueError as e:  # the library names its argument; on the command line the flag is what to fix
-        message = str(e).replace("tensor_parallel:", "--tensor-parallel:", 1)
-        raise ValueError(message.replace("ModelShape.heads:", "--heads:", 1)) from None
+        raise ValueError(in_flag_terms(str(e), _FLAGS)) from None
     shortest = min((spec.prompt_len for spec in workload), default=0)
     if not args.trace and shortest >= model.max_model_len:  # every request would fail, after the run
         raise ValueError(f"--input-len: every prompt ({shortest} tokens or more) leaves no room to generate "
@@ -267,11 +272,7 @@ def simulate_main(args) -> int:
         try:
             num_blocks = model.kv_cache_blocks(args.block_size, utilization)
         except ValueError as e:  # the library names its parameters; the flags are what to change here
-            message = str(e)
-            for name, flag in (("gpu_memory_utilization:", "--gpu-memory-utilization:"),
-                               ("block_size:", "--block-size:"), ("(tensor_parallel)", "(--tensor-parallel)")):
-                message = message.replace(name, flag, 1)
-            raise ValueError(message) from None
+            raise ValueError(in_flag_terms(str(e), _FLAGS)) from None
     elif args.gpu_memory_utilization is not None:  # it only sizes the cache --num-blocks fixes: was ignored
         raise ValueError("--gpu-memory-utilization: sizes the KV cache from GPU memory, which --num-blocks "
                          "sets; drop one of them")
