@@ -73,6 +73,10 @@ BAD = [
     # known OpenAI fields this server does not implement: refused by name, not ignored
     ("chat", {**CHAT, "logprobs": True, "top_logprobs": 3}, "logprobs"),
     ("chat", {**CHAT, "presence_penalty": 2}, "presence_penalty"),
+    # vLLM's tokenizer options were ignored: special tokens left out, a BOS added, whatever was asked
+    ("completion", {**COMP, "skip_special_tokens": False}, "skip_special_tokens"),
+    ("completion", {**COMP, "add_special_tokens": False}, "add_special_tokens"),
+    ("chat", {**CHAT, "add_special_tokens": True}, "add_special_tokens"),
     ("chat", {**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
     ("completion", {**COMP, "echo": True}, "echo"),
     ("completion", {**COMP, "best_of": 3}, "best_of"),

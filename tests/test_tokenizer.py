@@ -130,7 +130,7 @@ def test_bad_template_is_a_clear_error():
         render_chat("{{ raise_exception('only user') }}", MESSAGES)
 
 
-def _byte_level_bpe() -> Tokenizer:
+def _byte_level_bpe(vocab_size: int = 300) -> Tokenizer:
     """A byte-level BPE (GPT-2 / Qwen style) trained here: characters outside ASCII span several tokens."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -138,9 +138,23 @@ def _byte_level_bpe() -> Tokenizer:
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(["the cat sat on the mat", "café au lait", "a b c d e"], trainer)
     return Tokenizer(hf)
+
+
+def test_a_byte_level_vocabulary_without_merges_is_not_a_character_vocabulary():
+    # its 256 one-character tokens stand for bytes ("Ġ" is a space): held to them as an alphabet, a
+    # space or 中 was refused as "not in this model's vocabulary"
+    tok = _byte_level_bpe(vocab_size=256)
+    assert all(len(t) == 1 for t in tok.hf.get_vocab())  # no merges: it looks like a character vocabulary
+    assert tok.alphabet is None and tok.min_tokens("x" * 100) == 0
+    assert tok.decode(tok.encode("café 中 🐈")) == "café 中 🐈"
+    assert _char_tokenizer_alphabet() is not None  # a real character vocabulary still is one
+
+
+def _char_tokenizer_alphabet():
+    return Tokenizer(build_char_tokenizer("abc ")).alphabet
 
 
 @pytest.mark.parametrize("text", ["the cat sat on the mat", "naïve café, 東京 🐈 ok", "🐈🐈 é"])

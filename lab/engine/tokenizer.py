@@ -30,6 +30,15 @@ def build_char_tokenizer(chars: list[str] | str) -> HFTokenizer:
     return tok
 
 
+def _spell_themselves(hf: HFTokenizer, chars: set[str]) -> bool:
+    """Each one-character token decodes to its own character: a character vocabulary. A byte-level
+    BPE with no merges has one-character tokens too, but they stand for bytes ("Ġ" is a space), so it
+    can spell any text and must not be held to its symbols."""
+    vocab = hf.get_vocab()
+    ordered = sorted(chars)
+    return hf.decode_batch([[vocab[c]] for c in ordered]) == ordered
+
+
 class Tokenizer:
     def __init__(self, hf: HFTokenizer, eos_token_ids: tuple[int, ...] = (), chat_template: str | None = None,
                  special_tokens: dict[str, str] | None = None):
@@ -40,7 +49,8 @@ class Tokenizer:
         # a character vocabulary (special tokens such as an end marker aside) cannot spell an unseen
         # character, and tokenizers without an unk token drop it silently: name it instead
         chars = set(hf.get_vocab()) - set(self.special_tokens.values())
-        self.alphabet = frozenset(chars) if chars and all(len(t) == 1 for t in chars) else None
+        self.alphabet = frozenset(chars) if chars and all(len(t) == 1 for t in chars) and _spell_themselves(
+            hf, chars) else None
         # a character vocabulary spells at most this many characters with one token (1, or a special
         # token's length): what lets min_tokens bound a prompt's length without tokenizing it
         self._chars_per_token = (max(map(len, hf.get_vocab(with_added_tokens=True)))

@@ -5,7 +5,7 @@ built per token, so no model validation on the hot path).
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -35,6 +35,8 @@ NOT_IMPLEMENTED = {
     "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
     # a chat field; on /v1/completions it would be ignored and the answer run to the end of the context
     "max_completion_tokens": (None,),
+    # vLLM's tokenizer options: special tokens stay out of the text, as in vLLM's default
+    "skip_special_tokens": (None, True), "spaces_between_special_tokens": (None, True),
 }
 
 
@@ -68,10 +70,14 @@ class _Common(BaseModel):
             raise ValueError(f"only n=1 is supported, got {n}")
         return n
 
+    # fields whose neutral value depends on the endpoint (vLLM's add_special_tokens: a BOS for a raw
+    # prompt, none for a rendered chat template, which carries its own)
+    ENDPOINT_NEUTRAL: ClassVar[dict[str, tuple]] = {}
+
     def unsupported_field(self) -> str | None:
         """The first field set to something this server would otherwise ignore, or None."""
         for name, value in (self.model_extra or {}).items():
-            neutral = NOT_IMPLEMENTED.get(name)
+            neutral = NOT_IMPLEMENTED.get(name) or self.ENDPOINT_NEUTRAL.get(name)
             if neutral is not None and not any(_same(value, v) for v in neutral):
                 return name
         if self.stream_options is not None and not self.stream:
@@ -123,6 +129,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_Common):
+    ENDPOINT_NEUTRAL: ClassVar[dict[str, tuple]] = {"add_special_tokens": (None, False)}
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
 
@@ -131,6 +138,7 @@ class ChatCompletionRequest(_Common):
 
 
 class CompletionRequest(_Common):
+    ENDPOINT_NEUTRAL: ClassVar[dict[str, tuple]] = {"add_special_tokens": (None, True)}
     prompt: str | list[int]
     # OpenAI's and vLLM's default for the legacy endpoint; chat's is whatever the context leaves.
     # An explicit null still means the rest of the context, as in vLLM
