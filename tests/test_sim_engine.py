@@ -153,7 +153,8 @@ def test_same_batches_with_staggered_arrivals(tiny_llama, policy, monkeypatch):
 def test_static_batch_starts_on_its_timeout_as_in_the_simulator(tiny_llama, monkeypatch):
     """Groups of 3 requests for 4 static slots: the batch never fills, so each one starts when its
     oldest request has waited `static_batch_timeout_s` (the last group: when no more can arrive).
-    The engine polls every 5 ms while it waits; the simulator jumps to the timeout exactly."""
+    Both wake at the timeout exactly (Scheduler.static_timeout_at): the engine polled every 5 ms, and a
+    request arriving in between joined its batch but not the simulator's."""
     reqs = [RequestSpec(f"g{g}-{i}", 2.0 * g + 0.05 * i, prompt_len=5 + 3 * i, output_len=3 + i)
             for g in range(3) for i in range(3)]
     kw = dict(policy="static", block_size=4, num_blocks=64, max_num_seqs=4, max_num_batched_tokens=32,
@@ -166,10 +167,25 @@ def test_static_batch_starts_on_its_timeout_as_in_the_simulator(tiny_llama, monk
     for result in (engine, sim):
         start = {r.request_id: r.first_scheduled_s for r in result.requests}
         for g in range(2):  # a group's whole batch starts together, on the timeout of its first arrival
-            assert [start[f"g{g}-{i}"] for i in range(3)] == pytest.approx([2.0 * g + 0.5] * 3, abs=0.006)
+            assert [start[f"g{g}-{i}"] for i in range(3)] == pytest.approx([2.0 * g + 0.5] * 3, abs=1e-9)
         # the last group is flushed as soon as its last request arrives: nobody else can come
-        assert [start[f"g2-{i}"] for i in range(3)] == pytest.approx([4.1] * 3, abs=0.006)
-    assert [s.start_s for s in engine.steps] == pytest.approx([s.start_s for s in sim.steps], abs=0.006)
+        assert [start[f"g2-{i}"] for i in range(3)] == pytest.approx([4.1] * 3, abs=1e-9)
+    assert [s.start_s for s in engine.steps] == pytest.approx([s.start_s for s in sim.steps], abs=1e-9)
+
+
+def test_a_request_arriving_just_after_a_static_timeout_waits_for_the_next_batch(tiny_llama, monkeypatch):
+    # A's partial batch starts at 0.053 s; B, at 0.0545 s, arrived before the engine's next 5 ms poll and
+    # joined it in the engine, not in the simulator (found by fuzzing the two against each other)
+    reqs = [RequestSpec("A", 0.0, prompt_token_ids=[1, 2, 3], output_len=2),
+            RequestSpec("B", 0.0545, prompt_token_ids=[4, 5, 6], output_len=2)]
+    kw = dict(policy="static", block_size=4, num_blocks=16, max_num_seqs=2, max_num_batched_tokens=16,
+              static_batch_timeout_s=0.053)
+    llm = LLM(model=tiny_llama, device="cpu", dtype="float32", **kw)
+    VirtualClock().install(monkeypatch, llm)
+    engine = llm.run_workload(Workload(reqs), progress=False)
+    sim = simulate(Workload(reqs), EngineConfig(**kw), STEP)
+    assert [s.batch for s in engine.steps] == [s.batch for s in sim.steps]
+    assert engine.steps[0].batch == [("A", 3)] and engine.steps[0].start_s == pytest.approx(0.053, abs=1e-9)
 
 
 def test_a_recompute_longer_than_the_budget_runs_whole_with_chunking_off(tiny_llama):

@@ -219,9 +219,11 @@ class AsyncEngine:
                 self._fail_all("error", f"engine step failed: {exc!r}")
                 continue
             if not ran and engine.has_unfinished():  # static policy: a batch is still filling
+                # until its timeout, exactly when that comes sooner than the next look (an add wakes it too)
+                wait = min(IDLE_POLL_S, engine.scheduler.static_timeout_at() - engine.now())
                 with self._cond:
                     if not self._commands and not self._stopping:
-                        self._cond.wait(IDLE_POLL_S)
+                        self._cond.wait(max(wait, 0.0))
 
     def _step(self) -> bool:
         engine = self.engine

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections import deque
@@ -161,9 +162,12 @@ class LLM:
                     ids.append(spec.id)
                 before = engine.num_steps
                 bar.update(sum(e.finished for e in engine.step(flush=not pending)))
-                if engine.num_steps == before:  # nothing ran: idle until the next arrival
-                    wait = pending[0].arrival_s - (engine.now() - t0) if pending else 0.0
-                    time.sleep(min(max(wait, 0.0), 0.005) if engine.has_unfinished() else max(wait, 0.0))
+                if engine.num_steps == before:  # nothing ran: idle until the next arrival or a static batch's timeout
+                    wake = min(t0 + pending[0].arrival_s if pending else math.inf, engine.scheduler.static_timeout_at())
+                    wait = wake - engine.now()
+                    if engine.has_unfinished():  # and look again within 5 ms, whatever it waits for
+                        wait = min(wait, 0.005)
+                    time.sleep(max(wait, 0.0) if math.isfinite(wait) else 0.0)
         requests = [engine.metrics(engine.seqs[i]).shifted(t0) for i in ids]
         steps = [_shift_step(s, t0) for s in engine.trace[first_step:]]
         return Result(requests, steps, label=label or f"engine {engine.config.policy}")

@@ -12,6 +12,7 @@ The simulator drives this same class in virtual time, so its policy is the engin
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -96,6 +97,19 @@ class Scheduler:
         budget = self._schedule_running(batch, self.config.max_num_batched_tokens)
         self._admit_waiting(batch, budget, now)
         return batch
+
+    def static_timeout_at(self) -> float:
+        """When a partial static batch may start: the first float time at which its first request has
+        waited static_batch_timeout_s (the check below), or inf when no batch is waiting to form. The
+        engine's idle loop and the simulator both wake at exactly this time."""
+        cfg = self.config
+        if cfg.policy != "static" or self.static_batch or not self.waiting:
+            return math.inf
+        head = self.waiting[0].arrival_s
+        t = head + cfg.static_batch_timeout_s
+        while t - head < cfg.static_batch_timeout_s:  # rounding must not leave the timeout unmet
+            t = math.nextafter(t, math.inf)
+        return t
 
     def _form_static_batch(self, now: float, flush: bool) -> bool:
         cfg = self.config

@@ -147,13 +147,7 @@ class Replica:
 
     def _wake_time(self, now: float) -> float:
         """Nothing ran: static waits for its batch timeout; otherwise only an arrival wakes it."""
-        sched, cfg = self.sched, self.config
-        if cfg.policy != "static" or sched.static_batch or not sched.waiting:
-            return math.inf
-        head = sched.waiting[0].arrival_s
-        t = max(head + cfg.static_batch_timeout_s, now)
-        while t - head < cfg.static_batch_timeout_s:  # rounding must not leave the timeout unmet
-            t = math.nextafter(t, math.inf)
+        t = self.sched.static_timeout_at()
         return t if t > now else math.nextafter(now, math.inf)
 
 
@@ -165,10 +159,13 @@ def _token_ids(spec: RequestSpec, serial: int) -> tuple[list[int], int]:
     token-id or text prompts get equal ids and outputs, so they hit each other exactly as in a
     greedy engine.
 
-    Limitation: there is no tokenizer here, so a text prompt becomes `prompt_len` copies of one id
+    Limitations: there is no tokenizer here, so a text prompt becomes `prompt_len` copies of one id
     hashed from the whole text. Two texts that share only a prefix (one system prompt, different
     questions) share no ids and never hit each other's cached blocks, though the engine's would;
-    pass `prompt_token_ids` to simulate prefix caching between different prompts.
+    pass `prompt_token_ids` to simulate prefix caching between different prompts. And there is no
+    model: outputs are dummy ids, so a prompt that continues another request's output (a chat's next
+    turn, holding the last answer) hits the engine's cached blocks of that output but not the
+    simulator's, which then prefills more than the engine does.
     """
     if spec.prompt_token_ids is not None:
         ids = list(spec.prompt_token_ids)
