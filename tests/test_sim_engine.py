@@ -19,8 +19,11 @@ STEP_S = 0.01
 STEP = ConstantStepModel(STEP_S)
 
 
-def _both(folder, workload, **kw):
+def _both(folder, workload, clock_on=None, **kw):
+    """The engine's and the simulator's Result; `clock_on=monkeypatch` runs the engine on a VirtualClock."""
     llm = LLM(model=folder, device="cpu", dtype="float32", **kw)
+    if clock_on is not None:
+        VirtualClock().install(clock_on, llm)
     engine = llm.run_workload(workload, progress=False)
     sim = simulate(workload, EngineConfig(**kw), STEP)
     return engine, sim
@@ -130,10 +133,7 @@ def test_same_batches_with_staggered_arrivals(tiny_llama, policy, monkeypatch):
         for i in range(4)
     ]
     kw = dict(policy=policy, block_size=4, num_blocks=64, max_num_seqs=2, max_num_batched_tokens=16)
-    llm = LLM(model=tiny_llama, device="cpu", dtype="float32", **kw)
-    VirtualClock().install(monkeypatch, llm)
-    engine = llm.run_workload(Workload(reqs), progress=False)
-    sim = simulate(Workload(reqs), EngineConfig(**kw), STEP)
+    engine, sim = _both(tiny_llama, Workload(reqs), clock_on=monkeypatch, **kw)
     finish = {r.request_id: r.finish_s for r in engine.requests}
     for g in (1, 2):
         assert max(finish[f"g{g - 1}-{i}"] for i in range(4)) < GAP_S * g, "groups must not overlap"
@@ -159,10 +159,7 @@ def test_static_batch_starts_on_its_timeout_as_in_the_simulator(tiny_llama, monk
             for g in range(3) for i in range(3)]
     kw = dict(policy="static", block_size=4, num_blocks=64, max_num_seqs=4, max_num_batched_tokens=32,
               static_batch_timeout_s=0.5)
-    llm = LLM(model=tiny_llama, device="cpu", dtype="float32", **kw)
-    VirtualClock().install(monkeypatch, llm)
-    engine = llm.run_workload(Workload(reqs), progress=False)
-    sim = simulate(Workload(reqs), EngineConfig(**kw), STEP)
+    engine, sim = _both(tiny_llama, Workload(reqs), clock_on=monkeypatch, **kw)
     assert [s.batch for s in sim.steps] == [s.batch for s in engine.steps]
     for result in (engine, sim):
         start = {r.request_id: r.first_scheduled_s for r in result.requests}
@@ -180,10 +177,7 @@ def test_a_request_arriving_just_after_a_static_timeout_waits_for_the_next_batch
             RequestSpec("B", 0.0545, prompt_token_ids=[4, 5, 6], output_len=2)]
     kw = dict(policy="static", block_size=4, num_blocks=16, max_num_seqs=2, max_num_batched_tokens=16,
               static_batch_timeout_s=0.053)
-    llm = LLM(model=tiny_llama, device="cpu", dtype="float32", **kw)
-    VirtualClock().install(monkeypatch, llm)
-    engine = llm.run_workload(Workload(reqs), progress=False)
-    sim = simulate(Workload(reqs), EngineConfig(**kw), STEP)
+    engine, sim = _both(tiny_llama, Workload(reqs), clock_on=monkeypatch, **kw)
     assert [s.batch for s in engine.steps] == [s.batch for s in sim.steps]
     assert engine.steps[0].batch == [("A", 3)] and engine.steps[0].start_s == pytest.approx(0.053, abs=1e-9)
 

@@ -167,7 +167,7 @@ class LLM:
                     wait = wake - engine.now()
                     if engine.has_unfinished():  # and look again within 5 ms, whatever it waits for
                         wait = min(wait, 0.005)
-                    time.sleep(max(wait, 0.0) if math.isfinite(wait) else 0.0)
+                    time.sleep(max(wait, 0.0))  # finite: with nothing unfinished, an arrival is pending
         requests = [engine.metrics(engine.seqs[i]).shifted(t0) for i in ids]
         steps = [_shift_step(s, t0) for s in engine.trace[first_step:]]
         return Result(requests, steps, label=label or f"engine {engine.config.policy}")
