@@ -234,3 +234,52 @@ def test_weight_of_the_wrong_shape_is_named(tmp_path, tiny_models, name, rows):
     save_file(tensors, folder / "model.safetensors")
     with pytest.raises(ValueError, match=rf"{name}.*shape"):
         LLM(folder, device="cpu")
+
+
+ROPE_SCALINGS = {  # original context 64 puts this head size's frequencies in all three llama3 bands
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64},
+    "linear": {"rope_type": "linear", "factor": 4.0},
+}
+
+
+@pytest.mark.parametrize("kind", list(ROPE_SCALINGS))
+@pytest.mark.parametrize("key", ["rope_scaling", "rope_parameters"])
+def test_scaled_rope_matches_transformers(tmp_path, kind, key):
+    """Llama 3.x checkpoints stretch RoPE's frequencies ("llama3"); older long-context ones divide
+    them ("linear"). Both config spellings: `rope_scaling` (before transformers 5) and `rope_parameters`."""
+    import torch
+
+    folder = make_hf_model(tmp_path / "m", "llama", rope_scaling=ROPE_SCALINGS[kind])
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("rope_scaling", None), config.pop("rope_parameters", None)
+    config[key] = ROPE_SCALINGS[kind] | ({"rope_theta": 5000.0} if key == "rope_parameters" else {})
+    write_json(folder / "config.json", config)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (5, 40, 90)]
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    ours = [o.token_ids for o in LLM(folder, device="cpu").generate(prompts, params, use_tqdm=False)]
+    assert ours == hf_greedy(folder, prompts, 12)
+    config.pop(key)  # the same weights with plain RoPE must answer differently, or this test proves nothing
+    write_json(folder / "config.json", config | {"rope_theta": 5000.0})
+    plain = [o.token_ids for o in LLM(folder, device="cpu").generate(prompts, params, use_tqdm=False)]
+    assert plain != ours
+
+
+@pytest.mark.parametrize("rope, message", [
+    ({"rope_type": "yarn", "factor": 4.0}, r"rope_parameters.rope_type: 'yarn' is not supported; allowed: 'default', 'linear', 'llama3'"),
+    ({"rope_type": "linear"}, r"rope_parameters.factor: must be a positive number"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+      "original_max_position_embeddings": 64}, r"rope_parameters.high_freq_factor: must be above low_freq_factor"),
+    ({"rope_type": "default", "partial_rotary_factor": 0.5}, r"rope_parameters.partial_rotary_factor: 0.5"),
+])
+def test_unsupported_rope_settings_are_named(tmp_path, tiny_models, rope, message):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_models["llama"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    write_json(folder / "config.json", config | {"rope_scaling": rope})
+    with pytest.raises(ValueError, match=message):
+        LLM(folder, device="cpu")

@@ -7,6 +7,7 @@ One definition serves inference (flat token batch + paged KV metadata) and train
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,18 @@ ARCHITECTURES = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class RopeScaling:
+    """Stretched RoPE frequencies for contexts longer than pretraining: "linear" divides every
+    frequency by `factor`; "llama3" (Llama 3.1+) divides only the low ones and blends the middle."""
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
 @dataclass(slots=True)
 class ModelConfig:
     arch: str
@@ -36,6 +49,7 @@ class ModelConfig:
     max_position_embeddings: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # q/k/v bias (Qwen2: always)
     o_proj_bias: bool = False  # Llama and Qwen3 follow attention_bias here; Qwen2 never has one
@@ -60,9 +74,6 @@ class ModelConfig:
 
             return gpt2_config(cfg, eos_ids)
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"rope_parameters.rope_type: {rope_type!r} is not supported; allowed: 'default'")
         if cfg.get("use_sliding_window"):
             raise ValueError("use_sliding_window: sliding-window attention is not supported; allowed: false")
         heads = cfg["num_attention_heads"]
@@ -78,6 +89,7 @@ class ModelConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
+            rope_scaling=rope_scaling_from_hf(rope, cfg.get("max_position_embeddings")),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
             o_proj_bias=arch != "qwen2" and bool(cfg.get("attention_bias", False)),
@@ -86,6 +98,57 @@ class ModelConfig:
             hidden_act=cfg.get("hidden_act", "silu"),
             eos_token_ids=eos_ids,
         )
+
+
+def rope_scaling_from_hf(rope: dict, max_position_embeddings: int | None) -> RopeScaling | None:
+    """The config's `rope_parameters` (or older `rope_scaling`) as a RopeScaling; None for plain RoPE."""
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ValueError(
+            f"rope_parameters.rope_type: {rope_type!r} is not supported; allowed: 'default', 'linear', 'llama3'"
+        )
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(
+            f"rope_parameters.partial_rotary_factor: {rope['partial_rotary_factor']!r} is not supported; allowed: 1.0"
+        )
+    if rope_type == "default":
+        return None
+
+    def number(name: str, default=None) -> float:
+        value = rope.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"rope_parameters.{name}: must be a positive number for rope_type "
+                             f"{rope_type!r}, got {value!r}")
+        return value
+
+    if rope_type == "linear":
+        return RopeScaling("linear", float(number("factor")))
+    low, high = number("low_freq_factor"), number("high_freq_factor")
+    if high <= low:
+        raise ValueError(f"rope_parameters.high_freq_factor: must be above low_freq_factor ({low}), got {high}")
+    # transformers falls back to max_position_embeddings when the original length is missing
+    original = number("original_max_position_embeddings", max_position_embeddings)
+    return RopeScaling("llama3", float(number("factor")), float(low), float(high), int(original))
+
+
+def rope_inv_freq(c: ModelConfig, device) -> torch.Tensor:
+    """RoPE's inverse frequencies, computed as transformers computes them (float32)."""
+    exponents = torch.arange(0, c.head_dim, 2, dtype=torch.int64, device=device).float() / c.head_dim
+    inv_freq = 1.0 / (c.rope_theta ** exponents)
+    s = c.rope_scaling
+    if s is None:
+        return inv_freq
+    if s.rope_type == "linear":
+        return inv_freq / s.factor
+    # llama3: wavelengths longer than the pretraining context / low_freq_factor are stretched by
+    # `factor`, those shorter than context / high_freq_factor kept, the ones between blended
+    wavelen = 2 * math.pi / inv_freq
+    stretched = torch.where(wavelen > s.original_max_position_embeddings / s.low_freq_factor, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * stretched / s.factor + smooth * stretched
+    medium = (wavelen >= s.original_max_position_embeddings / s.high_freq_factor) & (
+        wavelen <= s.original_max_position_embeddings / s.low_freq_factor)
+    return torch.where(medium, blended, stretched)
 
 
 class RMSNorm(nn.Module):
@@ -102,8 +165,7 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -190,6 +252,8 @@ class CausalLM(nn.Module):
         self.model = LlamaBody(c)
         self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
         self.tie_weights()
+        # computed once per device; a plain attribute, not a buffer, so checkpoints load as saved
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}
 
     def tie_weights(self) -> None:
         # called again after materialising from the meta device, which unties shared tensors
@@ -204,7 +268,10 @@ class CausalLM(nn.Module):
         if positions is None:  # dense mode: [B, T] from position 0
             positions = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
         x = self.model.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
+        inv_freq = self._inv_freq.get(x.device)
+        if inv_freq is None:
+            inv_freq = self._inv_freq[x.device] = rope_inv_freq(self.config, x.device)
+        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, meta)
         return self.model.norm(x)
