@@ -93,6 +93,10 @@ BAD = [
     ("chat", {**CHAT, "add_generation_prompt": False}, "add_generation_prompt"),
     ("chat", {**CHAT, "guided_choice": ["yes", "no"]}, "guided_choice"),
     ("completion", {**COMP, "max_completion_tokens": 3}, "max_completion_tokens"),
+    # a tool call's arguments are parsed for the template, as vLLM does: a broken one is named
+    ("chat", {**CHAT, "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{city: Paris}"}}]}]},
+     "messages[1].tool_calls"),
 ]
 
 
@@ -244,6 +248,37 @@ def test_neutral_values_of_unimplemented_fields_are_accepted(http):
     assert http.post("/completions", json={**COMP, "best_of": 1, "logprobs": None, "echo": False}).status_code == 200
 
 
+# vLLM's and OpenAI's fields that change the answer, each with a value that would: they were accepted
+# and silently ignored (200), now refused by name on either endpoint; their neutral values still pass
+UNIMPLEMENTED = [
+    ("structured_outputs", {"choice": ["yes", "no"]}, [None]),
+    ("repetition_detection", {"max_pattern_size": 2, "min_count": 2}, [None]),
+    ("watermarking", True, [None]),
+    ("logprob_token_ids", [1, 2], [None]),
+    ("return_token_ids", True, [None, False]),
+    ("prompt_embeds", "AAAA", [None]),
+    ("documents", [{"title": "a", "text": "b"}], [None]),
+    ("thinking_token_budget", 10, [None]),
+    ("request_id", "my-id-1", [None]),
+    ("priority", 5, [None, 0]),
+    ("modalities", ["text", "audio"], [None, ["text"]]),
+    ("audio", {"voice": "alloy", "format": "wav"}, [None]),
+    ("web_search_options", {"search_context_size": "low"}, [None]),
+    ("verbosity", "high", [None]),
+    ("reasoning_effort", "high", [None]),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "neutral"), UNIMPLEMENTED, ids=[u[0] for u in UNIMPLEMENTED])
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_unimplemented_fields_that_change_the_answer_are_refused(http, kind, name, value, neutral):
+    path, body = ("/chat/completions", CHAT) if kind == "chat" else ("/completions", COMP)
+    err = _error(http.post(path, json={**body, name: value}), 400, name)
+    assert err["code"] == "unsupported_parameter"
+    for v in neutral:
+        assert http.post(path, json={**body, name: v}).status_code == 200, (name, v)
+
+
 def test_a_request_the_engine_refuses_takes_no_rate_budget():
     with serve(llm=tiny_llm("rate-budget"), requests_per_minute=2) as server:
         http = httpx.Client(base_url=server.url, timeout=30)
@@ -341,3 +376,22 @@ def test_a_fractional_shutdown_timeout_is_not_cut_to_zero():
     # exceeded" as an error and cancelled the handlers still writing their answers
     with serve(llm=tiny_llm("refused"), shutdown_timeout_s=0.5) as server:
         assert server._uvicorn.config.timeout_graceful_shutdown >= 0.5
+
+
+def _errors_counted(server) -> dict[str, float]:
+    prefix = "lab_http_errors_total{status=\""
+    return {line[len(prefix):].split('"')[0]: float(line.split()[-1])
+            for line in httpx.get(server.base + "/metrics").text.splitlines() if line.startswith(prefix)}
+
+
+def test_every_error_answer_is_counted_once(server, http):
+    # before: only the generation routes counted theirs; an unknown route or model, a wrong method
+    # and a bad admin body went unseen in lab_http_errors_total
+    before = _errors_counted(server)
+    assert http.get("/nope").status_code == 404
+    assert http.get("/models/gpt-4o").status_code == 404
+    assert http.get("/completions").status_code == 405
+    assert http.put(server.base + "/admin/faults", json=[1, 2]).status_code == 400
+    assert http.post("/completions", json={**COMP, "n": 3}).status_code == 400  # counted once, not twice
+    after = _errors_counted(server)
+    assert {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)} == {"404": 2, "405": 1, "400": 2}

@@ -5,10 +5,12 @@ document describing the request bodies."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
-from helpers_server import tiny_llm, tiny_model_dir
+from helpers_server import build_tiny_llama, tiny_llm, tiny_model_dir
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab.engine import LLM, SamplingParams
@@ -296,3 +298,39 @@ def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client, kind
     plain = list(client.completions.create(model="tiny-llama", prompt="Go", max_tokens=3, stream=True,
                                            stream_options={"include_usage": True}))
     assert all(c.usage is None for c in plain[:-1])  # without the extra: OpenAI's null in each chunk
+
+
+def test_a_function_message_goes_to_the_template(client):
+    # deprecated (role "tool" replaced it) but in OpenAI's types, and vLLM renders any role: was a 400
+    r = client.chat.completions.create(model="tiny-llama", max_tokens=1, messages=[
+        {"role": "user", "content": "Hi"}, {"role": "function", "name": "f", "content": "22"}])
+    assert r.usage.prompt_tokens == len("user: Hi\nfunction: 22\nassistant:")
+
+
+# renders what Qwen's and Llama's templates render besides role and content: a speaker's name, the
+# assistant's tool calls (their arguments as an object, `| tojson`) and the call a tool result answers
+TOOL_TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}{% if m.name %}({{ m.name }}){% endif %}: {{ m.content }}"
+    "{% for t in m.tool_calls or [] %}call {{ t.function.name }} {{ t.function.arguments | tojson }}{% endfor %}"
+    "{% if m.tool_call_id %} for {{ m.tool_call_id }}{% endif %}{{ '\\n' }}{% endfor %}assistant:"
+)
+
+
+def test_names_tool_calls_and_tool_call_ids_reach_the_template(tmp_path):
+    # before: only role and content were passed, so a template never saw the tool calls it renders
+    folder = build_tiny_llama(tmp_path / "tools")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": TOOL_TEMPLATE}))
+    messages = [
+        {"role": "user", "content": "Weather in Paris?", "name": "bob"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    rendered = ('user(bob): Weather in Paris?\nassistant: call get_weather {"city": "Paris"}\n'
+                "tool: sunny for c1\nassistant:")
+    with serve(llm=LLM(folder, device="cpu", num_blocks=32)) as server:
+        r = httpx.post(server.url + "/chat/completions", timeout=30,
+                       json={"model": server.model_name, "messages": messages, "max_tokens": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] == len(rendered)  # one token per character

@@ -20,7 +20,7 @@ from lab.server.auth import authenticate
 from lab.server.config import ServerConfig
 from lab.server.errors import APIError, bad_request, from_validation, install_handlers
 from lab.server.faults import HEADER, FaultConfig, FaultInjector
-from lab.server.metrics import ServerMetrics
+from lab.server.metrics import ErrorCounter, ServerMetrics
 from lab.server.openapi import add_nested_schemas, request_body
 from lab.server.protocol import ChatCompletionRequest, CompletionRequest
 from lab.server.ratelimit import RateLimiter
@@ -48,6 +48,7 @@ def build_app(state: ServerState) -> FastAPI:
     app.state.lab = state
     install_handlers(app)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ErrorCounter, metrics=state.metrics)  # last added: outermost, sees every answer
     add_nested_schemas(app, [ChatCompletionRequest, CompletionRequest])
 
     @app.get("/health")
@@ -123,11 +124,7 @@ def _check_model(state: ServerState, model: str) -> None:
 
 async def _generate(state: ServerState, request: Request, kind: str):
     arrival = time.perf_counter()
-    try:
-        admitted, streaming = await _admit(state, request, kind, arrival)
-    except APIError as exc:
-        state.metrics.errors.labels(str(exc.status)).inc()
-        raise
+    admitted, streaming = await _admit(state, request, kind, arrival)  # an error is counted by ErrorCounter
     if streaming:
         return StreamingResponse(stream_events(admitted, state.engine, state.metrics),
                                  media_type="text/event-stream", headers=admitted.headers)
@@ -224,7 +221,7 @@ def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
                        "/v1/completions", param=field, code="invalid_value")
     try:
         if isinstance(req, ChatCompletionRequest):
-            text = tokenizer.apply_chat_template([{"role": m.role, "content": m.text()} for m in req.messages])
+            text = tokenizer.apply_chat_template([m.for_template() for m in req.messages])
         else:
             text = req.prompt
     except ValueError as exc:

@@ -44,3 +44,24 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ErrorCounter:
+    """Counts every error answer in lab_http_errors_total by its status, whoever made it: a route's
+    checks, FastAPI's 404 and 405, the request-id middleware's 500 for a bug. Added last, so outside the
+    other middleware; a plain ASGI one for the reason lab/server/request_id.py gives. A stream that fails
+    after its 200 is counted where its error event is sent (responses.py)."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.errors = app, metrics.errors
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                self.errors.labels(str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

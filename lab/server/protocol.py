@@ -4,6 +4,7 @@ built per token, so no model validation on the hot path).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import ClassVar, Literal
 
@@ -37,6 +38,15 @@ NOT_IMPLEMENTED = {
     "max_completion_tokens": (None,),
     # vLLM's tokenizer options: special tokens stay out of the text, as in vLLM's default
     "skip_special_tokens": (None, True), "spaces_between_special_tokens": (None, True),
+    # newer vLLM extras, on both of its endpoints unless noted: structured_outputs replaced guided_*;
+    # request_id becomes the answer's id; prompt_embeds is a completions input, documents and
+    # thinking_token_budget are chat's (refused on the other endpoint too: neither can honour them)
+    "structured_outputs": (None,), "repetition_detection": (None,), "watermarking": (None,),
+    "logprob_token_ids": (None,), "return_token_ids": (None, False), "prompt_embeds": (None,),
+    "documents": (None,), "thinking_token_budget": (None,), "request_id": (None,), "priority": (None, 0),
+    # OpenAI's chat fields for other outputs (audio, web search) and reasoning models
+    "modalities": (None, ["text"]), "audio": (None,), "web_search_options": (None,), "verbosity": (None,),
+    "reasoning_effort": (None,),
 }
 
 
@@ -118,14 +128,38 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    # extra="allow": name, tool_call_id and the rest are kept, for the template (see for_template)
     model_config = ConfigDict(extra="allow", strict=True)
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # "function" is deprecated (role "tool" replaced it), but OpenAI's types still allow it, and vLLM
+    # hands any role to the template, which renders it or raises
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[dict] | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _arguments_as_objects(cls, calls: list[dict] | None) -> list[dict] | None:
+        # as vLLM: OpenAI sends a call's arguments as a JSON string, templates (Llama 3.1's, Qwen2.5's
+        # `arguments | tojson`) expect the object and would render the string quoted once more
+        for i, call in enumerate(calls or ()):
+            function = call.get("function")
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                try:
+                    function["arguments"] = json.loads(function["arguments"] or "{}")
+                except ValueError as exc:
+                    raise ValueError(f"call {i}: function.arguments is not valid JSON ({exc}); send a "
+                                     "JSON object, in a string (as OpenAI sends it) or as is") from None
+        return calls or None  # an empty list, dropped as vLLM does: the template's plain assistant path
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "\n".join(p.text for p in self.content)  # as vLLM joins text parts
         return self.content or ""
+
+    def for_template(self) -> dict:
+        """What the chat template sees: every field the client sent (name, tool_calls, tool_call_id: vLLM
+        passes them, and Qwen's and Llama's templates render them), the content as one string."""
+        return self.model_dump(exclude_none=True) | {"content": self.text()}
 
 
 class ChatCompletionRequest(_Common):

@@ -69,15 +69,15 @@ def _error_end(error: APIError) -> list[str]:
 
 
 def _engine_error(a: Admitted, ev, metrics: ServerMetrics) -> APIError:
-    """The error for a request the engine failed or dropped after admission, counted like the others:
-    its prompt and the tokens it had generated were computed all the same."""
+    """The error for a request the engine failed or dropped after admission, counted as finished like the
+    others: its prompt and the tokens it had generated were computed all the same. As an error answer it
+    is counted by the caller: in a stream by stream_events, a raised one by ErrorCounter on its way out."""
     if ev.finish_reason == "abort":
         error = APIError(503, ev.error or "request aborted: the server is shutting down", code="shutting_down")
     else:
         error = APIError(500, ev.error or "engine failure", code="internal_error")
     metrics.finished(a.stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason or "error",
                      time.perf_counter() - a.arrival_s)
-    metrics.errors.labels(str(error.status)).inc()
     return error
 
 
@@ -100,7 +100,9 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             yield await emit(maker.chunk(None, role=True, use=usage(stream.prompt_tokens, 0)))
         async for ev in stream:
             if ev.error is not None:  # engine failure or shutdown: say so
-                for event in _error_end(_engine_error(a, ev, metrics)):
+                error = _engine_error(a, ev, metrics)
+                metrics.errors.labels(str(error.status)).inc()  # after the 200: ErrorCounter saw a success
+                for event in _error_end(error):
                     yield event
                 return
             if ev.token_id is not None and ev.num_output_tokens == 1:
@@ -133,7 +135,8 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             # computed all the same; and a request the engine had finished ends with its own reason
             last = stream.drain()
             if stream.finished and last.error is not None:
-                _engine_error(a, last, metrics)  # counted as the failure it was; nobody is left to tell
+                # counted as the failure it was; nobody is left to tell
+                metrics.errors.labels(str(_engine_error(a, last, metrics).status)).inc()
             elif stream.finished:
                 metrics.finished(stream.prompt_tokens, last.num_output_tokens, last.finish_reason,
                                  time.perf_counter() - a.arrival_s)
@@ -165,9 +168,8 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             last = ev
     except APIError:
         raise
-    except Exception as exc:  # a bug: a 500 that names it, and counted (the middleware's generic one did neither)
+    except Exception as exc:  # a bug: a 500 that names it (the middleware's generic one did not)
         log.exception("%s: generation failed", a.request_id)
-        metrics.errors.labels("500").inc()
         metrics.finished(stream.prompt_tokens, stream.num_output_tokens, "error", time.perf_counter() - a.arrival_s)
         raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}", code="internal_error") from exc
     finally:
