@@ -2,7 +2,9 @@
 
 import math
 import re
+from datetime import date, timedelta
 
+import numpy as np
 import pytest
 
 from lab.cost import (
@@ -121,7 +123,7 @@ def test_dated_snapshot_priced_as_base_model(table):
 def test_bad_token_counts(table):
     with pytest.raises(ValueError, match="cached_tokens .* cannot exceed prompt_tokens"):
         usage_cost("model-x", 10, 5, cached_tokens=11, prices=table)
-    with pytest.raises(ValueError, match="completion_tokens must be a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match="completion_tokens must be an integer >= 0, got -1"):
         usage_cost("model-x", 10, -1, prices=table)
 
 
@@ -250,6 +252,10 @@ def test_cost_table_for_a_result_counts_completed_requests_only(table):
     frame = cost_table(Result([ok, failed]), prices=table).set_index(["provider", "model"])
     assert frame.loc[("acme", "model-x"), "cost_usd"] == pytest.approx(0.006)
     assert frame.loc[("acme", "model-x"), "requests"] == 1
+    # the failed request left out is counted in the frame, not only in the docstring
+    assert (frame["requests_not_costed"] == 1).all()
+    work = Workload([RequestSpec(id="r0", prompt_len=1000, output_len=500)])
+    assert (cost_table(work, prices=table)["requests_not_costed"] == 0).all()
 
 
 # --- self-hosted -------------------------------------------------------------------------------
@@ -264,8 +270,8 @@ def test_self_hosted_cost_from_fixed_throughput():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: usage_cost("gpt-4.1", prompt_tokens="10", completion_tokens=1), "prompt_tokens must be a finite number >= 0, got '10'"),
-    (lambda: usage_cost("gpt-4.1", prompt_tokens=10, completion_tokens=None), "completion_tokens must be a finite number >= 0"),
+    (lambda: usage_cost("gpt-4.1", prompt_tokens="10", completion_tokens=1), "prompt_tokens must be an integer >= 0, got '10'"),
+    (lambda: usage_cost("gpt-4.1", prompt_tokens=10, completion_tokens=None), "completion_tokens must be an integer >= 0, got None"),
     (lambda: self_hosted_usd_per_mtok("3.6", 1000.0, utilization=1.0), "gpu_usd_per_hour must be a finite number > 0, got '3.6'"),
     (lambda: self_hosted_usd_per_mtok(3.6, "fast", utilization=1.0), "throughput must be tokens/s .* got str"),
     (lambda: self_hosted_usd_per_mtok(3.6, 1000.0, utilization=1.0, gpus=1.5), "gpus must be an integer >= 1, got 1.5"),
@@ -336,7 +342,7 @@ def test_anthropic_api_ids_are_priced():
 
 def test_an_infinite_token_count_is_refused(table):
     # inf passed the ">= 0" check and priced to an inf cost
-    with pytest.raises(ValueError, match="prompt_tokens must be a finite number >= 0, got inf"):
+    with pytest.raises(ValueError, match="prompt_tokens must be an integer >= 0, got inf"):
         usage_cost("model-x", float("inf"), 10, prices=table)
 
 
@@ -484,3 +490,142 @@ def test_a_table_with_no_rows_is_refused_by_name(tmp_path):
         cost_table(TokenCounts(1, 10, 10), prices=empty)
     with pytest.raises(ValueError, match=r"^prices: the price table has no rows"):
         cost_table(TokenCounts(1, 10, 10), prices=PriceTable([]))
+
+
+# --- tables that loaded wrong silently: fields, header, duplicates, dates, URLs --------------------
+
+
+def test_a_row_with_more_or_fewer_fields_than_the_header_is_refused(tmp_path):
+    # an unquoted comma in a note made a 15th field, and zipping with the header dropped ", world"
+    unquoted = ROWS["acme"].replace("cross_checked,", "cross_checked,hello, world")
+    with pytest.raises(PriceTableError, match=r"prices.csv line 2: 15 fields, but the header has 14 columns; put a field"):
+        load_prices(write_table(tmp_path, unquoted))
+    short = "acme,model-x,2.00,0.50,8.00\n"
+    with pytest.raises(PriceTableError, match="line 3: 5 fields, but the header has 14 columns; give every column"):
+        load_prices(write_table(tmp_path, ROWS["acme"], short))
+    quoted = ROWS["acme"].replace("cross_checked,", 'cross_checked,"hello, world"')
+    assert load_prices(write_table(tmp_path, quoted)).rows[0].notes == "hello, world"
+    gpu = write_gpu_table(tmp_path, f"H100 SXM,80,acme,pod,2.0,{URL},2026-11-23,8x, per GPU\n")
+    with pytest.raises(PriceTableError, match="gpu_prices.csv line 2: 9 fields, but the header has 8 columns"):
+        load_gpu_prices(gpu)
+
+
+@pytest.mark.parametrize("header, row, message", [
+    # a misspelled column was read as blank: model-x lost its cache discount
+    (HEADER.replace("cached_input_per_mtok", "cached_per_mtok"), ROWS["acme"],
+     r"unknown column 'cached_per_mtok' \(did you mean 'cached_input_per_mtok'\?\)"),
+    # a repeated column kept its last field: the note "5" became the input price
+    (HEADER.replace("notes", "input_per_mtok"), ROWS["acme"].replace("cross_checked,", "cross_checked,5"),
+     "repeated column 'input_per_mtok'"),
+    (HEADER.replace(",currency", ""), ROWS["acme"].replace(",USD", ""), "missing column 'currency'"),
+])
+def test_the_header_is_checked(tmp_path, header, row, message):
+    path = tmp_path / "prices.csv"
+    path.write_text(header + row, encoding="utf-8")
+    with pytest.raises(PriceTableError, match=rf"^prices.csv line 1 \(header\): {message}\. Columns: provider, "):
+        load_prices(path)
+
+
+def test_header_names_are_stripped_and_optional_columns_may_be_left_out(tmp_path):
+    # "provider, model, ..." (a space after each comma) said "provider and model are required"
+    path = tmp_path / "prices.csv"
+    path.write_text(HEADER.replace(",", ", ") + ROWS["acme"], encoding="utf-8")
+    assert load_prices(path).find("model-x").cached_input_per_mtok == 0.50
+    path.write_text(
+        "provider,model,input_per_mtok,output_per_mtok,currency,source_url,seen,verification\n"
+        f"acme,model-x,2.00,8.00,USD,{URL},2026-11-23,cross_checked\n", encoding="utf-8"
+    )
+    row = load_prices(path).find("model-x")
+    assert row.cached_input_per_mtok is None and not row.offers_batch
+
+
+@pytest.mark.parametrize("header, message", [
+    (GPU_HEADER.replace("offering", "offer"), r"unknown column 'offer' \(did you mean 'offering'\?\)"),
+    (GPU_HEADER.replace("notes", "currency"), "unknown column 'currency'"),  # EUR prices read as USD
+    (GPU_HEADER.replace("notes", "usd_per_gpu_hour"), "repeated column 'usd_per_gpu_hour'"),
+    (GPU_HEADER.replace("memory_gb", "memory"), "unknown column 'memory'.*; missing column 'memory_gb'"),
+])
+def test_the_gpu_header_is_checked(tmp_path, header, message):
+    path = tmp_path / "gpu_prices.csv"
+    path.write_text(header + f"H100 SXM,80,acme,pod,2.0,{URL},2026-11-23,EUR\n", encoding="utf-8")
+    with pytest.raises(PriceTableError, match=rf"^gpu_prices.csv line 1 \(header\): {message}\. Columns: gpu, "):
+        load_gpu_prices(path)
+
+
+def test_gpu_loader_rejects_a_duplicate_row(tmp_path):
+    # gpu_price silently took the cheaper of two rows for one GPU, provider and offering
+    path = write_gpu_table(
+        tmp_path,
+        f"H100 SXM,80,acme,pod,3.99,{URL},2026-11-09,\n",
+        f"h100-sxm,80,ACME,Pod,1.00,{URL},2026-11-09,\n",
+    )
+    with pytest.raises(PriceTableError, match=r"gpu_prices.csv line 3: duplicate acme/h100-sxm \(offering 'Pod'\), first on line 2"):
+        load_gpu_prices(path)
+    # another offering of the same GPU is a row of its own
+    path = write_gpu_table(
+        tmp_path,
+        f"H100 SXM,80,acme,pod,3.99,{URL},2026-11-09,\n",
+        f"H100 SXM,80,acme,spot pod,1.00,{URL},2026-11-09,\n",
+    )
+    assert gpu_price("H100 SXM", path=path).usd_per_gpu_hour == 1.00
+
+
+TOMORROW = (date.today() + timedelta(days=1)).isoformat()
+
+
+@pytest.mark.parametrize("seen, url, message", [
+    ("2026-W47-1", URL, "seen must be a date YYYY-MM-DD, got '2026-W47-1'"),  # read as 2026-11-16
+    ("20261123", URL, "seen must be a date YYYY-MM-DD, got '20261123'"),
+    ("2026-02-30", URL, "seen must be a real date YYYY-MM-DD, got '2026-02-30'"),
+    (TOMORROW, URL, rf"seen must not be after today \({date.today()}\), got {TOMORROW}"),
+    ("2026-11-23", "https://", "source_url must be an http.s. URL with a host and no spaces .*, got 'https://'"),
+    ("2026-11-23", "https:// see notes", "source_url must be an http.s. URL with a host .*, got 'https:// see notes'"),
+    ("2026-11-23", "https://example.com/a b", "source_url must be .*, got 'https://example.com/a b'"),
+    ("2026-11-23", "https://[::1/pricing", "source_url must be .*, got 'https://\\[::1/pricing'"),
+])
+def test_loaders_refuse_loose_dates_and_urls(tmp_path, seen, url, message):
+    row = f"acme,model-x,2.00,0.50,8.00,1.00,4.00,USD,,,{url},{seen},cross_checked,\n"
+    with pytest.raises(PriceTableError, match=rf"prices.csv line 2 \(acme/model-x\): {message}"):
+        load_prices(write_table(tmp_path, row))
+    gpu = write_gpu_table(tmp_path, f"H100 SXM,80,acme,pod,2.0,{url},{seen},\n")
+    with pytest.raises(PriceTableError, match=rf"gpu_prices.csv line 2 \(acme/H100 SXM\): {message}"):
+        load_gpu_prices(gpu)
+    # today, and a URL with a port and a query, are fine
+    row = f"acme,model-x,2.00,0.50,8.00,1.00,4.00,USD,,,http://example.com:8080/p?q=1,{date.today()},cross_checked,\n"
+    assert load_prices(write_table(tmp_path, row)).rows[0].seen == date.today()
+
+
+@pytest.mark.parametrize("counts, message", [
+    (dict(requests=-5), "TokenCounts.requests must be an integer >= 0, got -5"),  # priced to a negative cost
+    (dict(requests=True), "TokenCounts.requests must be an integer >= 0, got True"),  # counted as 1
+    (dict(prompt_tokens="1000"), "TokenCounts.prompt_tokens must be an integer >= 0, got '1000'"),  # TypeError
+    (dict(completion_tokens=100.5), "TokenCounts.completion_tokens must be an integer >= 0, got 100.5"),
+])
+def test_token_counts_are_checked(counts, message):
+    with pytest.raises(ValueError, match=rf"^{re.escape(message)}$"):
+        TokenCounts(**{"requests": 1, "prompt_tokens": 1000, "completion_tokens": 100, **counts})
+    # numpy integers (a pandas column's sum) are integers
+    counts = TokenCounts(np.int64(2), np.int64(2000), np.int64(1000))
+    assert cost_table(counts, cached_fraction=0.5).loc[0, "requests"] == 2
+
+
+@pytest.mark.parametrize("tokens, name", [
+    ((1000.5, 500, 0), "prompt_tokens"),  # was priced as half a token
+    ((1000, 0.25, 0), "completion_tokens"),
+    ((1000, 500, 0.5), "cached_tokens"),
+    ((1000.0, 500, 0), "prompt_tokens"),  # a whole float too: int() it where it is made
+])
+def test_usage_cost_takes_whole_token_counts_only(table, tokens, name):
+    value = tokens[("prompt_tokens", "completion_tokens", "cached_tokens").index(name)]
+    with pytest.raises(ValueError, match=rf"^{name} must be an integer >= 0, got {value!r}$"):
+        usage_cost("model-x", *tokens, prices=table)
+    assert usage_cost("model-x", np.int64(1000), np.int32(500), np.int64(400), prices=table) == pytest.approx(0.0054)
+
+
+def test_a_reseller_row_without_batch_keeps_its_claim_note(table):
+    # with batch=True "no batch API" replaced "provider's claim, not verified"
+    work = Workload([RequestSpec(id="r0", prompt_len=1000, output_len=500)])
+    notes = cost_table(work, batch=True, prices=table).set_index(["provider", "model"])["note"]
+    assert notes["resell", "model-x"] == "provider's claim, not verified; no batch API"
+    assert notes["cheapco", "model-y"] == "no batch API"
+    assert notes["acme", "model-x"] == ""

@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from lab._checks import is_finite
+from lab._checks import is_finite, is_int
 
 CURRENCIES = ("USD", "CNY")  # USD: direct prices; CNY: reseller credit paid for in yuan
 VERIFICATIONS = ("cross_checked", "single_source", "provider_claim")
@@ -26,6 +27,23 @@ PRICE_FIELDS = (
     "batch_input_per_mtok",
     "batch_output_per_mtok",
 )
+COLUMNS = (
+    "provider",
+    "model",
+    *PRICE_FIELDS,
+    "currency",
+    "credit_cny_per_usd",
+    "list_price_of",
+    "source_url",
+    "seen",
+    "verification",
+    "notes",
+)
+# Columns a table may leave out: no cached or batch column means no cache discount or batch API, as a
+# blank field does. The required ones are those every table fills (a direct row needs input and output).
+REQUIRED_COLUMNS = (
+    "provider", "model", "input_per_mtok", "output_per_mtok", "currency", "source_url", "seen", "verification"
+)
 # What a reseller row takes from the list it resells. Not the batch prices: a batch API is a separate
 # service, and no reseller row's source says the reseller offers one.
 RESELLER_INHERITS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok")
@@ -33,6 +51,7 @@ RESELLER_INHERITS = ("input_per_mtok", "cached_input_per_mtok", "output_per_mtok
 DEFAULT_MARKET_CNY_PER_USD = 7.3
 _DATED_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")  # gpt-4.1-2025-04-14 -> gpt-4.1
 _HYPHEN_VERSION = re.compile(r"-(\d+)-(\d+)$")  # Anthropic's API ids: claude-sonnet-4-5 -> claude-sonnet-4.5
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 class UnknownModelError(ValueError):
@@ -140,7 +159,8 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     """Read and validate a price table; reseller rows are filled in from the list they resell."""
     path = Path(path) if path is not None else default_prices_path()
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save "CSV UTF-8" with a BOM
-        rows = [_parse_row(raw, path.name, line) for line, raw in csv_records(f)]
+        records = csv_records(f, path.name, COLUMNS, REQUIRED_COLUMNS)
+        rows = [_parse_row(raw, path.name, line) for line, raw in records]
     if not rows:  # a header alone loaded as a table that priced nothing: cost_table raised KeyError('cost_usd')
         raise PriceTableError(f"{path}: no price rows; a price table needs a header line and at least one row")
     seen_keys: dict[tuple[str, str], int] = {}
@@ -166,19 +186,52 @@ def load_prices(path: str | Path | None = None) -> PriceTable:
     return PriceTable(rows, path)
 
 
-def csv_records(f):
+def csv_records(f, filename: str, columns: tuple[str, ...], required: tuple[str, ...]):
     """(first line, {column: text}) per CSV record after the header, with the line an editor shows.
 
     Counting records instead would misnumber every row after a skipped blank line or a quoted note
-    that spans lines.
+    that spans lines. A record must have one field per column: an unquoted comma in a note made one
+    more, and zipping it with the header dropped the rest of the note.
     """
     reader = csv.reader(f)
-    header = next(reader, [])
+    header = [name.strip() for name in next((fields for fields in reader if fields), [])]
+    if not header:  # an empty file: the loader says "no price rows"
+        return
+    check_header(header, f"{filename} line {reader.line_num} (header)", columns, required)
     start = reader.line_num + 1
     for fields in reader:
         if fields:  # a blank line is no record (csv.DictReader skips it too)
+            if len(fields) != len(header):
+                hint = ("put a field that holds a comma in double quotes" if len(fields) > len(header)
+                        else "give every column a field, an empty one too")
+                raise PriceTableError(
+                    f"{filename} line {start}: {len(fields)} fields, but the header has {len(header)} "
+                    f"columns; {hint}"
+                )
             yield start, dict(zip(header, fields))
         start = reader.line_num + 1
+
+
+def check_header(header: list[str], where: str, columns: tuple[str, ...], required: tuple[str, ...]) -> None:
+    """Refuse an unknown, repeated or missing column: a misspelled one was read as blank (cached_per_mtok
+    lost the cache discount) and a repeated one silently kept its last field."""
+    problems = []
+    for name in header:
+        if name not in columns:
+            close = difflib.get_close_matches(name, columns, n=1)
+            problems.append(f"unknown column {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        problems.append(f"repeated column {', '.join(map(repr, repeated))}")
+    missing = [name for name in required if name not in header]
+    if missing:
+        problems.append(f"missing column {', '.join(map(repr, missing))}")
+    if problems:
+        optional = [name for name in columns if name not in required]
+        raise PriceTableError(
+            f"{where}: {'; '.join(problems)}. Columns: {', '.join(required)} (required), "
+            f"{', '.join(optional)} (optional)"
+        )
 
 
 def _parse_row(raw: dict, filename: str, line: int) -> PriceRow:
@@ -197,13 +250,8 @@ def _parse_row(raw: dict, filename: str, line: int) -> PriceRow:
             f"currency must be one of {', '.join(CURRENCIES)} (USD for direct prices, CNY for reseller "
             f"credit), got {raw.get('currency')!r}"
         )
-    source_url = (raw.get("source_url") or "").strip()
-    if not source_url.startswith(("http://", "https://")):
-        fail(f"source_url must be an http(s) URL, got {source_url!r}")
-    try:
-        seen = date.fromisoformat((raw.get("seen") or "").strip())
-    except ValueError:
-        fail(f"seen must be a date YYYY-MM-DD, got {raw.get('seen')!r}")
+    source_url = check_url(raw.get("source_url"), fail)
+    seen = check_seen(raw.get("seen"), fail)
     verification = (raw.get("verification") or "").strip()
     if verification not in VERIFICATIONS:
         fail(f"verification must be one of {', '.join(VERIFICATIONS)}, got {verification!r}")
@@ -247,6 +295,35 @@ def _check_discounts(prices: dict, fail) -> None:
             fail(f"{discounted} ({prices[discounted]:g}) must not exceed {full} ({prices[full]:g})")
 
 
+def check_url(text, fail) -> str:
+    """The source_url column: an http(s) URL with a host ("https://" alone, or "https:// see notes", is none)."""
+    text = (text or "").strip()
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an unclosed "[" in the host
+        ok = False
+    if not ok or any(c.isspace() for c in text):
+        fail(f"source_url must be an http(s) URL with a host and no spaces (https://example.com/pricing), "
+             f"got {text!r}")
+    return text
+
+
+def check_seen(text, fail) -> date:
+    """The seen column: a date written YYYY-MM-DD, not after today. date.fromisoformat alone also reads
+    2026-W47-1 and 20261123, and a date still to come cannot have been seen."""
+    text = (text or "").strip()
+    if not _ISO_DATE.fullmatch(text):
+        fail(f"seen must be a date YYYY-MM-DD, got {text!r}")
+    try:
+        seen = date.fromisoformat(text)
+    except ValueError:  # 2026-02-30
+        fail(f"seen must be a real date YYYY-MM-DD, got {text!r}")
+    if seen > date.today():
+        fail(f"seen must not be after today ({date.today()}), got {text}")
+    return seen
+
+
 def _number(text, field: str, fail) -> float | None:
     text = (text or "").strip()
     if not text:
@@ -279,8 +356,10 @@ def row_cost(
         ("completion_tokens", completion_tokens),
         ("cached_tokens", cached_tokens),
     ):
-        if not is_finite(value, inclusive=True):  # an inf count would price to an inf cost
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        # Whole tokens only: no API bills part of one, so 1000.5 is a mean or a typo (and inf priced to an
+        # inf cost). numpy integers pass; a whole float from a pandas sum needs int() where it is made.
+        if not is_int(value) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     if not isinstance(batch, bool):  # a truthy "no" would silently price at the batch discount
         raise ValueError(f"batch must be True or False, got {batch!r}")
     if cached_tokens > prompt_tokens:

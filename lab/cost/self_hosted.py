@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 
 from lab._checks import is_finite, is_int, is_number
-from lab.cost.prices import PriceTableError, csv_records, default_prices_path
+from lab.cost.prices import PriceTableError, check_seen, check_url, csv_records, default_prices_path
 from lab.metrics import Result
 
 THROUGHPUT_KINDS = ("output", "total")  # output tokens/s, or prompt + output tokens/s
@@ -38,6 +38,10 @@ class GpuPrice:
     line: int = 0
 
 
+COLUMNS = ("gpu", "memory_gb", "provider", "offering", "usd_per_gpu_hour", "source_url", "seen", "notes")
+REQUIRED_COLUMNS = ("gpu", "memory_gb", "provider", "usd_per_gpu_hour", "source_url", "seen")
+
+
 def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
     """Read and validate data/gpu_prices.csv (USD per GPU-hour, source and date per row).
 
@@ -45,48 +49,51 @@ def load_gpu_prices(path: str | Path | None = None) -> list[GpuPrice]:
     price per second x 3600.
     """
     path = Path(path) if path is not None else default_prices_path("gpu_prices.csv")
-    rows = []
     with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets save "CSV UTF-8" with a BOM
-        for line, raw in csv_records(f):
-            provider, gpu = (raw.get("provider") or "").strip(), (raw.get("gpu") or "").strip()
-            where = f"{path.name} line {line} ({provider or '?'}/{gpu or '?'})"
-            if not provider or not gpu:
-                raise PriceTableError(f"{where}: gpu and provider are required")
-            try:
-                price = float(raw.get("usd_per_gpu_hour") or "")
-                memory = float(raw.get("memory_gb") or "")
-            except ValueError:
-                raise PriceTableError(f"{where}: usd_per_gpu_hour and memory_gb must be numbers") from None
-            if not (is_finite(price) and is_finite(memory)):  # float() reads "inf" and "nan" too
-                raise PriceTableError(
-                    f"{where}: usd_per_gpu_hour and memory_gb must be finite numbers > 0, "
-                    f"got {price}, {memory}"
-                )
-            url = (raw.get("source_url") or "").strip()
-            if not url.startswith(("http://", "https://")):
-                raise PriceTableError(f"{where}: source_url must be an http(s) URL, got {url!r}")
-            try:
-                seen = date.fromisoformat((raw.get("seen") or "").strip())
-            except ValueError:
-                raise PriceTableError(
-                    f"{where}: seen must be a date YYYY-MM-DD, got {raw.get('seen')!r}"
-                ) from None
-            rows.append(
-                GpuPrice(
-                    gpu,
-                    memory,
-                    provider.lower(),
-                    (raw.get("offering") or "").strip(),
-                    price,
-                    url,
-                    seen,
-                    (raw.get("notes") or "").strip(),
-                    line,
-                )
-            )
+        records = csv_records(f, path.name, COLUMNS, REQUIRED_COLUMNS)
+        rows = [_parse_gpu_row(raw, path.name, line) for line, raw in records]
     if not rows:  # a header alone: gpu_price then said "known: " and named nothing
         raise PriceTableError(f"{path}: no price rows; a GPU price table needs a header line and at least one row")
+    first_line: dict[tuple[str, str, str], int] = {}
+    for row in rows:
+        # gpu_price picks the cheapest row: a second "h100-sxm" row of the same offering silently won
+        key = (gpu_key(row.gpu), row.provider, " ".join(row.offering.lower().split()))
+        if key in first_line:
+            raise PriceTableError(
+                f"{path.name} line {row.line}: duplicate {row.provider}/{row.gpu} (offering {row.offering!r}), "
+                f"first on line {first_line[key]}"
+            )
+        first_line[key] = row.line
     return rows
+
+
+def _parse_gpu_row(raw: dict, filename: str, line: int) -> GpuPrice:
+    provider, gpu = (raw.get("provider") or "").strip(), (raw.get("gpu") or "").strip()
+    where = f"{filename} line {line} ({provider or '?'}/{gpu or '?'})"
+
+    def fail(msg: str):
+        raise PriceTableError(f"{where}: {msg}")
+
+    if not provider or not gpu:
+        fail("gpu and provider are required")
+    try:
+        price = float(raw.get("usd_per_gpu_hour") or "")
+        memory = float(raw.get("memory_gb") or "")
+    except ValueError:
+        fail("usd_per_gpu_hour and memory_gb must be numbers")
+    if not (is_finite(price) and is_finite(memory)):  # float() reads "inf" and "nan" too
+        fail(f"usd_per_gpu_hour and memory_gb must be finite numbers > 0, got {price}, {memory}")
+    return GpuPrice(
+        gpu,
+        memory,
+        provider.lower(),
+        (raw.get("offering") or "").strip(),
+        price,
+        check_url(raw.get("source_url"), fail),
+        check_seen(raw.get("seen"), fail),
+        (raw.get("notes") or "").strip(),
+        line,
+    )
 
 
 def gpu_key(name: str) -> str:
