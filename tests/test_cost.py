@@ -629,3 +629,27 @@ def test_a_reseller_row_without_batch_keeps_its_claim_note(table):
     assert notes["resell", "model-x"] == "provider's claim, not verified; no batch API"
     assert notes["cheapco", "model-y"] == "no batch API"
     assert notes["acme", "model-x"] == ""
+
+
+def test_client_cost_of_says_why_a_price_is_missing(monkeypatch, caplog):
+    """An unpriced model (a local one) gives cost_usd None quietly; a broken price table or a usage the
+    server got wrong gives None too (the answer still arrives), but with a warning naming the cause."""
+    import lab.client.types as types
+    from lab.cost import PriceTableError
+
+    monkeypatch.setattr(types, "_COST_FN", [])
+    usage = types.Usage(prompt_tokens=1200, completion_tokens=300, cached_tokens=1000)
+    assert types.cost_of("gpt-4.1", usage, None) == pytest.approx(usage_cost("gpt-4.1", 1200, 300, 1000))
+    with caplog.at_level("WARNING", logger="lab.client"):
+        assert types.cost_of("tiny-shakespeare", usage, None) is None
+        assert not caplog.records  # unpriced: the normal case, nothing to warn about
+        bad = types.Usage(prompt_tokens=10, completion_tokens=1, cached_tokens=50)  # more cached than prompt
+        assert types.cost_of("gpt-4.1", bad, None) is None
+        assert "cost_usd left out for model 'gpt-4.1'" in caplog.text and "cached_tokens" in caplog.text
+
+        def broken(*args, **kwargs):
+            raise PriceTableError("prices.csv line 3: input_per_mtok must be >= 0")
+
+        monkeypatch.setattr(types, "_COST_FN", [broken])
+        assert types.cost_of("gpt-4.1", usage, None) is None
+        assert "prices.csv line 3" in caplog.text

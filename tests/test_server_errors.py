@@ -354,7 +354,9 @@ def test_fault_header_values_are_checked(http, value):
     (dict(requests_per_minute=True), ValueError, r"^requests_per_minute: must be an integer >= 1 or None"),
     (dict(shutdown_timeout_s=-1), ValueError, r"^shutdown_timeout_s: must be a finite number of seconds >= 0"),
     (dict(faults={"error_rates": {429: 0.1}}), TypeError, r"^faults: must be a FaultConfig or None, got dict"),
-    (dict(log_level="loud"), Exception, None),  # uvicorn's own refusal (a KeyError), after the engine started
+    (dict(log_level="loud"), ValueError, r"^log_level: 'loud' is not a level; allowed: critical, error, warning"),
+    (dict(host=123), ValueError, r"^host: must be an address or a name of this machine"),
+    (dict(host=""), ValueError, r"^host: must be an address"),
 ])
 def test_a_refused_serve_argument_leaves_the_engine_free(kwargs, error, message):
     # before: these were refused after serve() had started the engine thread, which kept driving the

@@ -20,7 +20,7 @@ def socket_of(response):
     stream = response.extensions.get("network_stream")
     try:
         return None if stream is None else stream.get_extra_info("socket")
-    except Exception:  # a custom transport's stream may not know the question
+    except (AttributeError, NotImplementedError):  # a custom transport's stream may not know the question
         return None
 
 

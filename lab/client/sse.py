@@ -81,15 +81,3 @@ def iter_events(lines):
     event = decoder.flush()
     if event is not None:
         yield event
-
-
-async def aiter_events(lines):
-    """Events from an async iterable of lines."""
-    decoder = SSEDecoder()
-    async for line in lines:
-        event = decoder.decode(line)
-        if event is not None:
-            yield event
-    event = decoder.flush()
-    if event is not None:
-        yield event

@@ -6,8 +6,10 @@ and completions add what we measured: `latency_s`, `ttft_s`, `cost_usd`, `retrie
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+log = logging.getLogger("lab.client")
 
 @dataclass(slots=True)
 class Usage:
@@ -175,7 +177,11 @@ class ModelPage:
 
 
 def cost_of(model: str, usage: Usage | None, provider: str | None) -> float | None:
-    """Price of a usage via lab.cost, or None when that module or the model's price is unknown."""
+    """Price of a usage via lab.cost, or None when that module or the model's price is unknown.
+
+    A model missing from the price table is the common case (a local model) and passes quietly; any other
+    refusal (a broken price table, a usage the server got wrong) is logged as a warning: the answer is
+    still returned, without its price, and nobody is left guessing why."""
     if usage is None or not model:
         return None
     usage_cost = _usage_cost()
@@ -183,7 +189,11 @@ def cost_of(model: str, usage: Usage | None, provider: str | None) -> float | No
         return None
     try:
         return usage_cost(model, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, provider=provider)
-    except (ValueError, LookupError):  # lab.cost.UnknownModelError is a ValueError
+    except ValueError as exc:
+        from lab.cost import UnknownModelError  # importable: usage_cost came from lab.cost
+
+        if not isinstance(exc, UnknownModelError):
+            log.warning("cost_usd left out for model %r: %s", model, exc)
         return None
 
 

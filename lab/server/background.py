@@ -31,6 +31,7 @@ from lab.server.ratelimit import RateLimiter
 log = logging.getLogger("lab.server")
 _SERVER_FIELDS = {f.name for f in fields(ServerConfig)}
 START_TIMEOUT_S = 30.0
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 class Server:
@@ -146,13 +147,19 @@ def start_server(model=None, port: int = 0, api_keys=None, faults: FaultConfig |
     server_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _SERVER_FIELDS}
     if not is_int(port) or not 0 <= port <= 65535:
         raise ValueError(f"port: must be an integer in 0..65535 (0: pick a free port), got {port!r}")
+    if not isinstance(host, str) or not host.strip():
+        raise ValueError(f"host: must be an address or a name of this machine, such as '127.0.0.1' or "
+                         f"'0.0.0.0', got {host!r}")
+    # checked here: uvicorn refuses a bad level with a bare KeyError, and only after the engine started
+    if not isinstance(log_level, str) or log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"log_level: {log_level!r} is not a level; allowed: {', '.join(LOG_LEVELS)}")
     # not list(api_keys): a single key given as a string must stay one key, not one per character
     config = ServerConfig(api_keys=api_keys or [], **server_kwargs)
     if llm is None:
         llm = LLM(model=model, device=device, dtype=dtype, seed=seed, **kwargs)
     elif kwargs or model is not None:
         raise TypeError(f"serve: give either llm= or model/engine arguments, not both ({sorted(kwargs)})")
-    return Server(llm, config, faults, host, port, log_level)
+    return Server(llm, config, faults, host, port, log_level.lower())
 
 
 @contextmanager
