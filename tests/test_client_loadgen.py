@@ -461,7 +461,7 @@ def test_bench_against_a_server_listing_no_model_names_the_flag(monkeypatch, cap
 
 
 @pytest.mark.parametrize("key, message", [
-    ("sk-...", "error: the API key from the --api-key option looks like a placeholder (sk***); "
+    ("sk-...", "error: the API key from the --api-key option looks like a placeholder (***); "
                "pass your real key as --api-key KEY\n"),
     ("sk bad", "error: --api-key: the key contains spaces or control characters"),
 ])

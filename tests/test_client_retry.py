@@ -101,6 +101,15 @@ def test_rate_limit_error_carries_retry_after():
     assert info.value.retry_after == 7.0
 
 
+@pytest.mark.parametrize("value, expected", [
+    ("0", 0.0), ("2.5", 2.5), ("-3", None), ("nan", None), ("inf", None), ("1e400", None),
+    (email.utils.formatdate(1_000_000_000, usegmt=True), None),  # a date in the past: was -7e8 s
+])
+def test_rate_limit_error_retry_after_is_none_when_unusable(value, expected):
+    # negative and non-finite values were returned as they came; the retry policy ignores them too
+    assert RateLimitError("x", status_code=429, headers={"retry-after": value}).retry_after == expected
+
+
 # ---- which failures are retried
 
 
@@ -134,6 +143,22 @@ def test_x_should_retry_header_overrides_status():
     with pytest.raises(InternalServerError):
         client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
     assert len(calls) == 1
+
+
+def test_x_should_retry_is_read_loosely_and_wins_over_a_long_retry_after(monkeypatch):
+    policy = RetryPolicy()
+    assert policy.should_retry(BadRequestError("x", status_code=400, headers={"x-should-retry": " True "}))
+    assert not policy.should_retry(InternalServerError("x", status_code=503, headers={"x-should-retry": "FALSE"}))
+    # a retry-after beyond the cap is refused, unless the server also says to retry: then the backoff
+    over = str(int(MAX_RETRY_AFTER) * 3)
+    forced = RateLimitError("x", status_code=429, headers={"retry-after": over, "x-should-retry": "true"})
+    assert policy.should_retry(forced) and policy.delay(0, forced, rand=lambda: 0.0) == 0.5
+    slept = []
+    monkeypatch.setattr("lab.client.client.time.sleep", slept.append)
+    handler, calls = scripted(err(429, headers={"retry-after": over, "x-should-retry": "true"}),
+                              httpx.Response(200, json=OK_BODY))
+    resp = client_for(handler, retry=RetryPolicy(max_retries=2)).chat.completions.create(model="m", messages=MESSAGES)
+    assert resp.retries == 1 and len(calls) == 2 and len(slept) == 1 and slept[0] <= 0.5
 
 
 @pytest.mark.parametrize("exc,cls", [
@@ -274,11 +299,21 @@ def test_a_password_in_base_url_is_not_shown():
 def test_key_never_shown_in_full():
     c = Client(base_url="http://test/v1", api_key=KEY)
     assert KEY not in repr(c) and mask_key(KEY) in repr(c)
-    assert mask_key(KEY) == "sk-te...cdef" and mask_key("short") == "sh***" and mask_key(None) == "<none>"
+    assert mask_key(KEY) == "sk-te...cdef" and mask_key("short") == "***" and mask_key(None) == "<none>"
     sent = []
     handler = lambda r: (sent.append(r.headers["authorization"]), httpx.Response(200, json=OK_BODY))[1]  # noqa: E731
     client_for(handler).chat.completions.create(model="m", messages=MESSAGES)
     assert sent == [f"Bearer {KEY}"]
+
+
+def test_a_short_key_is_masked_in_proportion():
+    # the fixed 5 + 4 showed 9 of a 13-character key's characters
+    assert mask_key("sk-abcdefghij") == "sk...ij"
+    assert mask_key("12345678") == "***"  # nothing of a key this short
+    for n in range(9, 41):
+        key = "k" * n
+        shown = len(mask_key(key).replace("...", ""))
+        assert 3 <= shown <= 9 and shown <= n * 3 / 8
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -337,22 +372,52 @@ def test_real_looking_keys_pass(key):
 
 
 def test_rpm_bucket_spaces_requests():
-    lim = RateLimiter(RateLimits(rpm=60))  # one request a second, no burst
+    lim = RateLimiter(RateLimits(rpm=60))  # holds one request, refills the other 59 of the minute
+    gap = 60 / 59
     assert lim.reserve(0, now=100.0) == 0.0
-    assert lim.reserve(0, now=100.0) == pytest.approx(1.0)
-    assert lim.reserve(0, now=100.5) == pytest.approx(0.5)
-    assert lim.reserve(0, now=101.0) == 0.0
+    assert lim.reserve(0, now=100.0) == pytest.approx(gap)
+    assert lim.reserve(0, now=100.5) == pytest.approx(gap - 0.5)
+    assert lim.reserve(0, now=101.02) == 0.0  # 100 + gap, but no float rounding to trip over
 
 
 def test_tpm_bucket_weights_by_tokens_and_allows_one_big_request():
-    lim = RateLimiter(RateLimits(tpm=6000))  # 100 tokens a second
+    lim = RateLimiter(RateLimits(tpm=6000))  # holds 100 tokens, refills the other 5900 of the minute
+    rate = 5900 / 60
     assert lim.reserve(60, now=0.0) == 0.0
-    assert lim.reserve(60, now=0.0) == pytest.approx(0.2)  # 20 missing at 100/s
-    assert lim.reserve(500, now=0.4) == pytest.approx(0.2)  # bigger than the bucket: waits until it is full
-    assert lim.reserve(500, now=0.6) == 0.0  # ... then goes, leaving the bucket in debt
-    assert lim.reserve(10, now=0.6) == pytest.approx((10 + 400) / 100)
+    assert lim.reserve(60, now=0.0) == pytest.approx(20 / rate)  # 20 missing
+    full = 60 / rate  # 60 missing
+    assert lim.reserve(500, now=0.4) == pytest.approx(full - 0.4)  # bigger than the bucket: waits until it is full
+    assert lim.reserve(500, now=full + 1e-9) == 0.0  # ... then goes, leaving the bucket in debt
+    assert lim.reserve(10, now=full + 1e-9) == pytest.approx((10 + 400) / rate)
     lim.settle(est_tokens=500, used_tokens=100)  # the server counted less: refund
-    assert lim.reserve(10, now=0.6) == pytest.approx(0.1)
+    assert lim.reserve(10, now=full + 1e-9) == pytest.approx(10 / rate)
+
+
+def _most_in_a_minute(limits: RateLimits, amount: int, seconds: float) -> tuple[int, int]:
+    """A greedy caller of `reserve`: (the most it got in any closed 60 s window, all it got in `seconds`)."""
+    import bisect
+
+    lim, t, admitted = RateLimiter(limits), 0.0, []
+    while t < seconds:
+        wait = lim.reserve(amount, now=t)
+        if wait == 0:
+            admitted.append(t)
+        t += max(wait, 1e-9)
+    most = max(bisect.bisect_right(admitted, a + 60) - i for i, a in enumerate(admitted))
+    return most * amount, len(admitted) * amount
+
+
+@pytest.mark.parametrize("rpm", [1, 7, 60, 90, 600, 6000])
+def test_no_minute_admits_more_than_rpm(rpm):
+    # a bucket of one second's worth refilling at rpm / 60 a second let a minute admit 6099 at rpm 6000
+    most, total = _most_in_a_minute(RateLimits(rpm=rpm), 1, 600)
+    assert most <= rpm
+    assert total >= 0.98 * rpm * 10  # ... and the limit is still used, over ten minutes
+
+
+def test_no_minute_admits_more_than_tpm():
+    most, total = _most_in_a_minute(RateLimits(tpm=6000), 40, 600)  # requests that fit the bucket of 100
+    assert most <= 6000 and total >= 0.98 * 6000 * 10
 
 
 def test_limiter_adapts_to_headers_and_429():
@@ -368,6 +433,30 @@ def test_limiter_adapts_to_headers_and_429():
     assert lim.reserve(0, now=30.0) == pytest.approx(1.0)
     assert parse_reset("6m0s") == 360 and parse_reset("20ms") == 0.02 and parse_reset("1h2m3.5s") == 3723.5
     assert parse_reset("2") == 2.0 and parse_reset("") is None
+    # Go writes durations under a millisecond in µs (micro sign; it reads the Greek mu and "us" too) or ns
+    assert parse_reset("834.208\u00b5s") == pytest.approx(834.208e-6) and parse_reset("12ns") == pytest.approx(12e-9)
+    assert parse_reset("5\u03bcs") == pytest.approx(5e-6) and parse_reset("5us") == pytest.approx(5e-6)
+    assert parse_reset("-1.5s") == -1.5
+
+
+@pytest.mark.parametrize("reset, pause", [
+    ("834.208\u00b5s", 834.208e-6), ("2s", 2.0),
+    ("inf", 1.0), ("nan", 1.0), ("-5", 1.0), ("-1s", 1.0), ("0s", 1.0), ("soon", 1.0),  # unknown: 1 s
+    ("1e9", MAX_RETRY_AFTER), ("1767225600", MAX_RETRY_AFTER),  # a Unix timestamp is no duration: the cap
+])
+def test_remaining_zero_pauses_for_the_reset_within_bounds(reset, pause):
+    # "inf" or a timestamp paused every later request for years (async) or overflowed time.sleep (sync);
+    # a negative reset did not pause at all
+    lim = RateLimiter(RateLimits(rpm=6000))
+    lim.observe(200, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": reset}, now=50.0)
+    assert lim.paused_until - 50.0 == pytest.approx(pause)
+
+
+@pytest.mark.parametrize("limit", ["-5", "nan", "0"])
+def test_a_server_limit_that_is_no_limit_is_not_adopted(limit):
+    lim = RateLimiter(RateLimits(max_concurrency=4))
+    lim.observe(200, {"x-ratelimit-limit-requests": limit}, now=0.0)
+    assert lim.requests is None
 
 
 async def test_max_concurrency_caps_requests_in_flight():
@@ -421,6 +510,125 @@ def test_a_long_retry_after_pauses_the_limiter_for_the_cap():
     limiter = RateLimiter(RateLimits(rpm=6000))
     limiter.observe(429, {"retry-after": "300"}, now=0.0)  # too long to retry, not too long to respect
     assert limiter.reserve(1, now=1.0) == pytest.approx(MAX_RETRY_AFTER - 1.0)
+
+
+def test_the_blocking_client_changes_its_limiter_only_under_the_lock():
+    # settle and observe ran without the lock that reserve takes: threads lost each other's updates
+    # (a limiter that undercounted 800,000 tokens by 84,000 in the reviewer's run)
+    limits_headers = {"x-ratelimit-limit-tokens": "600000", "x-ratelimit-remaining-tokens": "599000"}
+    sse = 'data: {"id": "s", "choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n'
+    handler, _ = scripted(httpx.Response(200, json=OK_BODY, headers=limits_headers),
+                          err(503, headers=limits_headers), httpx.Response(200, json=OK_BODY),
+                          httpx.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"}))
+    c = client_for(handler, rpm=6000)
+    lock, held = c._limiter._lock, []
+
+    class Watched(RateLimiter):
+        def settle(self, *args):
+            held.append(("settle", lock._is_owned()))
+            super().settle(*args)
+
+        def observe(self, *args):
+            held.append(("observe", lock._is_owned()))
+            super().observe(*args)
+
+    c._limiter.core = core = Watched(c.limits)
+    c.chat.completions.create(model="m", messages=MESSAGES)  # observe, settle
+    c.chat.completions.create(model="m", messages=MESSAGES)  # observe the 503 (twice: response, retry loop)
+    assert {name for name, _ in held} == {"settle", "observe"}
+    held.clear()  # a stream settles when it closes
+    assert "".join(ch.text for ch in c.chat.completions.create(model="m", messages=MESSAGES, stream=True)) == "hi"
+    assert {name for name, _ in held} == {"settle", "observe"} and all(owned for _, owned in held)
+    assert core.tokens is not None  # and the server's token limit was learnt
+
+
+class FakeClock:
+    def __init__(self):
+        self.t, self.reads = 0.0, 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.t
+
+
+async def test_the_async_budget_serves_waiters_in_arrival_order():
+    # a request wanting more tokens than the refill gave waited for ever while smaller ones, arriving
+    # after it, kept taking what came in
+    import asyncio
+
+    from lab.client.limits import AsyncLimiter
+
+    real_sleep = asyncio.sleep
+
+    async def spin():  # let every waiter look at the (frozen) clock a few times
+        for _ in range(10):
+            await real_sleep(0)
+
+    lim = AsyncLimiter(RateLimits(tpm=6000))  # holds 100 tokens
+    rate = lim.core.tokens.rate
+    clock = lim.clock = FakeClock()
+    lim.sleep = lambda s: real_sleep(0)  # time moves only when the test moves it
+    assert lim.core.reserve(100, clock()) == 0.0  # the bucket is empty
+    big = asyncio.create_task(lim.wait_budget(60))
+    await spin()
+    gone = asyncio.create_task(lim.wait_budget(60))  # cancelled while waiting: must not block the line
+    small = asyncio.create_task(lim.wait_budget(10))
+    await spin()
+    clock.t = 30 / rate  # enough for the small one, not for the big one at the head
+    await spin()
+    assert not big.done() and not small.done()
+    gone.cancel()
+    clock.t = 60 / rate + 1e-9
+    await spin()
+    assert big.done() and gone.cancelled() and not small.done()  # the big one took what there was
+    lim.observe(429, {"retry-after": "5"})  # a 429 holds the line too
+    clock.t += 1.0  # the 10 tokens are back, the pause is not over
+    await spin()
+    assert not small.done()
+    clock.t += 4.0
+    await spin()
+    assert small.done()
+
+
+def test_the_blocking_budget_serves_waiters_in_arrival_order():
+    import threading
+
+    from lab.client.limits import SyncLimiter
+
+    lim = SyncLimiter(RateLimits(tpm=6000))
+    rate = lim.core.tokens.rate
+    clock = lim.clock = FakeClock()
+    assert lim.core.reserve(100, clock()) == 0.0  # the bucket is empty
+    served = []
+
+    def wait_for(tokens):
+        lim.wait_budget(tokens)
+        served.append(tokens)
+
+    def until(condition):  # the threads run on their own: wait for them to get where the test needs them
+        give_up = time.monotonic() + 60  # only so that a broken limiter fails instead of hanging the run
+        while not condition():
+            assert time.monotonic() < give_up
+            time.sleep(0.001)
+
+    def move_clock(t):
+        clock.t = t
+        with lim._changed:
+            lim._changed.notify_all()  # a waiter sleeps until its budget is due: wake it to read the clock
+
+    big = threading.Thread(target=wait_for, args=(60,), daemon=True)
+    big.start()
+    until(lambda: clock.reads > 0)  # the big one has asked for its budget: it waits at the head
+    move_clock(30 / rate)  # enough for a small one, not for the big one
+    small = threading.Thread(target=wait_for, args=(10,), daemon=True)
+    small.start()
+    until(lambda: len(lim._line) == 2 or served)  # queued behind it (or, unfairly, served at once)
+    move_clock(60 / rate + 1e-9)
+    until(lambda: served)
+    move_clock(70 / rate + 1e-9)
+    big.join(10)
+    small.join(10)
+    assert served == [60, 10]
 
 
 def test_run_batch_refuses_to_drop_a_custom_http_client():

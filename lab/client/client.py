@@ -57,7 +57,7 @@ def _answer(client: BaseClient, response, content: bytes, method: str, rid, est:
     # only the parsing is guarded: a TypeError of our own (the limiter, cost) must not pass for the server's
     completion = _shaped(lambda: Completion.from_dict(data), data, response.status_code, rid)
     if client._limiter is not None:
-        client._limiter.core.settle(est, client._used_tokens(completion.usage, est))
+        client._limiter.settle(est, client._used_tokens(completion.usage, est))
     return client._completion(completion, start_t=start_t, head_t=head_t, end_t=time.perf_counter(),
                               retries=retries, request_id=rid)
 
@@ -117,7 +117,7 @@ class Client(BaseClient):
                     return out
                 except APIError as e:
                     if limiter is not None:
-                        limiter.core.observe(e.status_code or 0, e.headers, time.monotonic())
+                        limiter.observe(e.status_code or 0, e.headers)
                     if retries >= self.retry.max_retries or not self.retry.should_retry(e):
                         e.retries_taken = retries
                         raise
@@ -135,7 +135,7 @@ class Client(BaseClient):
             raise from_httpx(e) from e
         head_t = time.perf_counter()
         if self._limiter is not None:
-            self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
+            self._limiter.observe(response.status_code, response.headers)
         rid = request_id_from(response.headers)
         if stream and response.status_code < 400:
             return self._open_stream(response, start_t, retries, est, rid)
@@ -162,7 +162,7 @@ class Client(BaseClient):
 
         def on_close(usage):
             if self._limiter is not None:
-                self._limiter.core.settle(est, self._used_tokens(usage, est))
+                self._limiter.settle(est, self._used_tokens(usage, est))
                 self._limiter.release_slot()
 
         # from here on the idle timeout applies: the request's read timeout covered the wait for this chunk
@@ -230,7 +230,7 @@ class AsyncClient(BaseClient):
                     return out
                 except APIError as e:
                     if limiter is not None:
-                        limiter.core.observe(e.status_code or 0, e.headers, time.monotonic())
+                        limiter.observe(e.status_code or 0, e.headers)
                     if retries >= self.retry.max_retries or not self.retry.should_retry(e):
                         e.retries_taken = retries
                         raise
@@ -263,7 +263,7 @@ class AsyncClient(BaseClient):
     async def _finish(self, response, method, start_t, retries, est):
         head_t = time.perf_counter()
         if self._limiter is not None:
-            self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
+            self._limiter.observe(response.status_code, response.headers)
         rid = request_id_from(response.headers)
         try:
             content = await response.aread()
@@ -275,7 +275,7 @@ class AsyncClient(BaseClient):
 
     async def _open_stream(self, response, start_t, retries, est, release_pool) -> AsyncStream:
         if self._limiter is not None:
-            self._limiter.core.observe(response.status_code, response.headers, time.monotonic())
+            self._limiter.observe(response.status_code, response.headers)
         state = StreamState(self.stream_idle_timeout, time.perf_counter(), request_id_from(response.headers))
         try:
             if is_whole_answer(response):
@@ -292,7 +292,7 @@ class AsyncClient(BaseClient):
         def on_close(usage):
             release_pool()
             if self._limiter is not None:
-                self._limiter.core.settle(est, self._used_tokens(usage, est))
+                self._limiter.settle(est, self._used_tokens(usage, est))
                 self._limiter.release_slot()
 
         return AsyncStream(response, state, first, lines=lines, start_t=start_t, retries=retries,

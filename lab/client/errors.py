@@ -7,6 +7,7 @@ and the server's own message, so a log line is enough to file a ticket with the 
 from __future__ import annotations
 
 import json
+import math
 
 
 class APIError(Exception):
@@ -102,10 +103,12 @@ class UnprocessableEntityError(APIStatusError):  # 422
 class RateLimitError(APIStatusError):  # 429
     @property
     def retry_after(self) -> float | None:
-        """Seconds the server asked us to wait (retry-after-ms or retry-after), if it said."""
+        """Seconds the server asked us to wait (retry-after-ms or retry-after), if it said; None also for
+        what the retry policy ignores too: a date in the past (negative), "nan", "inf"."""
         from lab.client.retry import parse_retry_after
 
-        return parse_retry_after(self.headers)
+        wait = parse_retry_after(self.headers)
+        return wait if wait is not None and 0 <= wait < math.inf else None
 
 
 class InternalServerError(APIStatusError):  # 5xx

@@ -7,9 +7,11 @@ Two token buckets (requests, estimated tokens) refill continuously; the server's
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from lab._checks import is_finite, is_int
@@ -41,8 +43,8 @@ class RateLimits:
 
 @dataclass(slots=True)
 class TokenBucket:
-    """Refills at `per_minute / 60` a second, holds at most one second's worth (so no minute-long bursts
-    that a provider enforcing the limit over shorter windows would 429) and at least one request."""
+    """Holds one second's worth (so no minute-long bursts that a provider enforcing the limit over shorter
+    windows would 429) and refills the rest of the minute: at most `per_minute` in any 60 s window."""
 
     per_minute: float
     level: float = 0.0
@@ -53,34 +55,45 @@ class TokenBucket:
 
     @property
     def capacity(self) -> float:
-        return max(1.0, self.per_minute / 60.0)
+        # below 60 a minute this is less than one request: that request goes once the bucket is full (wait_s)
+        return self.per_minute / 60.0
+
+    @property
+    def rate(self) -> float:
+        # per second. A full bucket plus 60 s of refill is what a minute can admit: refilling at
+        # per_minute / 60 let a sliding minute take capacity + per_minute (6099 at rpm 6000)
+        return (self.per_minute - self.capacity) / 60.0
 
     def refill(self, now: float) -> None:
         if self.updated is None:
             self.updated = now
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.per_minute / 60.0)
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
         self.updated = now
 
     def wait_s(self, amount: float) -> float:
         # a request bigger than the bucket goes once the bucket is full, and leaves it in debt
         need = min(amount, self.capacity) - self.level
-        return 0.0 if need <= 0 else need * 60.0 / self.per_minute
+        return 0.0 if need <= 0 else need / self.rate
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+# µ: the micro sign Go writes, and the Greek mu it also reads
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|\u00b5s|\u03bcs|ns|h|m|s)")
+_UNIT_S = {"ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ns": 1e-9, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_reset(value: str | None) -> float | None:
-    """OpenAI writes resets as "1s", "6m0s", "20ms"; others as plain seconds."""
+    """OpenAI writes resets as Go durations ("1s", "6m0s", "20ms", "834.208µs"); others as plain seconds."""
     if not value:
         return None
     try:
         return float(value)
     except ValueError:
         pass
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
     parts = _DURATION.findall(value)
-    return sum(float(n) * scale[u] for n, u in parts) if parts else None
+    if not parts:
+        return None
+    seconds = sum(float(n) * _UNIT_S[u] for n, u in parts)
+    return -seconds if value.lstrip().startswith("-") else seconds  # Go writes "-1.5s" for a past reset
 
 
 @dataclass(slots=True)
@@ -124,8 +137,10 @@ class RateLimiter:
             limit = _number(headers.get(f"x-ratelimit-limit-{kind}"))
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             bucket = getattr(self, kind)
-            if bucket is None and limit:
-                bucket = TokenBucket(limit)  # the server told us its limit; respect it from now on
+            # the server told us its limit; respect it from now on ("-5" or "nan" is none: such a bucket
+            # admitted everything)
+            if bucket is None and limit is not None and 0 < limit < math.inf:
+                bucket = TokenBucket(limit)
                 setattr(self, kind, bucket)
             if remaining is None:
                 continue
@@ -133,8 +148,12 @@ class RateLimiter:
                 bucket.refill(now)
                 bucket.level = min(bucket.level, remaining)
             if remaining <= 0:
-                reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}")) or 1.0
-                self.paused_until = max(self.paused_until, now + reset)
+                reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset is None or not 0 < reset < math.inf:  # "inf", "nan", a past reset: unknown
+                    reset = 1.0
+                # a Unix timestamp or "1e9" read as seconds would stop every request for years (and
+                # overflow the blocking client's wait): no longer than a 429's pause
+                self.paused_until = max(self.paused_until, now + min(reset, MAX_RETRY_AFTER))
         if status == 429:
             wait = parse_retry_after(headers)
             if wait is None or not wait > 0:
@@ -159,6 +178,11 @@ class AsyncLimiter:
         self.core = RateLimiter(limits)
         n = limits.max_concurrency
         self._slots = asyncio.Semaphore(n) if n else None
+        # one waiter at a time, in arrival order (asyncio.Lock is first come, first served): a large
+        # request waits for its budget at the head of the line instead of behind every small one that
+        # fits the refill first
+        self._turn = asyncio.Lock()
+        self.clock, self.sleep = time.monotonic, asyncio.sleep  # tests set fake ones
 
     async def acquire_slot(self) -> None:
         if self._slots is not None:
@@ -169,18 +193,30 @@ class AsyncLimiter:
             self._slots.release()
 
     async def wait_budget(self, est_tokens: int) -> None:
-        while (wait := self.core.reserve(est_tokens, time.monotonic())) > 0:
-            await asyncio.sleep(wait)
+        async with self._turn:
+            while (wait := self.core.reserve(est_tokens, self.clock())) > 0:
+                await self.sleep(wait)
+
+    def settle(self, est_tokens: int, used_tokens: int) -> None:
+        self.core.settle(est_tokens, used_tokens)
+
+    def observe(self, status: int, headers) -> None:
+        self.core.observe(status, headers, self.clock())
 
 
 class SyncLimiter:
-    """The same for threads."""
+    """The same for threads: every change to the buckets happens under one lock."""
 
     def __init__(self, limits: RateLimits):
         self.core = RateLimiter(limits)
         n = limits.max_concurrency
         self._slots = threading.BoundedSemaphore(n) if n else None
-        self._lock = threading.Lock()
+        # reentrant: a stream dropped unclosed settles from __del__, which the garbage collector may run
+        # in a thread that holds the lock already
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._line: deque = deque()  # the threads waiting for budget, first come first served
+        self.clock = time.monotonic  # tests set a fake clock
 
     def acquire_slot(self) -> None:
         if self._slots is not None:
@@ -191,9 +227,25 @@ class SyncLimiter:
             self._slots.release()
 
     def wait_budget(self, est_tokens: int) -> None:
-        while True:
-            with self._lock:
-                wait = self.core.reserve(est_tokens, time.monotonic())
-            if wait <= 0:
-                return
-            time.sleep(wait)
+        me = object()
+        with self._lock:
+            self._line.append(me)
+            try:
+                while True:
+                    wait = None  # behind someone: until the line moves
+                    if self._line[0] is me:
+                        wait = self.core.reserve(est_tokens, self.clock())
+                        if wait <= 0:
+                            return
+                    self._changed.wait(wait)  # lets go of the lock meanwhile
+            finally:  # served, or interrupted: either way the next in line goes
+                self._line.remove(me)
+                self._changed.notify_all()
+
+    def settle(self, est_tokens: int, used_tokens: int) -> None:
+        with self._lock:
+            self.core.settle(est_tokens, used_tokens)
+
+    def observe(self, status: int, headers) -> None:
+        with self._lock:
+            self.core.observe(status, headers, self.clock())

@@ -70,12 +70,16 @@ def _check_key_chars(key: str, source: str) -> None:
 
 
 def mask_key(key: str | None) -> str:
-    """`sk-abc...wxyz`: enough to tell two keys apart, never enough to use one."""
+    """`sk-ab...wxyz`: enough to tell two keys apart, never enough to use one."""
     if not key:
         return "<none>"
-    if len(key) <= 12:
-        return key[:2] + "***"
-    return f"{key[:5]}...{key[-4:]}"
+    if len(key) <= 8:
+        return "***"  # a short key (a local server's "secret"): any character shown is a good part of it
+    # about a third shows (at most 3/8): the fixed 5 + 4 showed 9 of a 13-character key; real keys (24 and up)
+    # still show 5 + 4
+    shown = min(9, len(key) * 3 // 8)
+    head = min(5, (shown + 1) // 2)
+    return f"{key[:head]}...{key[head - shown:]}"
 
 
 def redact_url(url: str) -> str:

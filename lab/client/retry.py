@@ -1,6 +1,6 @@
 """When to retry a failed request and how long to wait: openai-python's policy, in a few lines.
 
-Retry connection errors, timeouts, 408, 409, 429 and 5xx; obey `x-should-retry`; honour
+Retry connection errors, timeouts, 408, 409, 429 and 5xx; obey `x-should-retry` above all; honour
 `retry-after-ms`, then `retry-after` (seconds or an HTTP date) up to a cap; else back off exponentially.
 """
 
@@ -17,7 +17,8 @@ from lab.client.errors import APIConnectionError, APIError, APIStatusError, Stre
 
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
-# Retry-After is obeyed up to this many seconds; a server asking for longer is not retried at all: the
+# Retry-After is obeyed up to this many seconds; a server asking for longer is not retried at all (unless it
+# also sends `x-should-retry: true`, which wins and gets the usual backoff, as in openai-python): the
 # error goes to the caller (RateLimitError.retry_after says how long), and run_batch records it for a
 # `retry_errors` rerun. openai-python differs by release: the 1.x series (what `openai>=1.40` allows)
 # obeys the header only up to 60 s and, above that, still retries after its usual 0.5-8 s backoff; newer
@@ -71,13 +72,15 @@ class RetryPolicy:
             return True  # includes APITimeoutError
         if not isinstance(error, APIStatusError):
             return False
-        wait = parse_retry_after(error.headers)
-        if wait is not None and wait > self.max_retry_after:  # "1e400" is inf: longer than any cap
-            return False
-        flag = error.headers.get("x-should-retry")
+        # the server's explicit word comes first, as in openai-python; a forced retry after a retry-after
+        # beyond the cap waits the usual backoff (delay)
+        flag = (error.headers.get("x-should-retry") or "").strip().lower()
         if flag == "true":
             return True
         if flag == "false":
+            return False
+        wait = parse_retry_after(error.headers)
+        if wait is not None and wait > self.max_retry_after:  # "1e400" is inf: longer than any cap
             return False
         status = error.status_code or 0
         return status in RETRYABLE_STATUS or status >= 500
