@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -28,6 +30,7 @@ from lab.client import (
     RateLimits,
     RetryPolicy,
     UnprocessableEntityError,
+    retry,
     run_batch,
 )
 from lab.client.limits import RateLimiter, parse_reset
@@ -210,12 +213,23 @@ def test_parse_retry_after_forms():
     assert parse_retry_after({}) is None
 
 
-def test_delay_honours_retry_after_in_both_forms():
+def test_delay_honours_retry_after_in_both_forms(monkeypatch):
     policy = RetryPolicy()
     assert policy.delay(0, RateLimitError("x", headers={"retry-after": "4"})) == 4.0
     assert policy.delay(0, RateLimitError("x", headers={"retry-after-ms": "40"})) == 0.04
-    future = email.utils.formatdate(time.time() + 20, usegmt=True)
-    assert 18 <= policy.delay(0, RateLimitError("x", headers={"retry-after": future})) <= 20
+    now = 1_700_000_000.0  # the clock frozen: a date 20 s ahead is 20 s, however slow this machine is
+    monkeypatch.setattr(retry, "time", SimpleNamespace(time=lambda: now))
+    future = email.utils.formatdate(now + 20, usegmt=True)
+    assert policy.delay(0, RateLimitError("x", headers={"retry-after": future})) == 20
+
+
+@pytest.mark.parametrize("field, value", [("initial_delay", "x"), ("initial_delay", -1), ("max_delay", math.nan),
+                                          ("max_delay", math.inf), ("max_retry_after", math.nan),
+                                          ("max_retry_after", True), ("initial_delay", None)])
+def test_retry_policy_names_a_bad_delay(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be a"):
+        RetryPolicy(**{field: value})
+    assert RetryPolicy(max_retry_after=math.inf).max_retry_after == math.inf  # no cap: allowed
 
 
 def test_retry_after_over_the_cap_is_not_retried():

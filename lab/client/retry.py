@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from lab._checks import is_int
+from lab._checks import is_finite, is_int, is_number
 from lab.client.errors import APIConnectionError, APIError, APIStatusError, StreamInterruptedError
 
 INITIAL_RETRY_DELAY = 0.5
@@ -64,6 +64,13 @@ class RetryPolicy:
     def __post_init__(self):
         if not is_int(self.max_retries, numpy=False) or self.max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {self.max_retries!r}")
+        # checked here: a bad delay surfaced only at the first retry, as a TypeError naming nothing
+        for name in ("initial_delay", "max_delay"):
+            if not is_finite(getattr(self, name), inclusive=True):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {getattr(self, name)!r}")
+        if not is_number(self.max_retry_after) or not self.max_retry_after >= 0:  # inf: obey any Retry-After
+            raise ValueError(f"max_retry_after must be a number of seconds >= 0 (inf: no cap), "
+                             f"got {self.max_retry_after!r}")
 
     def should_retry(self, error: BaseException) -> bool:
         if isinstance(error, StreamInterruptedError):
