@@ -397,3 +397,12 @@ def test_every_error_answer_is_counted_once(server, http):
     assert http.post("/completions", json={**COMP, "n": 3}).status_code == 400  # counted once, not twice
     after = _errors_counted(server)
     assert {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)} == {"404": 2, "405": 1, "400": 2}
+
+
+@pytest.mark.parametrize("key, shown", [("sk-test-0123456789abcdef", "sk-te***cdef"), ("secret-13char", "se***ar"),
+                                        ("short", "***")])
+def test_a_wrong_key_is_echoed_masked(key, shown):
+    """The 401 names the key it got as OpenAI does, never in full: a 13-character key showed 9 characters."""
+    from lab.server.auth import mask
+
+    assert mask(key) == shown and key not in mask(key)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 
+from lab.client.providers import mask_key
 from lab.server.errors import APIError
 
 
 def mask(key: str) -> str:
-    """Never print a key in full (OpenAI shows the same shape: 'sk-te***-key')."""
-    return key[:5] + "***" + key[-4:] if len(key) > 12 else key[:2] + "***"
+    """Never print a key in full: the client's rule for how much shows, in OpenAI's shape ('sk-te***cdef')."""
+    return mask_key(key).replace("...", "***")
 
 
 def authenticate(authorization: str | None, keys: list[str]) -> str | None:
