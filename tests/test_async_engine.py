@@ -4,6 +4,7 @@ raises in the caller; an idle engine thread blocks instead of spinning."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 
@@ -59,16 +60,27 @@ async def test_abort_frees_blocks_before_next_step(aengine):
     assert aengine.engine.block_manager.num_used == 0
 
 
+def _waiting_without_timeout(thread: threading.Thread) -> bool:
+    """`thread` is inside threading.Condition.wait() with no timeout, called from the engine's serve
+    loop: asleep until another thread notifies it, neither spinning nor polling on a timer."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None and frame.f_code is not threading.Condition.wait.__code__:
+        frame = frame.f_back
+    return (frame is not None and frame.f_locals.get("timeout") is None
+            and frame.f_back is not None and frame.f_back.f_code.co_name == "_serve")
+
+
 async def test_idle_thread_blocks_and_trace_is_trimmed(aengine):
     stream = await aengine.add_request("trace me", SamplingParams(max_tokens=30), "tr-1")
     _ = [ev async for ev in stream]
     assert len(aengine.engine.trace) <= 2 * aengine.trace_limit
     steps = aengine.stats.num_steps
-    await asyncio.sleep(0.2)
-    assert aengine.stats.num_steps == steps  # nothing to do: no steps taken
-    t0 = time.process_time()
-    await asyncio.sleep(0.3)
-    assert time.process_time() - t0 < 0.1  # and no CPU burnt polling
+    # nothing to do: the engine thread goes to sleep on its condition, burning no CPU on polling
+    assert await asyncio.to_thread(wait_until, lambda: _waiting_without_timeout(aengine._thread), 30)
+    assert aengine.stats.num_steps == steps  # and took no step
+    # a new request wakes it: the wait is a real wait for work, not a stuck thread
+    stream = await aengine.add_request("wake", SamplingParams(max_tokens=2), "tr-2")
+    assert [ev.num_output_tokens async for ev in stream] == [1, 2] and aengine.stats.num_steps > steps
 
 
 async def test_stop_ends_open_streams():

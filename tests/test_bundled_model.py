@@ -80,7 +80,8 @@ def test_greedy_matches_transformers(llm):
     hf_tok = PreTrainedTokenizerFast(tokenizer_file=str(FOLDER / "tokenizer.json"), clean_up_tokenization_spaces=False)
     hf = LlamaForCausalLM.from_pretrained(FOLDER, dtype=torch.float32).eval()
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=50, temperature=0), use_tqdm=False)
-    for prompt, out in zip(PROMPTS, outs):
+    assert len(outs) == len(PROMPTS)
+    for prompt, out in zip(PROMPTS, outs, strict=True):
         ids = hf_tok(prompt, return_tensors="pt")["input_ids"]
         assert ids[0].tolist() == out.prompt_token_ids
         with torch.no_grad():

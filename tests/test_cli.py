@@ -107,28 +107,25 @@ def test_demo_refuses_zero_requests(capsys):
     assert info.value.code == 2 and "argument --num-requests: must be an integer >= 1" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again: nothing listens there
-
-
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["demo", "--model", "/nonexistent/model", "--num-requests", "1"], "batching-lab demo: "),
-        (["bench", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--max-retries", "0", "--num-prompts", "1"],
+        (["bench", "--base-url", "http://127.0.0.1:{port}/v1", "--max-retries", "0", "--num-prompts", "1"],
          "batching-lab bench: "),
         # with --model, models.list() is skipped: every request failed, and it printed a table of nan
-        (["bench", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--model", "m", "--num-prompts", "2",
+        (["bench", "--base-url", "http://127.0.0.1:{port}/v1", "--model", "m", "--num-prompts", "2",
           "--no-progress"], "batching-lab bench: connection error"),
     ],
 )
 def test_failures_of_the_world_exit_1_with_one_line(argv, message, capsys):
     # a missing folder or a server that does not answer is not a usage error, and not a traceback either
-    assert main(argv) == 1
+    import socket
+
+    with socket.socket() as held:  # bound for the whole run, never listening: no one else can take the
+        held.bind(("127.0.0.1", 0))  # port, and every connection to it is refused
+        port = held.getsockname()[1]
+        assert main([a.format(port=port) for a in argv]) == 1
     captured = capsys.readouterr()
     err = captured.err
     assert err.startswith(message) and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from lab.client import (
+    APIConnectionError,
     APITimeoutError,
     AsyncClient,
+    AuthenticationError,
     BadRequestError,
     Client,
     InternalServerError,
@@ -469,15 +471,16 @@ async def test_a_provider_that_ignores_stream_true_still_gives_its_answer():
                                                  stream=True)
         assert [ch.text async for ch in stream] == ["whole answer"] and stream.usage.total_tokens == 6
     broken = lambda r: httpx.Response(200, content=b"<html>", headers={"content-type": "application/json"})  # noqa: E731
-    with pytest.raises(Exception, match="expected an event stream .* not JSON: b'<html>'"):
+    with pytest.raises(APIConnectionError, match="expected an event stream .* not JSON: b'<html>'") as info:
         client_for(broken).completions.create(model="m", prompt="p", stream=True)
+    assert type(info.value) is APIConnectionError  # not a timeout, not a cut stream: the body was wrong
 
 
 def test_status_error_on_stream_request_is_raised_at_create():
     handler = lambda r: httpx.Response(401, json={"error": {"message": "bad key"}})  # noqa: E731
-    with pytest.raises(Exception, match="bad key") as info:
+    with pytest.raises(AuthenticationError, match="bad key") as info:
         client_for(handler).completions.create(model="m", prompt="p", stream=True)
-    assert type(info.value).__name__ == "AuthenticationError"
+    assert info.value.status_code == 401
 
 
 async def test_pools_are_given_back_after_streams_and_failures():
@@ -508,8 +511,9 @@ async def test_pools_are_given_back_after_streams_and_failures():
         stream = await c.completions.create(model="m", prompt="p", stream=True)
         assert c._pools.loads == [1]  # held while the stream is open
         [ch async for ch in stream]
-        with pytest.raises(Exception, match="ReadError"):
+        with pytest.raises(APIConnectionError, match=r"^connection error \(ReadError: boom\)$") as info:
             await c.completions.create(model="m", prompt="p", stream=True)
+        assert type(info.value) is APIConnectionError and isinstance(info.value.__cause__, httpx.ReadError)
         assert c._pools.loads == [0]
 
 

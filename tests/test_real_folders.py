@@ -51,8 +51,9 @@ def write_json(path: Path, value) -> None:
 def test_first_output_token_keeps_its_leading_space(sp_folder):
     llm = LLM(sp_folder, device="cpu")
     tok = llm.tokenizer
-    outs = llm.generate(["Hello world", "the cat sat"], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True),
-                        use_tqdm=False)
+    prompts = ["Hello world", "the cat sat"]
+    outs = llm.generate(prompts, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True), use_tqdm=False)
+    assert [o.prompt_token_ids for o in outs] == [tok.encode(p) for p in prompts]  # one output per prompt
     for out in outs:
         prompt = out.prompt_token_ids
         in_context = tok.decode(prompt + out.token_ids)[len(tok.decode(prompt)):]

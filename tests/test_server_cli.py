@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -190,6 +191,43 @@ def test_a_port_in_use_is_still_the_ports_fault(monkeypatch, capsys):
         code, err = _main(monkeypatch, capsys, "--num-blocks", "8", "--port", str(port))
     assert code == 1 and err.startswith(f"batching-lab serve: --port: cannot listen on 127.0.0.1:{port} (")
     assert err.endswith("pick another or 0")
+
+
+@pytest.mark.parametrize("argv, policy, header_fault", [
+    ([], "continuous", 503),  # the defaults: continuous batching, x-lab-fault honoured
+    (["--policy", "static", "--no-fault-header"], "static", None),
+])
+def test_policy_and_fault_header_flags_reach_the_served_engine(monkeypatch, capsys, argv, policy, header_fault):
+    """`serve_main` in-process: the server it starts is checked while it serves, then its own SIGTERM
+    handler is called, as a SIGTERM would, and the command ends."""
+    background = importlib.import_module("lab.server.background")
+    cli_commands = importlib.import_module("lab.server.cli_commands")
+    real_start, started, seen = background.start_server, [], {}
+
+    def start_server(*args, **kwargs):
+        started.append(real_start(*args, **kwargs))
+        return started[-1]
+
+    def on_signal(signum, handler):  # installed once the server serves: look at it, then stop it
+        try:
+            server = started[-1]
+            seen["policy"] = server.llm.engine.scheduler.config.policy  # what the engine's scheduler runs
+            body = {"model": server.model_name, "prompt": "Hi", "max_tokens": 2}
+            r = httpx.post(server.url + "/completions", json=body, headers={"x-lab-fault": "503"}, timeout=60)
+            seen["status"] = r.status_code
+            seen["code"] = r.json()["error"]["code"] if r.status_code != 200 else None
+        finally:  # whatever failed above, the command stops and closes its server
+            handler(signum, None)
+
+    monkeypatch.setattr(background, "start_server", start_server)
+    monkeypatch.setattr(cli_commands, "signal", SimpleNamespace(SIGTERM=signal.SIGTERM, signal=on_signal))
+    code, _ = _main(monkeypatch, capsys, "--num-blocks", "64", "--port", "0", *argv)
+    assert code == 0 and len(started) == 1
+    assert seen["policy"] == policy
+    if header_fault is None:  # --no-fault-header: the header is ignored, the request served
+        assert (seen["status"], seen["code"]) == (200, None)
+    else:
+        assert (seen["status"], seen["code"]) == (header_fault, "service_unavailable")
 
 
 START_TIMEOUT_S = 120  # a cold process imports torch and loads the model; a loaded 2-core CPU is slow

@@ -4,6 +4,7 @@ FaultConfig names a bad field."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -12,6 +13,8 @@ import openai
 import pytest
 from helpers_server import tiny_llm, wait_until
 
+import lab.server.app as server_app
+import lab.server.responses as responses
 from lab.server import FaultConfig, serve, start_server
 
 COMP = {"model": "tiny-llama", "prompt": "Hi", "max_tokens": 8, "ignore_eos": True}
@@ -125,21 +128,32 @@ def test_a_cut_stream_counts_its_tokens(server, http):
         assert generated == COMP["max_tokens"]  # every token the engine made, not the 4 that were sent
 
 
-def test_a_request_held_by_injected_latency_at_shutdown_is_told_503():
+def test_a_request_held_by_injected_latency_at_shutdown_is_told_503(monkeypatch):
     # before: after its pause the request ran on through the later checks and was told what they said,
     # here a 429 "retry in 60 s" from a spent rate budget, instead of the server's shutdown
     s = start_server(llm=tiny_llm("aux"), requests_per_minute=1)
-    assert httpx.post(s.url + "/completions", json=COMP, timeout=30).status_code == 200  # the budget is spent
     answer = {}
+    try:
+        assert httpx.post(s.url + "/completions", json=COMP, timeout=30).status_code == 200  # the budget is spent
+        drawn, draw = [], s.state.faults.draw
+        monkeypatch.setattr(s.state.faults, "draw", lambda header: (drawn.append(header), draw(header))[1])
 
-    def held():
-        answer["r"] = httpx.post(s.url + "/completions", json=COMP, headers={"x-lab-fault": "latency:60"}, timeout=30)
+        def held():
+            try:
+                answer["r"] = httpx.post(s.url + "/completions", json=COMP, headers={"x-lab-fault": "latency:60"},
+                                         timeout=30)
+            except httpx.HTTPError as exc:
+                answer["exc"] = exc
 
-    client = threading.Thread(target=held)
-    client.start()
-    time.sleep(0.3)
-    s.close()
-    client.join(10)
+        client = threading.Thread(target=held)
+        client.start()
+        # its fault is drawn: the handler is past the shutdown check at admission and goes straight into
+        # (or is in) the 60 s pause, with no await in between
+        assert wait_until(lambda: drawn == ["latency:60"], timeout_s=30), drawn
+    finally:
+        s.close()
+    client.join(30)
+    assert not client.is_alive() and "exc" not in answer, answer
     r = answer["r"]
     assert r.status_code == 503 and r.json()["error"]["code"] == "shutting_down" and r.headers["retry-after"] == "5"
 
@@ -150,6 +164,14 @@ def test_shutdown_ends_injected_delays(monkeypatch):
     s = start_server(llm=tiny_llm("aux"))
     drawn, draw = [], s.state.faults.draw
     monkeypatch.setattr(s.state.faults, "draw", lambda header: (drawn.append(header), draw(header))[1])
+    paused, pause = [], responses.pause  # the injected delays begun: the latency, and each stall
+
+    def counted_pause(seconds, *args):
+        paused.append(seconds)
+        return pause(seconds, *args)
+
+    monkeypatch.setattr(responses, "pause", counted_pause)
+    monkeypatch.setattr(server_app, "pause", counted_pause)
     answers = {}
 
     def post(fault: str, stream: bool) -> None:
@@ -164,13 +186,23 @@ def test_shutdown_ends_injected_delays(monkeypatch):
     clients = [threading.Thread(target=post, args=case) for case in cases]
     for t in clients:
         t.start()
-    assert wait_until(lambda: len(drawn) == 3)  # every request is in its handler
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    s.close()
-    assert time.monotonic() - t0 < 2.0
+    cancelled = []  # what uvicorn logs when its graceful timeout (5 s) has to cancel handlers still running
+    watch = logging.Handler(logging.ERROR)
+    watch.emit = lambda record: cancelled.append(record.getMessage())
+    logging.getLogger("uvicorn.error").addHandler(watch)
+    try:
+        assert wait_until(lambda: len(drawn) == 3, timeout_s=30)  # every request is in its handler
+        assert wait_until(lambda: paused == [60.0] * 3, timeout_s=30), paused  # and inside its 60 s delay
+    finally:  # the shutdown under test, and never a server left running if the waits above failed
+        try:
+            s.close()
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(watch)
+    # the delays ended themselves at the shutdown: uvicorn stopped (close() waits for it) without cancelling
+    assert not s._thread.is_alive() and cancelled == []
     for t in clients:
-        t.join(5)
+        t.join(30)
+    assert not any(t.is_alive() for t in clients) and len(answers) == 3, answers
     status, text = answers["latency:60", False]
     assert status == 503 and '"code":"shutting_down"' in text  # never admitted: the engine had stopped
     # admitted: the whole answer if the engine finished it before the shutdown, else a 503 in OpenAI's shape

@@ -164,7 +164,8 @@ def test_greedy_http_equals_generate(client):
     prompts = ["ROMEO:", "To be, or not to be", "Once upon a time there"]
     reference = LLM(model=tiny_model_dir(), device="cpu", num_blocks=64)
     expected = reference.generate(prompts, SamplingParams(max_tokens=24, temperature=0.0), use_tqdm=False)
-    for prompt, want in zip(prompts, expected):
+    assert len(expected) == len(prompts)
+    for prompt, want in zip(prompts, expected, strict=True):
         got = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=24, temperature=0)
         assert got.choices[0].text == want.text and got.choices[0].finish_reason == want.finish_reason
     chat = [{"role": "user", "content": "Speak"}]

@@ -8,17 +8,45 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lab.sim.cli_commands import add_simulate_args, simulate_main
+
+TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 
 
 def _args(*argv):
     return add_simulate_args(argparse.ArgumentParser()).parse_args(list(argv))
 
 
-def test_trace_window_on_two_replicas(capsys, tmp_path):
+@pytest.fixture
+def routed(monkeypatch):
+    """What the simulator's router really saw, one list per simulate() run: (request id, number of
+    replicas, replica picked, the replicas' outstanding requests at the arrival). The banner and the
+    result JSON echo the flags; this shows they reached the simulation."""
+    sim = importlib.import_module("lab.sim.simulate")
+    real, runs = sim.make_router, []
+
+    def spy(router):
+        route, calls = real(router), []
+        runs.append(calls)
+
+        def recorded(replicas, spec, now):
+            loads = [r.outstanding_at(now) for r in replicas]
+            k = route(replicas, spec, now)
+            calls.append((spec.id, len(replicas), k, loads))
+            return k
+
+        return recorded
+
+    monkeypatch.setattr(sim, "make_router", spy)
+    return runs
+
+
+def test_trace_window_on_two_replicas(capsys, tmp_path, routed):
     out = tmp_path / "s.json"
     code = simulate_main(
         _args(
@@ -40,7 +68,17 @@ def test_trace_window_on_two_replicas(capsys, tmp_path):
     text = capsys.readouterr().out
     assert code == 0 and "2 x H100-SXM" in text and "Request goodput (req/s):" in text
     summary = json.loads(out.read_text())["summary"]
-    assert summary["completed"] > 0 and summary["failed"] == 0
+    # the requests of the trace's first 30 s, counted from the file itself
+    stamps = pd.to_datetime(pd.read_csv(TRACES / "AzureLLMInferenceTrace_code.csv")["TIMESTAMP"])
+    in_window = int(((stamps - stamps.min()).dt.total_seconds() < 30).sum())
+    assert 0 < in_window < len(stamps)
+    assert summary["completed"] == in_window and summary["failed"] == 0
+    [calls] = routed  # one simulation, every request routed over two replicas
+    assert len(calls) == in_window and {n for _, n, _, _ in calls} == {2}
+    picks = [k for _, _, k, _ in calls]
+    assert set(picks) == {0, 1} and picks != [i % 2 for i in range(len(picks))]  # not round robin
+    # least outstanding: each request went to a replica with the fewest requests in flight
+    assert all(loads[k] == min(loads) for _, _, k, loads in calls)
 
 
 def test_generated_workload_static_on_l4(capsys):
@@ -135,10 +173,14 @@ def test_heads_flag_sets_the_attention_heads_of_a_custom_shape(tmp_path, capsys)
         simulate_main(_args(*SMALL_RUN, *qwen3, "--heads", "16", "--tensor-parallel", "3"))
 
 
-def test_tensor_parallel_runs_say_how_many_gpus_and_cut_the_time_per_token(tmp_path, capsys):
+def test_tensor_parallel_runs_say_how_many_gpus_and_cut_the_time_per_token(tmp_path, capsys, routed):
     one_text, one = _summary(tmp_path, capsys, "--gpu", "H100-SXM", "--replicas", "2")
     two_text, two = _summary(tmp_path, capsys, "--gpu", "H100-SXM", "--tensor-parallel", "2", "--replicas", "2")
     four_text, single = _summary(tmp_path, capsys, "--gpu", "H100-SXM", "--tensor-parallel", "4")
+    # the replicas the simulations really ran: 2, 2 and 1, each taking all 12 requests
+    assert [sorted({n for _, n, _, _ in calls}) for calls in routed] == [[2], [2], [1]]
+    assert [len(calls) for calls in routed] == [12, 12, 12]
+    assert [sorted({k for _, _, k, _ in calls}) for calls in routed] == [[0, 1], [0, 1], [0]]
     assert "on 2 x H100-SXM," in one_text and "on 2 replicas of 2 x H100-SXM (TP 2)," in two_text
     assert "on 4 x H100-SXM (TP 4)," in four_text
     assert two["mean_tpot_ms"] < one["mean_tpot_ms"]  # the same replicas, each split over 2 GPUs

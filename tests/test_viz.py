@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import pytest
 
 from lab.metrics import RequestMetrics, Result, StepRecord
@@ -219,7 +222,7 @@ def test_occupancy_over_time_uses_step_durations_as_widths():
 
 def test_occupancy_empty_and_bad_arguments():
     assert has_note(batch_occupancy(Result(requests=[])), "No step trace")
-    with pytest.raises(ValueError, match="x"):
+    with pytest.raises(ValueError, match=r"^x: 'seconds' is not one of \['step', 'time'\]"):
         batch_occupancy(ok_result(), x="seconds")
     with pytest.raises(ValueError, match="max_num_seqs"):
         batch_occupancy(ok_result(), max_num_seqs=-1)
@@ -501,7 +504,13 @@ def test_every_figure_serialises():
         kv_blocks(r, capacity=8), throughput_vs_latency([(1.0, r)]), compare({"a": r}), cost_bars(costs()),
     ]
     for fig in figs:
-        assert isinstance(fig, go.Figure) and fig.to_json()
+        assert isinstance(fig, go.Figure) and fig.data  # each draws something
+        text = fig.to_json()
+        back = pio.from_json(text)  # what a saved report or a notebook output reads back
+        assert isinstance(back, go.Figure)
+        assert [(t.type, t.name) for t in back.data] == [(t.type, t.name) for t in fig.data]
+        assert back.layout.title.text == fig.layout.title.text
+        assert json.loads(back.to_json()) == json.loads(text)  # every value survives the round trip
 
 
 def test_cost_bar_text_avoids_scientific_notation():
@@ -518,7 +527,7 @@ def test_compare_a_step_metric_across_runs_with_and_without_a_step_trace():
     # raised KeyError, listing it second called the metric "unknown"
     for runs in ({"sim": ok_result(), "http": failed_result()}, {"http": failed_result(), "sim": ok_result()}):
         fig = compare(runs, metrics=["wasted_slot_steps", "completed"])
-        bars = dict(zip(fig.data[0].x, fig.data[0].y))
+        bars = dict(zip(fig.data[0].x, fig.data[0].y, strict=True))
         assert bars["sim"] == runs["sim"].summary()["wasted_slot_steps"] and np.isnan(bars["http"])
         assert has_note(fig, "http")
     with pytest.raises(ValueError, match="metrics: unknown"):
