@@ -69,7 +69,7 @@ def make_workload(n: int, vocab: int, max_out: int, seed: int = 0) -> Workload:
     outs = azure_output_lens(n, max_out, seed)
     return Workload([
         RequestSpec(f"r{i}", 0.0, prompt_token_ids=rng.integers(0, vocab, int(p)).tolist(), output_len=int(o))
-        for i, (p, o) in enumerate(zip(prompt_lens, outs))
+        for i, (p, o) in enumerate(zip(prompt_lens, outs, strict=True))
     ], name="bench-engine")
 
 

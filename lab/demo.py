@@ -49,7 +49,7 @@ def summary_table(results: dict[str, Result]) -> str:
         s = result.summary()
         rows.append([name, *(f"{s[k]:.1f}" if isinstance(s[k], float) else str(s[k]) for k in TABLE_COLUMNS)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 

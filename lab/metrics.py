@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from itertools import pairwise
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class RequestMetrics:
     @property
     def itls_s(self) -> list[float]:
         t = self.token_times_s
-        return [b - a for a, b in zip(t, t[1:])]
+        return [b - a for a, b in pairwise(t)]
 
     def shifted(self, offset_s: float) -> RequestMetrics:
         """A copy with every time moved by `-offset_s` (to make times relative to a run start)."""

@@ -67,7 +67,7 @@ def test_every_input_gets_exactly_one_record_in_order(tmp_path):
     assert [r["index"] for r in records] == list(range(len(PROMPTS)))
     lines = read_lines(out)
     assert sorted(r["custom_id"] for r in lines) == sorted(r["custom_id"] for r in records)  # each id once
-    by_prompt = dict(zip(PROMPTS, records))
+    by_prompt = dict(zip(PROMPTS, records, strict=True))
     assert by_prompt["a"]["response"]["body"]["choices"][0]["message"]["content"] == "A"
     assert by_prompt["flaky-1"]["error"] is None and by_prompt["flaky-1"]["retries"] == 1
     assert by_prompt["flaky-2"]["error"] is None and by_prompt["flaky-2"]["retries"] == 2

@@ -292,7 +292,7 @@ def test_run_workload_respects_arrivals(tiny_llama):
     result = llm.run_workload(wl, progress=False)
     assert [r.request_id for r in result.requests] == [r.id for r in wl]
     assert wl.duration_s > 0.1, "arrivals must really be staggered"
-    for spec, m in zip(wl, result.requests):
+    for spec, m in zip(wl, result.requests, strict=True):
         assert m.ok and m.output_tokens == 8 and m.prompt_tokens == spec.prompt_len
         # the engine's own clock: nothing is scheduled before the workload says it arrives
         assert m.first_scheduled_s >= spec.arrival_s

@@ -137,7 +137,7 @@ def test_same_batches_with_staggered_arrivals(tiny_llama, policy, monkeypatch):
     finish = {r.request_id: r.finish_s for r in engine.requests}
     for g in (1, 2):
         assert max(finish[f"g{g - 1}-{i}"] for i in range(4)) < GAP_S * g, "groups must not overlap"
-    for r, spec in zip(engine.requests, reqs):
+    for r, spec in zip(engine.requests, reqs, strict=True):
         assert r.first_scheduled_s >= spec.arrival_s
     assert [s.batch for s in sim.steps] == [s.batch for s in engine.steps]
     # some prompts are longer than the 16-token step budget: they are prefilled in chunks

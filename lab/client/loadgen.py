@@ -163,7 +163,7 @@ async def arun_workload(client, workload: Workload, max_concurrency: int | None 
             return m
 
         try:
-            metrics = await asyncio.gather(*(timed(spec, body) for spec, body in zip(workload, bodies)))
+            metrics = await asyncio.gather(*(timed(spec, body) for spec, body in zip(workload, bodies, strict=True)))
         finally:
             bar.close()
         duration = time.perf_counter() - t0

@@ -208,7 +208,7 @@ def csv_records(f, filename: str, columns: tuple[str, ...], required: tuple[str,
                     f"{filename} line {start}: {len(fields)} fields, but the header has {len(header)} "
                     f"columns; {hint}"
                 )
-            yield start, dict(zip(header, fields))
+            yield start, dict(zip(header, fields, strict=True))
         start = reader.line_num + 1
 
 

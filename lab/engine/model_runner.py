@@ -46,7 +46,7 @@ class ModelRunner:
         size = CPU_DECODE_GROUP if dev.type == "cpu" else max(len(decodes), 1)
         groups = []
         for first in range(0, len(decodes), size):
-            seqs, rows = zip(*decodes[first:first + size])
+            seqs, rows = zip(*decodes[first:first + size], strict=True)
             width = max(len(s.block_table) for s in seqs)
             tables = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
             lens = torch.tensor([s.num_computed_tokens + 1 for s in seqs], dtype=torch.long, device=dev)
@@ -61,7 +61,7 @@ class ModelRunner:
         ids, positions, slots = [], [], []
         prefills, decodes, sample_rows, sample_seqs = [], [], [], []
         bs = self.block_size
-        for seq, n, is_decode in zip(batch.seqs, batch.num_new_tokens, batch.is_decode):
+        for seq, n, is_decode in zip(batch.seqs, batch.num_new_tokens, batch.is_decode, strict=True):
             start, first = len(ids), seq.num_computed_tokens
             for pos in range(first, first + n):
                 ids.append(seq.token_at(pos))
@@ -86,4 +86,4 @@ class ModelRunner:
             return []
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)]).float()
         tokens = sample(logits, [s.params for s in sample_seqs], [s.generator for s in sample_seqs], self.generator)
-        return list(zip(sample_seqs, tokens))
+        return list(zip(sample_seqs, tokens, strict=True))

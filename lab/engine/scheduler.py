@@ -66,12 +66,12 @@ class ScheduledBatch:
 
     @property
     def num_prefill_tokens(self) -> int:
-        return sum(n for n, d in zip(self.num_new_tokens, self.is_decode) if not d)
+        return sum(n for n, d in zip(self.num_new_tokens, self.is_decode, strict=True) if not d)
 
     @property
     def context_tokens(self) -> int:
         """Attended context after this step, summed over the batch (before num_computed advances)."""
-        return sum(s.num_computed_tokens + n for s, n in zip(self.seqs, self.num_new_tokens))
+        return sum(s.num_computed_tokens + n for s, n in zip(self.seqs, self.num_new_tokens, strict=True))
 
 
 class Scheduler:
@@ -189,7 +189,7 @@ class Scheduler:
     def on_computed(self, batch: ScheduledBatch) -> list[Sequence]:
         """Advance progress; return the sequences that reached their end and get a sampled token."""
         sampled = []
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
             self.bm.register_full_blocks(seq)
             if seq.num_computed_tokens == seq.num_tokens:
