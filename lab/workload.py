@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-# re-exported: lengths are part of describing a workload
 from lab._checks import is_finite, is_int, is_number
+from lab.engine.sequence import SEED_MAX, SEED_MIN  # torch-free, as the simulator imports it
+
+# re-exported: lengths are part of describing a workload
 from lab.lengths import LENGTH_KINDS, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
 
 
@@ -85,8 +87,14 @@ class RequestSpec:
             raise ValueError(f"request {self.id}: top_p must be a number in (0, 1], got {self.top_p!r}")
         if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"request {self.id}: seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and not SEED_MIN <= self.seed <= SEED_MAX:  # SamplingParams' range
+            raise ValueError(f"request {self.id}: seed must be in [-2**63, 2**63 - 1], got {self.seed!r}")
         if not isinstance(self.ignore_eos, (bool, np.bool_)):
             raise ValueError(f"request {self.id}: ignore_eos must be True or False, got {self.ignore_eos!r}")
+        # plain Python values: SamplingParams refuses np.True_, and json (the HTTP runner) both
+        self.ignore_eos = bool(self.ignore_eos)
+        if self.seed is not None:
+            self.seed = int(self.seed)
 
 
 @dataclass(slots=True)
@@ -309,7 +317,7 @@ def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 continue
             # row numbers as a spreadsheet or an editor shows them: the header is row 1
             where = f"{path.name}: row {reader.line_num}"
-            short = [name for name, c in zip(TRACE_COLUMNS, cols) if c >= len(row)]
+            short = [name for name, c in zip(TRACE_COLUMNS, cols, strict=True) if c >= len(row)]
             if short:
                 raise ValueError(f"{where}, column {short[0]}: missing (the row has {len(row)} cells)")
             stamp, context, generated = (row[c] for c in cols)

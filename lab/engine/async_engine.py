@@ -95,6 +95,10 @@ class AsyncEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> AsyncEngine:
+        if self._thread is not None or self._stopping:
+            # a stopped AsyncEngine refuses every add, so a new thread would exit at once: say so instead
+            raise RuntimeError("start: this AsyncEngine was already started or stopped; it runs once, so "
+                               "make a new AsyncEngine(engine) to serve again")
         if self.engine.driver is not None:
             raise RuntimeError("engine: another AsyncEngine (a running server?) already drives it; stop that one first")
         self._thread = threading.Thread(target=self._run, name="lab-engine", daemon=True)
@@ -111,8 +115,6 @@ class AsyncEngine:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise RuntimeError(f"engine thread did not stop within {timeout}s (a step is stuck?)")
-        if self.engine.driver is self._thread:
-            self.engine.driver = None
 
     @property
     def is_running(self) -> bool:
@@ -127,8 +129,12 @@ class AsyncEngine:
 
     # -- requests (any thread) ----------------------------------------------------------------
     async def add_request(self, prompt: str | list[int], params: SamplingParams,
-                          request_id: str) -> RequestStream:
-        """Queue a request; returns once the engine accepted it. Bad input raises the engine's ValueError."""
+                          request_id: str | None) -> RequestStream:
+        """Queue a request; returns once the engine accepted it. Bad input raises the engine's ValueError.
+        `request_id` None: the engine names it (the stream's `request_id`)."""
+        if request_id is not None and not isinstance(request_id, str):
+            # checked here: on the engine thread an unhashable id failed before any answer, and the caller hung
+            raise ValueError(f"request_id: must be a string or None, got {type(request_id).__name__}")
         if not self.is_running:
             raise RuntimeError("engine is not running")
         loop = asyncio.get_running_loop()
@@ -149,8 +155,10 @@ class AsyncEngine:
             except Exception as exc:  # ValueError for bad input; reported to the caller, not the thread
                 done.set_exception(exc)
                 return
-            stream = RequestStream(request_id, seq.num_prompt_tokens, loop)
-            self._streams[request_id] = stream
+            # under the engine's id: with request_id None the engine names the request, and its events
+            # come under that name (a stream kept under None heard nothing and was never released)
+            stream = RequestStream(seq.request_id, seq.num_prompt_tokens, loop)
+            self._streams[seq.request_id] = stream
             self._stats.num_waiting += 1  # until the next step's snapshot counts it
             done.set_result(stream)
 
@@ -162,11 +170,20 @@ class AsyncEngine:
         try:
             return await asyncio.wrap_future(done)
         except asyncio.CancelledError:
-            self.abort(request_id)  # the caller went away while we queued it
+            # the caller went away while we queued it. Commands run in order, so this runs after the add:
+            # it aborts the request the add made, under the engine's id, and nothing if the add made none
+            # (aborting `request_id` then would end another request of that id, or fail on None)
+            def abort_added():
+                if done.done() and not done.cancelled() and done.exception() is None:
+                    self.engine.abort(done.result().request_id)
+
+            self._submit(abort_added)
             raise
 
     def abort(self, request_id: str) -> None:
         """Cancel a request; its KV blocks are freed before the engine's next step."""
+        if not isinstance(request_id, str):  # on the engine thread the error would reach only the log
+            raise ValueError(f"request_id: must be a string, got {type(request_id).__name__}")
         self._submit(lambda: self.engine.abort(request_id))
 
     def _submit(self, command, is_add: bool = False, on_drop=None) -> None:
@@ -195,6 +212,10 @@ class AsyncEngine:
                 self._fail_all("error", "the engine thread died (see the server log)")
             else:
                 self._fail_all("abort", "server shutting down")
+            # last: _fail_all's aborts needed it. Left set, LLM.generate said a server drove the engine
+            # after the server had stopped, or its thread had died
+            if self.engine.driver is threading.current_thread():
+                self.engine.driver = None
 
     def _serve(self) -> None:
         engine = self.engine

@@ -98,7 +98,8 @@ class Engine:
     # -- requests --------------------------------------------------------------------------
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, arrival_s: float | None = None) -> Sequence:
-        params = params or SamplingParams()
+        if params is None:  # not `params or ...`: a falsy wrong type ({}) silently became the defaults
+            params = SamplingParams()
         if request_id is not None and not isinstance(request_id, str):
             raise ValueError(f"request_id: must be a string or None, got {type(request_id).__name__}")
         if request_id in self.seqs and not self.seqs[request_id].is_finished:
@@ -115,6 +116,10 @@ class Engine:
         self._check_thread("add_request")  # LLM.generate and run_workload queue through here too
         if request_id is None:
             request_id = self._new_request_id()
+        # a copy, made by rerunning SamplingParams' checks: a field set after construction (sp.stop = "of"
+        # was then matched letter by letter) is normalized, and the caller's later changes do not reach
+        # a request in flight
+        params = replace(params)
         seq = Sequence(request_id, ids, params, self.now() if arrival_s is None else arrival_s, prompt=text)
         seq.detok_ids = ids[-DETOK_CONTEXT_TOKENS:]
         seq.detok_read = len(seq.detok_ids)
@@ -139,6 +144,7 @@ class Engine:
         """Validate a request without queueing it: (text or None, token ids), or a ValueError naming the field."""
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params: must be a SamplingParams, got {type(params).__name__}")
+        params = replace(params)  # its checks again: a field may have been set to a bad value since
         text, ids = self._tokenize(prompt)
         self._validate(ids, params)
         return text, ids
@@ -172,9 +178,16 @@ class Engine:
             # stop strings are matched in decoded text, and this model has no tokenizer to decode with
             raise ValueError("stop: this model folder has no tokenizer, so stop strings cannot be matched; "
                              "use stop_token_ids")
+        alphabet = self.tokenizer.alphabet if self.tokenizer is not None else None
+        unknown = sorted(set("".join(params.stop)) - alphabet) if alphabet is not None else []
+        if unknown:  # a character vocabulary never writes them, so the stop would silently never happen
+            raise ValueError(f"stop: character(s) {''.join(unknown)!r} are not in this model's vocabulary, so "
+                             f"the stop string can never match; allowed: {''.join(sorted(alphabet))!r}")
 
     def abort(self, request_id: str) -> bool:
         """Cancel a request; its blocks are free when this returns. False if it already ended."""
+        if not isinstance(request_id, str):  # a tuple of ids was looked up as one id: "already ended"
+            raise ValueError(f"request_id: must be a string (one request per call), got {type(request_id).__name__}")
         self._check_thread("abort")
         seq = self.seqs.get(request_id)
         if seq is None or seq.is_finished:
@@ -217,7 +230,7 @@ class Engine:
             kv_blocks_used=self.block_manager.num_used, num_preempted=len(batch.preempted),
             num_finished=finished, context_tokens=context_tokens,
             idle_slots=self.config.max_num_seqs - len(batch.seqs),
-            batch=[(s.request_id, n) for s, n in zip(batch.seqs, batch.num_new_tokens)], computed=computed,
+            batch=[(s.request_id, n) for s, n in zip(batch.seqs, batch.num_new_tokens, strict=True)], computed=computed,
         ))
         self.num_steps += 1
         return events

@@ -47,6 +47,11 @@ class LLM:
     """`LLM()` loads the bundled model; `LLM(model="folder", policy="static", ...)` any HF-format folder.
 
     Keyword arguments other than model/device/dtype/seed are `EngineConfig` fields.
+
+    Each `generate`, `stream` and `run_workload` call gets every event of its own requests, however
+    calls interleave. A request queued by hand (`llm.engine.add_request`) also runs in the steps these
+    calls take, while they last, but its events go to no call: read its tokens and text from the
+    `Sequence` that add_request returned.
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", dtype: str = "auto",
@@ -74,6 +79,10 @@ class LLM:
         except ValueError as exc:
             raise ValueError(f"model: generation_config.json: {exc}") from None
         self.engine = Engine(net, model_config, tokenizer, config, dev, dt, seed)
+        # request id -> the event queue of the open generate, stream or run_workload call that added it. A
+        # step runs every request in the engine, so each call files the others' events for them (two streams
+        # zipped, or a generate inside a stream's loop, took each other's tokens and finish events)
+        self._queues: dict[str, deque[TokenEvent]] = {}
 
     @property
     def tokenizer(self):
@@ -82,33 +91,60 @@ class LLM:
     # -- batch generation --------------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
-        seqs = self._add_all(prompts, params)
-        mine = {s.request_id for s in seqs}  # a step may also report an earlier stream's aborts
-        with tqdm(total=len(seqs), desc="generate", disable=not use_tqdm or len(seqs) < 2) as bar:
-            while self.engine.has_unfinished():
-                bar.update(sum(e.finished for e in self.engine.step(flush=True) if e.request_id in mine))
+        seqs, queue = self._add_all(prompts, params)
+        try:
+            with tqdm(total=len(seqs), desc="generate", disable=not use_tqdm or len(seqs) < 2) as bar:
+                for event in self._events(seqs, queue):
+                    bar.update(int(event.finished))
+        finally:
+            # an error or Ctrl-C in a step: its requests would hold their blocks and run inside the next call
+            self._release(seqs, queue)
         return [self._output(s) for s in seqs]
 
     def stream(self, prompts, params=None) -> Iterator[TokenEvent]:
-        """Yield a `TokenEvent` per new token of any prompt, as steps produce them."""
-        seqs = self._add_all(prompts, params)
-        # a step also reports other requests: an earlier stream's aborts, requests queued on the engine
-        mine = {s.request_id for s in seqs}
+        """Yield a `TokenEvent` per new token of any prompt, as steps produce them, and one finished
+        event per prompt. Streams and generate calls of one LLM may interleave."""
+        seqs, queue = self._add_all(prompts, params)
         try:
-            # has_unfinished counts aborts not yet reported: a consumer that aborts the last request
-            # still hears its end here, and the next stream does not
-            while self.engine.has_unfinished():
-                yield from (e for e in self.engine.step(flush=True) if e.request_id in mine)
+            yield from self._events(seqs, queue)
         finally:
             # a consumer that stops early (break, close): its requests would run on inside the next
             # generate or stream, costing its steps and blocks
-            for seq in seqs:
-                self.engine.abort(seq.request_id)
+            self._release(seqs, queue)
 
-    def _add_all(self, prompts, params) -> list:
+    def _add_all(self, prompts, params) -> tuple[list, deque[TokenEvent]]:
         # all or none: every prompt is checked (and tokenized, once) before any is queued
-        checked = [(self.engine.check_request(p, sp), sp) for p, sp in zip(*self._pair(prompts, params))]
-        return [self.engine._enqueue(text, ids, sp) for (text, ids), sp in checked]
+        checked = [(self.engine.check_request(p, sp), sp) for p, sp in zip(*self._pair(prompts, params), strict=True)]
+        seqs = [self.engine._enqueue(text, ids, sp) for (text, ids), sp in checked]
+        queue: deque[TokenEvent] = deque()
+        self._queues.update((s.request_id, queue) for s in seqs)
+        return seqs, queue
+
+    def _events(self, seqs, queue: deque[TokenEvent]) -> Iterator[TokenEvent]:
+        """The events of `seqs` until each has finished, stepping the engine when none is queued."""
+        left = len(seqs)
+        # has_unfinished: if an event never comes (an id taken over by a request added by hand), do not spin
+        while left and (queue or self.engine.has_unfinished()):
+            if not queue:
+                self._step(flush=True)
+                continue
+            event = queue.popleft()
+            left -= event.finished
+            yield event
+
+    def _step(self, flush: bool) -> None:
+        for event in self.engine.step(flush):
+            queue = self._queues.get(event.request_id)
+            if queue is not None:  # None: a request added by hand, or an abort its call already left
+                queue.append(event)
+
+    def _release(self, seqs, queue: deque[TokenEvent]) -> None:
+        """A call ends: stop filing events for its requests and abort those still running."""
+        for seq in seqs:
+            if self._queues.get(seq.request_id) is queue:  # a later call may have reused a finished one's id
+                del self._queues[seq.request_id]
+            if not seq.is_finished:  # unfinished: the id is still this sequence's (the engine refuses reuse)
+                self.engine.abort(seq.request_id)
 
     def _pair(self, prompts, params):
         if hasattr(prompts, "tolist"):  # a tensor or an array of token ids
@@ -150,25 +186,36 @@ class LLM:
                 raise ValueError(f"request {spec.id}: {exc}") from None
         pending = deque(workload.requests)
         first_step = len(engine.trace)
+        seqs: list = []
+        queue: deque[TokenEvent] = deque()
+        left = 0  # requests in the engine that have not finished
         t0 = engine.now()
-        ids: list[str] = []
-        with tqdm(total=len(pending), desc=label or "run_workload", disable=not progress) as bar:
-            while pending or engine.has_unfinished():
-                now = engine.now() - t0
-                while pending and pending[0].arrival_s <= now:
-                    spec = pending.popleft()
-                    text, token_ids, params = checked.pop(spec.id)
-                    engine._enqueue(text, token_ids, params, spec.id, t0 + spec.arrival_s)
-                    ids.append(spec.id)
-                before = engine.num_steps
-                bar.update(sum(e.finished for e in engine.step(flush=not pending)))
-                if engine.num_steps == before:  # nothing ran: idle until the next arrival or a static batch's timeout
-                    wake = min(t0 + pending[0].arrival_s if pending else math.inf, engine.scheduler.static_timeout_at())
-                    wait = wake - engine.now()
-                    if engine.has_unfinished():  # and look again within 5 ms, whatever it waits for
-                        wait = min(wait, 0.005)
-                    time.sleep(max(wait, 0.0))  # finite: with nothing unfinished, an arrival is pending
-        requests = [engine.metrics(engine.seqs[i]).shifted(t0) for i in ids]
+        try:
+            with tqdm(total=len(pending), desc=label or "run_workload", disable=not progress) as bar:
+                # has_unfinished: if an event never comes (an id taken over by hand), do not wait forever
+                while pending or (left and engine.has_unfinished()):
+                    now = engine.now() - t0
+                    while pending and pending[0].arrival_s <= now:
+                        spec = pending.popleft()
+                        text, token_ids, params = checked.pop(spec.id)
+                        seqs.append(engine._enqueue(text, token_ids, params, spec.id, t0 + spec.arrival_s))
+                        self._queues[spec.id] = queue
+                        left += 1
+                    before = engine.num_steps
+                    self._step(flush=not pending)
+                    finished = sum(e.finished for e in queue)
+                    queue.clear()
+                    left -= finished
+                    bar.update(finished)
+                    if engine.num_steps == before:  # nothing ran: idle until the next arrival or a static batch's timeout
+                        wake = min(t0 + pending[0].arrival_s if pending else math.inf, engine.scheduler.static_timeout_at())
+                        wait = wake - engine.now()
+                        if engine.has_unfinished():  # and look again within 5 ms, whatever it waits for
+                            wait = min(wait, 0.005)
+                        time.sleep(max(wait, 0.0))  # finite: with nothing unfinished, an arrival is pending
+        finally:  # an error or Ctrl-C: the requests that arrived must not stay in the engine holding blocks
+            self._release(seqs, queue)
+        requests = [engine.metrics(s).shifted(t0) for s in seqs]
         steps = [_shift_step(s, t0) for s in engine.trace[first_step:]]
         return Result(requests, steps, label=label or f"engine {engine.config.policy}")
 

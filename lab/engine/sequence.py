@@ -28,17 +28,26 @@ class SamplingParams:
     ignore_eos: bool = False
 
     def __post_init__(self):
-        # types first: a wrong type would otherwise surface as a TypeError deep in a comparison
+        # types first: a wrong type would otherwise surface as a TypeError deep in a comparison. What passes
+        # is stored as a plain int or float: a numpy integer overflowed the admission check (np.int64(2**63 - 1)
+        # plus the prompt length wrapped negative, "fitting" a request that was then never admitted), and a
+        # Fraction passed here but failed the sampler's step
         if not is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens: must be an integer >= 1, got {self.max_tokens!r}")
-        if not is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+        self.max_tokens = int(self.max_tokens)
+        temperature = _as_float(self.temperature)
+        if temperature is None or not math.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature: must be a finite number >= 0 (0: greedy), got {self.temperature!r}")
-        if not is_number(self.top_p) or not 0 < self.top_p <= 1:
+        self.temperature = temperature
+        top_p = _as_float(self.top_p)
+        if top_p is None or not 0 < top_p <= 1:
             raise ValueError(f"top_p: must be a number in (0, 1], got {self.top_p!r}")
+        self.top_p = top_p
         if is_int(self.top_k) and self.top_k == -1:  # not -1.0: a float is refused as for any other value
             self.top_k = 0
         if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k: must be an integer >= 0 (0 or -1: off), got {self.top_k!r}")
+        self.top_k = int(self.top_k)
         if self.seed is not None and (not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
             # torch.Generator takes a 64-bit seed; a bigger one would fail only when queued
             raise ValueError(f"seed: must be an integer in [-2**63, 2**63 - 1] or None, got {self.seed!r}")
@@ -63,6 +72,16 @@ class SamplingParams:
     def greedy(self) -> bool:
         # below this, logits / temperature overflow to inf; the limit is greedy in all but name (vLLM's rule)
         return self.temperature < MIN_TEMPERATURE
+
+
+def _as_float(x) -> float | None:
+    """A real number as a Python float (inf when too large for one), or None for anything else."""
+    if not is_number(x):
+        return None
+    try:
+        return float(x)
+    except OverflowError:  # 10**400, or a Fraction as large: math.isfinite raised this, not a ValueError
+        return math.inf
 
 
 class SequenceStatus(enum.Enum):
