@@ -184,16 +184,18 @@ async def test_an_add_cancelled_while_queued_leaves_the_engine_serving():
     try:
         first = await aengine.add_request([1, 2, 3], SamplingParams(max_tokens=3, ignore_eos=True), "first")
         assert await asyncio.to_thread(in_step.wait, 5)
-        late = asyncio.ensure_future(aengine.add_request([4, 5], SamplingParams(max_tokens=2), "late"))
+        # the same id as the running request: a retry that gave up, say
+        late = asyncio.ensure_future(aengine.add_request([4, 5], SamplingParams(max_tokens=2), "first"))
         await asyncio.sleep(0)  # it runs up to its wait for the engine thread
         late.cancel()  # asyncio.wait_for's timeout, a cancelled handler: the future it waits on is cancelled
         with pytest.raises(asyncio.CancelledError):
             await late
         gate.set()
         # before: the engine thread died on InvalidStateError (set_result on the cancelled future) when it
-        # ran that add, and every stream, this one too, waited forever
+        # ran that add, and every stream, this one too, waited forever; and later the cancel aborted by id,
+        # which ended the running "first" that the cancelled add never made
         assert (await asyncio.wait_for(_last(first), 5)).finish_reason == "length"
-        assert "late" not in aengine.engine.seqs  # its caller went away first: never admitted
+        assert not aengine.engine.has_unfinished()  # the late add, its caller gone first, was never admitted
         again = await asyncio.wait_for(aengine.add_request([4, 5], SamplingParams(max_tokens=2), "again"), 5)
         assert (await asyncio.wait_for(_last(again), 5)).finish_reason == "length"
     finally:

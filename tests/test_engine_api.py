@@ -5,7 +5,6 @@ request behind; AsyncEngine ids, restarts and a dead thread; bad input names its
 from __future__ import annotations
 
 import asyncio
-import threading
 from fractions import Fraction
 
 import numpy as np
@@ -149,35 +148,6 @@ async def test_async_add_request_with_a_non_string_id_raises_in_the_caller(tiny_
         assert not llm.engine.seqs
     finally:
         await asyncio.to_thread(aengine.stop)
-
-
-async def test_a_cancelled_add_does_not_abort_another_request_of_that_id(tiny_llama):
-    llm = make_llm(tiny_llama)
-    aengine = AsyncEngine(llm.engine).start()
-    in_step, gate = threading.Event(), threading.Event()
-    step = aengine._step
-
-    def gated_step():  # holds the engine thread inside a step, so the next add stays queued
-        in_step.set()
-        gate.wait(5)
-        return step()
-
-    aengine._step = gated_step
-    try:
-        first = await aengine.add_request([1, 2, 3], SamplingParams(max_tokens=3, ignore_eos=True), "x")
-        assert await asyncio.to_thread(in_step.wait, 5)
-        dup = asyncio.ensure_future(aengine.add_request([4, 5], SamplingParams(max_tokens=2), "x"))
-        await asyncio.sleep(0)
-        dup.cancel()  # before its add ran: it makes no request
-        with pytest.raises(asyncio.CancelledError):
-            await dup
-        gate.set()
-        # before: the cancel aborted "x" by id, which was the first request
-        assert (await asyncio.wait_for(_collect(first), 5))[-1].finish_reason == "length"
-    finally:
-        gate.set()
-        await asyncio.to_thread(aengine.stop)
-    assert llm.engine.block_manager.num_used == 0
 
 
 async def _collect(stream):
