@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from lab._checks import is_finite
-from lab.metrics import Result
+from lab._checks import is_finite, is_int, is_number
+from lab.metrics import RequestMetrics, Result
 
 TEMPLATE = "plotly_white"
 
@@ -25,14 +25,42 @@ PHASE_COLORS = {
     "idle": "#EAEAEA",
     "failed": "#D62728",
 }
-STATUS_COLORS = {"ok": "#54A24B", "aborted": "#9467BD"}
-ERROR_COLORS = ["#D62728", "#FF7F0E", "#8C564B", "#E377C2", "#BCBD22", "#7F7F7F"]
+# Outcome colours are fixed per kind, not per rank: RateLimitError is the same orange in every figure,
+# whatever else failed in the run. Aborted kinds are shades of purple, errors warm colours.
+OUTCOME_COLORS = {
+    "ok": "#54A24B",
+    "error: InternalServerError": "#D62728",
+    "error: RateLimitError": "#FF7F0E",
+    "error: APITimeoutError": "#8C564B",
+    "error: APIConnectionError": "#E377C2",
+    "error: StreamInterruptedError": "#BCBD22",
+    "error: EmptyStream": "#7F7F7F",
+    "aborted": "#9467BD",
+    "aborted: cancelled": "#C5B0D5",
+    "aborted: shutdown": "#6A3D9A",
+}
+# Kinds not named above take, in name order, the first of these the figure does not use yet.
+SPARE_ERROR_COLORS = ["#17BECF", "#FF9DA7", "#9C755F", "#EDC948", "#BAB0AC", "#76B7B2"]
+SPARE_ABORTED_COLORS = ["#B07AA1", "#D4A6C8", "#7B4173", "#A55194"]
 # Kept apart from the phase colours so a run's line is never mistaken for a phase.
 LABEL_COLORS = ["#1B9E77", "#7570B3", "#D95F02", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#666666"]
 
 
 def label_color(index: int) -> str:
     return LABEL_COLORS[index % len(LABEL_COLORS)]
+
+
+def outcome_colors(kinds) -> dict[str, str]:
+    """{kind: colour} for outcome kinds ("ok", "error: RateLimitError", "aborted: cancelled", ...).
+
+    Known kinds keep their own colour; the others get spare ones in name order, each distinct from
+    the rest of the figure until the spares run out."""
+    colors = {k: OUTCOME_COLORS[k] for k in kinds if k in OUTCOME_COLORS}
+    for kind in sorted(k for k in kinds if k not in colors):
+        spares = SPARE_ABORTED_COLORS if kind.startswith("aborted") else SPARE_ERROR_COLORS
+        free = [c for c in spares if c not in colors.values()]
+        colors[kind] = free[0] if free else spares[len(colors) % len(spares)]
+    return colors
 
 
 def as_runs(results, arg: str = "results") -> list[tuple[str, Result]]:
@@ -65,6 +93,43 @@ def check_choice(arg: str, value, allowed) -> None:
 def check_positive(arg: str, value) -> None:
     if value is not None and not is_finite(value):
         raise ValueError(f"{arg}: expected a positive number or None, got {value!r}")
+
+
+def check_count(arg: str, value) -> None:
+    """None, or a whole number >= 1: batch slots and KV blocks come in whole units (2.5 drew a line
+    no engine can have)."""
+    if value is not None and not (is_int(value) and value >= 1):
+        raise ValueError(f"{arg}: expected a whole number >= 1 or None, got {value!r}")
+
+
+_TIMES = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s")
+
+
+def _finite(value) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+def check_times(requests: Sequence[RequestMetrics], arg: str) -> None:
+    """Raise on a NaN, infinite or non-numeric time, naming the request and the field.
+
+    One such time ended a CDF at NaN, made a timeline bar vanish, or raised OverflowError deep in
+    the bucketing, none of which said which request held it. `None` (not reached) is fine, except
+    for `arrival_s`, which every request has."""
+    for r in requests:
+        for name in _TIMES:
+            value = getattr(r, name)
+            if not (_finite(value) or (value is None and name != "arrival_s")):
+                raise ValueError(f"{arg}: request {r.request_id!r} has {name} = {value!r}; "
+                                 "times must be finite numbers of seconds")
+        try:  # the fast check: a sum of finite times is finite, and NaN or inf carry through it
+            fine = math.isfinite(sum(r.token_times_s))
+        except TypeError:
+            fine = False
+        if not fine:
+            bad = next(((k, v) for k, v in enumerate(r.token_times_s) if not _finite(v)), None)
+            if bad is not None:  # else the sum only overflowed: every time is finite
+                raise ValueError(f"{arg}: request {r.request_id!r} has token_times_s[{bad[0]}] = {bad[1]!r}; "
+                                 "times must be finite numbers of seconds")
 
 
 def unit_of(key: str) -> str:

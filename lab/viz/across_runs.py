@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lab._checks import is_number
 from lab.metrics import Result
 from lab.viz._common import as_runs, empty_figure, label_color, note, styled, unit_of, with_unit
 
@@ -26,14 +27,52 @@ def _check_columns(frame: pd.DataFrame, **named: str | None) -> None:
             raise ValueError(f"{arg}: no column {column!r}; the frame has {list(frame.columns)}")
 
 
+def _is_rate(value) -> bool:
+    """Requests per second: a real number > 0, or inf (all at once). NaN and -3 were drawn as "nan/s"
+    and "-3/s"."""
+    return is_number(value) and value > 0
+
+
 def _rate_frame(data) -> pd.DataFrame:
     rows = []
     for i, item in enumerate(data):
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Result)):
             raise ValueError(f"data: item {i} should be a (request_rate, Result) pair, got {item!r:.80}")
         rate, result = item
+        if not _is_rate(rate):
+            raise ValueError(f"data: item {i} has request rate {rate!r}; expected a number of requests per "
+                             "second > 0, or float('inf') for all at once")
         rows.append({"request_rate": float(rate), "label": result.label or ""} | result.summary())
     return pd.DataFrame(rows)
+
+
+def _check_rate_column(frame: pd.DataFrame, rate: str) -> None:
+    for row, value in frame[rate].items():
+        if not _is_rate(value):
+            raise ValueError(f"rate: column {rate!r} has {value!r} in row {row!r}; expected a number of requests "
+                             "per second > 0, or inf for all at once")
+
+
+def _check_one_point_per_rate(frame: pd.DataFrame, keys: list[str], rate: str, rows: str) -> None:
+    """Two runs at one rate in one line drew a zigzag no sweep can have: refuse, naming the first pair."""
+    twice = frame[frame.duplicated(keys, keep=False)]
+    if twice.empty:
+        return
+    first = twice.iloc[0]
+    same = [i for i, row in twice.iterrows() if all(_same(row[k], first[k]) for k in keys)]
+    values = " and ".join(f"{k} {_plain(first[k])}" for k in keys)
+    hint = ("give each sweep's Results its own label (simulate(..., label=...)) or pass label= a column "
+            "that tells them apart" if len(keys) > 1 else "add a label column that tells the sweeps apart")
+    raise ValueError(f"data: {rows} {', '.join(map(str, same))} share {values}; a line needs one point "
+                     f"per {rate}: {hint}")
+
+
+def _same(a, b) -> bool:
+    return (pd.isna(a) and pd.isna(b)) or a == b
+
+
+def _plain(value) -> str:
+    return f"{value:g}" if is_number(value) else repr(value)
 
 
 def throughput_vs_latency(
@@ -52,6 +91,9 @@ def throughput_vs_latency(
     where the server saturates: throughput stops growing and latency takes off.
     `rate` may name any other parameter of the sweep (client concurrency, say): a column whose name
     does not end in "rate" labels its points with the column's name ("concurrency 4"), not in req/s.
+    A rate column holds numbers > 0 (inf: all at once). Each line has one point per rate: runs that
+    share a rate and a label are refused, as they would be joined into a zigzag. A point without a
+    value in either column is not drawn, and a note says which.
     """
     if isinstance(data, pd.DataFrame):
         frame = data
@@ -63,16 +105,24 @@ def throughput_vs_latency(
     title = title or f"Throughput against latency across {'request rates' if is_rate else rate}"
     if frame.empty:
         return empty_figure(title, "No runs to plot.")
-    _check_columns(frame, throughput=throughput, latency=latency, rate=rate)
+    # only the default label may be missing (a frame of one sweep); a named one that is not there was
+    # a typo, silently drawn as one line through every sweep
+    _check_columns(frame, throughput=throughput, latency=latency, rate=rate,
+                   label=label if label != "label" else None)
+    if is_rate:
+        _check_rate_column(frame, rate)
+    grouped = label is not None and label in frame.columns
+    _check_one_point_per_rate(frame, list(dict.fromkeys([label, rate] if grouped else [rate])), rate,
+                              "rows" if isinstance(data, pd.DataFrame) else "items")
     # dropna=False: rows without a label (a frame concatenated with one that had none) were dropped unseen
-    groups = frame.groupby(label, sort=False, dropna=False) if label in frame.columns else [("", frame)]
+    groups = frame.groupby(label, sort=False, dropna=False) if grouped else [("", frame)]
     fig = go.Figure()
     for i, (name, group) in enumerate(groups):
         name = "" if pd.isna(name) else name
-        group = group.sort_values(rate)
+        group = group.sort_values(rate, kind="stable")
         fig.add_trace(
             go.Scatter(
-                name=str(name) or "run", x=group[throughput], y=group[latency], mode="lines+markers+text",
+                name=_line_name(name), x=group[throughput], y=group[latency], mode="lines+markers+text",
                 text=[_rate_text(v) if is_rate else _param_text(rate, v) for v in group[rate]],
                 textposition="top left", line=dict(color=label_color(i)), customdata=group[rate],
                 hovertemplate=(
@@ -82,9 +132,29 @@ def throughput_vs_latency(
                 ),
             )
         )
-    if frame[latency].isna().any():
-        note(fig, "Some rates have no completed request: their points are missing.")
+    gaps = [_missing_points(frame, column, rate, label if grouped else None, is_rate)
+            for column in dict.fromkeys((throughput, latency))]
+    if any(gaps):
+        note(fig, " · ".join(g for g in gaps if g))
     return styled(fig, title, xaxis_title=with_unit(throughput), yaxis_title=with_unit(latency))
+
+
+def _missing_points(frame: pd.DataFrame, column: str, rate: str, label: str | None, is_rate: bool) -> str:
+    """Which points have no value in `column` (and so are not drawn), or "" if none.
+
+    The cause varies (no completed request; p99_tpot_ms of one-token outputs; no span to divide by),
+    so the note names the column and the points, not a cause."""
+    empty = frame[frame[column].isna()]
+    if empty.empty:
+        return ""
+    points = [(_rate_text(v) if is_rate else _param_text(rate, v)) for v in empty[rate]]
+    if label is not None and frame[label].nunique(dropna=False) > 1:  # say which line each point is missing from
+        points = [f"{p} ({_line_name(name)})" for p, name in zip(points, empty[label], strict=True)]
+    return f"No {column} at {', '.join(points)}: not drawn"
+
+
+def _line_name(name) -> str:
+    return "run" if pd.isna(name) or name == "" else str(name)
 
 
 def _rate_text(rate: float) -> str:
@@ -133,11 +203,20 @@ def compare(results, *, metrics: Sequence[str] = DEFAULT_COMPARE, title: str | N
     idle = [label for label, r in runs if not r.completed]
     missing = [f"{m} for {label}" for m in metrics for (label, _), s in zip(runs, summaries, strict=True)
                if m not in s]
+    # a value that is there but NaN (mean_tpot_ms of one-token outputs) left an empty slot unexplained;
+    # a run with no completed request is already named above
+    nan = [f"{m} for {label}" for m in metrics for (label, r), s in zip(runs, summaries, strict=True)
+           if m in s and _is_nan(s[m]) and r.completed]
     remarks = ([f"No completed request in: {', '.join(idle)}"] if idle else []) + (
-        [f"No value (no step trace?): {', '.join(missing)}"] if missing else [])
+        [f"No value (no step trace?): {', '.join(missing)}"] if missing else []) + (
+        [f"No value: {', '.join(nan)}"] if nan else [])
     if remarks:
         note(fig, " · ".join(remarks))
     return fig
+
+
+def _is_nan(value) -> bool:
+    return is_number(value) and math.isnan(value)
 
 
 def cost_bars(
@@ -151,18 +230,22 @@ def cost_bars(
 ) -> go.Figure:
     """Cost per model, one colour per provider (the same model at two providers sits side by side).
 
-    `cost` defaults to the frame's "cost_usd" column, else "cost"; `currency`, the unit shown on the
-    axis and in hover, defaults to what the column name says (cost_usd -> USD, usd_per_1k_requests ->
-    USD per 1k requests; none when it names no currency). Rows with the same provider and model are summed.
+    `cost` defaults to the frame's "cost_usd" column, else "cost", and must hold numbers; `currency`, the
+    unit shown on the axis and in hover, defaults to what the column name says (cost_usd -> USD,
+    usd_per_1k_requests -> USD per 1k requests; none when it names no currency). Rows with the same
+    provider and model are summed; rows without a provider or model are drawn as "(no provider)" or
+    "(no model)", and a note says how many.
     """
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"frame: expected a pandas DataFrame, got {type(frame).__name__}")
     if cost is None:
         cost = next((c for c in ("cost_usd", "cost") if c in frame.columns), "cost_usd")
     _check_columns(frame, cost=cost, provider=provider, model=model)
+    _check_numeric(frame, cost)
     currency = currency or _cost_unit(cost)
     title = title or "Cost per provider and model"
     keys = [provider] + ([model] if model else [])
+    frame, unnamed = _name_missing_keys(frame, keys)
     unpriced = frame[frame[cost].isna()]
     totals = frame.dropna(subset=[cost]).groupby(keys, sort=False)[cost].agg(["sum", "size"]).reset_index()
     if totals.empty:
@@ -182,10 +265,40 @@ def cost_bars(
         fig, title, barmode="group", xaxis=dict(title=x_col, categoryorder="array", categoryarray=order),
         yaxis_title=f"cost ({currency})" if currency else cost,
     )
+    remarks = []
     if not unpriced.empty:
         missing = unpriced[keys].astype(str).agg(" · ".join, axis=1).tolist()
-        note(fig, f"No cost for: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+        remarks.append(f"No cost for: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    if unnamed:
+        remarks.append(f"{unnamed} row(s) without {' or '.join(keys)}: drawn as {' / '.join(_NO_KEY.format(k) for k in keys)}")
+    if remarks:
+        note(fig, " · ".join(remarks))
     return fig
+
+
+_NO_KEY = "(no {})"
+
+
+def _check_numeric(frame: pd.DataFrame, cost: str) -> None:
+    """A cost column of text ("1.0") raised TypeError from abs() in the bar labels, naming nothing."""
+    column = frame[cost]
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return
+    bad = next((v for v in column.dropna() if not is_number(v)), None)  # an object column may hold numbers
+    if bad is not None:
+        raise ValueError(f"cost: column {cost!r} must hold numbers (NaN for unpriced rows); it has {bad!r}")
+
+
+def _name_missing_keys(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, int]:
+    """The frame with missing provider / model values named "(no provider)" / "(no model)", and how
+    many rows had one: groupby dropped those rows, and their cost, without a word."""
+    blank = frame[keys].isna()
+    if not blank.any().any():
+        return frame, 0
+    frame = frame.copy()
+    for k in keys:
+        frame[k] = frame[k].astype(object).where(~blank[k], _NO_KEY.format(k))
+    return frame, int(blank.any(axis=1).sum())
 
 
 CURRENCIES = ("usd", "eur", "gbp", "cny", "rmb", "jpy", "inr", "krw", "cad", "aud", "chf", "hkd", "sgd")

@@ -11,22 +11,23 @@ import plotly.graph_objects as go
 
 from lab.metrics import RequestMetrics, Result
 from lab.viz._common import (
-    ERROR_COLORS,
     PHASE_COLORS,
-    STATUS_COLORS,
     as_runs,
     check_choice,
     check_positive,
+    check_times,
     empty_figure,
     label_color,
     nice_step,
     note,
+    outcome_colors,
     styled,
 )
 
+# The duration comes from customdata: on a bar placed with base=, %{x} is where the bar ends.
 _PHASE_HOVER = (
     "<b>%{customdata[0]}</b> · %{fullData.name}<br>"
-    "%{customdata[1]:.3f} s → %{customdata[2]:.3f} s (%{x:.3f} s)<br>"
+    "%{customdata[1]:.3f} s → %{customdata[2]:.3f} s (%{customdata[6]:.3f} s)<br>"
     "prompt %{customdata[3]} tok · output %{customdata[4]} tok · %{customdata[5]}<extra></extra>"
 )
 
@@ -72,6 +73,7 @@ def request_timeline(result: Result, *, title: str | None = None) -> go.Figure:
     """
     if not isinstance(result, Result):
         raise ValueError(f"result: expected a Result, got {type(result).__name__}")
+    check_times(result.requests, "result")
     title = title or f"Request timeline{' · ' + result.label if result.label else ''}"
     if not result.requests:
         return empty_figure(title, "No requests in this result.")
@@ -87,7 +89,8 @@ def request_timeline(result: Result, *, title: str | None = None) -> go.Figure:
             ys.append(i)
             starts.append(span[0])
             lengths.append(span[1] - span[0])
-            data.append((r.request_id, span[0], span[1], r.prompt_tokens, r.output_tokens, _status_text(r)))
+            data.append((r.request_id, span[0], span[1], r.prompt_tokens, r.output_tokens, _status_text(r),
+                         lengths[-1]))
         if not ys:  # no legend entry for a phase no request has (queued and prefill over HTTP)
             continue
         fig.add_trace(
@@ -149,11 +152,14 @@ def latency_cdf(results, *, metric: str = "ttft", title: str | None = None) -> g
     """Empirical CDF of a latency over completed requests, one line per run.
 
     `results`: a Result, a list of them, or {label: Result}. `metric`: ttft, tpot, itl, e2e or queue.
-    The curve reaches 1 at the slowest completed request; failed requests are counted in the legend.
+    The curve reaches 1 at the slowest completed request; failed requests are counted in the legend,
+    which is shown even for one run. Hover gives the fraction at or below each distinct value.
     """
     check_choice("metric", metric, _METRICS)
     name, values_of = _METRICS[metric]
     runs = as_runs(results)
+    for label, r in runs:
+        check_times(r.requests, f"results ({label})")
     title = title or f"{name} CDF"
     fig = go.Figure()
     left_out = []
@@ -162,24 +168,30 @@ def latency_cdf(results, *, metric: str = "ttft", title: str | None = None) -> g
         if not values:
             left_out.append(label)
             continue
-        ms = np.sort(np.asarray(values, dtype=float)) * 1e3
-        frac = np.arange(1, ms.size + 1) / ms.size
+        # one point per distinct value: with a point per request, tied values hovered 0%, 33% and 67%
+        # "within 200 ms" when two thirds were
+        ms, counts = np.unique(np.asarray(values, dtype=float) * 1e3, return_counts=True)
+        frac = np.cumsum(counts) / len(values)
         # start from 0 at the fastest value: else the curve began in mid-air at 1/n, and a run of one
-        # request was a single point, which a line draws as nothing
-        ms, frac = np.r_[ms[0], ms], np.r_[0.0, frac]
+        # request was a single point, which a line draws as nothing. Hover reads customdata, the
+        # fraction at or below x, so this extra point says the same true thing as the one above it
+        # (plotly ignores a per-point hoverinfo "skip" on scatter traces).
+        ms, y, at_or_below = np.r_[ms[0], ms], np.r_[0.0, frac], np.r_[frac[0], frac]
         failed = len(r.requests) - len(r.completed)
         counted = "gaps" if metric == "itl" else "requests"  # ITL: one value per gap between tokens
         legend = f"{label} (n={len(values)} {counted}{f', {failed} failed requests' if failed else ''})"
         fig.add_trace(
             go.Scatter(
-                name=legend, x=ms, y=frac, mode="lines", line=dict(shape="hv", color=label_color(i)),
-                hovertemplate=f"{label}<br>%{{y:.0%}} of {counted} within %{{x:.1f}} ms<extra></extra>",
+                name=legend, x=ms, y=y, customdata=at_or_below, mode="lines",
+                line=dict(shape="hv", color=label_color(i)),
+                hovertemplate=f"{label}<br>%{{customdata:.1%}} of {counted} at or below %{{x:.1f}} ms<extra></extra>",
             )
         )
     if not fig.data:
         return empty_figure(title, f"No completed request has a {name} to plot.")
     y_title = "fraction of inter-token gaps" if metric == "itl" else "fraction of completed requests"
-    styled(fig, title, xaxis_title=f"{name} (ms)", yaxis=dict(title=y_title, range=[0, 1.02]))
+    # plotly hides the legend of a one-trace figure, and with it the failed-request count
+    styled(fig, title, xaxis_title=f"{name} (ms)", yaxis=dict(title=y_title, range=[0, 1.02]), showlegend=True)
     if left_out:  # a run whose requests all failed would otherwise vanish from the comparison unseen
         note(fig, f"No {name} to plot for: {', '.join(left_out)}")
     return fig
@@ -193,21 +205,29 @@ def _error_kind(r: RequestMetrics) -> str:
     return f"{r.status}: {kind}" if kind else r.status
 
 
+MAX_BUCKETS = 10_000
+
+
 def retries_and_errors(result: Result, *, bucket_s: float | None = None, title: str | None = None) -> go.Figure:
     """Outcomes per time bucket (stacked: ok and each error kind) with the retries they needed.
 
     A request counts in the bucket where it finished (or was last seen); `bucket_s` defaults to a
-    round width giving about 20 buckets.
+    round width giving about 20 buckets; a width giving more than 10,000 is refused (one bar each).
     """
     if not isinstance(result, Result):
         raise ValueError(f"result: expected a Result, got {type(result).__name__}")
     check_positive("bucket_s", bucket_s)
+    check_times(result.requests, "result")
     title = title or "Outcomes and retries over time"
     if not result.requests:
         return empty_figure(title, "No requests in this result.")
     times = [_last_known_s(r) for r in result.requests]
     start = min(r.arrival_s for r in result.requests)
-    bucket_s = bucket_s or nice_step(max(times) - start)
+    span = max(times) - start
+    bucket_s = bucket_s or nice_step(span)
+    if span / bucket_s > MAX_BUCKETS:  # one bar per bucket: 1e-5 s over 100 s built ten million
+        raise ValueError(f"bucket_s: {bucket_s:g} s makes {span / bucket_s:,.0f} buckets over this {span:g} s run; "
+                         f"at most {MAX_BUCKETS:,} are allowed, so use bucket_s >= {span / MAX_BUCKETS:.3g}")
     counts: dict[str, Counter] = defaultdict(Counter)
     retries: Counter = Counter()
     for r, t in zip(result.requests, times, strict=True):
@@ -218,16 +238,12 @@ def retries_and_errors(result: Result, *, bucket_s: float | None = None, title: 
     x = [start + (b + 0.5) * bucket_s for b in buckets]
     fig = go.Figure()
     kinds = sorted(counts, key=lambda k: (k != "ok", k.startswith("aborted"), -sum(counts[k].values())))
-    errors_seen = 0
+    colors = outcome_colors(kinds)
     for kind in kinds:
-        if kind == "ok" or kind.startswith("aborted"):
-            color = STATUS_COLORS["ok" if kind == "ok" else "aborted"]
-        else:
-            color = ERROR_COLORS[errors_seen % len(ERROR_COLORS)]
-            errors_seen += 1
         fig.add_trace(
             go.Bar(
-                name=kind, x=x, y=[counts[kind][b] for b in buckets], width=bucket_s * 0.9, marker_color=color,
+                name=kind, x=x, y=[counts[kind][b] for b in buckets], width=bucket_s * 0.9,
+                marker_color=colors[kind],
                 hovertemplate=f"{kind}<br>%{{y}} requests finished around %{{x:.2f}} s<extra></extra>",
             )
         )

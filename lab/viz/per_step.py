@@ -13,7 +13,7 @@ from lab.viz._common import (
     PHASE_COLORS,
     as_runs,
     check_choice,
-    check_positive,
+    check_count,
     empty_figure,
     label_color,
     note,
@@ -53,6 +53,19 @@ def _slots(s: StepRecord) -> tuple[int, int]:
     return used - decode, decode
 
 
+def _check_max_num_seqs(max_num_seqs: int, records: list[StepRecord]) -> None:
+    """The limit line must be the engine's: every step's slots (in the batch + idle) add up to it.
+
+    A wrong one drew a line at 8 over bars stacked to 4, telling the reader half the slots were
+    missing when the trace says they never existed."""
+    for n, s in zip(_run_steps(records), records, strict=True):
+        used = sum(_slots(s))
+        if used + s.idle_slots != max_num_seqs:
+            raise ValueError(
+                f"max_num_seqs: {max_num_seqs} disagrees with the step trace: step {n} has {used + s.idle_slots} "
+                f"slots ({used} in the batch + {s.idle_slots} idle); pass the engine's max_num_seqs or leave it out")
+
+
 def batch_occupancy(
     steps, *, max_num_seqs: int | None = None, x: str = "step", show_waiting: bool = True, title: str | None = None
 ) -> go.Figure:
@@ -61,10 +74,11 @@ def batch_occupancy(
     `steps`: a Result or a list of StepRecord. `x`: "step" (counted from the trace's first step, so a
     run after a warm-up starts at 0; hover also gives the engine's own number) or "time" (bars as wide
     as the step took). With `show_waiting`, a line shows the requests queued meanwhile: idle slots
-    under a queue are waste.
+    under a queue are waste. `max_num_seqs`, drawn as a dashed line, must be the engine's: every
+    step's batch plus idle slots adds up to it, else a ValueError says which step disagrees.
     """
     check_choice("x", x, _X_AXES)
-    check_positive("max_num_seqs", max_num_seqs)
+    check_count("max_num_seqs", max_num_seqs)
     records = _steps_of(steps)
     replicas = sorted({s.replica for s in records})
     if len(replicas) > 1:  # their bars would stack into one batch larger than any replica's
@@ -73,6 +87,8 @@ def batch_occupancy(
     title = title or "Batch occupancy per step"
     if not records:
         return empty_figure(title, "No step trace: only the engine and the simulator record one.")
+    if max_num_seqs:
+        _check_max_num_seqs(max_num_seqs, records)
     numbers = _run_steps(records)
     offset = records[0].step  # steps the engine took before this trace (a warm-up)
     if x == "step":
@@ -132,11 +148,14 @@ def kv_blocks(
     black line), or {label: blocks} when the runs' pools differ: each run's capacity is then drawn in
     its own colour, as far as its own line goes. With `block_size`, hover also shows how many tokens of
     context the blocks can hold. `x`: "time" or "step" (counted from each line's first step).
+    Capacities and `block_size` are whole numbers; a capacity below its run's peak blocks in use is
+    refused, as no pool holds more blocks than it has.
     """
     check_choice("x", x, _X_AXES)
-    check_positive("block_size", block_size)
+    check_count("block_size", block_size)
     runs = as_runs(results)
     per_run = _capacities(capacity, [label for label, _ in runs])
+    _check_capacities(capacity, per_run, runs)
     title = title or "KV blocks in use"
     fig = go.Figure()
     xs_all = []
@@ -156,6 +175,7 @@ def kv_blocks(
         blocks = [s.kv_blocks_used for s in steps]
         tokens_hover = f"<br>up to %{{customdata:,}} tokens ({block_size}/block)" if block_size else ""
         of_pool = f" of {per_run[run]}" if run in per_run else ""
+        at = "step %{x}" if x == "step" else "%{x:.3f} s"  # "at 0.30000000000000004" was a float's repr
         fig.add_trace(
             go.Scatter(
                 # the run's colour, as in every other figure of the same runs (numbering lines instead
@@ -163,7 +183,7 @@ def kv_blocks(
                 name=label, x=xs, y=blocks, mode=_line_mode(xs),
                 line=dict(shape="hv", color=label_color(i), dash=_DASHES[n % len(_DASHES)]),
                 customdata=[b * block_size for b in blocks] if block_size else None,
-                hovertemplate=f"{label}<br>%{{y}}{of_pool} blocks at %{{x}}{tokens_hover}<extra></extra>",
+                hovertemplate=f"{label}<br>%{{y}}{of_pool} blocks at {at}{tokens_hover}<extra></extra>",
             )
         )
     if not fig.data:
@@ -185,14 +205,25 @@ def kv_blocks(
 def _capacities(capacity, labels: list[str]) -> dict[str, int]:
     """{run label: pool size} from one number (every run) or a {label: number} mapping."""
     if not isinstance(capacity, Mapping):
-        check_positive("capacity", capacity)
+        check_count("capacity", capacity)
         return {label: capacity for label in labels} if capacity else {}
     unknown = [k for k in capacity if k not in labels]
     if unknown:
         raise ValueError(f"capacity: no run labelled {unknown}; the runs are {labels}")
     for label, blocks in capacity.items():
-        check_positive(f"capacity[{label!r}]", blocks)
+        check_count(f"capacity[{label!r}]", blocks)
     return {label: blocks for label, blocks in capacity.items() if blocks}
+
+
+def _check_capacities(capacity, per_run: dict[str, int], runs) -> None:
+    """A pool cannot hold more blocks than it has: a capacity under the trace's peak is not this
+    run's (a line at 3 under 6 blocks in use claimed the run overflowed its cache)."""
+    for label, r in runs:
+        peak = max((s.kv_blocks_used for s in r.steps), default=0)
+        if label in per_run and peak > per_run[label]:
+            arg = f"capacity[{label!r}]" if isinstance(capacity, Mapping) else "capacity"
+            raise ValueError(f"{arg}: {per_run[label]} blocks, but run {label!r} has {peak} in use at its peak; "
+                             "pass the KV pool's size in blocks, or leave it out")
 
 
 def _capacity_line(fig: go.Figure, name: str, blocks: int, xs: list[float], color: str) -> None:
