@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.metrics import RequestMetrics, Result, StepRecord
+from lab.metrics import Result, StepRecord
 from lab.viz import (
     batch_occupancy,
     compare,
@@ -20,16 +20,9 @@ from lab.viz import (
     retries_and_errors,
     throughput_vs_latency,
 )
+from tests.test_viz import req  # one helper for both files
 
 NAN, INF = float("nan"), float("inf")
-
-
-def req(rid, arrival, scheduled, first, finish, out=4, **kw):
-    times = list(np.linspace(first, finish, out)) if first is not None and finish is not None else []
-    return RequestMetrics(
-        request_id=rid, arrival_s=arrival, first_scheduled_s=scheduled, first_token_s=first, finish_s=finish,
-        prompt_tokens=8, output_tokens=out, token_times_s=times, **kw,
-    )
 
 
 def failure(rid, error, status="error"):
