@@ -836,3 +836,34 @@ def test_a_key_with_a_non_ascii_character_is_named_without_showing_it():
     with pytest.raises(ValueError, match="api_key: .* non-ASCII") as err:
         Client(base_url="http://test/v1", api_key=secret)
     assert "SECRETSECRET" not in str(err.value)
+
+
+def test_an_async_limiter_serves_a_second_event_loop():
+    """asyncio's Lock and Semaphore belong to the first loop that waits on them: the same AsyncClient in a
+    second asyncio.run() failed with 'bound to a different event loop' once two requests had queued."""
+    import asyncio
+
+    from lab.client.limits import AsyncLimiter
+
+    limiter = AsyncLimiter(RateLimits(rpm=600, max_concurrency=2))
+    now = [0.0]
+
+    async def fake_sleep(seconds):  # a fake clock: only the loop binding is under test, not the waiting
+        now[0] += seconds + 1e-6  # a touch more: a real clock never lands exactly on the refill's float
+        await asyncio.sleep(0)
+
+    limiter.clock, limiter.sleep = (lambda: now[0]), fake_sleep
+
+    async def burst():
+        async def one():
+            await limiter.acquire_slot()
+            try:
+                await limiter.wait_budget(1)
+                await asyncio.sleep(0)
+            finally:
+                limiter.release_slot()
+
+        await asyncio.gather(*(one() for _ in range(15)))
+
+    asyncio.run(burst())
+    asyncio.run(burst())  # raised RuntimeError before

@@ -176,15 +176,27 @@ class AsyncLimiter:
 
     def __init__(self, limits: RateLimits):
         self.core = RateLimiter(limits)
-        n = limits.max_concurrency
-        self._slots = asyncio.Semaphore(n) if n else None
-        # one waiter at a time, in arrival order (asyncio.Lock is first come, first served): a large
-        # request waits for its budget at the head of the line instead of behind every small one that
-        # fits the refill first
-        self._turn = asyncio.Lock()
+        self._max_concurrency = limits.max_concurrency
+        self._loop = None  # the event loop the slots and the line below belong to
+        self._slots: asyncio.Semaphore | None = None
+        self._turn: asyncio.Lock | None = None
         self.clock, self.sleep = time.monotonic, asyncio.sleep  # tests set fake ones
 
+    def _bind_loop(self) -> None:
+        # asyncio's Semaphore and Lock belong to the first loop that waits on them; a client reused in a
+        # second asyncio.run() gets fresh ones (the buckets, plain numbers, carry over)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            n = self._max_concurrency
+            self._slots = asyncio.Semaphore(n) if n else None
+            # one waiter at a time, in arrival order (asyncio.Lock is first come, first served): a large
+            # request waits for its budget at the head of the line instead of behind every small one that
+            # fits the refill first
+            self._turn = asyncio.Lock()
+
     async def acquire_slot(self) -> None:
+        self._bind_loop()
         if self._slots is not None:
             await self._slots.acquire()
 
@@ -193,6 +205,7 @@ class AsyncLimiter:
             self._slots.release()
 
     async def wait_budget(self, est_tokens: int) -> None:
+        self._bind_loop()
         async with self._turn:
             while (wait := self.core.reserve(est_tokens, self.clock())) > 0:
                 await self.sleep(wait)
