@@ -14,7 +14,8 @@ from datetime import date
 from pathlib import Path
 
 from lab._checks import is_finite, is_int, is_number
-from lab.cost.prices import PriceTableError, check_seen, check_url, csv_records, default_prices_path
+from lab.cost.csv_checks import PriceTableError, check_seen, check_url, csv_records
+from lab.cost.prices import default_prices_path
 from lab.metrics import Result
 
 THROUGHPUT_KINDS = ("output", "total")  # output tokens/s, or prompt + output tokens/s
