@@ -165,6 +165,66 @@ def test_chat_stream_delta_content():
     assert stream.text == "Hi"
 
 
+def chat_piece(delta, finish=None, **extra):
+    body = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+ROLE = chat_piece({"role": "assistant", "content": ""})
+WHOLE_CHAT_STREAM = [ROLE, chat_piece({"content": "Hi"}), chat_piece({}, "stop"), DONE]
+
+
+async def chat_stream_texts(handler, use_async):
+    """The chunks' texts of one streamed chat completion over a MockTransport, and the stream."""
+    if use_async:
+        def ahandler(request):
+            body = handler(request).stream  # the sync generator, which raises where its pieces do
+
+            async def gen():
+                for p in body:
+                    yield p
+            return httpx.Response(200, content=gen(), headers={"content-type": "text/event-stream"})
+        async with AsyncClient(base_url="http://test/v1", api_key=KEY, transport=httpx.MockTransport(ahandler),
+                               retry=NO_WAIT) as c:
+            stream = await c.chat.completions.create(model="m", messages=[], stream=True)
+            return [ch.text async for ch in stream], stream
+    stream = client_for(handler).chat.completions.create(model="m", messages=[], stream=True)
+    return collect(stream), stream
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("cut", [httpx.ReadError("reset"), None], ids=["reset", "clean-end"])
+async def test_a_chat_stream_cut_after_its_role_chunk_is_retried(use_async, cut):
+    # the role-only chunk carries nothing generated (our server sends it while the request is still
+    # queued): a stream cut right after it was raised as interrupted, with "" as its partial text
+    handler, calls = stream_handler([ROLE, ROLE] + ([cut] if cut else []), WHOLE_CHAT_STREAM)
+    texts, stream = await chat_stream_texts(handler, use_async)
+    assert texts == ["", "Hi", ""] and stream.text == "Hi" and stream.retries == 1 and len(calls) == 2
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+async def test_a_chat_stream_cut_after_its_first_token_is_not_retried(use_async):
+    handler, calls = stream_handler([ROLE, chat_piece({"content": "H"}), httpx.ReadError("reset")],
+                                    WHOLE_CHAT_STREAM)
+    with pytest.raises(StreamInterruptedError) as info:
+        await chat_stream_texts(handler, use_async)
+    assert info.value.partial_text == "H" and info.value.chunks_received == 2 and len(calls) == 1
+
+
+def test_a_tool_call_delta_is_output_the_caller_sees_at_once():
+    from lab.client.streaming import carries_output
+    from lab.client.types import Chunk
+
+    def parsed(piece):
+        return Chunk.from_dict(json.loads(piece.decode()[len("data: "):]))
+
+    call = {"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    assert not carries_output(parsed(ROLE))
+    assert carries_output(parsed(chat_piece({"tool_calls": [call]})))
+    assert carries_output(parsed(chat_piece({}, "stop"))) and carries_output(parsed(chat_piece({"content": "x"})))
+
+
 # ---- failures
 
 

@@ -18,7 +18,7 @@ from lab.client.errors import APIError, error_from_response, from_httpx, request
 from lab.client.idle import start_watch
 from lab.client.limits import AsyncLimiter, SyncLimiter
 from lab.client.stream_state import StreamState, is_whole_answer, whole_answer_lines
-from lab.client.streaming import AsyncStream, Stream, aiter_items, anext_chunk, next_chunk
+from lab.client.streaming import AsyncStream, Stream, aiter_items, aopening_chunks, opening_chunks
 from lab.client.types import Completion, Model, ModelPage
 
 
@@ -148,12 +148,12 @@ class Client(BaseClient):
         return _answer(self, response, content, method, rid, est, start_t, head_t, retries)
 
     def _open_stream(self, response, start_t, retries, est, rid) -> Stream:
-        # read up to the first chunk here, inside the retry loop: until the caller has seen a chunk,
-        # a failure is safe to retry
+        # read the opening chunks here, inside the retry loop: until one carries output, a failure
+        # is safe to retry
         state = StreamState(self.stream_idle_timeout, time.perf_counter(), rid)
         try:
             lines = iter(whole_answer_lines(response.read())) if is_whole_answer(response) else response.iter_lines()
-            first = next_chunk(state, lines)
+            opening = opening_chunks(state, lines)
         except BaseException as e:  # an error or an interrupt: the connection goes back closed
             response.close()
             if isinstance(e, httpx.HTTPError):
@@ -166,7 +166,7 @@ class Client(BaseClient):
                 self._limiter.release_slot()
 
         # from here on the idle timeout applies: the request's read timeout covered the wait for this chunk
-        return Stream(response, state, first, lines=lines, start_t=start_t, retries=retries,
+        return Stream(response, state, opening, lines=lines, start_t=start_t, retries=retries,
                       provider=self.provider, on_close=on_close, watch=start_watch(state, response, blocking=True))
 
 
@@ -282,7 +282,7 @@ class AsyncClient(BaseClient):
                 lines = aiter_items(whole_answer_lines(await response.aread()))
             else:
                 lines = response.aiter_lines()
-            first = await anext_chunk(state, lines)
+            opening = await aopening_chunks(state, lines)
         except BaseException as e:  # an error or a cancellation: the caller's finally gives the pool back
             await response.aclose()
             if isinstance(e, httpx.HTTPError):
@@ -295,6 +295,6 @@ class AsyncClient(BaseClient):
                 self._limiter.settle(est, self._used_tokens(usage, est))
                 self._limiter.release_slot()
 
-        return AsyncStream(response, state, first, lines=lines, start_t=start_t, retries=retries,
+        return AsyncStream(response, state, opening, lines=lines, start_t=start_t, retries=retries,
                            provider=self.provider, on_close=on_close,
                            watch=start_watch(state, response, blocking=False))

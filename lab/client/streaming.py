@@ -1,8 +1,10 @@
 """Streams: SSE lines in, typed chunks out, with an idle timeout between chunks and honest failures.
 
 `StreamState` (lab/client/stream_state.py) is the I/O-free part (parse, account, detect errors and
-truncation) that `Stream` and `AsyncStream` share. A stream that breaks after its first chunk raises
-`StreamInterruptedError` carrying the partial text; it is never retried behind the caller's back. The
+truncation) that `Stream` and `AsyncStream` share. The client reads a stream's opening chunks inside its
+retry loop, up to the first that carries output (`opening_chunks`): a chat stream that breaks after its
+role-only chunk lost nothing and is retried. One that breaks later raises `StreamInterruptedError`
+carrying the partial text; it is never retried behind the caller's back. The
 idle timeout counts only once tokens arrive: until then the request's read timeout governs
 (lab/client/idle.py).
 """
@@ -27,11 +29,11 @@ async def aiter_items(items):
 class _StreamBase:
     """What a finished (or failed) stream reports, like a non-streaming result."""
 
-    def __init__(self, response: httpx.Response, state: StreamState, first: Chunk | None, *, start_t: float,
+    def __init__(self, response: httpx.Response, state: StreamState, opening: list[Chunk], *, start_t: float,
                  retries: int, provider: str | None, on_close, watch=None):
         self.response = response
         self.state = state
-        self._pending = first
+        self._pending = list(opening)  # read inside the retry loop, handed out first
         self.start_t = start_t
         self.retries = retries
         self.provider = provider
@@ -97,9 +99,8 @@ class Stream(_StreamBase):
         return self
 
     def __next__(self) -> Chunk:
-        if self._pending is not None:
-            chunk, self._pending = self._pending, None
-            return chunk
+        if self._pending:
+            return self._pending.pop(0)
         if self.closed:
             raise StopIteration
         try:
@@ -141,9 +142,8 @@ class AsyncStream(_StreamBase):
         return self
 
     async def __anext__(self) -> Chunk:
-        if self._pending is not None:
-            chunk, self._pending = self._pending, None
-            return chunk
+        if self._pending:
+            return self._pending.pop(0)
         if self.closed:
             raise StopAsyncIteration
         try:
@@ -219,6 +219,35 @@ async def anext_chunk(state: StreamState, lines) -> Chunk | None:
             if chunk is not None:
                 return chunk
     return None
+
+
+def opening_chunks(state: StreamState, lines) -> list[Chunk]:
+    """The chunks up to and including the first that carries output (or to the end). Until that one,
+    nothing the caller would keep has arrived: a chat stream opens with a role-only delta, which a
+    server sends before the request has even left its queue, so a failure here is as safe to retry as
+    a failed request."""
+    chunks: list[Chunk] = []
+    while (chunk := next_chunk(state, lines)) is not None:
+        chunks.append(chunk)
+        if carries_output(chunk):
+            break
+    return chunks
+
+
+async def aopening_chunks(state: StreamState, lines) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    while (chunk := await anext_chunk(state, lines)) is not None:
+        chunks.append(chunk)
+        if carries_output(chunk):
+            break
+    return chunks
+
+
+def carries_output(chunk: Chunk) -> bool:
+    """Text, thinking, a tool-call delta, a finish_reason or the usage: anything but a bare opening."""
+    if chunk.text or chunk.reasoning or chunk.usage is not None:
+        return True
+    return any(c.finish_reason or (c.delta is not None and c.delta.tool_calls) for c in chunk.choices)
 
 
 @contextmanager
