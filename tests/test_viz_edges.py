@@ -309,6 +309,16 @@ def test_retries_and_errors_refuses_more_than_ten_thousand_buckets():
     assert len(retries_and_errors(r, bucket_s=0.01).data[0].x) <= 10_001
 
 
+def test_retries_and_errors_counts_a_request_timed_before_every_arrival():
+    # an error recorded with a time before the first arrival (another clock) fell in bucket -1 and the
+    # bucket range, built from 0, left it out of every bar
+    early = req("early", 5.0, None, None, 0.2, out=0, status="error", error="APITimeoutError: t")
+    fig = retries_and_errors(Result([req("a", 0.5, 0.6, 0.7, 2.0), early]), bucket_s=0.5)
+    bars = {t.name: t for t in fig.data if t.type == "bar"}
+    assert sum(bars["error: APITimeoutError"].y) == 1 and sum(bars["ok"].y) == 1
+    assert min(min(t.x) for t in bars.values()) >= 0.2  # no bar before the earliest time seen
+
+
 def _bar_colors(result: Result) -> dict[str, str]:
     return {t.name: t.marker.color for t in retries_and_errors(result).data if t.type == "bar"}
 

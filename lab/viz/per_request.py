@@ -222,7 +222,8 @@ def retries_and_errors(result: Result, *, bucket_s: float | None = None, title: 
     if not result.requests:
         return empty_figure(title, "No requests in this result.")
     times = [_last_known_s(r) for r in result.requests]
-    start = min(r.arrival_s for r in result.requests)
+    # a time before every arrival (a request timed on another clock) would make a negative bucket
+    start = min(min(r.arrival_s for r in result.requests), min(times))
     span = max(times) - start
     bucket_s = bucket_s or nice_step(span)
     if span / bucket_s > MAX_BUCKETS:  # one bar per bucket: 1e-5 s over 100 s built ten million
