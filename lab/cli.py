@@ -16,7 +16,7 @@ from lab.cli_args import check_output_path, number_arg, positive_int_arg, seed_a
 def demo_main(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from lab.demo import run_demo, summary_table, write_report
+    from lab.demo import arrival_span_error, demo_workload, run_demo, summary_table, write_report
     from lab.engine.config import EngineConfig
 
     # the demo keeps the engine's default max_num_batched_tokens, which caps the batch
@@ -24,6 +24,8 @@ def demo_main(args: argparse.Namespace) -> int:
     if args.max_num_seqs > limit:  # the engine's message named max_num_batched_tokens, not an option of demo
         raise ValueError(f"--max-num-seqs: must be <= {limit} (the tokens an engine step takes), "
                          f"got {args.max_num_seqs}")
+    if error := arrival_span_error(demo_workload(args.num_requests, args.rate, args.seed), args.rate):
+        raise ValueError(f"--rate: {error}")
     check_output_path("--report", args.report, create_parent=True)  # before the run, not after it
     where = f"the model in {args.model}" if args.model else "the bundled model"
     print(f"Serving {args.num_requests} requests at {args.rate}/s on {where}, "
@@ -66,7 +68,8 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-requests", type=positive_int_arg, default=48,
                    help="requests in the workload, served once per policy (default: %(default)s)")
     p.add_argument("--rate", type=number_arg(inf_ok=True), default=16.0,
-                   help="mean arrivals per second, Poisson; inf sends them all at once (default: %(default)s)")
+                   help="mean arrivals per second, Poisson; inf sends them all at once; the arrivals must "
+                        "fit in an hour (default: %(default)s)")
     p.add_argument("--max-num-seqs", type=positive_int_arg, default=16,
                    help="most requests in a batch, for both policies; at most 2048 (default: %(default)s)")
     p.add_argument("--seed", type=seed_arg, default=0,

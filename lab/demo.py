@@ -21,6 +21,7 @@ TABLE_COLUMNS = {
     "p99_e2el_ms": "p99 E2E ms",
     "wasted_slot_steps": "wasted slot-steps",
 }
+MAX_ARRIVAL_SPAN_S = 3600.0  # each policy replays the arrivals on the wall clock
 
 
 def demo_workload(n: int = 48, rate: float = 16.0, seed: int = 0) -> Workload:
@@ -29,11 +30,23 @@ def demo_workload(n: int = 48, rate: float = 16.0, seed: int = 0) -> Workload:
                      seed=seed, text_prompts=True, chars_per_token=1.0, name="demo")
 
 
+def arrival_span_error(workload: Workload, rate: float) -> str | None:
+    """Why `rate` is too low for the demo, or None. Its runs sleep until each arrival, so a rate of 1e-9
+    would wait for years (and 1e-300 overflowed time.sleep after the warm-up): say so before the run."""
+    span = max(r.arrival_s for r in workload.requests)
+    if span <= MAX_ARRIVAL_SPAN_S:
+        return None
+    return (f"must let the {len(workload.requests)} requests arrive within {MAX_ARRIVAL_SPAN_S:.0f} s "
+            f"(the demo waits for each on the wall clock, once per policy), got {rate:g}: they would take {span:.3g} s")
+
+
 def run_demo(model=None, n: int = 48, rate: float = 16.0, max_num_seqs: int = 16, seed: int = 0,
              progress: bool = True, device: str = "auto") -> dict[str, Result]:
     from lab.engine import LLM
 
     workload = demo_workload(n, rate, seed)
+    if error := arrival_span_error(workload, rate):
+        raise ValueError(f"rate: {error}")
     results = {}
     for policy in ("static", "continuous"):
         llm = LLM(model, device=device, policy=policy, max_num_seqs=max_num_seqs, seed=seed)

@@ -17,6 +17,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -126,19 +127,75 @@ def add_dropout(model: CausalLM, p: float) -> None:
 
 
 def full_val_starts(n: int, context: int) -> list[int]:
-    """Non-overlapping windows tiling the held-out text (the last one flush with its end)."""
+    """Windows tiling the held-out text, the last one flush with its end (so overlapping the one before)."""
     starts = list(range(0, n - context - 1, context))
     return starts + [n - context - 1] if starts[-1] != n - context - 1 else starts
 
 
-def main() -> None:
+def parse_bool(text: str) -> bool:
+    """`--bf16-autocast false`: a typo ("flase") is an error, not a silent False."""
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"must be true or false (or 1/0, yes/no), got {text!r}")
+
+
+def train_chars(n: int) -> int:
+    """nanoGPT's split: the first 90% of the characters train, the last 10% validate."""
+    return int(0.9 * n)
+
+
+def config_error(c: TrainConfig, n_val: int) -> str | None:
+    """The first setting this script cannot train with, as `--flag: must be ..., got ...`; checked
+    before any work, where it used to surface as a ZeroDivisionError or a torch error mid-run."""
+    counts = ("hidden", "layers", "heads", "intermediate", "batch", "steps", "eval_every", "eval_windows", "threads")
+    rules = {
+        # each scored window takes context + 1 characters of the held-out text
+        "context": (1 <= c.context < n_val - 1, f"an integer >= 1 and < {n_val - 1} (the held-out characters)"),
+    } | {f: (getattr(c, f) >= 1, "an integer >= 1") for f in counts} | {
+        "seed": (0 <= c.seed <= 2**63 - 1, "an integer >= 0 and <= 2**63 - 1"),
+        "warmup": (c.warmup >= 0, "an integer >= 0"),
+        "lr": (0 < c.lr < math.inf, "a finite number > 0"),
+        "min_lr": (0 <= c.min_lr <= c.lr, f"a number >= 0 and <= --lr ({c.lr:g})"),
+        "weight_decay": (0 <= c.weight_decay < math.inf, "a finite number >= 0"),
+        "dropout": (0 <= c.dropout < 1, "a number >= 0 and < 1"),
+        "grad_clip": (0 < c.grad_clip < math.inf, "a finite number > 0"),
+    }
+    for field, (ok, allowed) in rules.items():
+        if not ok:  # NaN fails every comparison, so it lands here too
+            return f"--{field.replace('_', '-')}: must be {allowed}, got {getattr(c, field)}"
+    # head_dim is hidden // heads: a remainder would be dropped silently, and RoPE rotates pairs
+    if c.hidden % c.heads or (c.hidden // c.heads) % 2:
+        return f"--heads: must split --hidden ({c.hidden}) into heads of an even size, got {c.heads}"
+    return None
+
+
+# settings that change how long a run takes or what it prints, not the model it learns
+RUN_ONLY = ("eval_every", "eval_windows", "threads")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f, v in asdict(TrainConfig()).items():
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
-        ap.add_argument(f"--{f.replace('_', '-')}", type=kind, default=v)
-    ap.add_argument("--out", type=Path, default=OUT)
-    args = ap.parse_args()
+        ap.add_argument(f"--{f.replace('_', '-')}", type=parse_bool if isinstance(v, bool) else type(v), default=v)
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="folder to write (default: the bundled model's, for its own recipe only)")
+    args = ap.parse_args(argv)
     c = TrainConfig(**{f: getattr(args, f) for f in asdict(TrainConfig())})
+    n = len(CORPUS.read_text(encoding="utf-8"))  # characters, one token each
+    if error := config_error(c, n - train_chars(n)):
+        ap.error(error)
+    changed = [f for f in asdict(c) if f not in RUN_ONLY and getattr(c, f) != getattr(TrainConfig(), f)]
+    if changed and args.out.resolve() == OUT.resolve():
+        # a dry run that forgot its --out replaced the shipped weights its card and tests describe
+        ap.error(f"--out: the bundled model's folder takes only its own recipe, and --{changed[0].replace('_', '-')} "
+                 f"differs from it; give --out DIR for this run")
+    return c, args.out
+
+
+def main(argv: list[str] | None = None) -> None:
+    c, out = parse_args(argv)
     torch.manual_seed(c.seed)
     torch.set_num_threads(c.threads)
 
@@ -147,7 +204,7 @@ def main() -> None:
     tok = build_char_tokenizer(chars)
     data = torch.tensor(tok.encode(text).ids, dtype=torch.long)
     assert tok.decode(data.tolist()) == text, "the character tokenizer must round-trip the corpus"
-    n_train = int(0.9 * len(data))  # nanoGPT's split: first 90% train, last 10% validation
+    n_train = train_chars(len(data))
     train, val = data[:n_train], data[n_train:]
 
     cfg = hf_config(c, len(chars))
@@ -189,8 +246,8 @@ def main() -> None:
     model = model.to(torch.bfloat16).float().eval()
     val_loss = windowed_loss(model, val, c.context, full_val_starts(len(val), c.context))
     print(f"validation loss (all {len(val):,} held-out characters): {val_loss:.4f} nats/char", flush=True)
-    write_folder(args.out, model, tok, cfg, c, n_params, val_loss, (train_s, cpu_s), len(train), len(val))
-    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f}s total", flush=True)
+    write_folder(out, model, tok, cfg, c, n_params, val_loss, (train_s, cpu_s), len(train), len(val))
+    print(f"wrote {out} in {time.perf_counter() - t0:.0f}s total", flush=True)
 
 
 def write_folder(out: Path, model, tok, cfg, c: TrainConfig, n_params, val_loss, times, n_train, n_val) -> None:
@@ -207,16 +264,30 @@ def write_folder(out: Path, model, tok, cfg, c: TrainConfig, n_params, val_loss,
         "chat_template": SPEAKER_LINES_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n")
-    command = "python scripts/train_tiny_shakespeare.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in asdict(c).items() if v != getattr(TrainConfig(), k))
     machine = f"{platform.machine()} CPU, {c.threads} torch threads, torch {torch.__version__}"
     record = {"val_loss": round(val_loss, 4), "val_chars": n_val, "train_chars": n_train, "parameters": n_params,
-              "train_seconds": round(train_s, 1), "train_cpu_seconds": round(cpu_s, 1), "machine": machine, "command": command, "train_config": asdict(c)}
+              "train_seconds": round(train_s, 1), "train_cpu_seconds": round(cpu_s, 1), "machine": machine,
+              "command": reproduce_command(c, out), "train_config": asdict(c)}
     (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "README.md").write_text(CARD.format(n_params=n_params, c=c, val_loss=val_loss, n_val=n_val,
-                                               n_train=n_train, minutes=train_s / 60, cpu_minutes=cpu_s / 60, machine=machine,
-                                               command=command, vocab=cfg["vocab_size"],
-                                               head_dim=c.hidden // c.heads))
+    (out / "README.md").write_text(render_card(record, cfg))
+
+
+def reproduce_command(c: TrainConfig, out: Path) -> str:
+    """The command that trains this folder again: the settings that differ from the defaults, and
+    --out unless it is the bundled model's folder (without it, a rerun would overwrite that one)."""
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(c).items() if v != getattr(TrainConfig(), k)]
+    if out.resolve() != OUT.resolve():
+        flags.append(f"--out {shlex.quote(str(out))}")
+    return " ".join(["python scripts/train_tiny_shakespeare.py", *flags])
+
+
+def render_card(record: dict, cfg: dict) -> str:
+    """The model card, from training.json's record and config.json alone, so the two cannot disagree."""
+    c = TrainConfig(**record["train_config"])
+    return CARD.format(n_params=record["parameters"], c=c, val_loss=record["val_loss"], n_val=record["val_chars"],
+                       n_train=record["train_chars"], minutes=record["train_seconds"] / 60,
+                       cpu_minutes=record["train_cpu_seconds"] / 60, machine=record["machine"],
+                       command=record["command"], vocab=cfg["vocab_size"], head_dim=cfg["head_dim"])
 
 
 CARD = """\
@@ -235,9 +306,9 @@ looks like a play, not text that means anything.
 | special tokens | none: no bos, no eos (the corpus has no document boundaries); generation ends at `max_tokens` or a stop string |
 | weights | bfloat16 safetensors |
 | data | `data/corpus/tinyshakespeare.txt` (see `data/corpus/SOURCES.md`); nanoGPT's split: first 90% ({n_train:,} characters) train, last 10% ({n_val:,}) validation |
-| validation loss | **{val_loss:.4f} nats/char** on the whole held-out 10% (non-overlapping {c.context}-character windows, every position scored), with the bfloat16 weights as shipped |
+| validation loss | **{val_loss:.4f} nats/char** on the whole held-out 10% ({c.context}-character windows tiling it, the last one flush with its end, so overlapping the one before; every character but the first scored), with the bfloat16 weights as shipped |
 | training | {c.steps} steps of {c.batch} x {c.context} characters, AdamW (betas 0.9/0.99, weight decay {c.weight_decay}), lr {c.lr} with {c.warmup} warmup steps and a cosine decay to {c.min_lr}, gradient clip {c.grad_clip}, dropout {c.dropout} (embeddings and residual branches), seed {c.seed}; bfloat16 autocast for the matmuls: {c.bf16_autocast} (weights and optimizer in float32) |
-| training time | {minutes:.1f} minutes wall clock ({cpu_minutes:.1f} CPU-minutes of this process) on {machine}; other processes (other engineers' tests) shared the 2 cores, so the wall time is an upper bound for an idle machine |
+| training time | {minutes:.1f} minutes wall clock ({cpu_minutes:.1f} CPU-minutes of this process) on {machine}; the wall time counts whatever else ran on the machine meanwhile, the CPU time only this process, so an idle machine of this kind takes at most the wall time |
 
 The model code is the engine's own `lab.engine.model.CausalLM` (dense mode for training), so the served
 model and the trained model are one definition; the folder also loads in transformers
