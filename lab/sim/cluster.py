@@ -48,6 +48,9 @@ def make_router(router: str | Router) -> Router:
         return router()
     if callable(router):
         return router
+    if not isinstance(router, str):  # a list was "unhashable type: 'list'", naming nothing
+        raise ValueError(f"router: expected a name ({', '.join(ROUTERS)}) or a function (replicas, spec, now) -> "
+                         f"index, got {type(router).__name__}")
     if router not in ROUTERS:
         raise ValueError(f"router: unknown value {router!r}; allowed: {', '.join(ROUTERS)}")
     return ROUTERS[router]()

@@ -41,6 +41,8 @@ class GPU:
             raise ValueError(f"GPU.fp8_tflops: must be a finite number >= 0 (0: no FP8), got {self.fp8_tflops!r}")
         if not is_finite(self.link_gbps, inclusive=True):
             raise ValueError(f"GPU.link_gbps: must be a finite number >= 0 (0: unknown), got {self.link_gbps!r}")
+        if not isinstance(self.nvlink, bool):  # "no" is truthy: read as NVLink, picking the faster all-reduce
+            raise ValueError(f"GPU.nvlink: must be True or False, got {self.nvlink!r}")
 
     @property
     def memory_bytes(self) -> int:
@@ -84,10 +86,14 @@ class ModelShape:
     heads: int = 0
 
     def __post_init__(self):
-        for name in ("params", "layers", "hidden", "kv_heads", "head_dim", "dtype_bytes", "max_model_len"):
+        for name in ("params", "dtype_bytes"):
             # finite too: inf params made every step last forever, and the run then stalled blaming the KV cache
             if not is_finite(getattr(self, name)):
                 raise ValueError(f"ModelShape.{name}: must be a finite number > 0, got {getattr(self, name)!r}")
+        for name in ("layers", "hidden", "kv_heads", "head_dim", "max_model_len"):
+            # whole units, as in config.json: 1.5 layers or a context of 100.5 tokens were priced as given
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"ModelShape.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
         if not is_int(self.heads) or self.heads < 0:
             raise ValueError(f"ModelShape.heads: must be an integer >= 0 (0: hidden / head_dim), got {self.heads!r}")
         if self.heads == 0 and self.hidden % self.head_dim:

@@ -51,13 +51,16 @@ class Replica:
 
     # -- requests --------------------------------------------------------------------------
     def add(self, spec: RequestSpec, serial: int) -> None:
-        ids, out = _token_ids(spec, serial)
-        error = self._invalid(len(ids), spec.output_len)
+        # checked before the ids are built: a prompt of 10**12 tokens, refused here anyway, first
+        # became a list of 10**12 ids (a MemoryError traceback, or minutes and gigabytes)
+        prompt_len = _prompt_len(spec)
+        error = self._invalid(prompt_len, spec.output_len)
         if error:
             self.done[spec.id] = RequestMetrics(
-                spec.id, spec.arrival_s, prompt_tokens=len(ids), status="error", error=error
+                spec.id, spec.arrival_s, prompt_tokens=prompt_len, status="error", error=error
             )
             return
+        ids, out = _token_ids(spec, serial)
         params = SamplingParams(
             max_tokens=spec.output_len,
             temperature=spec.temperature,
@@ -92,6 +95,9 @@ class Replica:
             raise ValueError(f"step_model: step_time returned {seconds!r} for {shape}; "
                              "must be a finite number of seconds >= 0")
         end = now + seconds
+        if end == math.inf:  # finite steps (or a late arrival) can still add up past the largest float
+            raise ValueError(f"step_model: step_time returned {seconds!r} s at t={now!r} s, and the clock passed "
+                             "the largest float (about 1.8e308 s); step times and arrival times must add up to less")
         computed = [s.num_computed_tokens for s in seqs] if self.record_steps else None
         sampled = sched.on_computed(batch)
         finished = 0
@@ -151,6 +157,15 @@ class Replica:
         return t if t > now else math.nextafter(now, math.inf)
 
 
+def _prompt_len(spec: RequestSpec) -> int:
+    """The prompt's length in tokens, as `_token_ids` makes it, without making the ids."""
+    if spec.prompt_token_ids is not None:
+        return len(spec.prompt_token_ids)
+    if spec.prompt is not None:
+        return spec.prompt_len or max(1, round(len(spec.prompt) / 4))
+    return spec.prompt_len
+
+
 def _token_ids(spec: RequestSpec, serial: int) -> tuple[list[int], int]:
     """Prompt token ids and the token every output step appends.
 
@@ -172,7 +187,6 @@ def _token_ids(spec: RequestSpec, serial: int) -> tuple[list[int], int]:
         return ids, -1 - (hash(tuple(ids)) & 0x7FFFFFFF)
     if spec.prompt is not None:  # equal texts, equal ids; a length-less text: ~4 characters a token
         tok = DUMMY_TOKEN_BASE - 1 - zlib.crc32(spec.prompt.encode())
-        n = spec.prompt_len or max(1, round(len(spec.prompt) / 4))
     else:
-        tok, n = DUMMY_TOKEN_BASE + serial, spec.prompt_len
-    return [tok] * n, -tok
+        tok = DUMMY_TOKEN_BASE + serial
+    return [tok] * _prompt_len(spec), -tok

@@ -11,7 +11,7 @@ import math
 from lab._checks import is_int
 from lab.engine.config import EngineConfig
 from lab.metrics import Result
-from lab.sim.cluster import Router, make_router, run
+from lab.sim.cluster import ROUTERS, Router, make_router, run
 from lab.sim.gpus import kv_block_bytes_per_gpu
 from lab.sim.replica import Replica
 from lab.workload import Workload
@@ -55,13 +55,24 @@ def simulate(
     model_len = getattr(step_model, "max_model_len", None) or math.inf
     max_model_len = min(config.max_model_len or math.inf, model_len)
     num_blocks = _num_blocks(config, step_model, max_model_len)
-    reps = [Replica(config, step_model, num_blocks, max_model_len, k, record_steps) for k in range(replicas)]
+    built = _replicas_to_build(replicas, router, len(workload))
+    reps = [Replica(config, step_model, num_blocks, max_model_len, k, record_steps) for k in range(built)]
     run(workload, reps, route, progress)
     done = {rid: m for rep in reps for rid, m in rep.done.items()}
     requests = [done[spec.id] for spec in workload.requests]
-    steps = reps[0].steps if replicas == 1 else sorted((s for rep in reps for s in rep.steps), key=_start)
+    steps = reps[0].steps if built == 1 else sorted((s for rep in reps for s in rep.steps), key=_start)
     name = label or f"sim {config.policy}" + (f" x{replicas}" if replicas > 1 else "")
     return Result(requests, steps, label=name)
+
+
+def _replicas_to_build(replicas: int, router, num_requests: int) -> int:
+    """Replicas that can get a request. A built-in router never picks one past the request count
+    (round robin deals them out in turn, least_outstanding takes the lowest idle index), so only those
+    are built: --replicas 10**9 built engines that could never run, towards an out-of-memory kill.
+    A router of one's own may pick any index: all of them."""
+    if isinstance(router, str) or router in ROUTERS.values():
+        return min(replicas, max(1, num_requests))
+    return replicas
 
 
 def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
@@ -75,6 +86,11 @@ def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
         blocks = int(config.kv_cache_memory_gib * 2**30 // per_block)
     elif hasattr(step_model, "kv_cache_blocks"):
         blocks = step_model.kv_cache_blocks(config.block_size)
+    elif config.kv_cache_memory_gib is not None:  # was told only that num_blocks is required
+        raise ValueError(
+            "config.kv_cache_memory_gib: needs a step model that knows the model's KV bytes per block "
+            f"(a RooflineStepModel), not {type(step_model).__name__}; set EngineConfig(num_blocks=...) instead"
+        )
     else:
         raise ValueError(
             "config.num_blocks: required with this step model (only a RooflineStepModel knows "

@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
 
 from lab._checks import is_finite
-from lab.metrics import StepRecord
+from lab.metrics import Result, StepRecord
 from lab.sim.gpus import GPU, ModelShape, get_gpu, get_model, kv_cache_blocks, kv_heads_per_gpu
 
 
@@ -56,6 +57,17 @@ def _add(s: BatchShape, cached: int, n: int) -> None:
         s.prefill_attention += n * cached + n * (n + 1) // 2
 
 
+def _step_records(steps) -> list[StepRecord]:
+    """A step trace as a list: `engine.trace`, `result.steps`, or the Result itself (as lab.viz takes it)."""
+    if isinstance(steps, Result):
+        return steps.steps
+    # a Result's requests, or None, failed on "'RequestMetrics' object has no attribute 'replica'"
+    if isinstance(steps, (list, tuple)) and all(isinstance(st, StepRecord) for st in steps):
+        return list(steps)
+    raise ValueError(f"steps: expected a list of StepRecord (llm.engine.trace, result.steps) or a Result, "
+                     f"got {type(steps).__name__}")
+
+
 def shapes_from_trace(steps: list[StepRecord]) -> list[BatchShape]:
     """Each step's shape: exact where the record lists `computed` (tokens cached before the step),
     else rebuilt by replaying the (request id, tokens) lists.
@@ -63,6 +75,7 @@ def shapes_from_trace(steps: list[StepRecord]) -> list[BatchShape]:
     Replaying cannot see preemption; a request that decoded and then computes several tokens again
     is taken as recomputing from zero (prefix-cache hits on recompute are missed).
     """
+    steps = _step_records(steps)
     computed: dict[str, int] = {}
     last_n: dict[str, int] = {}
     shapes = []
@@ -114,6 +127,9 @@ class FittedStepModel:
     coef: dict[str, float]
 
     def __post_init__(self):
+        if not isinstance(self.coef, Mapping):  # "const" was read as the features c, o, n, s, t
+            raise ValueError(f"coef: expected a mapping of feature name to seconds per unit, e.g. "
+                             f"{{'const': 0.004}}, got {type(self.coef).__name__}")
         unknown = set(self.coef) - set(FEATURES)
         if unknown:
             raise ValueError(f"coef: unknown feature(s) {sorted(unknown)}; allowed: {', '.join(FEATURES)}")
@@ -139,9 +155,10 @@ class FittedStepModel:
     def fit(cls, steps: list[StepRecord], features: tuple[str, ...] = FEATURES) -> FittedStepModel:
         """Fit step-to-next-step time (the engine's loop overhead between steps included).
 
-        Steps that may be followed by an idle wait (nothing left running, and fewer waiting than a
-        full batch) are left out. Slow outliers (the CPU busy elsewhere) are kept: they are part of
-        the measured latencies the fit must predict.
+        `steps`: `llm.engine.trace`, `result.steps` or the Result. Steps that may be followed by an
+        idle wait (nothing left running, and fewer waiting than a full batch) are left out. Slow
+        outliers (the CPU busy elsewhere) are kept: they are part of the measured latencies the fit
+        must predict.
         """
         if isinstance(features, str):  # "const" was read as the features c, o, n, s, t
             features = (features,)
@@ -152,7 +169,7 @@ class FittedStepModel:
         if not features or len(set(features)) != len(features):
             raise ValueError(f"features: need one or more distinct names, got {tuple(features)!r}")
         rows, y = [], []
-        for group in _by_replica(steps):  # a step's time runs to the next step of its own replica
+        for group in _by_replica(_step_records(steps)):  # a step's time runs to the next step of its own replica
             shapes = shapes_from_trace(group)
             for i, st in enumerate(group[:-1]):
                 # nothing running but a full batch waiting: either policy steps again at once. A run of
@@ -171,6 +188,7 @@ class FittedStepModel:
 
     def predict(self, steps: list[StepRecord]) -> np.ndarray:
         """Predicted seconds for each step, in the order given (replicas replayed separately)."""
+        steps = _step_records(steps)
         position = {id(st): i for i, st in enumerate(steps)}
         out = np.zeros(len(steps))
         for group in _by_replica(steps):
