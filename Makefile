@@ -41,7 +41,7 @@ test: venv
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check lab tests bench
+	$(BIN)/ruff check lab tests bench scripts
 
 bench: venv
 	$(BIN)/python bench/engine.py
