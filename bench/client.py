@@ -20,7 +20,10 @@ import statistics
 import time
 from pathlib import Path
 
+from _cli import check_out, stop_on_sigterm
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
+
+from lab.cli_args import positive_int_arg
 
 BODY = json.dumps({
     "id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub-model",
@@ -80,6 +83,11 @@ async def drive(call, total: int, concurrency: int) -> float:
     return total / (time.perf_counter() - t0)
 
 
+def requests_at(concurrency: int, total: int) -> int:
+    """Requests per measurement: a third at concurrency 1 (each one waits for the last), at least 200."""
+    return max(total // 3, 200) if concurrency == 1 else total
+
+
 def make_clients(base_url: str):
     """name -> (async call, async close): each sends the same chat completion and parses the answer."""
     import httpx
@@ -118,9 +126,8 @@ async def run(base_url: str, concurrencies, total: int, rounds: int) -> dict:
     samples = {name: {c: [] for c in concurrencies} for name in clients}
     for _ in range(rounds):
         for c in concurrencies:
-            n = max(total // 3, 200) if c == 1 else total
             for name, (call, _) in clients.items():
-                samples[name][c].append(await drive(call, n, c))
+                samples[name][c].append(await drive(call, requests_at(c, total), c))
     for _, close in clients.values():
         await close()
     return {name: {c: statistics.median(v) for c, v in by_c.items()} for name, by_c in samples.items()}
@@ -128,11 +135,15 @@ async def run(base_url: str, concurrencies, total: int, rounds: int) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1500, help="requests per measurement (a third at c=1)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--requests", type=positive_int_arg, default=1500,
+                        help="requests per measurement (a third at c=1, at least 200)")
+    parser.add_argument("--rounds", type=positive_int_arg, default=3)
+    parser.add_argument("--concurrency", type=positive_int_arg, nargs="+", default=[1, 16, 64])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "client.json"))
     args = parser.parse_args()
+    args.concurrency = list(dict.fromkeys(args.concurrency))  # each once: the table has a column per value
+    check_out(parser, args.out)
+    stop_on_sigterm()  # the stub must not outlive this process
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -161,7 +172,8 @@ def main():
         for c in args.concurrency:
             best = max(r[c] for r in rps.values())
             line += f"{by_c[c]:>15.0f}{by_c[c] / best:>9.0%}"
-            rows.append({"client": name, "concurrency": c, "requests_per_s": round(by_c[c], 1),
+            rows.append({"client": name, "concurrency": c, "requests": requests_at(c, args.requests),
+                         "requests_per_s": round(by_c[c], 1),
                          "relative_to_best": round(by_c[c] / best, 3)})
         print(line)
     result = {

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _cli import check_out
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
+from lab.cli_args import positive_int_arg
 from lab.engine import LLM
 from lab.engine.loader import data_dir, resolve_device
 from lab.metrics import RequestMetrics, Result
+from lab.sim import GPUS
 from lab.workload import RequestSpec, Workload
 
 SHAPES = {
@@ -267,19 +270,23 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--num-requests", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=16, help="max_num_seqs, and the static batch size")
-    ap.add_argument("--token-budget", type=int, default=2048, help="max_num_batched_tokens")
-    ap.add_argument("--max-output", type=int, default=256, help="Azure output lengths are scaled to this maximum")
+    ap.add_argument("--num-requests", type=positive_int_arg, default=64)
+    ap.add_argument("--batch", type=positive_int_arg, default=16, help="max_num_seqs, and the static batch size")
+    ap.add_argument("--token-budget", type=positive_int_arg, default=2048, help="max_num_batched_tokens")
+    ap.add_argument("--max-output", type=positive_int_arg, default=256,
+                    help="Azure output lengths are scaled to this maximum")
     ap.add_argument("--skip", nargs="*", default=[], choices=["hf-generate", "hf-continuous"])
-    ap.add_argument("--predict-gpu", default="H100-SXM",
+    ap.add_argument("--predict-gpu", default="H100-SXM", choices=[*GPUS, "none"],
                     help="also print the simulator's prediction for this GPU (lab.sim.GPUS), or 'none'")
-    ap.add_argument("--repeat", type=int, default=1, help="rounds of every runner, interleaved; medians reported")
+    ap.add_argument("--repeat", type=positive_int_arg, default=1,
+                    help="rounds of every runner, interleaved; medians reported")
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
-    args.device = str(resolve_device(args.device))  # the transformers rows need a concrete device
-    if args.repeat < 1:
-        ap.error(f"--repeat: must be >= 1, got {args.repeat}")
+    try:
+        args.device = str(resolve_device(args.device))  # the transformers rows need a concrete device
+    except ValueError as e:
+        ap.error(f"--{e}")
+    check_out(ap, args.out)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)
@@ -309,7 +316,7 @@ def main() -> None:
         ratios["predicted_continuous_over_static"] = predicted[1]["output_tok_s"] / predicted[0]["output_tok_s"]
         print({"predicted_continuous_over_static": round(ratios["predicted_continuous_over_static"], 2)})
     machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
-               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+               "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows, "ratios": ratios,

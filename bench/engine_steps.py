@@ -22,10 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _cli import check_out
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 from engine import SHAPES, build_model
 
+from lab.cli_args import positive_int_arg
 from lab.engine import LLM, SamplingParams
+from lab.engine.loader import resolve_device
 
 
 def decoding_engine(folder: Path, rows: int, context: int, args):
@@ -58,15 +61,31 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16])
-    ap.add_argument("--context", type=int, default=170, help="tokens per sequence (bench/engine.py's mean is ~170)")
-    ap.add_argument("--steps", type=int, default=10, help="decode steps timed per round")
-    ap.add_argument("--repeat", type=int, default=7, help="rounds, interleaving the row counts; medians reported")
+    ap.add_argument("--rows", type=positive_int_arg, nargs="+", default=[1, 2, 4, 8, 12, 16],
+                    help="row counts to time, at least two (the fit is a line through them)")
+    ap.add_argument("--context", type=positive_int_arg, default=170,
+                    help="tokens per sequence (bench/engine.py's mean is ~170)")
+    ap.add_argument("--steps", type=positive_int_arg, default=10, help="decode steps timed per round")
+    ap.add_argument("--repeat", type=positive_int_arg, default=7,
+                    help="rounds, interleaving the row counts; medians reported")
     ap.add_argument("--profile", action="store_true", help="also profile --steps steps at the fewest and most rows")
     ap.add_argument("--out", default="bench/results/engine_steps.json")
     args = ap.parse_args()
-    if min(args.rows) < 1 or args.context < 1 or args.steps < 1 or args.repeat < 1:
-        ap.error("--rows, --context, --steps and --repeat must be >= 1")
+    args.rows = list(dict.fromkeys(args.rows))
+    if len(args.rows) < 2:
+        ap.error(f"--rows: give at least two different row counts for the fit, got {args.rows}")
+    # each timed step adds a token to every sequence; one that reaches the model's context finishes, and
+    # the steps after it would time fewer rows (or none) than the table says
+    steps = 3 + args.steps * (args.repeat + args.profile)  # 3: the prefill and two warm-up steps
+    room = SHAPES[args.shape]["max_position_embeddings"]
+    if args.context + steps > room:
+        ap.error(f"--context: {args.context} tokens + {steps} steps exceed shape {args.shape}'s context of {room} "
+                 f"tokens; allowed: at most {room - steps} with these --steps, --repeat and --profile")
+    try:
+        args.device = str(resolve_device(args.device))
+    except ValueError as e:
+        ap.error(f"--{e}")
+    check_out(ap, args.out)
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)
@@ -97,6 +116,7 @@ def main() -> None:
         print(f"{n} rows, CPU time per step by operator (self time): " + ", ".join(
             f"{name} {us / args.steps / 1e3:.2f} ms ({us / total:.0%})" for name, us in list(ops.items())[:6]))
     machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
+               "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "ms_per_step": times,

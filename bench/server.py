@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import random
 import socket
 import statistics
@@ -24,8 +25,10 @@ import time
 from pathlib import Path
 
 import httpx
+from _cli import check_out, stop_on_sigterm
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
+from lab.cli_args import number_arg, positive_int_arg
 from lab.engine.loader import bundled_model_dir
 from lab.metrics import RequestMetrics, Result
 from lab.workload import RequestSpec, Workload, poisson_arrivals
@@ -151,6 +154,15 @@ def run_rates(url: str, model: str, workloads: list[Workload], label: str, loadg
     return rows
 
 
+def rates_arg(text: str) -> list[float]:
+    """argparse type for --rates: comma-separated request rates, each > 0 or inf, each once."""
+    rate = number_arg(0, inf_ok=True)
+    rates = [rate(r.strip()) for r in text.split(",")]
+    if len(set(rates)) < len(rates):
+        raise argparse.ArgumentTypeError(f"each rate once, got {text!r}")
+    return rates
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -232,29 +244,37 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def versions() -> dict[str, str]:
+    """Python and the packages the two servers run on (transformers is the peer)."""
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), **{name: version(name) for name in ("torch", "transformers")}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rates", default="4,16,32,inf", help="request rates, comma-separated (inf: all at once)")
-    p.add_argument("--num-requests", type=int, default=64)
-    p.add_argument("--input-len", type=int, default=64, help="prompt characters")
-    p.add_argument("--output-len", type=int, default=64, help="max_tokens")
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--rates", type=rates_arg, default="4,16,32,inf",
+                   help="request rates, comma-separated (inf: all at once)")
+    p.add_argument("--num-requests", type=positive_int_arg, default=64)
+    p.add_argument("--input-len", type=positive_int_arg, default=64, help="prompt characters")
+    p.add_argument("--output-len", type=positive_int_arg, default=64, help="max_tokens")
+    p.add_argument("--max-num-seqs", type=positive_int_arg, default=64, help="this server's (transformers serve has none)")
+    p.add_argument("--threads", type=positive_int_arg, default=1,
                    help="torch CPU threads for both servers (OMP_NUM_THREADS); on a shared 2-core CPU 1 is steadiest")
-    p.add_argument("--repeat", type=int, default=1, help="rounds of every server, interleaved; the table shows medians")
+    p.add_argument("--repeat", type=positive_int_arg, default=1,
+                   help="rounds of every server, interleaved; the table shows medians")
     p.add_argument("--skip-transformers", action="store_true")
     p.add_argument("--skip-static", action="store_true")
     p.add_argument("--loadgen", choices=sorted(LOADGENS), default="lab",
                    help="lab: lab.client.run_workload (default); loop: a bare httpx loop, to check the client's cost")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "server.json"))
     args = p.parse_args(argv)
+    check_out(p, args.out)
+    stop_on_sigterm()  # the servers must not outlive this process
     folder, model_desc = model_folder()
-    rates = [float(r) for r in args.rates.split(",")]
-    workloads = [workload(args.num_requests, rate, args.input_len, args.output_len) for rate in rates]
+    workloads = [workload(args.num_requests, rate, args.input_len, args.output_len) for rate in args.rates]
     print(f"model: {folder} ({model_desc}); {args.num_requests} requests per rate, "
           f"{args.input_len} prompt chars, max_tokens {args.output_len}", flush=True)
-    if args.repeat < 1:
-        p.error(f"--repeat: must be >= 1, got {args.repeat}")
     rounds = []
     started = time.monotonic()
     for n in range(args.repeat):
@@ -270,7 +290,8 @@ def main(argv=None) -> int:
     print()
     print(table(rows))
     out = {"machine": f"{os.cpu_count()}-core {cpu_name()} CPU, no GPU",
-           "model": model_desc, "model_folder": str(folder), "num_requests": args.num_requests,
+           "versions": versions(), "model": model_desc, "model_folder": str(folder),
+           "rates": [wl.meta["rate"] for wl in workloads], "num_requests": args.num_requests,
            "input_len_chars": args.input_len, "output_len": args.output_len, "max_num_seqs": args.max_num_seqs,
            "torch_threads": args.threads, "repeat": args.repeat, "loadgen": args.loadgen,
            "wall_s": round(time.monotonic() - started, 1), "rows": rows, "rounds": rounds}

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _cli import check_out
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
+from lab.cli_args import number_arg, positive_int_arg
 from lab.engine import LLM
 from lab.engine.config import EngineConfig
 from lab.sim import FittedStepModel, RooflineStepModel, simulate
@@ -203,24 +205,25 @@ def accuracy(quiet: float | None, rounds: int) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    folder = Path(tempfile.mkdtemp(prefix="sim-bench-"))
-    LlamaForCausalLM(
-        LlamaConfig(**SHAPE, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    ).save_pretrained(folder)
-    run_engine(folder, "continuous", synthetic(16, prompt_lens=64, output_lens=16), None)  # warm-up
-    fit, tests = workloads()
-    out = []
-    for r in range(rounds):
-        print(f"round {r + 1} of {rounds}: fit run", flush=True)
-        fit_result, fit_info = run_engine(folder, fit[1], fit[2], quiet)
-        runs = []
-        for name, policy, w in tests:
-            print(f"round {r + 1} of {rounds}: workload {name}", flush=True)
-            runs.append(run_engine(folder, policy, w, quiet))
-        model = FittedStepModel.fit(fit_result.steps)
-        rows = [compare(*fit, fit_result, fit_info, model)]
-        rows += [compare(*t, res, info, model) for t, (res, info) in zip(tests, runs, strict=True)]
-        out.append({"coef": model.coef, "rows": rows})
+    with tempfile.TemporaryDirectory(prefix="sim-bench-") as tmp:
+        folder = Path(tmp)
+        LlamaForCausalLM(
+            LlamaConfig(**SHAPE, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        ).save_pretrained(folder)
+        run_engine(folder, "continuous", synthetic(16, prompt_lens=64, output_lens=16), None)  # warm-up
+        fit, tests = workloads()
+        out = []
+        for r in range(rounds):
+            print(f"round {r + 1} of {rounds}: fit run", flush=True)
+            fit_result, fit_info = run_engine(folder, fit[1], fit[2], quiet)
+            runs = []
+            for name, policy, w in tests:
+                print(f"round {r + 1} of {rounds}: workload {name}", flush=True)
+                runs.append(run_engine(folder, policy, w, quiet))
+            model = FittedStepModel.fit(fit_result.steps)
+            rows = [compare(*fit, fit_result, fit_info, model)]
+            rows += [compare(*t, res, info, model) for t, (res, info) in zip(tests, runs, strict=True)]
+            out.append({"coef": model.coef, "rows": rows})
     return {"rounds": out, "median": medians(out)}
 
 
@@ -313,13 +316,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-engine", action="store_true", help="only the Azure trace timing")
     ap.add_argument(
-        "--rounds", type=int, default=3, help="rounds of fit run + workloads; median errors reported"
+        "--rounds", type=positive_int_arg, default=3, help="rounds of fit run + workloads; median errors reported"
     )
-    ap.add_argument("--quiet-load", type=float, default=None, help="wait for 1-min load below this first")
+    ap.add_argument(
+        "--quiet-load", type=number_arg(0), default=None,
+        help="before each engine run, wait (up to 3 min) for the 1-min load average to fall below this",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error("--rounds must be >= 1")
+    check_out(ap, args.out)
     torch.set_num_threads(1)  # two torch threads on a shared 2-core CPU make step times erratic
     report = {
         "machine": {
@@ -329,6 +334,7 @@ def main() -> None:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
+        "args": vars(args),
         "engine_config": ENGINE,
         "model_shape": SHAPE,
     }

@@ -1,0 +1,223 @@
+"""The benchmark scripts in bench/: their arguments, what their JSON records, what they leave behind.
+
+No timings are asserted. Each script is loaded from its file (bench/ is not a package) with its costly
+entry points replaced, so a bad argument that gets past argparse fails here at once instead of starting
+a benchmark.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+# what each script runs once its arguments are accepted
+WORK = {"client": ["run"], "server": ["model_folder"], "engine": ["build_model"],
+        "engine_steps": ["build_model"], "sim": ["accuracy", "trace_speed"]}
+
+
+class Started(Exception):
+    """Raised in place of a benchmark's work: its arguments were accepted."""
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """load(name): bench/<name>.py as a module, its costly entry points raising Started."""
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import _machine, _cli and engine from there
+
+    def load(name: str, stub_work: bool = True):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if stub_work:
+            for attr in WORK[name]:
+                monkeypatch.setattr(module, attr, _started)
+        return module
+
+    return load
+
+
+def _started(*args, **kwargs):
+    raise Started
+
+
+def run_main(module, monkeypatch, argv: list[str]):
+    monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *argv])
+    return module.main(argv) if module.__name__ == "bench_server" else module.main()
+
+
+BAD_ARGS = [
+    ("client", ["--rounds", "0"], "--rounds"),
+    ("client", ["--concurrency", "16", "0"], "--concurrency"),
+    ("client", ["--requests", "-5"], "--requests"),
+    ("server", ["--rates", "abc"], "--rates"),
+    ("server", ["--rates", "4,,inf"], "--rates"),
+    ("server", ["--rates", "-4"], "--rates"),
+    ("server", ["--rates", "4,4"], "--rates"),
+    ("server", ["--num-requests", "0"], "--num-requests"),
+    ("server", ["--input-len", "0"], "--input-len"),
+    ("server", ["--output-len", "0"], "--output-len"),
+    ("server", ["--threads", "0"], "--threads"),
+    ("server", ["--max-num-seqs", "0"], "--max-num-seqs"),
+    ("server", ["--repeat", "0"], "--repeat"),
+    ("engine", ["--predict-gpu", "H999"], "--predict-gpu"),
+    ("engine", ["--num-requests", "0"], "--num-requests"),
+    ("engine", ["--batch", "0"], "--batch"),
+    ("engine", ["--token-budget", "0"], "--token-budget"),
+    ("engine", ["--max-output", "-1"], "--max-output"),
+    ("engine", ["--device", "tpu"], "--device"),
+    ("engine_steps", ["--rows", "4"], "--rows"),
+    ("engine_steps", ["--rows", "2", "2"], "--rows"),
+    ("engine_steps", ["--context", "1000", "--profile"], "--context"),
+    ("engine_steps", ["--device", "tpu"], "--device"),
+    ("sim", ["--quiet-load", "-1"], "--quiet-load"),
+    ("sim", ["--quiet-load", "0"], "--quiet-load"),
+]
+
+
+@pytest.mark.parametrize(("script", "argv", "flag"), BAD_ARGS, ids=[f"{s}{' '.join(a)}" for s, a, _ in BAD_ARGS])
+def test_bad_values_are_argparse_errors_naming_the_flag(bench, monkeypatch, capsys, tmp_path, script, argv, flag):
+    module = bench(script)
+    with pytest.raises(SystemExit) as exc:
+        run_main(module, monkeypatch, ["--out", str(tmp_path / "out.json"), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {flag}: " in err or f"error: {flag}: " in err
+
+
+@pytest.mark.parametrize("script", sorted(WORK))
+def test_an_unwritable_out_is_refused_before_the_run(bench, monkeypatch, capsys, tmp_path, script):
+    """A folder as --out used to fail only when the JSON was written, after the whole run."""
+    module = bench(script)
+    with pytest.raises(SystemExit) as exc:
+        run_main(module, monkeypatch, ["--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_engine_steps_context_check_matches_when_sequences_finish(bench, monkeypatch, capsys, tmp_path):
+    """The largest --context accepted still decodes every row in every timed step; one more is refused
+    (it used to time steps whose sequences had reached the model's context and finished)."""
+    steps_mod = bench("engine_steps")
+    room = steps_mod.SHAPES["tiny"]["max_position_embeddings"]
+    steps = 3
+    largest = room - 3 - steps  # the prefill and two warm-up steps, then the timed ones
+    argv = ["--shape", "tiny", "--rows", "1", "2", "--steps", str(steps), "--repeat", "1",
+            "--out", str(tmp_path / "out.json")]
+    with pytest.raises(SystemExit):
+        run_main(steps_mod, monkeypatch, [*argv, "--context", str(largest + 1)])
+    assert "--context" in capsys.readouterr().err
+    with pytest.raises(Started):
+        run_main(steps_mod, monkeypatch, [*argv, "--context", str(largest)])
+
+    engine_mod = bench("engine", stub_work=False)
+    folder = engine_mod.build_model("tiny", tmp_path / "tiny")
+    args = type("Args", (), {"device": "cpu", "dtype": "float32", "shape": "tiny"})()
+    engine = steps_mod.decoding_engine(folder, 2, largest, args)
+    for _ in range(steps):
+        before = len(engine.trace)
+        engine.step()
+        assert len(engine.trace) == before + 1 and engine.trace[-1].decode_seqs == 2
+
+
+def test_sim_removes_its_model_folder(bench, monkeypatch, tmp_path):
+    sim = bench("sim", stub_work=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    tiny = sim.synthetic(6, prompt_lens=16, output_lens=12, seed=1)
+    monkeypatch.setattr(sim, "workloads", lambda: (("fit", "continuous", tiny), [("A", "static", tiny)]))
+    report = sim.accuracy(None, 1)
+    assert [row["workload"] for row in report["rounds"][0]["rows"]] == ["fit", "A"]
+    assert list(tmp_path.glob("sim-bench-*")) == []
+
+
+def test_sim_json_records_its_arguments(bench, monkeypatch, tmp_path):
+    sim = bench("sim")
+    timing = {"wall_s": 1.0, "cpu_s": 1.0, "requests_per_s": 1.0}
+    monkeypatch.setattr(sim, "trace_speed", lambda: {"requests": 1, "trace_s": 1.0, "no_steps": timing,
+                                                      "with_steps": timing})
+    out = tmp_path / "sim.json"
+    run_main(sim, monkeypatch, ["--skip-engine", "--quiet-load", "1.5", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["args"]["skip_engine"] is True and report["args"]["quiet_load"] == 1.5
+    assert report["machine"]["cpu"]
+
+
+def test_server_json_records_rates_and_versions(bench, monkeypatch, tmp_path):
+    server = bench("server")
+    monkeypatch.setattr(server, "model_folder", lambda: (tmp_path, "a stand-in"))
+
+    def fake_rows(folder, policy, workloads, args):
+        return [{"system": f"batching-lab {policy}", "rate": wl.meta["rate"], "errors": [],
+                 **dict.fromkeys(server.COLUMNS, 1.0)} for wl in workloads]
+
+    monkeypatch.setattr(server, "run_ours", fake_rows)
+    monkeypatch.setattr(server, "stop_on_sigterm", lambda: None, raising=False)  # not in the test process
+    out = tmp_path / "server.json"
+    assert run_main(server, monkeypatch, ["--rates", "4,inf", "--num-requests", "2", "--skip-static",
+                                          "--skip-transformers", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["rates"] == ["4", "inf"]
+    assert {"python", "torch", "transformers"} <= set(report["versions"])
+
+
+def test_client_json_says_how_many_requests_each_measurement_made(tmp_path):
+    """At concurrency 1 a measurement makes at least 200 requests whatever --requests says."""
+    out = tmp_path / "client.json"
+    subprocess.run([sys.executable, str(BENCH / "client.py"), "--requests", "30", "--rounds", "1",
+                    "--concurrency", "1", "16", "--out", str(out)], cwd=ROOT, check=True, timeout=120,
+                   capture_output=True)
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["concurrency"], r["requests"]) for r in rows} == {(1, 200), (16, 30)}
+
+
+def _stat(pid: int) -> list[str]:
+    """State, parent pid, ... of a process, from /proc; [] when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    return _stat(pid)[:1] not in ([], ["Z"])
+
+
+def _children(pid: int) -> list[int]:
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [c for c in pids if _stat(c)[1:2] == [str(pid)] and _alive(c)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from /proc")
+def test_client_stub_stops_when_the_benchmark_is_terminated(tmp_path):
+    """SIGTERM (`timeout`, `kill`) used to end the benchmark without stopping its stub server."""
+    proc = subprocess.Popen([sys.executable, str(BENCH / "client.py"), "--requests", "1000000", "--rounds", "1",
+                             "--concurrency", "16", "--out", str(tmp_path / "client.json")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stubs: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not stubs and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            stubs = _children(proc.pid)
+        assert stubs, "the stub server never started"
+        time.sleep(1)  # into the measurement
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        time.sleep(0.5)
+        assert not any(_alive(pid) for pid in stubs), "the stub server outlived the benchmark"
+    finally:
+        for pid in [proc.pid, *stubs]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
