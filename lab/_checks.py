@@ -5,8 +5,10 @@ A leaf module (it imports nothing from lab), so any layer may use it.
 
 from __future__ import annotations
 
-import math
 import numbers
+import sys
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def is_int(x, *, numpy: bool = True) -> bool:
@@ -22,5 +24,10 @@ def is_number(x, *, numpy: bool = True) -> bool:
 
 
 def is_finite(x, *, above: float = 0.0, inclusive: bool = False) -> bool:
-    """A finite real number (not a bool, not NaN or inf) > `above` (>= with `inclusive`)."""
-    return is_number(x) and math.isfinite(x) and (x >= above if inclusive else x > above)
+    """A finite real number (not a bool, not NaN or inf) > `above` (>= with `inclusive`).
+
+    An int past the float range (10**400) is not: every caller does float math with the value.
+    """
+    # comparisons, not math.isfinite: NaN and inf fail them all the same, and a huge int is compared
+    # exactly where math.isfinite raised OverflowError converting it to a float
+    return is_number(x) and -_FLOAT_MAX <= x <= _FLOAT_MAX and (x >= above if inclusive else x > above)

@@ -12,12 +12,15 @@ import re
 from pathlib import Path
 
 SEED_MAX = 2**63 - 1  # the engine's torch.Generator takes no more
+# an integer flag ends up in numpy and torch int64s: a bigger one failed deep inside them, naming no flag
+INTEGER_MAX = 2**63 - 1
 
 
 def number_arg(low: float = 0.0, *, low_ok: bool = False, high: float = math.inf, high_ok: bool = False,
                inf_ok: bool = False, integer: bool = False):
     """argparse type: a number in the range (low, high), ends included where *_ok, inf only with
-    inf_ok, never NaN. A bad value exits 2 with `argument --flag: must be ...`, before anything runs."""
+    inf_ok, never NaN; an integer no more than INTEGER_MAX. A bad value exits 2 with
+    `argument --flag: must be ...`, before anything runs."""
     if inf_ok:
         high, high_ok = math.inf, True
 
@@ -33,9 +36,13 @@ def number_arg(low: float = 0.0, *, low_ok: bool = False, high: float = math.inf
             value = int(text) if integer else float(text)
         except ValueError:
             value = math.nan
-        if math.isnan(value) or not (value >= low if low_ok else value > low) or not (
-                value <= high if high_ok else value < high):
+        # isnan on floats only: an int is never NaN, and one past the float range (a 400-digit
+        # --num-blocks) made math.isnan raise OverflowError
+        nan = isinstance(value, float) and math.isnan(value)
+        if nan or not (value >= low if low_ok else value > low) or not (value <= high if high_ok else value < high):
             raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        if integer and value > INTEGER_MAX:  # said only here: "an integer >= 1" reads better in every other error
+            raise argparse.ArgumentTypeError(f"must be {rule} and <= {INTEGER_MAX}, got {text!r}")
         return value
 
     parse.__name__ = "integer" if integer else "number"  # argparse's fallback wording, if ever used

@@ -12,6 +12,10 @@ import numpy as np
 
 from lab._checks import is_finite, is_int
 
+# the longest length: no length comes near it. int64 arrays hold lengths, which wrap a bigger one negative
+# (a heavy tail, LogNormal sigma 25, can pass 2**63) or refuse it ("Python int too large to convert to C long")
+MAX_LENGTH = 2**62
+
 
 @dataclass(slots=True)
 class Fixed:
@@ -126,23 +130,32 @@ def lengths(spec, n: int, rng: np.random.Generator | None = None, field_name: st
 
 
 def _whole(values: np.ndarray, field_name: str) -> np.ndarray:
-    """`values` as int64, refusing what the cast would change: 10.7 would become 10 without a word."""
+    """`values` as int64, refusing what the cast would change: 10.7 would become 10 without a word,
+    1e22 or inf a negative number."""
+    if values.dtype.kind == "O":  # an int past int64 makes an object array: "of type object" hid why
+        big = next((v for v in values.flat if is_int(v) and v > MAX_LENGTH), None)
+        if big is not None:
+            raise ValueError(f"{field_name}: every length must be <= 2**62, found {big}")
     if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
         raise ValueError(f"{field_name}: lengths must be whole numbers, got {values[values != np.round(values)][0]}")
     if values.dtype.kind not in "iuf":
         raise ValueError(f"{field_name}: need integer lengths, got values of type {values.dtype}")
+    if values.size and values.max() > MAX_LENGTH:
+        raise ValueError(f"{field_name}: every length must be <= 2**62, found {values.max()}")
     return values.astype(np.int64)
 
 
 def _check_int(name: str, v) -> None:
-    if not is_int(v) or v < 1:
-        raise ValueError(f"{name}: must be an integer >= 1, got {v!r}")
+    if not is_int(v) or not 1 <= v <= MAX_LENGTH:
+        raise ValueError(f"{name}: must be an integer >= 1 and <= 2**62, got {v!r}")
 
 
 def _check_bounds(kind: str, low: int, high: int | None) -> None:
     _check_int(f"{kind}.low", low)
     if high is not None and (not is_int(high) or high < low):
         raise ValueError(f"{kind}.high: must be an integer >= low ({low}), got {high!r}")
+    if high is not None and high > MAX_LENGTH:  # Uniform's rng.integers failed: "high is out of bounds for int64"
+        raise ValueError(f"{kind}.high: must be <= 2**62, got {high!r}")
 
 
 def _check_finite(name: str, v) -> None:
@@ -151,10 +164,6 @@ def _check_finite(name: str, v) -> None:
         raise ValueError(f"{name}: must be a finite number > 0, got {v!r}")
 
 
-# no length comes near this; a heavy tail (LogNormal sigma 25) can pass 2**63, which int64 wraps negative
-_MAX_LENGTH = 2**62
-
-
 def _clip(x: np.ndarray, low: int, high: int | None) -> np.ndarray:
-    top = _MAX_LENGTH if high is None else min(high, _MAX_LENGTH)
+    top = MAX_LENGTH if high is None else min(high, MAX_LENGTH)
     return np.clip(np.rint(x), low, top).astype(np.int64)

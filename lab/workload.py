@@ -18,7 +18,11 @@ from lab._checks import is_finite, is_int, is_number
 from lab.engine.sequence import SEED_MAX, SEED_MIN  # torch-free, as the simulator imports it
 
 # re-exported: lengths are part of describing a workload
-from lab.lengths import LENGTH_KINDS, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
+from lab.lengths import LENGTH_KINDS, MAX_LENGTH, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
+
+# a workload is a list in memory, about 0.3 KB and 15 us a request: 10**8 is some 30 GB and half an
+# hour to build. Far past it (10**22) numpy failed with "Maximum allowed dimension exceeded", naming nothing
+MAX_REQUESTS = 10**8
 
 
 @dataclass(slots=True)
@@ -152,9 +156,12 @@ def poisson_arrivals(n: int, rate: float, burstiness: float = 1.0, seed: int = 0
 def _check_arrivals(n, rate, burstiness, seed) -> None:
     if not is_int(n) or n < 0:
         raise ValueError(f"n: must be an integer >= 0, got {n!r}")
-    if not is_number(rate) or not rate > 0:
+    if n > MAX_REQUESTS:
+        raise ValueError(f"n: must be <= {MAX_REQUESTS:,} requests (each is held in memory), got {n!r}")
+    # is_finite rather than `> 0`: an int past the float range (10**400) passed that, then failed np.isinf
+    if not is_number(rate) or not (rate == np.inf or is_finite(rate)):
         raise ValueError(f"rate: must be > 0 requests/s (or inf), got {rate!r}")
-    if not is_number(burstiness) or not burstiness > 0:
+    if not is_number(burstiness) or not (burstiness == np.inf or is_finite(burstiness)):
         raise ValueError(f"burstiness: must be > 0 (or inf), got {burstiness!r}")
     if seed is not None and (not is_int(seed) or seed < 0):
         raise ValueError(f"seed: must be an integer >= 0 or None, got {seed!r}")
@@ -163,10 +170,20 @@ def _check_arrivals(n, rate, burstiness, seed) -> None:
 def _arrivals(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
     if np.isinf(rate):
         return np.zeros(n)
-    if np.isinf(burstiness):  # vLLM: the gamma tends to a constant gap of 1/rate
-        return np.arange(n) / rate
-    gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
-    return np.cumsum(gaps) - gaps[0] if n else gaps
+    # a tiny rate (1e-308) pushes arrivals past the largest float: checked below, by name, where they
+    # were inf or NaN (inf - inf) and failed as "request req-0: arrival_s must be a finite number"
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        if np.isinf(burstiness):  # vLLM: the gamma tends to a constant gap of 1/rate
+            arrivals = np.arange(n) / rate
+        else:
+            # np.float64: a Python float `rate * burstiness` that underflows to 0 raised ZeroDivisionError
+            gaps = rng.gamma(shape=burstiness, scale=np.float64(1.0) / (rate * burstiness), size=n)
+            arrivals = np.cumsum(gaps) - gaps[0] if n else gaps
+    if not np.isfinite(arrivals).all():
+        raise ValueError(f"rate: {rate:g} requests/s (burstiness {burstiness:g}) is too low for {n} requests: "
+                         f"their arrival times pass the largest float ({np.finfo(float).max:.3g} s); "
+                         "give a higher rate")
+    return arrivals
 
 
 def gamma_arrivals(n: int, rate: float, burstiness: float, seed: int = 0) -> np.ndarray:
@@ -268,13 +285,17 @@ def azure_trace(
     """
     if kind not in TRACE_KINDS:
         raise ValueError(f"kind: unknown trace {kind!r}; allowed: {', '.join(TRACE_KINDS)}")
-    if not is_number(rate_scale) or not rate_scale > 0 or np.isinf(rate_scale):
+    # is_finite: an int past the float range (10**400) passed `> 0`, then failed np.isinf
+    if not is_finite(rate_scale):
         raise ValueError(f"rate_scale: must be a finite number > 0, got {rate_scale!r}")
     if not is_number(start_s) or (end_s is not None and not is_number(end_s)):
         raise ValueError(f"start_s/end_s: must be numbers (end_s may be None), got {start_s!r}, {end_s!r}")
-    # `not (a <= b)` rather than `b < a`: NaN fails every comparison, and must fail here, not as "no requests"
-    if not 0 <= start_s < np.inf or (end_s is not None and not start_s < end_s):
-        raise ValueError(f"start_s/end_s: need 0 <= start_s < end_s, got {start_s}, {end_s}")
+    # `not (a <= b)` rather than `b < a`: NaN fails every comparison, and must fail here, not as "no requests";
+    # is_finite: an int past the float range (10**400) overflowed numpy's `t >= start_s`
+    if not is_finite(start_s, inclusive=True) or (end_s is not None and not (
+            start_s < end_s and (end_s == np.inf or is_finite(end_s)))):
+        raise ValueError(f"start_s/end_s: need 0 <= start_s < end_s, got {start_s}, {end_s}; "
+                         "numbers a float holds, end_s may be inf")
     if max_requests is not None and (not is_int(max_requests) or max_requests < 1):
         # a negative slice bound would silently drop rows from the end
         raise ValueError(f"max_requests: must be an integer >= 1 or None, got {max_requests!r}")
@@ -288,7 +309,11 @@ def azure_trace(
             f"start_s/end_s: the window [{start_s}, {end_s}) of {path.name} holds no requests "
             f"(the trace spans 0 .. {t[-1]:.1f} s)"
         )
-    arrivals = (t[idx] - t[idx[0]]) / rate_scale
+    with np.errstate(over="ignore"):  # checked next, by name: inf failed as "request conv-1: arrival_s ..."
+        arrivals = (t[idx] - t[idx[0]]) / rate_scale
+    if not np.isfinite(arrivals).all():
+        raise ValueError(f"rate_scale: {rate_scale:g} is too small: it stretches {t[idx[-1]] - t[idx[0]]:.1f} s of "
+                         f"trace past the largest float ({np.finfo(float).max:.3g} s); give a larger rate_scale")
     reqs = [
         RequestSpec(
             id=f"{kind}-{i}", arrival_s=float(a), prompt_len=int(prompt[i]), output_len=int(output[i])
@@ -349,4 +374,6 @@ def _token_count(cell: str, where: str, column: str) -> int:
         raise ValueError(f"{where}, column {column}: {cell!r} is not a whole number") from None
     if n < 1:
         raise ValueError(f"{where}, column {column} must be >= 1, found {n}")
+    if n > MAX_LENGTH:  # the counts go into int64 arrays: "Python int too large to convert to C long"
+        raise ValueError(f"{where}, column {column} must be <= 2**62, found {n}")
     return n

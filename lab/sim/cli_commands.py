@@ -144,7 +144,8 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 # the library's parameter names, as the flags a user typed, for its messages (lab.cli_args.in_flag_terms)
 _FLAGS = {"tensor_parallel": "--tensor-parallel", "ModelShape.heads": "--heads",
           "gpu_memory_utilization": "--gpu-memory-utilization", "block_size": "--block-size",
-          "start_s/end_s": "--trace-start/--trace-end"}
+          "start_s/end_s": "--trace-start/--trace-end", "rate_scale": "--rate-scale", "n": "--num-prompts",
+          "prompt_lens": "--input-len", "output_lens": "--output-len", "rate": "--rate", "burstiness": "--burstiness"}
 
 
 def _source_options(args) -> dict:
@@ -178,8 +179,11 @@ def _workload(args):
         lo, hi = max(1, round(n * (1 - o["range_ratio"]))), max(1, round(n * (1 + o["range_ratio"])))
         return Uniform(lo, hi) if hi > lo else lo
 
-    return synthetic(o["num_prompts"], rate=o["rate"], prompt_lens=dist(o["input_len"]),
-                     output_lens=dist(o["output_len"]), burstiness=o["burstiness"], seed=o["seed"], name="random")
+    try:
+        return synthetic(o["num_prompts"], rate=o["rate"], prompt_lens=dist(o["input_len"]),
+                         output_lens=dist(o["output_len"]), burstiness=o["burstiness"], seed=o["seed"], name="random")
+    except ValueError as e:  # "rate: 1e-308 requests/s ... is too low": the flags are what to change here
+        raise ValueError(in_flag_terms(str(e), _FLAGS)) from None
 
 
 def _slos(pairs: list[str]) -> dict[str, float]:
