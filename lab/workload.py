@@ -6,7 +6,6 @@ in-process engine, HTTP client) consumes the same `Workload` and returns a `lab.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,6 +18,7 @@ from lab.engine.sequence import SEED_MAX, SEED_MIN  # torch-free, as the simulat
 
 # re-exported: lengths are part of describing a workload
 from lab.lengths import LENGTH_KINDS, MAX_LENGTH, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
+from lab.trace_file import TRACE_COLUMNS, read_trace  # noqa: F401
 
 # a workload is a list in memory, about 0.3 KB and 15 us a request: 10**8 is some 30 GB and half an
 # hour to build. Far past it (10**22) numpy failed with "Maximum allowed dimension exceeded", naming nothing
@@ -267,7 +267,6 @@ def synthetic(
 
 # -- Azure LLM inference traces 2023 -----------------------------------------------------------
 TRACE_KINDS = ("code", "conv")
-TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 
 
 def azure_trace(
@@ -300,7 +299,7 @@ def azure_trace(
         # a negative slice bound would silently drop rows from the end
         raise ValueError(f"max_requests: must be an integer >= 1 or None, got {max_requests!r}")
     path = Path(path) if path is not None else _data_dir() / "traces" / f"AzureLLMInferenceTrace_{kind}.csv"
-    stamps, prompt, output = _read_trace(path)
+    stamps, prompt, output = read_trace(path)
     t = (stamps - stamps[0]).astype("int64") / 1e9
     keep = (t >= start_s) & (t < (np.inf if end_s is None else end_s))
     idx = np.flatnonzero(keep)[:max_requests]
@@ -322,58 +321,3 @@ def azure_trace(
     ]
     meta = {"source": path.name, "start_s": start_s, "end_s": end_s, "rate_scale": rate_scale}
     return Workload(reqs, name=f"azure-{kind}", meta=meta)
-
-
-def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not path.exists():
-        raise FileNotFoundError(f"path: trace file {path} not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM before TIMESTAMP
-        reader = csv.reader(f)
-        header = next(reader, None) or []
-        missing = [c for c in TRACE_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(
-                f"{path.name}: missing column(s) {missing}; expected columns {list(TRACE_COLUMNS)}"
-            )
-        cols = [header.index(c) for c in TRACE_COLUMNS]
-        stamps, prompt, output = [], [], []
-        for row in reader:
-            if not row:
-                continue
-            # row numbers as a spreadsheet or an editor shows them: the header is row 1
-            where = f"{path.name}: row {reader.line_num}"
-            short = [name for name, c in zip(TRACE_COLUMNS, cols, strict=True) if c >= len(row)]
-            if short:
-                raise ValueError(f"{where}, column {short[0]}: missing (the row has {len(row)} cells)")
-            stamp, context, generated = (row[c] for c in cols)
-            stamps.append(_timestamp(stamp, where))
-            prompt.append(_token_count(context, where, "ContextTokens"))
-            output.append(_token_count(generated, where, "GeneratedTokens"))
-    if not stamps:
-        raise ValueError(f"{path.name}: no data rows")
-    stamps = np.array(stamps, dtype="datetime64[ns]")
-    if (np.diff(stamps).astype("int64") < 0).any():
-        raise ValueError(f"{path.name}: column TIMESTAMP is not sorted")
-    return stamps, np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
-
-
-def _timestamp(cell: str, where: str) -> np.datetime64:
-    try:
-        t = np.datetime64(cell.strip(), "ns")
-    except ValueError:
-        t = np.datetime64("NaT")
-    if np.isnat(t):  # an empty cell parses as NaT rather than failing
-        raise ValueError(f"{where}, column TIMESTAMP: {cell!r} is not a timestamp like 2023-11-16 18:15:46.6805900")
-    return t
-
-
-def _token_count(cell: str, where: str, column: str) -> int:
-    try:
-        n = int(cell)
-    except ValueError:
-        raise ValueError(f"{where}, column {column}: {cell!r} is not a whole number") from None
-    if n < 1:
-        raise ValueError(f"{where}, column {column} must be >= 1, found {n}")
-    if n > MAX_LENGTH:  # the counts go into int64 arrays: "Python int too large to convert to C long"
-        raise ValueError(f"{where}, column {column} must be <= 2**62, found {n}")
-    return n
