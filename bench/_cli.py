@@ -18,6 +18,23 @@ def check_out(parser: argparse.ArgumentParser, path: str) -> None:
         parser.error(str(e))
 
 
+def device_arg(text: str) -> str:
+    """argparse type for --device: a concrete device (auto resolved), refused before the run."""
+    from lab.engine.loader import resolve_device
+
+    try:
+        return str(resolve_device(text))  # the transformers rows need a concrete device
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("device: ")) from None
+
+
+def device_name(device: str) -> str:
+    """The device for the JSON's machine record: the GPU's own name, or cpu."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+
+
 def stop_on_sigterm() -> None:
     """`timeout` and `kill` send SIGTERM, which ends Python without running `finally` blocks, so a
     server or stub the benchmark started would outlive it. As SystemExit it stops them, as Ctrl-C does."""

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _cli import check_out
+from _cli import check_out, device_arg, device_name
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
 from lab.cli_args import positive_int_arg
 from lab.engine import LLM
-from lab.engine.loader import data_dir, resolve_device
+from lab.engine.loader import data_dir
 from lab.metrics import RequestMetrics, Result
 from lab.sim import GPUS
 from lab.workload import RequestSpec, Workload
@@ -268,7 +268,7 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    ap.add_argument("--device", type=device_arg, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--num-requests", type=positive_int_arg, default=64)
     ap.add_argument("--batch", type=positive_int_arg, default=16, help="max_num_seqs, and the static batch size")
@@ -282,10 +282,6 @@ def main() -> None:
                     help="rounds of every runner, interleaved; medians reported")
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
-    try:
-        args.device = str(resolve_device(args.device))  # the transformers rows need a concrete device
-    except ValueError as e:
-        ap.error(f"--{e}")
     check_out(ap, args.out)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -316,7 +312,7 @@ def main() -> None:
         ratios["predicted_continuous_over_static"] = predicted[1]["output_tok_s"] / predicted[0]["output_tok_s"]
         print({"predicted_continuous_over_static": round(ratios["predicted_continuous_over_static"], 2)})
     machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
-               "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
+               "device": device_name(args.device),
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows, "ratios": ratios,

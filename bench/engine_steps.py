@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _cli import check_out
+from _cli import check_out, device_arg, device_name
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 from engine import SHAPES, build_model
 
 from lab.cli_args import positive_int_arg
 from lab.engine import LLM, SamplingParams
-from lab.engine.loader import resolve_device
 
 
 def decoding_engine(folder: Path, rows: int, context: int, args):
@@ -59,7 +58,7 @@ def profile_steps(engine, steps: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", type=device_arg, default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--rows", type=positive_int_arg, nargs="+", default=[1, 2, 4, 8, 12, 16],
                     help="row counts to time, at least two (the fit is a line through them)")
@@ -81,10 +80,6 @@ def main() -> None:
     if args.context + steps > room:
         ap.error(f"--context: {args.context} tokens + {steps} steps exceed shape {args.shape}'s context of {room} "
                  f"tokens; allowed: at most {room - steps} with these --steps, --repeat and --profile")
-    try:
-        args.device = str(resolve_device(args.device))
-    except ValueError as e:
-        ap.error(f"--{e}")
     check_out(ap, args.out)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,7 +111,7 @@ def main() -> None:
         print(f"{n} rows, CPU time per step by operator (self time): " + ", ".join(
             f"{name} {us / args.steps / 1e3:.2f} ms ({us / total:.0%})" for name, us in list(ops.items())[:6]))
     machine = {"platform": platform.platform(), "processor": cpu_name(), "cpu_threads": torch.get_num_threads(),
-               "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
+               "device": device_name(args.device),
                "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "machine": machine, "ms_per_step": times,
