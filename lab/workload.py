@@ -17,8 +17,8 @@ from lab._checks import is_finite, is_int, is_number
 from lab.engine.sequence import SEED_MAX, SEED_MIN  # torch-free, as the simulator imports it
 
 # re-exported: lengths are part of describing a workload
-from lab.lengths import LENGTH_KINDS, MAX_LENGTH, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
-from lab.trace_file import TRACE_COLUMNS, read_trace  # noqa: F401
+from lab.lengths import LENGTH_KINDS, Empirical, Exponential, Fixed, LogNormal, Uniform, lengths  # noqa: F401
+from lab.trace_file import read_trace
 
 # a workload is a list in memory, about 0.3 KB and 15 us a request: 10**8 is some 30 GB and half an
 # hour to build. Far past it (10**22) numpy failed with "Maximum allowed dimension exceeded", naming nothing
