@@ -6,6 +6,7 @@ transformers' own continuous batching (its ContinuousBatchingManager, the engine
 
     python bench/engine.py                      # small random Llama, 64 requests; CUDA when present
     python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16
+    python bench/engine.py --compile            # experiment: our forward through torch.compile
 """
 
 from __future__ import annotations
@@ -80,8 +81,23 @@ def run_ours(folder, workload, policy, args) -> Result:
     llm = LLM(folder, device=args.device, dtype=args.dtype, policy=policy, max_num_seqs=args.batch,
               max_num_batched_tokens=args.token_budget, enable_prefix_caching=False)
     llm.generate([[1, 2, 3]] * 2, use_tqdm=False)  # warm up kernels outside the timed run
+    if args.compile:
+        compile_forward(llm)
+        llm.run_workload(workload, progress=False)  # every batch shape compiled before the clock starts
     llm.engine.trace.clear()
     return llm.run_workload(workload, progress=False, label=f"ours {policy}")
+
+
+def compile_forward(llm: LLM) -> None:
+    """An experiment, not an engine option: the model's forward through torch.compile (inductor).
+
+    The paged-attention metadata (Python lists of decode groups) is part of what dynamo guards on, so
+    each new mix of prefills and decode groups compiles again; the limit is raised so that the warm-up
+    pass compiles them all rather than falling back to eager after eight.
+    """
+    torch._dynamo.config.recompile_limit = 256
+    model = llm.engine.runner.model
+    model.forward = torch.compile(model.forward, dynamic=True)
 
 
 class _StepClock:
@@ -280,6 +296,8 @@ def main() -> None:
                     help="also print the simulator's prediction for this GPU (lab.sim.GPUS), or 'none'")
     ap.add_argument("--repeat", type=positive_int_arg, default=1,
                     help="rounds of every runner, interleaved; medians reported")
+    ap.add_argument("--compile", action="store_true",
+                    help="experiment: our model's forward through torch.compile, warmed up on the whole workload")
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
     check_out(ap, args.out)
