@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _cli import check_out, device_arg, device_name
+from _cli import check_out, device_arg, device_name, stop_on_sigterm
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
 from lab.cli_args import positive_int_arg
@@ -301,6 +301,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
     check_out(ap, args.out)
+    stop_on_sigterm()  # the model's temporary folder must not outlive a `timeout`
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)

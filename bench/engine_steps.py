@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _cli import check_out, device_arg, device_name
+from _cli import check_out, device_arg, device_name, stop_on_sigterm
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 from engine import SHAPES, build_model
 
@@ -81,6 +81,7 @@ def main() -> None:
         ap.error(f"--context: {args.context} tokens + {steps} steps exceed shape {args.shape}'s context of {room} "
                  f"tokens; allowed: at most {room - steps} with these --steps, --repeat and --profile")
     check_out(ap, args.out)
+    stop_on_sigterm()  # the model's temporary folder must not outlive a `timeout`
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _cli import check_out
+from _cli import check_out, stop_on_sigterm
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
 from lab.cli_args import number_arg, positive_int_arg
@@ -316,7 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--skip-engine", action="store_true", help="only the Azure trace timing")
     ap.add_argument(
-        "--rounds", type=positive_int_arg, default=3, help="rounds of fit run + workloads; median errors reported"
+        "--rounds", type=positive_int_arg, default=None,
+        help="rounds of fit run + workloads; median errors reported (default 3)"
     )
     ap.add_argument(
         "--quiet-load", type=number_arg(0), default=None,
@@ -325,6 +326,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sim.json"))
     args = ap.parse_args()
     check_out(ap, args.out)
+    for flag, value in (("--rounds", args.rounds), ("--quiet-load", args.quiet_load)):
+        if args.skip_engine and value is not None:
+            ap.error(f"{flag}: it sets the engine runs, which --skip-engine leaves out")
+    stop_on_sigterm()  # the engine's temporary model folder must not outlive a `timeout`
     torch.set_num_threads(1)  # two torch threads on a shared 2-core CPU make step times erratic
     report = {
         "machine": {
@@ -339,7 +344,7 @@ def main() -> None:
         "model_shape": SHAPE,
     }
     if not args.skip_engine:
-        report["accuracy"] = accuracy(args.quiet_load, args.rounds)
+        report["accuracy"] = accuracy(args.quiet_load, args.rounds or 3)
     report["trace"] = trace_speed()
     print_tables(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ class Started(Exception):
 def bench(monkeypatch):
     """load(name): bench/<name>.py as a module, its costly entry points raising Started."""
     monkeypatch.syspath_prepend(str(BENCH))  # the scripts import _machine, _cli and engine from there
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler: not for pytest's process
 
     def load(name: str, stub_work: bool = True):
         spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
@@ -43,7 +44,8 @@ def bench(monkeypatch):
                 monkeypatch.setattr(module, attr, _started)
         return module
 
-    return load
+    yield load
+    signal.signal(signal.SIGTERM, sigterm)
 
 
 def _started(*args, **kwargs):
@@ -81,6 +83,8 @@ BAD_ARGS = [
     ("engine_steps", ["--device", "tpu"], "--device"),
     ("sim", ["--quiet-load", "-1"], "--quiet-load"),
     ("sim", ["--quiet-load", "0"], "--quiet-load"),
+    ("sim", ["--skip-engine", "--rounds", "2"], "--rounds"),
+    ("sim", ["--skip-engine", "--quiet-load", "1.5"], "--quiet-load"),
 ]
 
 
@@ -145,9 +149,9 @@ def test_sim_json_records_its_arguments(bench, monkeypatch, tmp_path):
     monkeypatch.setattr(sim, "trace_speed", lambda: {"requests": 1, "trace_s": 1.0, "no_steps": timing,
                                                       "with_steps": timing})
     out = tmp_path / "sim.json"
-    run_main(sim, monkeypatch, ["--skip-engine", "--quiet-load", "1.5", "--out", str(out)])
+    run_main(sim, monkeypatch, ["--skip-engine", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert report["args"]["skip_engine"] is True and report["args"]["quiet_load"] == 1.5
+    assert report["args"]["skip_engine"] is True and report["args"]["quiet_load"] is None
     assert report["machine"]["cpu"]
 
 
@@ -220,4 +224,25 @@ def test_client_stub_stops_when_the_benchmark_is_terminated(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        proc.wait()
+
+
+@pytest.mark.parametrize("script", ["engine", "sim"])
+def test_the_model_folder_goes_when_the_benchmark_is_terminated(tmp_path, script):
+    """SIGTERM used to end engine.py and sim.py without removing their temporary model folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, str(BENCH / f"{script}.py"), "--out", str(tmp_path / "out.json")],
+                            cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp.glob("*/config.json")) + list(tmp.glob("*/*/config.json")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the benchmark never wrote its model"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+        assert [p.name for p in tmp.iterdir()] == []
+    finally:
+        proc.kill()
         proc.wait()
