@@ -318,7 +318,8 @@ model and the trained model are one definition; the folder also loads in transfo
 
 `tokenizer_config.json` holds a `chat_template` that renders each message as a speaker block, as the
 plays do: `USER:\\n...\\n\\nASSISTANT:\\n`. Characters outside the vocabulary are rejected with an error
-naming them.
+naming them. The vocabulary has no end-of-turn token, so the server ends an assistant's turn where a
+speech ends, at its blank line (a stop string beside the request's own; `ignore_eos` turns it off).
 
 ## Reproduce
 

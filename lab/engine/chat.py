@@ -17,6 +17,16 @@ SPEAKER_LINES_TEMPLATE = (
 
 ROLES = ("system", "user", "assistant")
 
+# Where an assistant's turn ends in a template whose vocabulary has no end-of-turn token: real chat
+# models end a turn with one (<|im_end|>, <|eot_id|>) and stop there; a speech here ends with a blank
+# line, and without this stop the answer runs on into the next speakers' lines until max_tokens.
+TURN_ENDS = {SPEAKER_LINES_TEMPLATE: "\n\n"}
+
+
+def turn_end(template: str | None) -> str | None:
+    """The text that ends an assistant turn in `template`, for templates with no end-of-turn token."""
+    return TURN_ENDS.get(template)
+
 
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
     if not isinstance(messages, (list, tuple)):

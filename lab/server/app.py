@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from lab.engine.async_engine import AsyncEngine
+from lab.engine.chat import turn_end
 from lab.server.auth import authenticate
 from lab.server.config import ServerConfig
 from lab.server.errors import APIError, bad_request, from_validation, install_handlers
@@ -161,7 +162,9 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
     ids = _tokenize(engine, req, prompt_field)
     max_tokens = _max_tokens(engine.engine, len(ids), req, prompt_field)
     try:
-        params = req.sampling_params(max_tokens, state.sampling_defaults)
+        tokenizer = engine.engine.tokenizer
+        ends_turn = turn_end(tokenizer.chat_template) if kind == "chat" and tokenizer is not None else None
+        params = req.sampling_params(max_tokens, state.sampling_defaults, ends_turn)
         # everything the engine would refuse, refused before this request takes any rate budget
         engine.engine.check_request(ids, params)
     except ValueError as exc:

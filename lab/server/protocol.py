@@ -105,10 +105,16 @@ class _Common(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
-    def sampling_params(self, max_tokens: int, defaults: dict | None = None) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, defaults: dict | None = None, turn_end: str | None = None
+                        ) -> SamplingParams:
         """Raises ValueError("field: ...") for values the engine rejects. `defaults` (the model folder's
-        generation_config.json) fill temperature, top_p and top_k where the request leaves them out."""
+        generation_config.json) fill temperature, top_p and top_k where the request leaves them out.
+        `turn_end`: the chat template's end of a turn, a stop beside the request's own unless
+        `ignore_eos` (it stands in for an end-of-turn token, which `ignore_eos` also ignores)."""
         defaults = defaults or {}
+        stop = self.stop
+        if turn_end is not None and not self.ignore_eos:
+            stop = [*([stop] if isinstance(stop, str) else stop or []), turn_end]
 
         def pick(name: str, neutral):
             value = getattr(self, name)
@@ -116,7 +122,7 @@ class _Common(BaseModel):
 
         return SamplingParams(
             max_tokens=max_tokens, temperature=pick("temperature", 1.0), top_p=pick("top_p", 1.0),
-            top_k=pick("top_k", 0), seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
+            top_k=pick("top_k", 0), seed=self.seed, stop=stop, stop_token_ids=self.stop_token_ids,
             ignore_eos=self.ignore_eos,
         )
 
