@@ -18,7 +18,14 @@ from lab.client.errors import APIError, error_from_response, from_httpx, request
 from lab.client.idle import start_watch
 from lab.client.limits import AsyncLimiter, SyncLimiter
 from lab.client.stream_state import StreamState, is_whole_answer, whole_answer_lines
-from lab.client.streaming import AsyncStream, Stream, aiter_items, aopening_chunks, opening_chunks
+from lab.client.streaming import (
+    AsyncStream,
+    Stream,
+    aclose_response,
+    aiter_items,
+    aopening_chunks,
+    opening_chunks,
+)
 from lab.client.types import Completion, Model, ModelPage
 
 
@@ -270,7 +277,7 @@ class AsyncClient(BaseClient):
         except httpx.HTTPError as e:
             raise from_httpx(e, rid) from e
         finally:
-            await response.aclose()
+            await aclose_response(response)
         return _answer(self, response, content, method, rid, est, start_t, head_t, retries)
 
     async def _open_stream(self, response, start_t, retries, est, release_pool) -> AsyncStream:
@@ -284,7 +291,7 @@ class AsyncClient(BaseClient):
                 lines = response.aiter_lines()
             opening = await aopening_chunks(state, lines)
         except BaseException as e:  # an error or a cancellation: the caller's finally gives the pool back
-            await response.aclose()
+            await aclose_response(response)
             if isinstance(e, httpx.HTTPError):
                 raise from_httpx(e, state.request_id) from e
             raise

@@ -11,6 +11,7 @@ idle timeout counts only once tokens arrive: until then the request's read timeo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import contextmanager
 
@@ -24,6 +25,32 @@ from lab.client.types import Chunk, cost_of
 async def aiter_items(items):
     for item in items:
         yield item
+
+
+_closing: set[asyncio.Task] = set()  # closes that outlived their cancelled caller, held until they end
+
+
+async def aclose_response(response: httpx.Response) -> None:
+    """`await response.aclose()`, which a cancellation cannot cut short. httpcore's close awaits (the
+    connection's lock, the socket's shutdown); cancelled there, it left the connection checked out of
+    its pool and open for the client's lifetime, and the server, never told, generated on for nobody."""
+    if response.is_closed:  # read to the end, httpx closed it: the usual case, spared a task (~15 µs)
+        return
+    loop = asyncio.get_running_loop()  # raises where there is none (a coroutine closed with its loop)
+    closing = loop.create_task(response.aclose())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        # the caller's cancellation goes on at once; the close finishes on its own
+        _closing.add(closing)
+        closing.add_done_callback(_closed_late)
+        raise
+
+
+def _closed_late(task: asyncio.Task) -> None:
+    _closing.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: nobody is left to tell, and asyncio would log it as never retrieved
 
 
 class _StreamBase:
@@ -164,9 +191,11 @@ class AsyncStream(_StreamBase):
 
     async def aclose(self) -> None:
         try:
-            await self.response.aclose()
-        finally:  # the slot goes back even if closing the connection is cancelled
+            await aclose_response(self.response)
+        finally:  # the slot goes back at once, even while a cancelled close ends in the background
             self._finish()
+
+    close = aclose  # openai-python's AsyncStream closes with `await stream.close()`
 
     async def __aenter__(self):
         return self
