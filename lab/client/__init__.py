@@ -2,6 +2,10 @@
 
 Streaming, openai-python's retry policy and error names, client-side rate limits, cost per response,
 resumable batch runs (`run_batch`) and a load generator that returns a `lab.metrics.Result`.
+
+A stream holds its connection and its concurrency slot until it is read to the end or closed: one you
+may leave early, open as `with client.chat.completions.create(..., stream=True) as stream:` (`async with`
+on an `AsyncClient`), or call `stream.close()`.
 """
 
 from lab.client.batch import arun_batch, run_batch
