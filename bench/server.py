@@ -21,6 +21,7 @@ import statistics
 import string
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -177,12 +178,16 @@ SERVE = ("import argparse, sys; from lab.server.cli_commands import add_serve_ar
 def serve_process(label: str, cmd: list[str], port: int, model: str, workloads: list[Workload],
                   threads: int, loadgen: str = "loop") -> list[dict]:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file, not a pipe: nobody reads a pipe during the run, and a server whose warnings
+    # filled its 64 KB would block mid-benchmark
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         deadline = time.monotonic() + 180
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{label} exited: {proc.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"{label} exited: {log.read()[-2000:]}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                     break
@@ -198,6 +203,7 @@ def serve_process(label: str, cmd: list[str], port: int, model: str, workloads: 
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 def run_ours(folder: Path, policy: str, workloads: list[Workload], args) -> list[dict]:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -246,3 +247,29 @@ def test_the_model_folder_goes_when_the_benchmark_is_terminated(tmp_path, script
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_noisy_server_cannot_block_on_its_stderr(bench, monkeypatch):
+    """Its stderr went to a pipe nobody read: past 64 KB of warnings the server would block mid-run."""
+    server = bench("server", stub_work=False)
+    started, real_popen = [], subprocess.Popen
+    monkeypatch.setattr(server.subprocess, "Popen", lambda *a, **kw: started.append(real_popen(*a, **kw)) or started[-1])
+    cmd = [sys.executable, "-c", "import sys; sys.stderr.write('w' * 200_000 + ' last words'); sys.exit(1)"]
+    outcome = []
+
+    def serve():
+        try:
+            server.serve_process("noisy", cmd, server.free_port(), "m", [], 1)
+        except RuntimeError as exc:
+            outcome.append(str(exc))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        thread.join(30)
+        assert not thread.is_alive(), "the server blocked writing to its stderr"
+        assert outcome and outcome[0].startswith("noisy exited: ") and outcome[0].endswith(" last words")
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
