@@ -69,10 +69,33 @@ def test_a_streamed_chat_answer_is_the_same_speech(server, free_text):
     assert text == free_text.split("\n\n")[0] and reasons[-1] == "stop"
 
 
+@pytest.mark.parametrize("stop", ["zzz", ["zzz"], None, []])
+def test_the_request_stops_do_not_replace_it(server, free_text, stop):
+    r = post(server, "/chat/completions", BODY | {"stop": stop})  # "zzz" never comes
+    assert r["choices"][0]["message"]["content"] == free_text.split("\n\n")[0]
+    assert r["choices"][0]["finish_reason"] == "stop"
+
+
 def test_the_request_stops_are_kept_beside_it(server, free_text):
     word = free_text.split()[1]  # a word inside the first speech
-    r = post(server, "/chat/completions", BODY | {"stop": word})
+    r = post(server, "/chat/completions", BODY | {"stop": [word]})
     assert r["choices"][0]["message"]["content"] == free_text.split(word)[0]
+
+
+def test_a_model_with_its_own_template_gets_no_turn_end(monkeypatch):
+    """Only the speaker-line template of a model without an end-of-turn token: a chat model stops at its
+    own token, and a blank line in its answer is text."""
+    from helpers_server import tiny_llm
+
+    seen = []
+    llm = tiny_llm("aux")
+    check = llm.engine.check_request
+    monkeypatch.setattr(llm.engine, "check_request", lambda ids, params: seen.append(params.stop) or check(ids, params))
+    with serve(llm=llm) as s:
+        for stop in (None, "x"):
+            post(s, "/chat/completions", {"model": "tiny-llama", "messages": MESSAGES, "max_tokens": 2, "stop": stop})
+    assert llm.tokenizer.chat_template != SPEAKER_LINES_TEMPLATE
+    assert {tuple(stop) for stop in seen} == {(), ("x",)}  # each request checked twice: app, then engine
 
 
 def test_ignore_eos_runs_on_to_max_tokens(server, free_text):

@@ -161,10 +161,9 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
     prompt_field = "messages" if kind == "chat" else "prompt"
     ids = _tokenize(engine, req, prompt_field)
     max_tokens = _max_tokens(engine.engine, len(ids), req, prompt_field)
+    chat_turn_end = _chat_turn_end(engine.engine) if kind == "chat" else None
     try:
-        tokenizer = engine.engine.tokenizer
-        ends_turn = turn_end(tokenizer.chat_template) if kind == "chat" and tokenizer is not None else None
-        params = req.sampling_params(max_tokens, state.sampling_defaults, ends_turn)
+        params = req.sampling_params(max_tokens, state.sampling_defaults, chat_turn_end)
         # everything the engine would refuse, refused before this request takes any rate budget
         engine.engine.check_request(ids, params)
     except ValueError as exc:
@@ -242,6 +241,14 @@ def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
     except ValueError as exc:  # a character outside a character-level vocabulary, named by the tokenizer
         detail = str(exc).removeprefix("prompt: ")  # the field is ours to name: prompt or messages
         raise APIError(400, f"{field}: {detail}", param=field, code="invalid_value") from None
+
+
+def _chat_turn_end(engine) -> str | None:
+    """The text that ends an assistant turn, as a stop string, for a chat template whose model has no
+    end-of-turn token (the bundled model); a model with one stops at that token instead."""
+    if engine.model_config.eos_token_ids:
+        return None
+    return turn_end(engine.tokenizer.chat_template)  # a chat request got here: the tokenizer exists
 
 
 def _max_tokens_name(req) -> str:
