@@ -1,8 +1,8 @@
 """Cancelling AsyncClient work against lab.server: what a cancelled or closed stream gives back.
 
 The slot, the pool counter and the server's request are covered elsewhere (tests/test_client_stream.py);
-these are the leaks that only a real connection shows: a connection left checked out of httpx's pool,
-open, and a server never told that nobody reads any more.
+these are the leaks that only a real connection shows: a connection left checked out of httpx's pool
+and open (the server is checked to hear the hang-up too).
 """
 
 from __future__ import annotations
@@ -64,11 +64,11 @@ async def open_stalled_stream(client: AsyncClient, test_id: str):
                                            extra_headers={"x-test-id": test_id, "x-lab-fault": "stall:30"})
 
 
-@pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.parametrize("steps", [1, 2])
 async def test_a_stream_close_cut_short_by_a_cancel_still_hangs_up(server, ended, steps):
     # httpcore's close awaits (its connection's lock, the socket's shutdown): a cancel landing there (a
-    # wait_for timing out round `async with stream`) left the connection checked out and open for the
-    # client's lifetime, and the server generated on for nobody
+    # wait_for timing out round `async with stream`) left the connection checked out of the pool and
+    # open for the client's lifetime
     async with AsyncClient(base_url=server.url, api_key=KEY, max_retries=0, max_concurrency=1) as client:
         test_id = f"cut-close-{steps}"
         stream = await open_stalled_stream(client, test_id)

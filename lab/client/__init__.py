@@ -5,7 +5,7 @@ resumable batch runs (`run_batch`) and a load generator that returns a `lab.metr
 
 A stream holds its connection and its concurrency slot until it is read to the end or closed: one you
 may leave early, open as `with client.chat.completions.create(..., stream=True) as stream:` (`async with`
-on an `AsyncClient`), or call `stream.close()`.
+on an `AsyncClient`), or call `stream.close()` (`await stream.close()` on an `AsyncClient`).
 """
 
 from lab.client.batch import arun_batch, run_batch

@@ -33,7 +33,7 @@ _closing: set[asyncio.Task] = set()  # closes that outlived their cancelled call
 async def aclose_response(response: httpx.Response) -> None:
     """`await response.aclose()`, which a cancellation cannot cut short. httpcore's close awaits (the
     connection's lock, the socket's shutdown); cancelled there, it left the connection checked out of
-    its pool and open for the client's lifetime, and the server, never told, generated on for nobody."""
+    its pool and open for the client's lifetime."""
     if response.is_closed:  # read to the end, httpx closed it: the usual case, spared a task (~15 µs)
         return
     loop = asyncio.get_running_loop()  # raises where there is none (a coroutine closed with its loop)
