@@ -95,7 +95,7 @@ def compile_forward(llm: LLM) -> None:
     each new mix of prefills and decode groups compiles again; the limit is raised so that the warm-up
     pass compiles them all rather than falling back to eager after eight.
     """
-    torch._dynamo.config.recompile_limit = 256
+    torch._dynamo.config.cache_size_limit = 256  # recompile_limit since torch 2.7; this name works in both
     model = llm.engine.runner.model
     model.forward = torch.compile(model.forward, dynamic=True)
 
