@@ -2,6 +2,11 @@
 
 `Engine` is not thread-safe, so every call to it (add, abort, step) runs on one engine thread that
 drains a command queue between steps; token events go back to each request's asyncio queue.
+
+Failures: a step that raises (the forward pass, the sampler, out of memory) fails every request in
+flight, not only that step's batch: the engine's state after an exception mid-step is not known to be
+sound, and an empty engine is, so the thread goes on serving. A request whose own token cannot become
+text fails alone (the engine ends it). If the thread itself dies, every stream ends and adds are refused.
 """
 
 from __future__ import annotations
@@ -200,6 +205,8 @@ class AsyncEngine:
     def _run(self) -> None:
         try:
             self._serve()
+        except BaseException:  # not re-raised: threading prints to stderr, and drops a SystemExit unseen
+            log.critical("the engine thread died; every request fails from now on", exc_info=True)
         finally:  # a stop, or the thread dying: no caller and no consumer may be left waiting forever
             with self._cond:
                 died = not self._stopping
@@ -212,6 +219,8 @@ class AsyncEngine:
                 self._fail_all("error", "the engine thread died (see the server log)")
             else:
                 self._fail_all("abort", "server shutting down")
+            # no step follows to take a snapshot: else /metrics showed the last one's requests forever
+            self._take_stats(False)
             # last: _fail_all's aborts needed it. Left set, LLM.generate said a server drove the engine
             # after the server had stopped, or its thread had died
             if self.engine.driver is threading.current_thread():
@@ -235,7 +244,7 @@ class AsyncEngine:
                     log.exception("engine command failed")
             try:
                 ran = self._step()
-            except Exception as exc:  # a bug or out of memory: fail the requests, keep serving
+            except Exception as exc:  # a bug or out of memory: fail them all (see the docstring), keep serving
                 log.exception("engine step failed")
                 self._fail_all("error", f"engine step failed: {exc!r}")
                 continue
@@ -259,15 +268,14 @@ class AsyncEngine:
                 continue
             stream._produced += ev.token_id is not None
             item = StreamEvent(ev.text, ev.token_id, ev.finished, ev.finish_reason, stream._produced)
+            if ev.error is not None:  # this request alone failed (the engine logged why)
+                item.error = f"generation failed: {ev.error}"
             if ev.finished:
                 item.metrics = engine.metrics(engine.seqs[ev.request_id])
                 engine.release(ev.request_id)
                 del self._streams[ev.request_id]
             out[stream.loop].append((stream, item))
-        sched, bm = engine.scheduler, engine.block_manager
-        with self._cond:  # before delivery: a consumer seeing its last token sees its blocks freed
-            self._stats = EngineStats(len(sched.running), len(sched.waiting), bm.num_used, bm.num_blocks,
-                                      self._stats.num_steps + ran)
+        self._take_stats(ran)  # before delivery: a consumer seeing its last token sees its blocks freed
         for loop, items in out.items():
             if not _deliver_threadsafe(loop, items):
                 # its consumer's event loop is closed and nobody can read these tokens: stop making them
@@ -278,6 +286,12 @@ class AsyncEngine:
         if len(engine.trace) > 2 * self.trace_limit:
             del engine.trace[: len(engine.trace) - self.trace_limit]
         return ran
+
+    def _take_stats(self, ran: bool) -> None:
+        sched, bm = self.engine.scheduler, self.engine.block_manager
+        with self._cond:
+            self._stats = EngineStats(len(sched.running), len(sched.waiting), bm.num_used, bm.num_blocks,
+                                      self._stats.num_steps + ran)
 
     def _fail_all(self, reason: str, message: str) -> None:
         out: dict[asyncio.AbstractEventLoop, list] = defaultdict(list)

@@ -7,6 +7,7 @@ user-facing `LLM` wrapper lives in `llm.py`.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -25,6 +26,8 @@ from lab.engine.sequence import SamplingParams, Sequence, SequenceStatus
 from lab.engine.tokenizer import Tokenizer
 from lab.metrics import RequestMetrics, StepRecord
 
+log = logging.getLogger(__name__)
+
 DETOK_CONTEXT_TOKENS = 5  # prompt tokens the detokenizer starts from (vLLM's initial offset)
 
 CPU_KV_BUDGET_GIB = 2.0  # default cap for the KV cache on CPU; most runs need far less
@@ -39,7 +42,8 @@ class TokenEvent:
     token_id: int | None
     text: str  # new text since the previous event; stop strings are held back until resolved
     finished: bool
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # stop, length, abort, or error (this request alone failed)
+    error: str | None = None  # why, with finish_reason "error"
 
 
 class Engine:
@@ -219,7 +223,10 @@ class Engine:
         end = self.now()
         finished = 0
         for seq, token in sampled:
-            event = self._append_token(seq, token, end)
+            try:
+                event = self._append_token(seq, token, end)
+            except Exception as exc:  # one request's text or stop check, not the batch's forward pass
+                event = self._fail_request(seq, exc, end)
             finished += event.finished
             events.append(event)
         sched = self.scheduler
@@ -269,13 +276,23 @@ class Engine:
         delta, seq.stream_offset = visible[seq.stream_offset:], len(visible)
         return TokenEvent(seq.request_id, token, delta, reason is not None, reason)
 
+    def _fail_request(self, seq: Sequence, exc: Exception, now: float) -> TokenEvent:
+        """End one request whose token could not be turned into text (a detokenizer error): raising
+        instead failed the whole step, and with it every other request in the batch."""
+        log.exception("%s: failed after its token was sampled; the other requests go on", seq.request_id)
+        if not seq.is_finished:
+            self.scheduler.finish(seq, "error", now)
+        seq.finish_reason, seq.error = "error", f"{type(exc).__name__}: {exc}"
+        return TokenEvent(seq.request_id, None, "", True, "error", seq.error)
+
     def metrics(self, seq: Sequence) -> RequestMetrics:
-        status = "aborted" if seq.finish_reason == "abort" else "ok" if seq.is_finished else "error"
+        status = ("aborted" if seq.finish_reason == "abort" else "error" if seq.finish_reason == "error"
+                  else "ok" if seq.is_finished else "error")
         return RequestMetrics(
             request_id=seq.request_id, arrival_s=seq.arrival_s, prompt_tokens=seq.num_prompt_tokens,
             output_tokens=len(seq.output_token_ids), first_scheduled_s=seq.first_scheduled_s,
             first_token_s=seq.first_token_s, finish_s=seq.finish_s, token_times_s=list(seq.token_times_s),
-            status=status, finish_reason=seq.finish_reason,
+            status=status, finish_reason=seq.finish_reason, error=seq.error,
         )
 
     def release(self, request_id: str) -> None:

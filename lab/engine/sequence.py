@@ -104,6 +104,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0  # full blocks already registered in the prefix cache
     finish_reason: str | None = None
+    error: str | None = None  # why, when finish_reason is "error" (this request alone failed)
     text: str = ""
     stream_offset: int = 0  # chars of `text` already handed to stream consumers
     # the detokenizer's window: the prompt's last few tokens, then every output token. Starting in the

@@ -55,7 +55,7 @@ def build_app(state: ServerState) -> FastAPI:
     @app.get("/health")
     async def health():
         if state.shutting_down or not state.engine.is_running:
-            raise _shutting_down()
+            raise _unavailable(state)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -135,13 +135,13 @@ async def _generate(state: ServerState, request: Request, kind: str):
 async def _admit(state: ServerState, request: Request, kind: str, arrival: float) -> tuple[Admitted, bool]:
     cfg, engine = state.config, state.engine
     if state.shutting_down:
-        raise _shutting_down()
+        raise _unavailable(state)
     key = authenticate(request.headers.get("authorization"), cfg.api_keys)
     fault = state.faults.draw(request.headers.get(HEADER) if cfg.allow_fault_header else None)
     if fault.latency_s:
         await pause(fault.latency_s, engine)
         if state.shutting_down or not engine.is_running:  # a shutdown ended the pause: say so now, not
-            raise _shutting_down()  # after the checks below (a 429 "retry in 60 s", a spent rate budget)
+            raise _unavailable(state)  # after the checks below (a 429 "retry in 60 s", a spent rate budget)
     if fault.status is not None:
         raise fault.error()
     body = await _read_body(request, cfg.max_body_bytes)
@@ -186,14 +186,19 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
     except ValueError as exc:
         raise bad_request(exc, default_param=prompt_field) from None
     except RuntimeError:
-        raise _shutting_down() from None
+        raise _unavailable(state) from None
     admitted = Admitted(kind, request_id, state.model_name, stream, fault, req.include_usage, arrival, headers,
                         continuous_usage=req.continuous_usage)
     return admitted, req.stream
 
 
-def _shutting_down() -> APIError:
-    return APIError(503, "server is shutting down", code="shutting_down", headers={"retry-after": "5"})
+def _unavailable(state: ServerState) -> APIError:
+    if state.shutting_down or state.engine.is_running:
+        return APIError(503, "server is shutting down", code="shutting_down", headers={"retry-after": "5"})
+    # the engine thread died (its traceback is in the log): "shutting down" sent operators the wrong way,
+    # and no retry-after, as waiting will not bring it back; only a restart does
+    return APIError(503, "the engine is not running: it failed (see the server log); restart the server",
+                    code="engine_dead")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
