@@ -344,3 +344,26 @@ def test_a_request_spec_agrees_with_sampling_params(tiny_llama):
     for seed in (2**63, -(2**63) - 1):  # SamplingParams refuses these: a workload holding one could not run
         with pytest.raises(ValueError, match=r"request n: seed must be in \[-2\*\*63, 2\*\*63 - 1\], got"):
             RequestSpec("n", prompt_len=4, seed=seed)
+
+
+def test_vllm_prompt_dicts_are_taken_as_vllm_takes_them(tiny_llama):
+    llm = make_llm(tiny_llama)
+    text = llm.generate(["Hello"], GREEDY, use_tqdm=False)[0]
+    as_dicts = llm.generate([{"prompt": "Hello"}, {"prompt_token_ids": text.prompt_token_ids}], GREEDY, use_tqdm=False)
+    assert [o.token_ids for o in as_dicts] == [text.token_ids] * 2
+    assert [o.prompt for o in as_dicts] == ["Hello", None]
+    assert llm.generate({"prompt": "Hello"}, GREEDY, use_tqdm=False)[0].token_ids == text.token_ids  # one, bare
+    assert "".join(e.text for e in llm.stream({"prompt": "Hello"}, GREEDY)) == text.text
+
+
+@pytest.mark.parametrize(("prompt", "message"), [
+    ({}, "one key, 'prompt' (text) or 'prompt_token_ids'"),
+    ({"prompt": "Hi", "multi_modal_data": {}}, "got keys ['multi_modal_data', 'prompt']"),
+    ({"prompt_token_ids": "Hi"}, "'prompt_token_ids' must be a list of ints, got str"),  # not taken as text
+    ({"prompt": [1, 2]}, "'prompt' must be text (str), got list"),
+    ({"prompt_token_ids": []}, "prompt: must not be empty"),
+])
+def test_a_bad_prompt_dict_is_refused_naming_what_is_allowed(tiny_llama, prompt, message):
+    with pytest.raises(ValueError, match="^prompt: ") as exc:
+        make_llm(tiny_llama).generate([prompt], GREEDY, use_tqdm=False)
+    assert message in str(exc.value)

@@ -154,6 +154,8 @@ class Engine:
         return text, ids
 
     def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict):
+            prompt = _from_prompt_dict(prompt)
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError("prompt: must not be empty")
@@ -300,6 +302,19 @@ class Engine:
         seq = self.seqs.get(request_id)
         if seq is not None and seq.status is SequenceStatus.FINISHED:
             del self.seqs[request_id]
+
+
+def _from_prompt_dict(prompt: dict):
+    """vLLM's prompt dicts, so code written for vLLM's `LLM.generate` runs here: TextPrompt
+    {"prompt": text} and TokensPrompt {"prompt_token_ids": ids}; nothing else (no multi-modal data)."""
+    (key, value), *rest = prompt.items() or [(None, None)]
+    if rest or key not in ("prompt", "prompt_token_ids"):
+        raise ValueError(f"prompt: a dict must hold one key, 'prompt' (text) or 'prompt_token_ids' (a list of "
+                         f"ints), as vLLM's TextPrompt and TokensPrompt; got keys {sorted(map(str, prompt))}")
+    if (key == "prompt") != isinstance(value, str):  # else text would pass as ids, or ids as text
+        wanted = "text (str)" if key == "prompt" else "a list of ints"
+        raise ValueError(f"prompt: {key!r} must be {wanted}, got {_describe(value)}")
+    return value
 
 
 def _describe(value) -> str:

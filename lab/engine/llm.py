@@ -91,6 +91,9 @@ class LLM:
     # -- batch generation --------------------------------------------------------------------
     def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
+        """One output per prompt, in order. A prompt is text, token ids (a list of ints), or one of vLLM's
+        prompt dicts, {"prompt": text} or {"prompt_token_ids": ids}; `prompts` is one prompt or a list.
+        `params`: one SamplingParams for all, one each, or None for the model folder's defaults."""
         seqs, queue = self._add_all(prompts, params)
         try:
             with tqdm(total=len(seqs), desc="generate", disable=not use_tqdm or len(seqs) < 2) as bar:
@@ -149,11 +152,11 @@ class LLM:
     def _pair(self, prompts, params):
         if hasattr(prompts, "tolist"):  # a tensor or an array of token ids
             prompts = prompts.tolist()
-        if not isinstance(prompts, (str, list, tuple)):
+        if not isinstance(prompts, (str, dict, list, tuple)):
             raise ValueError(f"prompts: must be a prompt (text or a list of token ids) or a list of prompts, "
                              f"got {type(prompts).__name__}")
-        if isinstance(prompts, str) or (prompts and is_int(prompts[0])):
-            prompts = [prompts]  # a single prompt, as text or as token ids
+        if isinstance(prompts, (str, dict)) or (prompts and is_int(prompts[0])):
+            prompts = [prompts]  # a single prompt, as text, token ids or a vLLM prompt dict
         prompts = list(prompts)
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams(**self.sampling_defaults)] * len(prompts)
