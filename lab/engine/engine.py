@@ -288,8 +288,8 @@ class Engine:
         return TokenEvent(seq.request_id, None, "", True, "error", seq.error)
 
     def metrics(self, seq: Sequence) -> RequestMetrics:
-        status = ("aborted" if seq.finish_reason == "abort" else "error" if seq.finish_reason == "error"
-                  else "ok" if seq.is_finished else "error")
+        ok = seq.is_finished and seq.finish_reason != "error"
+        status = "aborted" if seq.finish_reason == "abort" else "ok" if ok else "error"
         return RequestMetrics(
             request_id=seq.request_id, arrival_s=seq.arrival_s, prompt_tokens=seq.num_prompt_tokens,
             output_tokens=len(seq.output_token_ids), first_scheduled_s=seq.first_scheduled_s,
