@@ -50,8 +50,8 @@ bench: venv
 # timings on a Qwen2.5-0.5B-shaped random model in bfloat16 (engine_cuda.json, engine_steps_cuda.json;
 # record the results in docs/benchmarks.md)
 gpu-check: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_engine.py -k cuda -rs
-	$(BIN)/python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --out bench/results/engine_cuda.json
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py tests/test_engine_cuda.py -rs
+	$(BIN)/python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --warmup-rounds 1 --repeat 3 --out bench/results/engine_cuda.json
 	$(BIN)/python bench/engine_steps.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --rows 1 4 16 64 --out bench/results/engine_steps_cuda.json
 
 clean:
