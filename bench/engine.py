@@ -24,7 +24,7 @@ import torch
 from _cli import check_out, device_arg, device_name, stop_on_sigterm
 from _machine import cpu_name  # bench/ is on sys.path when a bench runs as a script
 
-from lab.cli_args import positive_int_arg
+from lab.cli_args import number_arg, positive_int_arg
 from lab.engine import LLM
 from lab.engine.loader import data_dir
 from lab.metrics import RequestMetrics, Result
@@ -164,7 +164,8 @@ def hf_continuous_config(workload, args):
     """
     from transformers import ContinuousBatchingConfig
 
-    page = ContinuousBatchingConfig.page_size
+    defaults = ContinuousBatchingConfig()
+    page = getattr(defaults, "page_size", None) or defaults.block_size  # block_size in older releases
     longest = max(r.prompt_len + r.output_len for r in workload)
     return ContinuousBatchingConfig(num_blocks=2 * args.batch * -(-longest // page), max_batch_tokens=args.token_budget,
                                     max_requests_per_batch=args.batch, allow_block_sharing=False)
@@ -296,6 +297,9 @@ def main() -> None:
                     help="also print the simulator's prediction for this GPU (lab.sim.GPUS), or 'none'")
     ap.add_argument("--repeat", type=positive_int_arg, default=1,
                     help="rounds of every runner, interleaved; medians reported")
+    ap.add_argument("--warmup-rounds", type=number_arg(0, low_ok=True, integer=True), default=0,
+                    help="untimed rounds first (use 1 on a GPU: the first run of each new shape builds "
+                         "cuBLAS and cuDNN plans, which slowed the first runner of a round by half on an H100)")
     ap.add_argument("--compile", action="store_true",
                     help="experiment: our model's forward through torch.compile, warmed up on the whole workload")
     ap.add_argument("--out", default="bench/results/engine.json")
@@ -306,6 +310,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(args.shape, Path(tmp) / args.shape)
         workload = make_workload(args.num_requests, SHAPES[args.shape]["vocab_size"], args.max_output)
+        for n in range(args.warmup_rounds):
+            print(f"warm-up round {n + 1} of {args.warmup_rounds} (not counted)", flush=True)
+            run_round(folder, workload, args)
         rounds = []
         for n in range(args.repeat):  # rounds interleave the runners, so a slow spell hits all of them
             if args.repeat > 1:

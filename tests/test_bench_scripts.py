@@ -78,6 +78,7 @@ BAD_ARGS = [
     ("engine", ["--token-budget", "0"], "--token-budget"),
     ("engine", ["--max-output", "-1"], "--max-output"),
     ("engine", ["--device", "tpu"], "--device"),
+    ("engine", ["--warmup-rounds", "-1"], "--warmup-rounds"),
     ("engine_steps", ["--rows", "4"], "--rows"),
     ("engine_steps", ["--rows", "2", "2"], "--rows"),
     ("engine_steps", ["--context", "1000", "--profile"], "--context"),
@@ -107,6 +108,31 @@ def test_an_unwritable_out_is_refused_before_the_run(bench, monkeypatch, capsys,
         run_main(module, monkeypatch, ["--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_engine_warmup_rounds_run_first_and_are_left_out_of_the_medians(bench, monkeypatch, tmp_path):
+    """On a GPU the first round pays for every new shape's kernel plans; --warmup-rounds runs it untimed."""
+    module = bench("engine", stub_work=False)
+    monkeypatch.setattr(module, "build_model", lambda shape, folder: folder)
+    calls = []
+
+    def fake_round(folder, workload, args):  # round n makes n and 10n tok/s, so which were kept shows
+        calls.append(len(calls) + 1)
+        n = calls[-1]
+        cols = ["completed", "req_s", "mean_ttft_ms", "mean_e2el_ms", "p99_e2el_ms", "wasted_slot_steps", "steps",
+                "tokens_computed", "ms_per_step"]
+        return [{"runner": "ours static", **dict.fromkeys(cols, 1.0), "output_tok_s": float(n)},
+                {"runner": "ours continuous", **dict.fromkeys(cols, 1.0), "output_tok_s": 10.0 * n}]
+
+    monkeypatch.setattr(module, "run_round", fake_round)
+    out = tmp_path / "engine.json"
+    run_main(module, monkeypatch, ["--shape", "tiny", "--warmup-rounds", "2", "--repeat", "3", "--skip",
+                                   "hf-generate", "hf-continuous", "--predict-gpu", "none", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert calls == [1, 2, 3, 4, 5]
+    assert [r[0]["output_tok_s"] for r in data["rounds"]] == [3.0, 4.0, 5.0]
+    assert data["rows"][0]["output_tok_s"] == 4.0 and data["rows"][0]["output_tok_s_range"] == [3.0, 5.0]
+    assert data["args"]["warmup_rounds"] == 2
 
 
 def test_engine_steps_context_check_matches_when_sequences_finish(bench, monkeypatch, capsys, tmp_path):
