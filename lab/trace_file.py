@@ -52,7 +52,7 @@ def _timestamp(cell: str, where: str) -> np.datetime64:
     try:
         t = np.datetime64(cell.strip(), "ns")
     except ValueError:
-        t = np.datetime64("NaT")
+        t = np.datetime64("NaT", "ns")  # a unit: numpy 2.5 deprecates the generic one
     if np.isnat(t):  # an empty cell parses as NaT rather than failing
         raise ValueError(f"{where}, column TIMESTAMP: {cell!r} is not a timestamp like 2023-11-16 18:15:46.6805900")
     return t
