@@ -24,6 +24,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     static_batch_timeout_s: float = 0.5  # static: start a partial batch after this long
+    # GPU only: decode-only steps replay CUDA graphs (lab.engine.cuda_graph). vLLM's default, off here:
+    # steps that mix in a prefill still run eagerly, which favours static batching (docs/benchmarks.md)
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -45,7 +48,7 @@ class EngineConfig:
         if not is_finite(self.static_batch_timeout_s, inclusive=True):
             # NaN would never start a partial batch: a server (which never flushes) would hang
             raise ValueError(f"static_batch_timeout_s: must be a finite number >= 0, got {self.static_batch_timeout_s!r}")
-        for name in ("enable_prefix_caching", "enable_chunked_prefill"):
+        for name in ("enable_prefix_caching", "enable_chunked_prefill", "cuda_graphs"):
             if not isinstance(getattr(self, name), bool):  # "false" is a truthy string
                 raise ValueError(f"{name}: must be True or False, got {getattr(self, name)!r}")
 

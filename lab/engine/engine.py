@@ -65,7 +65,9 @@ class Engine:
         num_blocks = config.num_blocks or self._blocks_from_budget(dtype)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
-        self.runner = ModelRunner(model, model_config, num_blocks, config.block_size, device, dtype, seed)
+        self.runner = ModelRunner(model, model_config, num_blocks, config.block_size, device, dtype, seed,
+                                  graph_batch=config.max_num_seqs if config.cuda_graphs else 0,
+                                  graph_width=-(-config.max_model_len // config.block_size))
         self.trace: list[StepRecord] = []  # a long-running owner may trim it; steps keep their numbers
         self.num_steps = 0
         self.seqs: dict[str, Sequence] = {}
@@ -93,7 +95,8 @@ class Engine:
             budget = free * GPU_KV_FRACTION
         else:
             budget = CPU_KV_BUDGET_GIB * 2**30
-        return max(1, min(enough, int(budget // per_block)))
+        # less one: the runner's cache holds a scratch block beyond those it hands out (padded graph rows)
+        return max(1, min(enough, int(budget // per_block) - 1))
 
     def now(self) -> float:
         """Seconds since the engine started: the clock of every time it records."""

@@ -6,9 +6,12 @@ model, and samples one token for each sequence whose chunk reached its last toke
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from lab.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan, build_decode_mask
+from lab.engine.cuda_graph import DecodeGraphs
 from lab.engine.model import ModelConfig
 from lab.engine.sampler import sample, seeded_generator
 from lab.engine.scheduler import ScheduledBatch
@@ -20,6 +23,8 @@ from lab.engine.sequence import Sequence
 # A GPU wants one call for all of them.
 CPU_DECODE_GROUP = 16
 
+log = logging.getLogger(__name__)
+
 
 def kv_bytes_per_block(mc: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     """K and V, every layer, one block of tokens."""
@@ -28,16 +33,29 @@ def kv_bytes_per_block(mc: ModelConfig, block_size: int, dtype: torch.dtype) -> 
 
 class ModelRunner:
     def __init__(self, model, model_config: ModelConfig, num_blocks: int, block_size: int,
-                 device: torch.device, dtype: torch.dtype, seed: int = 0):
+                 device: torch.device, dtype: torch.dtype, seed: int = 0, graph_batch: int = 0,
+                 graph_width: int = 0):
+        """graph_batch > 0 on a GPU: decode steps of up to that many sequences, whose block tables
+        are at most graph_width blocks long, replay CUDA graphs (lab.engine.cuda_graph)."""
         self.model = model
         self.mc = model_config
         self.block_size = block_size
         self.device = device
-        shape = (num_blocks, block_size, model_config.num_kv_heads, model_config.head_dim)
+        # one block more than the block manager hands out: the scratch block of padded graph rows
+        shape = (num_blocks + 1, block_size, model_config.num_kv_heads, model_config.head_dim)
         for layer in model.attention_layers:
             layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.generator = seeded_generator(device, seed)
+        self.decode_graphs: DecodeGraphs | None = None
+        if graph_batch > 0 and device.type == "cuda":
+            self.use_decode_graphs(graph_batch, graph_width)
+
+    def use_decode_graphs(self, max_batch: int, max_width: int, capture: bool = True) -> None:
+        """Pad decode steps to recorded shapes; capture=False pads without recording (tests, CPUs)."""
+        scratch_slot = (self.model.attention_layers[0].k_cache.shape[0] - 1) * self.block_size
+        self.decode_graphs = DecodeGraphs(self.model, self.block_size, scratch_slot, max_batch, max_width,
+                                          self.device, capture)
 
     def _decode_groups(self, decodes: list[tuple[Sequence, int]]) -> list[DecodeGroup]:
         """(sequence, row) pairs -> attention groups, shortest contexts first (less padding)."""
@@ -77,13 +95,30 @@ class ModelRunner:
                 sample_seqs.append(seq)
 
         dev = self.device
-        meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev), prefills=prefills,
-                                 decodes=self._decode_groups(decodes))
-        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)
-        hidden = self.model(input_ids, pos, meta)
+        hidden = self._replay_decodes(ids, positions, slots, decodes) if not prefills else None
+        if hidden is None:
+            meta = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+                                     prefills=prefills, decodes=self._decode_groups(decodes))
+            input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+            pos = torch.tensor(positions, dtype=torch.long, device=dev)
+            hidden = self.model(input_ids, pos, meta)
         if not sample_seqs:
             return []
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)]).float()
         tokens = sample(logits, [s.params for s in sample_seqs], [s.generator for s in sample_seqs], self.generator)
         return list(zip(sample_seqs, tokens, strict=True))
+
+    def _replay_decodes(self, ids, positions, slots, decodes) -> torch.Tensor | None:
+        """A decode-only step through a CUDA graph; None where none applies (the step runs eagerly)."""
+        graphs = self.decode_graphs
+        if graphs is None or not decodes:
+            return None
+        tables = [seq.block_table for seq, _ in decodes]  # one token per sequence: row i is decodes[i]
+        if not graphs.fits(len(ids), max(len(t) for t in tables)):
+            return None
+        try:
+            return graphs.run(ids, positions, slots, tables, [seq.num_computed_tokens + 1 for seq, _ in decodes])
+        except RuntimeError as e:  # an operation that cannot be captured: stay correct, lose the speed-up
+            log.warning("CUDA graph capture failed (%s); decode steps run eagerly from now on", e)
+            self.decode_graphs = None
+            return None
