@@ -79,11 +79,15 @@ def make_workload(n: int, vocab: int, max_out: int, seed: int = 0) -> Workload:
 
 def run_ours(folder, workload, policy, args) -> Result:
     llm = LLM(folder, device=args.device, dtype=args.dtype, policy=policy, max_num_seqs=args.batch,
-              max_num_batched_tokens=args.token_budget, enable_prefix_caching=False)
+              max_num_batched_tokens=args.token_budget, enable_prefix_caching=False,
+              cuda_graphs=args.cuda_graphs)
     llm.generate([[1, 2, 3]] * 2, use_tqdm=False)  # warm up kernels outside the timed run
     if args.compile:
         compile_forward(llm)
-        llm.run_workload(workload, progress=False)  # every batch shape compiled before the clock starts
+    if args.compile or llm.engine.runner.decode_graphs is not None:
+        # every batch shape compiled, or its CUDA graph recorded, before the clock starts (vLLM records
+        # its graphs at start-up; ours are recorded when a shape is first needed)
+        llm.run_workload(workload, progress=False)
     llm.engine.trace.clear()
     return llm.run_workload(workload, progress=False, label=f"ours {policy}")
 
@@ -302,6 +306,8 @@ def main() -> None:
                          "cuBLAS and cuDNN plans, which slowed the first runner of a round by half on an H100)")
     ap.add_argument("--compile", action="store_true",
                     help="experiment: our model's forward through torch.compile, warmed up on the whole workload")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="on a GPU: our decode-only steps replay CUDA graphs (EngineConfig.cuda_graphs)")
     ap.add_argument("--out", default="bench/results/engine.json")
     args = ap.parse_args()
     check_out(ap, args.out)

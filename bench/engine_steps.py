@@ -33,13 +33,14 @@ from lab.engine import LLM, SamplingParams
 def decoding_engine(folder: Path, rows: int, context: int, args):
     """An engine whose next steps are pure decodes of `rows` sequences at about `context` tokens."""
     llm = LLM(folder, device=args.device, dtype=args.dtype, max_num_seqs=rows,
-              max_num_batched_tokens=max(2048, rows * context), enable_prefix_caching=False)
+              max_num_batched_tokens=max(2048, rows * context), enable_prefix_caching=False,
+              cuda_graphs=args.cuda_graphs)
     rng = np.random.default_rng(rows)
     vocab = SHAPES[args.shape]["vocab_size"]
     params = SamplingParams(max_tokens=10_000, temperature=0, ignore_eos=True)
     for i in range(rows):
         llm.engine.add_request(rng.integers(0, vocab, context).tolist(), params, f"r{i}")
-    for _ in range(3):  # the prefill, then two warm decode steps
+    for _ in range(3):  # the prefill, then two warm decode steps (on a GPU the first records its graph)
         llm.engine.step()
     return llm.engine
 
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=positive_int_arg, default=7,
                     help="rounds, interleaving the row counts; medians reported")
     ap.add_argument("--profile", action="store_true", help="also profile --steps steps at the fewest and most rows")
+    ap.add_argument("--cuda-graphs", action="store_true", help="on a GPU: decode steps replay CUDA graphs")
     ap.add_argument("--out", default="bench/results/engine_steps.json")
     args = ap.parse_args()
     args.rows = list(dict.fromkeys(args.rows))

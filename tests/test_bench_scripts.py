@@ -152,7 +152,7 @@ def test_engine_steps_context_check_matches_when_sequences_finish(bench, monkeyp
 
     engine_mod = bench("engine", stub_work=False)
     folder = engine_mod.build_model("tiny", tmp_path / "tiny")
-    args = type("Args", (), {"device": "cpu", "dtype": "float32", "shape": "tiny"})()
+    args = type("Args", (), {"device": "cpu", "dtype": "float32", "shape": "tiny", "cuda_graphs": False})()
     engine = steps_mod.decoding_engine(folder, 2, largest, args)
     for _ in range(steps):
         before = len(engine.trace)

@@ -193,11 +193,12 @@ def test_a_port_in_use_is_still_the_ports_fault(monkeypatch, capsys):
     assert err.endswith("pick another or 0")
 
 
-@pytest.mark.parametrize("argv, policy, header_fault", [
-    ([], "continuous", 503),  # the defaults: continuous batching, x-lab-fault honoured
-    (["--policy", "static", "--no-fault-header"], "static", None),
+@pytest.mark.parametrize("argv, policy, header_fault, graphs", [
+    ([], "continuous", 503, False),  # the defaults: continuous batching, x-lab-fault honoured, no CUDA graphs
+    (["--policy", "static", "--no-fault-header", "--cuda-graphs"], "static", None, True),
 ])
-def test_policy_and_fault_header_flags_reach_the_served_engine(monkeypatch, capsys, argv, policy, header_fault):
+def test_policy_and_fault_header_flags_reach_the_served_engine(monkeypatch, capsys, argv, policy, header_fault,
+                                                               graphs):
     """`serve_main` in-process: the server it starts is checked while it serves, then its own SIGTERM
     handler is called, as a SIGTERM would, and the command ends."""
     background = importlib.import_module("lab.server.background")
@@ -212,6 +213,7 @@ def test_policy_and_fault_header_flags_reach_the_served_engine(monkeypatch, caps
         try:
             server = started[-1]
             seen["policy"] = server.llm.engine.scheduler.config.policy  # what the engine's scheduler runs
+            seen["graphs"] = server.llm.engine.config.cuda_graphs  # asked for; recorded only on a GPU
             body = {"model": server.model_name, "prompt": "Hi", "max_tokens": 2}
             r = httpx.post(server.url + "/completions", json=body, headers={"x-lab-fault": "503"}, timeout=60)
             seen["status"] = r.status_code
@@ -223,7 +225,7 @@ def test_policy_and_fault_header_flags_reach_the_served_engine(monkeypatch, caps
     monkeypatch.setattr(cli_commands, "signal", SimpleNamespace(SIGTERM=signal.SIGTERM, signal=on_signal))
     code, _ = _main(monkeypatch, capsys, "--num-blocks", "64", "--port", "0", *argv)
     assert code == 0 and len(started) == 1
-    assert seen["policy"] == policy
+    assert seen["policy"] == policy and seen["graphs"] is graphs
     if header_fault is None:  # --no-fault-header: the header is ignored, the request served
         assert (seen["status"], seen["code"]) == (200, None)
     else:
