@@ -248,10 +248,17 @@ def row(result: Result, counts: dict | None = None) -> dict:
 def print_table(rows: list[dict]) -> None:
     cols = ["runner", "completed", "output_tok_s", "req_s", "mean_ttft_ms", "mean_e2el_ms", "p99_e2el_ms",
             "wasted_slot_steps", "steps", "tokens_computed", "ms_per_step"]
+    if any("output_tok_s_range" in r for r in rows):  # medians of several rounds: show their spread
+        cols.insert(3, "output_tok_s_range")
+
+    def cell(value) -> str:
+        if isinstance(value, list):
+            return "-".join(f"{v:.1f}" for v in value)
+        return f"{value:.1f}" if isinstance(value, float) else "-" if value is None else str(value)
+
     print(" | ".join(cols))
     for r in rows:
-        print(" | ".join(f"{r[c]:.1f}" if isinstance(r[c], float) else "-" if r[c] is None else str(r[c])
-                         for c in cols))
+        print(" | ".join(cell(r.get(c)) for c in cols))
 
 
 def run_round(folder, workload, args) -> list[dict]:

@@ -110,7 +110,7 @@ def test_an_unwritable_out_is_refused_before_the_run(bench, monkeypatch, capsys,
     assert "--out" in capsys.readouterr().err
 
 
-def test_engine_warmup_rounds_run_first_and_are_left_out_of_the_medians(bench, monkeypatch, tmp_path):
+def test_engine_warmup_rounds_run_first_and_are_left_out_of_the_medians(bench, monkeypatch, capsys, tmp_path):
     """On a GPU the first round pays for every new shape's kernel plans; --warmup-rounds runs it untimed."""
     module = bench("engine", stub_work=False)
     monkeypatch.setattr(module, "build_model", lambda shape, folder: folder)
@@ -133,6 +133,9 @@ def test_engine_warmup_rounds_run_first_and_are_left_out_of_the_medians(bench, m
     assert [r[0]["output_tok_s"] for r in data["rounds"]] == [3.0, 4.0, 5.0]
     assert data["rows"][0]["output_tok_s"] == 4.0 and data["rows"][0]["output_tok_s_range"] == [3.0, 5.0]
     assert data["args"]["warmup_rounds"] == 2
+    table = capsys.readouterr().out.split("\n\n")[1]  # the medians' table, after the rounds
+    assert "output_tok_s_range" in table.splitlines()[0]
+    assert "ours static | 1.0 | 4.0 | 3.0-5.0 |" in table  # each runner's spread over the counted rounds
 
 
 def test_engine_steps_context_check_matches_when_sequences_finish(bench, monkeypatch, capsys, tmp_path):
