@@ -193,6 +193,7 @@ def test_shutdown_answers_503_and_ends_streams():
         s.state.shutting_down = True
         assert c.post(s.url + "/completions", json=COMP).status_code == 503
         assert c.get(s.base + "/health").status_code == 503
+        assert c.head(s.base + "/health").status_code == 503
         closer = threading.Thread(target=s.close)
         closer.start()
         rest = [line for line in lines if line]

@@ -177,6 +177,8 @@ def test_greedy_http_equals_generate(client):
 
 def test_health_metrics_and_open_server_log(server, caplog):
     assert httpx.get(server.base + "/health").json() == {"status": "ok"}
+    head = httpx.head(server.base + "/health")
+    assert head.status_code == 200 and head.content == b""  # a probe's HEAD: the status, no body
     text = httpx.get(server.base + "/metrics").text
     for name in ("lab_num_requests_running", "lab_num_requests_waiting", "lab_kv_blocks_used",
                  "lab_generation_tokens_total", "lab_time_to_first_token_seconds_bucket",

@@ -58,6 +58,10 @@ def build_app(state: ServerState) -> FastAPI:
             raise _unavailable(state)
         return {"status": "ok"}
 
+    # HEAD too: load balancers and uptime checks probe with it (GET alone answered 405); one route per
+    # method, or the OpenAPI document gets a duplicate operation id
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
     @app.get("/metrics")
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
