@@ -19,11 +19,16 @@ more than continuous and reversed the lesson the notebooks teach. vLLM also grap
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from lab.engine.attention import AttentionMetadata, DecodeGroup, build_decode_mask
+
+
+class GraphCaptureError(RuntimeError):
+    """Recording a decode step failed; the runner falls back to eager steps."""
 
 
 def bucket(n: int, cap: int) -> int:
@@ -67,15 +72,21 @@ class DecodeGraphs:
     def run(self, input_ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
             context_lens: list[int]) -> torch.Tensor:
         """One decode token per sequence, in batch order -> their hidden states [n, hidden]."""
+        # record and replay on the engine's own GPU: torch.cuda.graph records on the current device's
+        # stream, and with another device current it records nothing (pytorch/pytorch#87894)
+        with torch.cuda.device(self.device) if self.capture else contextlib.nullcontext():
+            return self._run(input_ids, positions, slots, tables, context_lens)
+
+    def _run(self, input_ids, positions, slots, tables, context_lens) -> torch.Tensor:
         n, width = len(input_ids), max(len(t) for t in tables)
-        key = (bucket(n, self.max_batch), bucket(width, self.max_width))
-        g = self.graphs.get(key) or self._record(*key)
-        pad = key[0] - n
+        batch, width = bucket(n, self.max_batch), bucket(width, self.max_width)
+        g = self.graphs.get((batch, width)) or self._record(batch, width)
+        pad = batch - n
         g.input_ids.copy_(torch.tensor(input_ids + [0] * pad))
         g.positions.copy_(torch.tensor(positions + [0] * pad))
         g.slots.copy_(torch.tensor(slots + [self.scratch_slot] * pad))
         g.context_lens.copy_(torch.tensor(context_lens + [1] * pad))
-        g.tables.copy_(torch.tensor([t + [0] * (key[1] - len(t)) for t in tables] + [[0] * key[1]] * pad))
+        g.tables.copy_(torch.tensor([t + [0] * (width - len(t)) for t in tables] + [[0] * width] * pad))
         if g.graph is None:
             g.hidden = self._forward(g)
         else:
@@ -104,9 +115,12 @@ class DecodeGraphs:
             with torch.cuda.stream(side):
                 self._forward(g)
             torch.cuda.current_stream(self.device).wait_stream(side)
-            g.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g.graph, pool=self.pool):
-                g.hidden = self._forward(g)
-            self.pool = g.graph.pool()
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self.pool):
+                    g.hidden = self._forward(g)
+            except RuntimeError as e:  # only recording is caught: errors of eager work propagate
+                raise GraphCaptureError(f"recording a CUDA graph of a {batch}-sequence decode step failed: {e}") from e
+            g.graph, self.pool = graph, graph.pool()
         self.graphs[(batch, width)] = g
         return g

@@ -62,6 +62,8 @@ class Engine:
             # a copy: the caller's config may serve a simulation too, which must keep its own limit
             config = replace(config, max_model_len=model_config.max_position_embeddings)
         self.config = config
+        if config.cuda_graphs and device.type != "cuda":
+            log.warning("cuda_graphs: CUDA graphs need a GPU; on %s every step runs eagerly", device)
         num_blocks = config.num_blocks or self._blocks_from_budget(dtype)
         self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.block_manager)
@@ -95,8 +97,8 @@ class Engine:
             budget = free * GPU_KV_FRACTION
         else:
             budget = CPU_KV_BUDGET_GIB * 2**30
-        # less one: the runner's cache holds a scratch block beyond those it hands out (padded graph rows)
-        return max(1, min(enough, int(budget // per_block) - 1))
+        # with CUDA graphs the runner's cache holds a scratch block beyond those handed out: in the budget too
+        return max(1, min(enough, int(budget // per_block) - cfg.cuda_graphs))
 
     def now(self) -> float:
         """Seconds since the engine started: the clock of every time it records."""

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from lab.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan, build_decode_mask
-from lab.engine.cuda_graph import DecodeGraphs
+from lab.engine.cuda_graph import DecodeGraphs, GraphCaptureError
 from lab.engine.model import ModelConfig
 from lab.engine.sampler import sample, seeded_generator
 from lab.engine.scheduler import ScheduledBatch
@@ -35,14 +35,15 @@ class ModelRunner:
     def __init__(self, model, model_config: ModelConfig, num_blocks: int, block_size: int,
                  device: torch.device, dtype: torch.dtype, seed: int = 0, graph_batch: int = 0,
                  graph_width: int = 0):
-        """graph_batch > 0 on a GPU: decode steps of up to that many sequences, whose block tables
-        are at most graph_width blocks long, replay CUDA graphs (lab.engine.cuda_graph)."""
+        """graph_batch > 0: decode steps of up to that many sequences, whose block tables are at most
+        graph_width blocks long, replay CUDA graphs on a GPU (lab.engine.cuda_graph)."""
         self.model = model
         self.mc = model_config
         self.block_size = block_size
         self.device = device
-        # one block more than the block manager hands out: the scratch block of padded graph rows
-        shape = (num_blocks + 1, block_size, model_config.num_kv_heads, model_config.head_dim)
+        self.num_blocks = num_blocks
+        # with graphs, one block more than the block manager hands out: the scratch block of padding rows
+        shape = (num_blocks + (graph_batch > 0), block_size, model_config.num_kv_heads, model_config.head_dim)
         for layer in model.attention_layers:
             layer.k_cache = torch.zeros(shape, dtype=dtype, device=device)
             layer.v_cache = torch.zeros(shape, dtype=dtype, device=device)
@@ -53,9 +54,11 @@ class ModelRunner:
 
     def use_decode_graphs(self, max_batch: int, max_width: int, capture: bool = True) -> None:
         """Pad decode steps to recorded shapes; capture=False pads without recording (tests, CPUs)."""
-        scratch_slot = (self.model.attention_layers[0].k_cache.shape[0] - 1) * self.block_size
-        self.decode_graphs = DecodeGraphs(self.model, self.block_size, scratch_slot, max_batch, max_width,
-                                          self.device, capture)
+        if self.model.attention_layers[0].k_cache.shape[0] == self.num_blocks:
+            raise ValueError("cuda_graphs: the KV cache has no scratch block for padding rows; "
+                             "build the engine with cuda_graphs=True")
+        self.decode_graphs = DecodeGraphs(self.model, self.block_size, self.num_blocks * self.block_size,
+                                          max_batch, max_width, self.device, capture)
 
     def _decode_groups(self, decodes: list[tuple[Sequence, int]]) -> list[DecodeGroup]:
         """(sequence, row) pairs -> attention groups, shortest contexts first (less padding)."""
@@ -118,7 +121,7 @@ class ModelRunner:
             return None
         try:
             return graphs.run(ids, positions, slots, tables, [seq.num_computed_tokens + 1 for seq, _ in decodes])
-        except RuntimeError as e:  # an operation that cannot be captured: stay correct, lose the speed-up
-            log.warning("CUDA graph capture failed (%s); decode steps run eagerly from now on", e)
+        except GraphCaptureError as e:  # an operation that cannot be recorded: stay correct, lose the speed-up
+            log.warning("%s; decode steps run eagerly from now on", e)
             self.decode_graphs = None
             return None

@@ -83,7 +83,8 @@ def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
         # KV heads of every block, so the same budget holds more blocks
         tp = getattr(step_model, "tensor_parallel", 1)
         per_block = kv_block_bytes_per_gpu(step_model.model, config.block_size, tp)
-        blocks = int(config.kv_cache_memory_gib * 2**30 // per_block)
+        # less the scratch block the engine's cache holds for padded CUDA-graph rows, as the engine counts
+        blocks = int(config.kv_cache_memory_gib * 2**30 // per_block) - config.cuda_graphs
     elif hasattr(step_model, "kv_cache_blocks"):
         blocks = step_model.kv_cache_blocks(config.block_size)
     elif config.kv_cache_memory_gib is not None:  # was told only that num_blocks is required
