@@ -53,7 +53,7 @@ gpu-check: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m gpu tests/test_engine.py tests/test_engine_cuda.py tests/test_cuda_graph_padding.py -rs
 	$(BIN)/python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --warmup-rounds 1 --repeat 3 --out bench/results/engine_cuda.json
 	$(BIN)/python bench/engine_steps.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --rows 1 4 16 64 --out bench/results/engine_steps_cuda.json
-	$(BIN)/python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --cuda-graphs --repeat 3 --skip hf-continuous --out bench/results/engine_cuda_graphs.json
+	$(BIN)/python bench/engine.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --cuda-graphs --warmup-rounds 1 --repeat 3 --skip hf-continuous --out bench/results/engine_cuda_graphs.json
 	$(BIN)/python bench/engine_steps.py --shape qwen2.5-0.5b --device cuda --dtype bfloat16 --cuda-graphs --rows 1 4 16 64 --out bench/results/engine_steps_cuda_graphs.json
 
 clean:
