@@ -154,3 +154,44 @@ def test_generate_returns_the_others_and_says_why_one_failed(monkeypatch):
     assert failed.finish_reason == "error" and failed.metrics.status == "error"
     assert failed.metrics.error.startswith("UnicodeDecodeError")  # the reason is kept, not only logged
     assert llm.engine.block_manager.num_used == 0
+
+
+def test_nan_logits_fail_only_their_request(monkeypatch, caplog):
+    """A float16 overflow gives NaN logits; torch.multinomial raised on them and failed every request
+    sharing the step. Now that row's request ends with an error and the batch goes on."""
+    from lab.engine import model_runner
+
+    real_sample = model_runner.sample
+
+    def poisoned(logits, params, generators, default):
+        logits = logits.clone()
+        for i, p in enumerate(params):
+            if p.seed == 666:
+                logits[i] = float("nan")
+        return real_sample(logits, params, generators, default)
+
+    monkeypatch.setattr(model_runner, "sample", poisoned)
+    llm = LLM(model=tiny_model_dir(), device="cpu", dtype="float32", num_blocks=64)
+    good = SamplingParams(max_tokens=4, temperature=0.8, seed=1, ignore_eos=True)
+    bad = SamplingParams(max_tokens=4, temperature=0.8, seed=666, ignore_eos=True)
+    with caplog.at_level("ERROR", logger="lab.engine.engine"):
+        ok, failed = llm.generate(["Hello", "World"], [good, bad], use_tqdm=False)
+    assert ok.finish_reason == "length" and len(ok.token_ids) == 4 and ok.metrics.status == "ok"
+    assert failed.finish_reason == "error" and failed.token_ids == []
+    assert failed.metrics.error.startswith("SamplingError: sampling: the model's logits hold NaN or inf")
+    assert "the other requests go on" in caplog.text
+    assert llm.engine.block_manager.num_used == 0
+
+
+def test_the_sampler_marks_rows_it_cannot_sample_from():
+    import torch
+
+    from lab.engine.sampler import SamplingError, sample
+
+    logits = torch.zeros(3, 8)
+    logits[1, 2] = float("inf")  # softmax of an inf is NaN
+    logits[2, 5] = float("nan")
+    params = [SamplingParams(temperature=1.0, seed=0)] * 3
+    out = sample(logits, params, [torch.Generator().manual_seed(0)] * 3, torch.Generator())
+    assert isinstance(out[0], int) and 0 <= out[0] < 8
+    assert all(isinstance(o, SamplingError) for o in out[1:])

@@ -20,7 +20,7 @@ from lab.engine.block_manager import BlockManager
 from lab.engine.config import EngineConfig
 from lab.engine.model import ModelConfig
 from lab.engine.model_runner import ModelRunner, kv_bytes_per_block
-from lab.engine.sampler import seeded_generator
+from lab.engine.sampler import SamplingError, seeded_generator
 from lab.engine.scheduler import Scheduler, admission_error
 from lab.engine.sequence import SamplingParams, Sequence, SequenceStatus
 from lab.engine.tokenizer import Tokenizer
@@ -230,10 +230,13 @@ class Engine:
         end = self.now()
         finished = 0
         for seq, token in sampled:
-            try:
-                event = self._append_token(seq, token, end)
-            except Exception as exc:  # one request's text or stop check, not the batch's forward pass
-                event = self._fail_request(seq, exc, end)
+            if isinstance(token, SamplingError):  # its logits were NaN or inf: it fails, the batch goes on
+                event = self._fail_request(seq, token, end)
+            else:
+                try:
+                    event = self._append_token(seq, token, end)
+                except Exception as exc:  # one request's text or stop check, not the batch's forward pass
+                    event = self._fail_request(seq, exc, end)
             finished += event.finished
             events.append(event)
         sched = self.scheduler
@@ -284,9 +287,9 @@ class Engine:
         return TokenEvent(seq.request_id, token, delta, reason is not None, reason)
 
     def _fail_request(self, seq: Sequence, exc: Exception, now: float) -> TokenEvent:
-        """End one request whose token could not be turned into text (a detokenizer error): raising
-        instead failed the whole step, and with it every other request in the batch."""
-        log.exception("%s: failed after its token was sampled; the other requests go on", seq.request_id)
+        """End one request whose token could not be sampled or turned into text (NaN logits, a
+        detokenizer error): raising instead failed the whole step, and every other request in the batch."""
+        log.error("%s: failed at its token (%s); the other requests go on", seq.request_id, exc, exc_info=exc)
         if not seq.is_finished:
             self.scheduler.finish(seq, "error", now)
         seq.finish_reason, seq.error = "error", f"{type(exc).__name__}: {exc}"

@@ -43,18 +43,28 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+class SamplingError(ValueError):
+    """One row's logits could not be sampled from; that request fails, the others go on."""
+
+
 def sample(
     logits: torch.Tensor,  # [N, V] float32
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     default_generator: torch.Generator,
-) -> list[int]:
+) -> list[int | SamplingError]:
+    """One token per row, or a SamplingError for a row whose logits hold NaN or inf."""
     out = logits.argmax(-1).tolist()  # greedy rows are done; sampled rows are overwritten below
     for i, p in enumerate(params):
         if p.greedy:
             continue
         row = filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
         probs = row.softmax(-1)
+        if not bool(torch.isfinite(probs).all()):
+            # NaN or inf logits (a float16 overflow, say): multinomial raised and failed the whole batch's
+            # step (and on a GPU would trip a device-side assert); checked first, it fails this row alone
+            out[i] = SamplingError(f"sampling: the model's logits hold NaN or inf (temperature {p.temperature})")
+            continue
         gen = generators[i] or default_generator
         out[i] = int(torch.multinomial(probs, 1, generator=gen))
     return out
