@@ -62,7 +62,7 @@ def sample(
         probs = row.softmax(-1)
         if not bool(torch.isfinite(probs).all()):
             # NaN or inf logits (a float16 overflow, say): multinomial raised and failed the whole batch's
-            # step (and on a GPU would trip a device-side assert); checked first, it fails this row alone
+            # step (and on a GPU may trip a device-side assert); checked first, it fails this row alone
             out[i] = SamplingError(f"sampling: the model's logits hold NaN or inf (temperature {p.temperature})")
             continue
         gen = generators[i] or default_generator
