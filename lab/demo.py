@@ -6,6 +6,7 @@ gets a summary table, and an HTML report holds the timelines, occupancy and late
 
 from __future__ import annotations
 
+import gc
 import html
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def run_demo(model=None, n: int = 48, rate: float = 16.0, max_num_seqs: int = 16
         llm.generate(["To be"], use_tqdm=False)  # warm-up, outside the measured run
         llm.engine.trace.clear()
         results[policy] = llm.run_workload(workload, progress=progress, label=policy)
+        # gone before the next policy's engine is built: on a GPU that engine sizes its KV cache from
+        # the memory left, and with this one still held a large model's second engine would not fit
+        del llm
+        gc.collect()
     return results
 
 

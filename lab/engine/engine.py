@@ -94,6 +94,9 @@ class Engine:
             budget = cfg.kv_cache_memory_gib * 2**30
         elif self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
+            # memory torch's caching allocator holds but no tensor uses (an engine built and dropped
+            # before this one, say) is free to this engine too; the driver counts it as taken
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
             budget = free * GPU_KV_FRACTION
         else:
             budget = CPU_KV_BUDGET_GIB * 2**30
