@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 # what each script runs once its arguments are accepted
 WORK = {"client": ["run"], "server": ["model_folder"], "engine": ["build_model"],
-        "engine_steps": ["build_model"], "sim": ["accuracy", "trace_speed"]}
+        "engine_steps": ["build_model"], "sim": ["accuracy", "trace_speed"], "huge_prompt": ["serve"]}
 
 
 class Started(Exception):
@@ -83,6 +83,7 @@ BAD_ARGS = [
     ("engine_steps", ["--rows", "2", "2"], "--rows"),
     ("engine_steps", ["--context", "1000", "--profile"], "--context"),
     ("engine_steps", ["--device", "tpu"], "--device"),
+    ("huge_prompt", ["--chars", "0"], "--chars"),
     ("sim", ["--quiet-load", "-1"], "--quiet-load"),
     ("sim", ["--quiet-load", "0"], "--quiet-load"),
     ("sim", ["--skip-engine", "--rounds", "2"], "--rounds"),
@@ -211,6 +212,17 @@ def test_client_json_says_how_many_requests_each_measurement_made(tmp_path):
                    capture_output=True)
     rows = json.loads(out.read_text())["results"]
     assert {(r["concurrency"], r["requests"]) for r in rows} == {(1, 200), (16, 30)}
+
+
+def test_huge_prompt_is_tokenized_and_refused_while_the_stream_runs(tmp_path):
+    """The prompt is over the bundled model's context: with the character bound off it reaches the
+    tokenizer and comes back 400, and the stream beside it still gets all of its chunks."""
+    out = tmp_path / "huge.json"
+    subprocess.run([sys.executable, str(BENCH / "huge_prompt.py"), "--chars", "50000", "--out", str(out)],
+                   cwd=ROOT, check=True, timeout=120, capture_output=True)
+    report = json.loads(out.read_text())
+    assert report["huge_status"] == 400 and report["chars"] == 50000
+    assert report["stream_chunks"] >= 200  # 200 tokens (ignore_eos), some chunks may hold two
 
 
 def _stat(pid: int) -> list[str]:

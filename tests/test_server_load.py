@@ -103,3 +103,32 @@ async def test_disconnects_free_blocks(server, monkeypatch):
     assert _blocks_used(server) == 0
     metrics = httpx.get(server.base + "/metrics").text
     assert 'lab_requests_total{finish_reason="client_gone"} 16.0' in metrics
+
+
+async def test_a_slow_tokenization_leaves_the_event_loop_free(server, monkeypatch):
+    """A long prompt through a real tokenizer can take a second; on the event loop it would stall
+    every stream and /health. The encode below blocks until /health has answered: it only can if
+    tokenization runs off the loop."""
+    import threading
+
+    tokenizer = server.engine.engine.tokenizer
+    entered, release = threading.Event(), threading.Event()
+    real_encode = tokenizer.encode
+
+    def blocking_encode(*args, **kwargs):
+        entered.set()
+        release.wait(timeout=20)
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", blocking_encode)
+    body = {"model": "tiny-llama", "prompt": "Slow to tokenize", "max_tokens": 4}
+    async with httpx.AsyncClient(timeout=30) as http:
+        completion = asyncio.create_task(http.post(server.url + "/completions", json=body))
+        try:
+            assert await asyncio.to_thread(entered.wait, 10), "the completion never reached the tokenizer"
+            health = await http.get(server.base + "/health", timeout=5)  # times out while the loop is held
+            assert health.status_code == 200
+        finally:
+            release.set()
+        response = await completion
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 4

@@ -45,6 +45,26 @@ def test_round_trip_whole_corpus(char_folder, corpus):
     assert tok.decode(ids) == corpus
 
 
+def test_a_long_text_encodes_without_holding_the_gil(char_folder, corpus):
+    """A server tokenizes off its event loop; that only helps if encoding lets other threads run.
+    While the whole corpus (1.1M characters, about a second) encodes on a thread, this thread must
+    get many turns: `tokenizers`' single `encode` would hold the GIL and allow it one or two."""
+    import threading
+    import time
+
+    tok = Tokenizer.from_folder(char_folder)
+    result: list[list[int]] = []
+    worker = threading.Thread(target=lambda: result.append(tok.encode(corpus * 2)))
+    turns = 0
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.001)
+        turns += 1
+    worker.join()
+    assert result[0] == tok.hf.encode(corpus * 2).ids  # the same ids as the single call
+    assert turns >= 20, f"only {turns} turns while encoding: the GIL was held"
+
+
 def test_transformers_loads_the_same_vocabulary(char_folder, corpus):
     from transformers import PreTrainedTokenizerFast
 

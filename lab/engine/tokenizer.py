@@ -13,6 +13,10 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from lab.engine.chat import render_chat
 
+# past this length encoding goes through `encode_batch`, which releases the GIL (see Tokenizer.encode);
+# below it the single call is cheaper and too short to stall anyone
+_LONG_TEXT_CHARS = 16_384
+
 
 def build_char_tokenizer(chars: list[str] | str) -> HFTokenizer:
     """One token per character, id = index in `chars` (nanoGPT's sorted(set(text)) order).
@@ -93,13 +97,17 @@ class Tokenizer:
                     f"prompt: character(s) {''.join(unknown)!r} are not in this model's vocabulary; "
                     f"allowed: {''.join(sorted(self.alphabet))!r}"
                 )
+        if len(text) > _LONG_TEXT_CHARS:
+            # `encode` holds the GIL for its whole run (about 1 s per million characters), stalling every
+            # other thread (a server's event loop, its engine); `encode_batch` releases it while it works
+            return self.hf.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         return self.hf.encode(text, add_special_tokens=add_special_tokens).ids
 
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text)), computed without tokenizing: exact enough for a character
         vocabulary, 0 (no bound) for others, whose tokens may spell any number of characters. Encoding
-        holds the GIL (about 1 s per million characters here), so a server refuses a prompt that cannot
-        fit its context by this bound instead of stalling every other request while it tokenizes."""
+        takes about 1 s per million characters here, so a server refuses a prompt that cannot
+        fit its context by this bound instead of spending a second or more of CPU on it."""
         return len(text) // self._chars_per_token if self._chars_per_token else 0
 
     def decode(self, ids: list[int]) -> str:

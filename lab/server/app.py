@@ -5,6 +5,7 @@ context (400), queue (429), rate limit (429); then the engine. Every answer carr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -163,7 +164,9 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
         raise APIError(400, f"{unsupported}: not supported by this server; leave it out (or at its default)",
                        param=unsupported, code="unsupported_parameter")
     prompt_field = "messages" if kind == "chat" else "prompt"
-    ids = _tokenize(engine, req, prompt_field)
+    # on a worker thread: a long prompt through a real tokenizer takes milliseconds to seconds, and on
+    # the event loop that would stall every other stream's chunks and /health (vLLM tokenizes off-loop too)
+    ids = await asyncio.to_thread(_tokenize, engine, req, prompt_field)
     max_tokens = _max_tokens(engine.engine, len(ids), req, prompt_field)
     chat_turn_end = _chat_turn_end(engine.engine) if kind == "chat" else None
     try:
@@ -221,7 +224,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
-    """On the event loop: token counts are needed up front for the context and token-rate checks."""
+    """Token ids up front, for the context and token-rate checks; runs on a worker thread (see _admit)."""
     tokenizer = engine.engine.tokenizer
     if isinstance(req, CompletionRequest) and isinstance(req.prompt, list):
         if not req.prompt:
