@@ -195,3 +195,20 @@ def test_the_sampler_marks_rows_it_cannot_sample_from():
     out = sample(logits, params, [torch.Generator().manual_seed(0)] * 3, torch.Generator())
     assert isinstance(out[0], int) and 0 <= out[0] < 8
     assert all(isinstance(o, SamplingError) for o in out[1:])
+
+
+def test_greedy_rows_with_nan_or_inf_logits_fail_too():
+    """argmax "chose" the NaN's index (token 0) and the request went on with garbage, finishing ok;
+    only sampled rows were checked."""
+    import torch
+
+    from lab.engine.sampler import SamplingError, sample
+
+    logits = torch.zeros(4, 8)
+    logits[0, 3] = 2.0
+    logits[1, 2] = float("inf")
+    logits[2, 5] = float("nan")
+    logits[3, :] = float("-inf")  # every token masked: nothing to choose
+    out = sample(logits, [SamplingParams(temperature=0.0)] * 4, [None] * 4, torch.Generator())
+    assert out[0] == 3
+    assert all(isinstance(o, SamplingError) for o in out[1:])

@@ -54,9 +54,14 @@ def sample(
     default_generator: torch.Generator,
 ) -> list[int | SamplingError]:
     """One token per row, or a SamplingError for a row whose logits hold NaN or inf."""
-    out = logits.argmax(-1).tolist()  # greedy rows are done; sampled rows are overwritten below
+    # greedy rows are done; sampled rows are overwritten below. torch's max picks a NaN (or +inf) over
+    # any number, so one look at each row's maximum tells whether that row's logits are usable
+    best, out = logits.max(-1)
+    finite, out = torch.isfinite(best).tolist(), out.tolist()
     for i, p in enumerate(params):
         if p.greedy:
+            if not finite[i]:  # argmax would have "chosen" the NaN's index and gone on with garbage
+                out[i] = SamplingError("sampling: the model's logits hold NaN or inf (greedy)")
             continue
         row = filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
         probs = row.softmax(-1)
