@@ -304,12 +304,14 @@ def test_shapes_use_recorded_contexts_even_after_preemption():
 
 
 # -- audit: bad input and engine parity ---------------------------------------------------------
-def test_config_max_model_len_is_capped_to_the_models_context():
-    # the engine caps max_model_len to the model's max_position_embeddings; the simulator used to
-    # let a 40k-token prompt through on a 32k model because the config asked for 100k
+def test_config_max_model_len_beyond_the_models_context_is_refused():
+    # the engine refuses a max_model_len past max_position_embeddings (as vLLM); the simulator capped it
+    # quietly, so a request that asked for 500 tokens on a 1k-context model reported 24, status "ok"
     m = RooflineStepModel("H100-SXM", "qwen2.5-0.5b")
     w = Workload([RequestSpec("long", 0.0, prompt_len=40000, output_len=2), RequestSpec("ok", 0.0, prompt_len=8)])
-    r = simulate(w, EngineConfig(max_model_len=100_000), m)
+    with pytest.raises(ValueError, match=r"^max_model_len: 100000 exceeds the step model's context \(32768 tokens\)"):
+        simulate(w, EngineConfig(max_model_len=100_000), m)
+    r = simulate(w, EngineConfig(), m)  # None: the model's own context, which the long prompt exceeds
     long, ok = r.requests
     assert long.status == "error" and "max_model_len=32768" in long.error and ok.ok
 

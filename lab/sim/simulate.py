@@ -51,9 +51,13 @@ def simulate(
     if not is_int(replicas) or replicas < 1:
         raise ValueError(f"replicas: must be an integer >= 1, got {replicas!r}")
     route = make_router(router)
-    # as the engine: a config longer than the model's context is capped to it, never beyond
+    # as the engine (and vLLM): a config longer than the model's context is refused, not quietly capped,
+    # which would hide that the limit asked for is not the one in force
     model_len = getattr(step_model, "max_model_len", None) or math.inf
-    max_model_len = min(config.max_model_len or math.inf, model_len)
+    if config.max_model_len is not None and config.max_model_len > model_len:
+        raise ValueError(f"max_model_len: {config.max_model_len} exceeds the step model's context "
+                         f"({model_len} tokens); allowed: at most {model_len}, or None for the model's own")
+    max_model_len = config.max_model_len or model_len
     num_blocks = _num_blocks(config, step_model, max_model_len)
     built = _replicas_to_build(replicas, router, len(workload))
     reps = [Replica(config, step_model, num_blocks, max_model_len, k, record_steps) for k in range(built)]
