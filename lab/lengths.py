@@ -36,6 +36,8 @@ class Uniform:
     high: int
 
     def __post_init__(self):
+        if self.high is None:  # the others' "no upper bound"; a uniform range needs one
+            raise ValueError(f"Uniform.high: must be an integer >= low ({self.low}), got None")
         _check_bounds("Uniform", self.low, self.high)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -263,6 +263,7 @@ def test_workload_accepts_any_iterable_of_specs_and_sorts_it():
     (lambda: Exponential(float("inf")), "Exponential.mean: must be a finite number > 0, got inf"),
     (lambda: LogNormal(10, sigma=float("nan")), "LogNormal.sigma: must be a finite number >= 0, got nan"),
     (lambda: Uniform(1, 5.5), "Uniform.high: must be an integer >= low (1), got 5.5"),
+    (lambda: Uniform(8, None), "Uniform.high: must be an integer >= low (8), got None"),
     (lambda: lengths([[1, 2]], 2, field_name="prompt_lens"), "prompt_lens: need a flat list of 2 values, got an array of shape (1, 2)"),
     (lambda: lengths([1, 2, 3], 2, field_name="prompt_lens"), "prompt_lens: need a flat list of 2 values, got 3"),
 ])
