@@ -367,3 +367,26 @@ def test_a_bad_prompt_dict_is_refused_naming_what_is_allowed(tiny_llama, prompt,
     with pytest.raises(ValueError, match="^prompt: ") as exc:
         make_llm(tiny_llama).generate([prompt], GREEDY, use_tqdm=False)
     assert message in str(exc.value)
+
+
+def test_length_only_prompts_hold_no_end_of_sequence_token(tiny_llama, monkeypatch):
+    """Random prompt tokens used to shift an EOS id by one, onto the next id, itself an EOS where two
+    are neighbours (Llama 3's 128008 and 128009): half of such prompts held an end-of-turn token."""
+    from dataclasses import replace
+
+    llm = make_llm(tiny_llama)
+    monkeypatch.setattr(llm.engine, "model_config", replace(llm.engine.model_config, eos_token_ids=(5, 6)))
+    seen: list[list[int]] = []
+    real_check = llm.engine.check_request
+
+    def recording_check(prompt, params):
+        seen.append(list(prompt))
+        return real_check(prompt, params)
+
+    monkeypatch.setattr(llm.engine, "check_request", recording_check)
+    specs = [RequestSpec(f"r{i}", prompt_len=48, output_len=1) for i in range(40)]
+    result = llm.run_workload(Workload(specs), progress=False)
+    assert all(r.ok for r in result.requests) and len(seen) == 40
+    assert all(len(ids) == 48 for ids in seen)
+    assert not any({5, 6} & set(ids) for ids in seen)
+    assert len({t for ids in seen for t in ids}) > 20  # still spread over the vocabulary

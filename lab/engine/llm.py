@@ -229,10 +229,12 @@ class LLM:
             return spec.prompt
         # length only: random tokens, repeatable per request id, never an end-of-sequence token
         rng = np.random.default_rng(zlib.crc32(spec.id.encode()))
-        vocab = self.engine.model_config.vocab_size
-        eos = set(self.engine.model_config.eos_token_ids)
-        ids = [int(t) for t in rng.integers(0, vocab, spec.prompt_len)]
-        return [t if t not in eos else (t + 1) % vocab for t in ids]
+        vocab = np.arange(self.engine.model_config.vocab_size)
+        # drawn from the other ids (shifting an EOS by one landed on the next one where they are
+        # neighbours, as Llama 3's 128008 and 128009); a vocabulary of nothing but EOS keeps them
+        allowed = np.setdiff1d(vocab, self.engine.model_config.eos_token_ids)
+        allowed = allowed if allowed.size else vocab
+        return allowed[rng.integers(0, allowed.size, spec.prompt_len)].tolist()
 
 
 def _params_of(spec: RequestSpec) -> SamplingParams:
