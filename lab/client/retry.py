@@ -1,7 +1,8 @@
 """When to retry a failed request and how long to wait: openai-python's policy, in a few lines.
 
-Retry connection errors, timeouts, 408, 409, 429 and 5xx; obey `x-should-retry` above all; honour
-`retry-after-ms`, then `retry-after` (seconds or an HTTP date) up to a cap; else back off exponentially.
+Retry connection errors, timeouts, 408, 409, 429 and 5xx; never when `retry-after` asks for longer than
+a cap; otherwise obey `x-should-retry`; honour `retry-after-ms`, then `retry-after` (seconds or an HTTP
+date) up to the cap; else back off exponentially.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from lab.client.errors import APIConnectionError, APIError, APIStatusError, Stre
 
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
-# Retry-After is obeyed up to this many seconds; a server asking for longer is not retried at all (unless it
-# also sends `x-should-retry: true`, which wins and gets the usual backoff, as in openai-python): the
+# Retry-After is obeyed up to this many seconds; a server asking for longer is not retried at all, even
+# with `x-should-retry: true` (the cap is checked first, as in openai-python's current releases): the
 # error goes to the caller (RateLimitError.retry_after says how long), and run_batch records it for a
 # `retry_errors` rerun. openai-python differs by release: the 1.x series (what `openai>=1.40` allows)
-# obeys the header only up to 60 s and, above that, still retries after its usual 0.5-8 s backoff; newer
-# releases (MAX_RETRY_AFTER_DELAY) cap it at 120 s and do not retry above it, as we do. We refuse rather
+# obeys the header only up to 60 s and, above that, still retries after its usual 0.5-8 s backoff (and
+# lets `x-should-retry` win); newer releases (MAX_RETRY_AFTER_DELAY) cap it at 120 s and do not retry
+# above it, as we do. We refuse rather
 # than back off: a server asking for minutes has a spent quota, so a retry seconds later only earns another
 # 429 (and counts against the limit again), and sleeping minutes inside one call would look like a hang
 MAX_RETRY_AFTER = 120.0
@@ -79,15 +81,15 @@ class RetryPolicy:
             return True  # includes APITimeoutError
         if not isinstance(error, APIStatusError):
             return False
-        # the server's explicit word comes first, as in openai-python; a forced retry after a retry-after
-        # beyond the cap waits the usual backoff (delay)
+        # a wait beyond the cap first, then the server's explicit word, in openai-python's order: a
+        # server asking for five minutes is not hit again seconds later, whatever x-should-retry says
+        wait = parse_retry_after(error.headers)
+        if wait is not None and wait > self.max_retry_after:  # "1e400" is inf: longer than any cap
+            return False
         flag = (error.headers.get("x-should-retry") or "").strip().lower()
         if flag == "true":
             return True
         if flag == "false":
-            return False
-        wait = parse_retry_after(error.headers)
-        if wait is not None and wait > self.max_retry_after:  # "1e400" is inf: longer than any cap
             return False
         status = error.status_code or 0
         return status in RETRYABLE_STATUS or status >= 500
