@@ -719,9 +719,8 @@ def test_cost_of_a_dated_model_comes_from_lab_cost(monkeypatch):
     assert r.usage.cached_tokens == 1000 and r.cost_usd == pytest.approx(expected)
 
 
-def test_cost_of_a_streamed_response_comes_from_its_usage_chunk(monkeypatch):
-    expected = _real_cost(monkeypatch)
-
+def _cached_usage_stream() -> httpx.Response:
+    """A streamed "hi" from DATED_MODEL whose last chunk carries CACHED_USAGE."""
     def event(choices, **extra):
         chunk = {"id": "s", "object": "chat.completion.chunk", "model": DATED_MODEL, "choices": choices, **extra}
         return f"data: {json.dumps(chunk)}\n\n"
@@ -729,12 +728,44 @@ def test_cost_of_a_streamed_response_comes_from_its_usage_chunk(monkeypatch):
     sse = (event([{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}])
            + event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
            + event([], usage=CACHED_USAGE) + "data: [DONE]\n\n")
-    handler, calls = scripted(httpx.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"}))
+    return httpx.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+
+
+def test_cost_of_a_streamed_response_comes_from_its_usage_chunk(monkeypatch):
+    expected = _real_cost(monkeypatch)
+    handler, calls = scripted(_cached_usage_stream())
     stream = client_for(handler).chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True)
     assert stream.usage is None and stream.cost_usd is None  # the usage comes in the last chunk
     assert "".join(c.text for c in stream) == "hi"
     assert json.loads(calls[0].content)["stream_options"] == {"include_usage": True}
     assert stream.usage.cached_tokens == 1000 and stream.cost_usd == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("base_url", "provider", "priced"), [
+    ("http://127.0.0.1:8000/v1", None, False),  # a server of one's own, serving a model under an API name
+    ("http://localhost:8000/v1", None, False),
+    ("http://[::1]:8000/v1", None, False),
+    ("http://gpu-box:8000/v1", "vllm", False),  # the self-hosted presets, wherever they run
+    ("http://gpu-box:8000/v1", "local", False),
+    ("http://proxy.example/v1", None, True),  # an unknown host: priced as the model's direct seller
+    ("http://proxy.example/v1", "openai", True),
+])
+def test_a_self_hosted_server_gets_no_list_price(monkeypatch, caplog, base_url, provider, priced):
+    """A local server answering as gpt-4.1 was billed at OpenAI's price (with no provider), or logged a
+    warning on every response (provider local or vllm, which the price table does not know)."""
+    expected = _real_cost(monkeypatch)
+    body = dict(OK_BODY, model=DATED_MODEL, usage=CACHED_USAGE)
+    handler, _ = scripted(httpx.Response(200, json=body))
+    client = Client(base_url=base_url, provider=provider, api_key=KEY, transport=httpx.MockTransport(handler),
+                    retry=NO_WAIT)
+    assert client.self_hosted is not priced
+    r = client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    assert r.cost_usd == (pytest.approx(expected) if priced else None)
+    client.transport = httpx.MockTransport(scripted(_cached_usage_stream())[0])
+    with client.chat.completions.create(model="gpt-4.1", messages=MESSAGES, stream=True) as stream:
+        assert "".join(c.text for c in stream) == "hi" and stream.usage.cached_tokens == 1000
+    assert stream.cost_usd == (pytest.approx(expected) if priced else None)
+    assert "cost_usd left out" not in caplog.text  # a quiet None, not a warning per response
 
 
 def test_models_list_is_a_page_and_a_list():

@@ -13,7 +13,7 @@ import httpx
 
 from lab._checks import is_number
 from lab.client.limits import RateLimits
-from lab.client.providers import mask_key, redact_url, resolve
+from lab.client.providers import is_self_hosted, mask_key, redact_url, resolve
 from lab.client.retry import RetryPolicy
 from lab.client.types import Completion, Usage, cost_of
 
@@ -166,6 +166,8 @@ class BaseClient:
         transport=None,
     ):
         self.base_url, self.api_key, self.provider = resolve(base_url, api_key, provider)
+        # no cost_usd from a server of one's own, even for a model that has an API's name
+        self.self_hosted = is_self_hosted(self.base_url, self.provider)
         self.timeout = make_timeout(timeout)
         _check_seconds("stream_idle_timeout", stream_idle_timeout)
         self.stream_idle_timeout = stream_idle_timeout
@@ -247,7 +249,7 @@ class BaseClient:
         result.ttft_s = head_t - start_t
         result.retries = retries
         result.request_id = request_id
-        result.cost_usd = cost_of(result.model, result.usage, self.provider)
+        result.cost_usd = cost_of(result.model, result.usage, self.provider, self.self_hosted)
         return result
 
     @staticmethod

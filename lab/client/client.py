@@ -174,7 +174,8 @@ class Client(BaseClient):
 
         # from here on the idle timeout applies: the request's read timeout covered the wait for this chunk
         return Stream(response, state, opening, lines=lines, start_t=start_t, retries=retries,
-                      provider=self.provider, on_close=on_close, watch=start_watch(state, response, blocking=True))
+                      provider=self.provider, self_hosted=self.self_hosted, on_close=on_close,
+                      watch=start_watch(state, response, blocking=True))
 
 
 class AsyncClient(BaseClient):
@@ -303,5 +304,5 @@ class AsyncClient(BaseClient):
                 self._limiter.release_slot()
 
         return AsyncStream(response, state, opening, lines=lines, start_t=start_t, retries=retries,
-                           provider=self.provider, on_close=on_close,
+                           provider=self.provider, self_hosted=self.self_hosted, on_close=on_close,
                            watch=start_watch(state, response, blocking=False))

@@ -6,6 +6,7 @@ request with a message naming the variable to set, and a key is never shown in f
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -127,6 +128,21 @@ def provider_for_url(base_url: str) -> Provider | None:
         if p.key_required and urlsplit(p.base_url).hostname == host:
             return p
     return None
+
+
+def is_self_hosted(base_url: str, provider: str | None) -> bool:
+    """A server of one's own: the local or vllm preset, or any loopback address when no preset was
+    named. Its answers have no list price: a model served under an API's name (gpt-4.1-mini, to test
+    an app against it) costs GPU time, not OpenAI's price per token."""
+    if provider is not None:
+        return not PROVIDERS[provider].key_required
+    host = urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: a provider's, a reseller's or a company proxy's
+        return False
 
 
 def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> tuple[str, str | None, str | None]:

@@ -57,13 +57,14 @@ class _StreamBase:
     """What a finished (or failed) stream reports, like a non-streaming result."""
 
     def __init__(self, response: httpx.Response, state: StreamState, opening: list[Chunk], *, start_t: float,
-                 retries: int, provider: str | None, on_close, watch=None):
+                 retries: int, provider: str | None, on_close, watch=None, self_hosted: bool = False):
         self.response = response
         self.state = state
         self._pending = list(opening)  # read inside the retry loop, handed out first
         self.start_t = start_t
         self.retries = retries
         self.provider = provider
+        self.self_hosted = self_hosted
         self._on_close = on_close  # releases the concurrency slot and settles the token estimate
         self._watch = watch  # enforces the idle timeout on a silent socket (lab/client/idle.py)
         self.end_t: float | None = None
@@ -85,7 +86,7 @@ class _StreamBase:
 
     @property
     def cost_usd(self) -> float | None:
-        return cost_of(self.state.model, self.state.usage, self.provider)
+        return cost_of(self.state.model, self.state.usage, self.provider, self.self_hosted)
 
     def _finish(self) -> None:
         if self._watch is not None:

@@ -176,13 +176,14 @@ class ModelPage:
         return self.data[i]
 
 
-def cost_of(model: str, usage: Usage | None, provider: str | None) -> float | None:
-    """Price of a usage via lab.cost, or None when that module or the model's price is unknown.
+def cost_of(model: str, usage: Usage | None, provider: str | None, self_hosted: bool = False) -> float | None:
+    """Price of a usage via lab.cost, or None when that module or the model's price is unknown, or the
+    server is one's own (`self_hosted`: see lab.client.providers.is_self_hosted).
 
     A model missing from the price table is the common case (a local model) and passes quietly; any other
     refusal (a broken price table, a usage the server got wrong) is logged as a warning: the answer is
     still returned, without its price, and nobody is left guessing why."""
-    if usage is None or not model:
+    if usage is None or not model or self_hosted:
         return None
     usage_cost = _usage_cost()
     if usage_cost is None:
