@@ -212,7 +212,7 @@ async def test_a_chat_stream_cut_after_its_first_token_is_not_retried(use_async)
     assert info.value.partial_text == "H" and info.value.chunks_received == 2 and len(calls) == 1
 
 
-def test_a_tool_call_delta_is_output_the_caller_sees_at_once():
+def test_what_counts_as_output_in_a_stream():
     from lab.client.streaming import carries_output
     from lab.client.types import Chunk
 
@@ -223,6 +223,13 @@ def test_a_tool_call_delta_is_output_the_caller_sees_at_once():
     assert not carries_output(parsed(ROLE))
     assert carries_output(parsed(chat_piece({"tool_calls": [call]})))
     assert carries_output(parsed(chat_piece({}, "stop"))) and carries_output(parsed(chat_piece({"content": "x"})))
+    # vLLM's continuous_usage_stats: the opening carries a usage of 0 completion tokens, still an opening
+    # (it closed the window in which a cut stream is retried); the final usage-only chunk is the end
+    opening_usage = {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+    assert not carries_output(parsed(chat_piece({"role": "assistant", "content": ""}, usage=opening_usage)))
+    assert carries_output(parsed(chat_piece({"content": "x"}, usage=dict(opening_usage, completion_tokens=1))))
+    final = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [], "usage": opening_usage}
+    assert carries_output(Chunk.from_dict(final))
 
 
 # ---- failures
