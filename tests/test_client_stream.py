@@ -235,6 +235,20 @@ def test_what_counts_as_output_in_a_stream():
 # ---- failures
 
 
+@pytest.mark.parametrize(("error", "status"), [
+    ({"message": "shutting down", "code": "shutting_down", "status": 503}, 503),  # ours: the code is a name
+    ({"message": "overloaded", "type": "ServiceUnavailableError", "code": 503}, 503),  # vLLM's: the status
+    ({"message": "odd", "code": "weird", "status": 200}, 500),  # no error status anywhere: the server failed
+])
+def test_an_error_event_keeps_the_status_it_names(error, status):
+    """Our server's shutdown event (code "shutting_down") was raised as a 500, not the 503 it is."""
+    event = f"data: {json.dumps({'error': error})}\n\n".encode()
+    handler, _ = stream_handler([chunk("par"), event, DONE])
+    with pytest.raises(StreamInterruptedError) as info:
+        collect(client_for(handler).completions.create(model="m", prompt="p", stream=True))
+    assert info.value.status_code == status and info.value.partial_text == "par"
+
+
 def test_error_event_mid_stream_raises_with_partial_text():
     error = b'event: error\ndata: {"error": {"message": "engine crashed", "code": 500}}\n\n'
     handler, calls = stream_handler([chunk("par"), chunk("tial"), error, DONE])

@@ -200,6 +200,7 @@ def test_shutdown_answers_503_and_ends_streams():
     closer.join(15)
     assert not closer.is_alive()
     assert rest[-1] == "data: [DONE]" and '"code":"shutting_down"' in rest[-2]  # an error event, then [DONE]
+    assert '"status":503' in rest[-2]  # what a client retries by: the status the answer would have had
     assert tiny_llm("aux").engine.block_manager.num_used == 0
     with pytest.raises(httpx.ConnectError):  # the port is released
         c.get(s.base + "/health")

@@ -161,13 +161,14 @@ def _chunk(payload: object, data: str) -> Chunk:
 
 
 def _stream_error(payload: object, request_id: str | None) -> APIError:
-    """An error event: its `code` when that is an HTTP status, else a 500 (the server failed mid-way)."""
+    """An error event: its `status` (our server's) or its `code` (vLLM's) when that is an HTTP status,
+    else a 500 (the server failed mid-way)."""
     err = payload.get("error") if isinstance(payload, dict) else None
-    code = err.get("code") if isinstance(err, dict) else None
-    try:
-        status = int(code)
-    except (TypeError, ValueError):
-        status = 500
-    status = status if 400 <= status <= 599 else 500
+    status = 500
+    for field in ("status", "code"):
+        value = err.get(field) if isinstance(err, dict) else None
+        if isinstance(value, int | str) and str(value).isdigit() and 400 <= int(value) <= 599:
+            status = int(value)
+            break
     return make_status_error(status, payload if isinstance(payload, dict) else {"error": payload},
                              request_id=request_id)

@@ -64,8 +64,12 @@ def _data(payload: dict | str) -> str:
 
 def _error_end(error: APIError) -> list[str]:
     """How a stream ends once its 200 is out and the status can no longer say it failed: the error in
-    OpenAI's shape as one last event, then [DONE], as vLLM ends one; openai-python and lab.client raise it."""
-    return [_data(error.body()), _data("[DONE]")]
+    OpenAI's shape as one last event, then [DONE], as vLLM ends one; openai-python and lab.client raise it.
+    The event also carries the status the answer would have had (vLLM puts it in `code`, where ours
+    keeps its name, such as shutting_down): a client tells a retryable 503 from a 500 by it."""
+    body = error.body()
+    body["error"]["status"] = error.status
+    return [_data(body), _data("[DONE]")]
 
 
 def _engine_error(a: Admitted, ev, metrics: ServerMetrics) -> APIError:
