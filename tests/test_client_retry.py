@@ -835,8 +835,17 @@ def test_a_blank_key_variable_means_no_key_where_none_is_needed(monkeypatch, pro
         Client(provider="openai")
 
 
+def test_the_default_timeouts_are_openai_pythons():
+    """The read timeout was 120 s: a non-streaming answer that took longer was aborted and retried
+    twice from the start, three times the server's work for an error in the end."""
+    from openai._constants import DEFAULT_TIMEOUT as OPENAI_TIMEOUT
+
+    c = client_for(lambda r: httpx.Response(200, json=OK_BODY))
+    assert c.timeout.as_dict() == OPENAI_TIMEOUT.as_dict()
+
+
 def test_a_per_request_timeout_dict_changes_only_the_phases_it_names():
-    # it used to fill the other phases from the library default (connect 5 s, write and pool 120 s),
+    # it used to fill the other phases from the library default (connect 5 s, write and pool 600 s),
     # silently dropping the client's own timeout=30
     sent = []
     handler = lambda r: (sent.append(r.extensions["timeout"]), httpx.Response(200, json=OK_BODY))[1]  # noqa: E731

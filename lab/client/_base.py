@@ -17,8 +17,10 @@ from lab.client.providers import is_self_hosted, mask_key, redact_url, resolve
 from lab.client.retry import RetryPolicy
 from lab.client.types import Completion, Usage, cost_of
 
-# read generously (a long non-streaming generation), connect quickly (a dead host should fail fast)
-DEFAULT_TIMEOUT = httpx.Timeout(120.0, connect=5.0)
+# openai-python's: read generously (a long non-streaming generation: a reasoning model can think for
+# minutes, and a read timeout below that turns one answer into three aborted ones, each retried from
+# the start), connect quickly (a dead host should fail fast). A stream's silence has its own limit.
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
 # as openai-python: enough keep-alive connections that high concurrency does not reconnect per request
 DEFAULT_POOL = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
