@@ -73,7 +73,10 @@ def shapes_from_trace(steps: list[StepRecord]) -> list[BatchShape]:
     else rebuilt by replaying the (request id, tokens) lists.
 
     Replaying cannot see preemption; a request that decoded and then computes several tokens again
-    is taken as recomputing from zero (prefix-cache hits on recompute are missed).
+    is taken as recomputing from zero (prefix-cache hits on recompute are missed). Without prompt
+    lengths it cannot tell a 1-token prefill chunk (what was left of a token budget) from a decode
+    either, so a larger chunk after one is taken as a recompute too. Engine traces list `computed`;
+    only hand-made or older ones take this path.
     """
     steps = _step_records(steps)
     computed: dict[str, int] = {}
