@@ -257,6 +257,10 @@ def test_kv_cache_memory_gib_sets_the_number_of_blocks(tiny_llama, dtype):
     # a budget beyond every slot at full length is capped there: 4 seqs x 256 tokens / 16 per block
     big = LLM(tiny_llama, device="cpu", dtype=dtype, kv_cache_memory_gib=1.0, max_num_seqs=4)
     assert 2**30 // per_block > 64 and big.engine.block_manager.num_blocks == 4 * math.ceil(256 / 16)
+    # a budget below one block was rounded up to one, using memory nobody gave
+    with pytest.raises(ValueError, match=r"^kv_cache_memory_gib: 1e-09 GiB holds no KV block \(.* bytes for 16 "
+                                         r"tokens here\); allowed: at least "):
+        LLM(tiny_llama, device="cpu", dtype=dtype, kv_cache_memory_gib=1e-9)
 
 
 def test_static_batch_admits_nothing_until_it_ends(tiny_llama):

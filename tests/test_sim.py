@@ -387,6 +387,9 @@ def test_a_kv_memory_budget_is_per_gpu_under_tensor_parallelism():
         return sum(st.num_preempted for st in steps)
 
     assert preempted(1) > 0 and preempted(2) == 0
+    # a budget below one block (2 MiB) was rounded up to one
+    with pytest.raises(ValueError, match=r"^config.kv_cache_memory_gib: 0.001 GiB holds no KV block \(2,097,152 bytes"):
+        simulate(w, EngineConfig(kv_cache_memory_gib=0.001), RooflineStepModel())
 
 
 def _allreduce_s(gpu, model, tp, shape):

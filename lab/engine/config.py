@@ -16,7 +16,7 @@ POLICIES = ("static", "continuous")
 class EngineConfig:
     policy: str = "continuous"
     block_size: int = 16
-    num_blocks: int | None = None  # None: derived from kv_cache_memory_gib by the engine
+    num_blocks: int | None = None  # None: derived from kv_cache_memory_gib; given, it wins (vLLM's override)
     kv_cache_memory_gib: float | None = None  # in the simulator with tensor parallelism: per GPU
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048

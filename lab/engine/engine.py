@@ -92,6 +92,7 @@ class Engine:
         enough = cfg.max_num_seqs * -(-cfg.max_model_len // cfg.block_size)  # every slot at full length
         if cfg.kv_cache_memory_gib is not None:
             budget = cfg.kv_cache_memory_gib * 2**30
+            _check_budget_holds_a_block(cfg, budget, per_block)
         elif self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             # memory torch's caching allocator holds but no tensor uses (an engine built and dropped
@@ -331,3 +332,12 @@ def _from_prompt_dict(prompt: dict):
 def _describe(value) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _check_budget_holds_a_block(cfg: EngineConfig, budget: float, per_block: float) -> None:
+    """A budget you gave that holds no block (with CUDA graphs: none beside the scratch one) is refused;
+    rounding it up to one block quietly used memory you had not given."""
+    if budget // per_block - cfg.cuda_graphs < 1:
+        need = (1 + cfg.cuda_graphs) * per_block / 2**30
+        raise ValueError(f"kv_cache_memory_gib: {cfg.kv_cache_memory_gib:g} GiB holds no KV block "
+                         f"({per_block:,.0f} bytes for {cfg.block_size} tokens here); allowed: at least {need:.3g} GiB")

@@ -89,6 +89,11 @@ def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
         per_block = kv_block_bytes_per_gpu(step_model.model, config.block_size, tp)
         # less the scratch block the engine's cache holds for padded CUDA-graph rows, as the engine counts
         blocks = int(config.kv_cache_memory_gib * 2**30 // per_block) - config.cuda_graphs
+        if blocks < 1:  # as the engine refuses it
+            need = (1 + config.cuda_graphs) * per_block / 2**30
+            raise ValueError(f"config.kv_cache_memory_gib: {config.kv_cache_memory_gib:g} GiB holds no KV block "
+                             f"({per_block:,.0f} bytes per GPU for {config.block_size} tokens); allowed: at least "
+                             f"{need:.3g} GiB")
     elif hasattr(step_model, "kv_cache_blocks"):
         blocks = step_model.kv_cache_blocks(config.block_size)
     elif config.kv_cache_memory_gib is not None:  # was told only that num_blocks is required
