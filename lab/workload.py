@@ -45,6 +45,7 @@ class RequestSpec:
             raise ValueError(f"id: must be a non-empty string, got {self.id!r}")
         if self.prompt is None and self.prompt_token_ids is None and self.prompt_len is None:
             raise ValueError(f"request {self.id}: give prompt, prompt_token_ids or prompt_len")
+        given_len = self.prompt_len
         if self.prompt_token_ids is not None:
             self.prompt_token_ids = self._token_id_list()
             self.prompt_len = len(self.prompt_token_ids)
@@ -56,6 +57,10 @@ class RequestSpec:
         if not is_finite(self.arrival_s, inclusive=True):
             raise ValueError(f"request {self.id}: arrival_s must be a finite number >= 0, got {self.arrival_s!r}")
         self._check_prompt()
+        if given_len is not None and given_len != self.prompt_len:
+            # one of the two is wrong, and which one a run used would be a guess
+            raise ValueError(f"request {self.id}: prompt_len ({given_len!r}) disagrees with the "
+                             f"{self.prompt_len} prompt_token_ids; give one of them, or both equal")
         self._check_sampling()
 
     def _token_id_list(self) -> list:

@@ -318,7 +318,7 @@ def test_heavy_tailed_lengths_stay_positive():
     (dict(seed="7"), "request a: seed must be an integer or None, got '7'"),
     (dict(ignore_eos="no"), "request a: ignore_eos must be True or False, got 'no'"),
     (dict(prompt=["To", "be"]), "request a: prompt must be a string, got list"),
-    (dict(prompt_token_ids=[1, 2.5]), "request a: prompt_token_ids must be a list of integers, got 2.5"),
+    (dict(prompt_token_ids=[1, 2.5, 3]), "request a: prompt_token_ids must be a list of integers, got 2.5"),
 ])
 def test_request_spec_sampling_and_prompt_fields_checked(kwargs, message):
     # these used to pass, then fail every request at run time (or as HTTP 400s, one per request)
@@ -360,6 +360,7 @@ def test_prompt_token_ids_as_an_array_become_a_list_of_ints():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompt_token_ids=[]), "request a: prompt_token_ids must not be empty"),
     (dict(prompt_token_ids=np.array([], dtype=int)), "request a: prompt_token_ids must not be empty"),
+    (dict(prompt_token_ids=[1, 2, 3], prompt_len=5), "request a: prompt_len (5) disagrees with the 3 prompt_token_ids"),
     (dict(prompt_token_ids=5), "request a: prompt_token_ids must be a list of integers, got int"),
     (dict(prompt_token_ids="5 17"), "request a: prompt_token_ids must be a list of integers, got str"),
     (dict(prompt=""), "request a: prompt must not be empty"),
