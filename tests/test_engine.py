@@ -802,3 +802,14 @@ def test_generation_without_a_cache_gives_the_cached_tokens_for_quadratic_work(t
     assert computed == sum(len(prompt) + i for i in range(n))  # the whole prefix at every step
     with pytest.raises(ValueError, match="max_tokens"):
         generate_without_cache(llm, prompt, 0)
+
+
+def test_generation_without_a_cache_stops_at_the_context_as_the_engine(tiny_models):
+    """It ran on to max_tokens, past the context the engine stops at (for GPT-2, whose positions are a
+    learned table, an index beyond it); at max_model_len=16 the engine makes 6 tokens after 10."""
+    llm = make_llm(tiny_models["llama"], max_model_len=16)
+    prompt = list(range(1, 11))
+    tokens, _ = generate_without_cache(llm, prompt, 50)
+    cached = llm.generate([prompt], SamplingParams(max_tokens=50, temperature=0, ignore_eos=True), use_tqdm=False)[0]
+    assert len(tokens) == len(cached.token_ids) == 6 and cached.finish_reason == "length"
+    assert tokens == cached.token_ids

@@ -16,7 +16,8 @@ from lab.engine.sequence import SamplingParams
 def generate_without_cache(llm: LLM, prompt: str | list[int], max_tokens: int) -> tuple[list[int], int]:
     """Greedy tokens for `prompt`, recomputing every position at every step.
 
-    Returns (token ids, token positions computed). Stops at the model's EOS as the engine does.
+    Returns (token ids, token positions computed). Stops at the model's EOS, and at its context
+    (max_model_len), as the engine does.
     """
     _, ids = llm.engine.check_request(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0))
     model, device = llm.engine.runner.model, llm.engine.runner.device
@@ -29,6 +30,7 @@ def generate_without_cache(llm: LLM, prompt: str | list[int], max_tokens: int) -
             hidden = model(input_ids)  # every position of the prefix, again
             tokens.append(int(model.compute_logits(hidden[0, -1]).argmax()))
             computed += input_ids.shape[1]
-            if tokens[-1] in eos:
+            # the engine's own limits: past the context GPT-2's learned positions have no row at all
+            if tokens[-1] in eos or len(ids) + len(tokens) >= llm.engine.config.max_model_len:
                 break
     return tokens, computed
