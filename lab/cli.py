@@ -26,11 +26,17 @@ def demo_main(args: argparse.Namespace) -> int:
                          f"got {args.max_num_seqs}")
     if error := arrival_span_error(demo_workload(args.num_requests, args.rate, args.seed), args.rate):
         raise ValueError(f"--rate: {error}")
+    if args.model is not None:  # before the banner, which named a folder that then failed to load
+        _check_model_folder(args.model)
     check_output_path("--report", args.report, create_parent=True)  # before the run, not after it
     where = f"the model in {args.model}" if args.model else "the bundled model"
     print(f"Serving {args.num_requests} requests at {args.rate}/s on {where}, "
           f"first with static, then with continuous batching (max_num_seqs={args.max_num_seqs}) ...")
-    results = run_demo(args.model, args.num_requests, args.rate, args.max_num_seqs, args.seed)
+    try:
+        results = run_demo(args.model, args.num_requests, args.rate, args.max_num_seqs, args.seed)
+    except (ValueError, OSError) as e:  # a folder with no weights, found as it loads
+        _raise_as_model_flag(e)
+        raise
     print()
     print(summary_table(results))
     static, continuous = (results[p].summary() for p in ("static", "continuous"))
@@ -52,6 +58,29 @@ def demo_main(args: argparse.Namespace) -> int:
     path = write_report(results, args.report, args.max_num_seqs)
     print(f"report: {path.resolve()}")
     return 0
+
+
+def _check_model_folder(folder: str) -> None:
+    """The engine's checks of a model folder that cost no loading (a folder, with a config.json that
+    reads), its messages naming --model, as serve's do for the same folder."""
+    from pathlib import Path
+
+    from lab.engine.loader import read_config
+
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"--model: {folder} is not a folder")
+    try:
+        read_config(Path(folder))
+    except (ValueError, OSError) as e:
+        _raise_as_model_flag(e)
+        raise
+
+
+def _raise_as_model_flag(e: Exception) -> None:
+    """Raise `e` again naming --model, where lab.engine's message named its parameter ("model: ...");
+    return for any other, for the caller to re-raise as it is."""
+    if str(e).startswith("model:"):
+        raise type(e)("--model:" + str(e).removeprefix("model:")) from e
 
 
 DEMO_EXAMPLES = """examples:

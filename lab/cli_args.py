@@ -55,25 +55,42 @@ positive_int_arg = number_arg(1, low_ok=True, integer=True)  # counts: requests,
 
 def check_output_path(option: str, path: str | os.PathLike | None, *, create_parent: bool = False) -> None:
     """Fail before a long run, not after it, where its output file could not be written: a folder that
-    does not exist (unless create_parent), a folder in the file's place, an empty name."""
+    does not exist (unless create_parent), a folder in the file's place, an empty name, a place no file
+    can be made (/proc). A bad option, as the README has it: ValueError, exit 2 naming `option`."""
     if path is None:
         return
     if not os.fspath(path):
         raise ValueError(f"{option}: an empty path; give a file name")
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{option}: {str(path)!r} is a folder; give a file name inside it")
+        raise ValueError(f"{option}: {str(path)!r} is a folder; give a file name inside it")
     parent = path.parent
     if create_parent:
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # "[Errno 17] File exists: 'x'" for a file in the way said neither what nor why
-            raise type(e)(f"{option}: cannot create the folder {str(parent)!r}: {e.strerror}") from None
+            raise ValueError(f"{option}: cannot create the folder {str(parent)!r}: {e.strerror}") from None
     elif parent.exists() and not parent.is_dir():
-        raise NotADirectoryError(f"{option}: {str(parent)!r} is a file, not a folder")
+        raise ValueError(f"{option}: {str(parent)!r} is a file, not a folder")
     elif not parent.is_dir():
-        raise FileNotFoundError(f"{option}: the folder {str(parent)!r} does not exist; create it first "
-                                f"or write somewhere else")
+        raise ValueError(f"{option}: the folder {str(parent)!r} does not exist; create it first "
+                         f"or write somewhere else")
+    _check_writable(option, path)
+
+
+def _check_writable(option: str, path: Path) -> None:
+    """Open the file for appending, as the run will write it (a new one removed again): a folder that
+    exists can still refuse files (/proc, read-only mounts, permissions), and the run found out only
+    at its end, with "[Errno 2] No such file or directory" naming no option."""
+    existed = os.path.lexists(path)
+    if existed and not path.is_file():  # a device or pipe (/dev/stdout: opening one can block), a dangling link
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT))
+    except OSError as e:
+        raise ValueError(f"{option}: cannot write {str(path)!r}: {e.strerror}; write somewhere else") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 def in_flag_terms(message: str, flags: dict[str, str]) -> str:

@@ -369,26 +369,41 @@ def test_batch_reads_an_input_saved_with_a_byte_order_mark(tmp_path, monkeypatch
     assert capsys.readouterr().out == f"2 succeeded, 0 failed; records in {out}\n"
 
 
-@pytest.mark.parametrize("argv", [
-    ["bench", "--base-url", "http://h/v1", "--num-prompts", "1", "--result-json", "{d}/missing/b.json"],
-    ["bench", "--base-url", "http://h/v1", "--num-prompts", "1", "--result-json", "{d}"],
-    ["batch", "{d}/in.jsonl", "{d}/missing/out.jsonl", "--base-url", "http://h/v1"],
+NO_PROC = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc, a folder that takes no files")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--base-url", "http://h/v1", "--num-prompts", "1", "--result-json", "{d}/missing/b.json"],
+     "error: --result-json: the folder '{d}/missing' does not exist"),
+    (["bench", "--base-url", "http://h/v1", "--num-prompts", "1", "--result-json", "{d}"],
+     "error: --result-json: '{d}' is a folder"),
+    pytest.param(["bench", "--base-url", "http://h/v1", "--num-prompts", "1", "--result-json", "/proc/b.json"],
+                 "error: --result-json: cannot write '/proc/b.json': ", marks=NO_PROC),
+    (["batch", "{d}/in.jsonl", "{d}/missing/out.jsonl", "--base-url", "http://h/v1"],
+     "error: output: the folder '{d}/missing' does not exist"),
+    (["simulate", "--num-prompts", "2", "--no-progress", "--result-json", "/nonexistent/x.json"],
+     "error: --result-json: the folder '/nonexistent' does not exist"),
 ])
-def test_an_output_that_cannot_be_written_fails_before_any_request(argv, tmp_path, monkeypatch, capsys):
-    # bench ran the whole benchmark, then lost it: "[Errno 2] No such file or directory"
+def test_an_output_that_cannot_be_written_fails_before_any_request(argv, message, tmp_path, monkeypatch, capsys):
+    # bench ran the whole benchmark, then lost it: "[Errno 2] No such file or directory"; then these
+    # exited 1, as a failure of the world, for what is a bad option (the README: exit 2, `error: ...`)
     (tmp_path / "in.jsonl").write_text(_batch_lines(1))
     calls = []
     _mock_client(monkeypatch, lambda request: calls.append(request) or _chat_answer(request))
-    assert main([a.format(d=tmp_path) for a in argv]) == 1
+    monkeypatch.setattr(importlib.import_module("lab.sim.simulate"), "simulate", lambda *a, **k: calls.append(a))
+    assert main([a.format(d=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert not calls and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"batching-lab {argv[0]}: ") and ("does not exist" in err or "is a folder" in err)
+    assert err.startswith(message.format(d=tmp_path))
 
 
 @pytest.mark.parametrize("argv, code, message", [
-    # it ran the whole demo (half a minute or more on 2 cores), then failed to write the report
-    (["--report", "{d}"], 1, "batching-lab demo: --report: '{d}' is a folder; give a file name inside it"),
-    (["--report", "{d}/file/r.html"], 1, "batching-lab demo: --report: cannot create the folder '{d}/file': "),
+    # it ran the whole demo (half a minute or more on 2 cores), then failed to write the report; then
+    # it exited 1, as for a failure of the world, for what is a bad option
+    (["--report", "{d}"], 2, "error: --report: '{d}' is a folder; give a file name inside it"),
+    (["--report", "{d}/file/r.html"], 2, "error: --report: cannot create the folder '{d}/file': "),
+    # a folder that exists but takes no files: checked after both runs, "[Errno 2] ..." naming no option
+    pytest.param(["--report", "/proc/x.html"], 2, "error: --report: cannot write '/proc/x.html': ", marks=NO_PROC),
     # the engine's message named max_num_batched_tokens, which demo has no option for
     (["--max-num-seqs", "4096"], 2, "error: --max-num-seqs: must be <= 2048"),
 ])
@@ -401,6 +416,66 @@ def test_demo_options_it_cannot_use_fail_before_the_run(argv, code, message, tmp
     assert main(["demo", *(a.format(d=tmp_path) for a in argv)]) == code
     err = capsys.readouterr().err
     assert err.startswith(message.format(d=tmp_path)) and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("folder, message", [
+    ("{d}/missing", "--model: {d}/missing is not a folder"),
+    ("{d}", "--model: {d} has no config.json; expected a Hugging Face-format folder"),
+])
+def test_demo_checks_its_model_folder_before_the_banner(folder, message, tmp_path, monkeypatch, capsys):
+    # it printed "Serving 48 requests ... on the model in /nonexistent" first, then "model: ... is not a
+    # folder", naming no option; exit 1 and the flag, as serve says it
+    def never(*a, **k):
+        raise AssertionError("the demo ran")
+
+    monkeypatch.setattr("lab.demo.run_demo", never)
+    assert main(["demo", "--model", folder.format(d=tmp_path), "--report", str(tmp_path / "r.html")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"batching-lab demo: {message.format(d=tmp_path)}\n"
+
+
+def test_bench_names_its_flags_in_the_servers_refusals(monkeypatch, capsys):
+    # the server's words are for an API caller ("Lower max_tokens", "Shorten the prompt"); a user of bench
+    # sets them with --output-len and --input-len, which no line named
+    import httpx
+
+    sent = []
+
+    def refuse(request):  # lab.server's two refusals, in turn
+        sent.append(request)
+        text = ("prompt: the prompt has 5000 tokens; this model's context is 256 tokens, which leaves no "
+                "room to generate. Shorten the prompt." if len(sent) % 2 else
+                "max_tokens: this model's maximum context length is 256 tokens; you requested 100136 (136 in "
+                "the prompt, 100000 in the completion). Lower max_tokens to at most 120.")
+        return httpx.Response(400, json={"error": {"message": text}})
+
+    _mock_client(monkeypatch, refuse)
+    assert main(["bench", "--base-url", "http://h/v1", "--model", "m", "--num-prompts", "4", "--no-progress"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: BadRequestError: HTTP 400: ") for line in lines)
+    assert lines[0].endswith("Lower max_tokens to at most 120. (max_tokens is bench's --output-len)")
+    assert lines[1].endswith("Shorten the prompt. (the prompt's length is bench's --input-len)")
+
+
+def test_other_errors_get_no_flag_hint():
+    from lab.client.cli_commands import _flag_hint
+
+    assert _flag_hint("InternalServerError: HTTP 500: down") == ""
+    assert _flag_hint("BadRequestError: HTTP 400: max_tokens_x is not a field") == ""
+    assert _flag_hint("BadRequestError: HTTP 400: Please reduce the length of the messages.") == (
+        " (the prompt's length is bench's --input-len)")  # OpenAI's and vLLM's wording
+
+
+def test_every_option_states_its_default():
+    # the README: `--help` lists every option with its default; flags (--no-fault-header, --retry-errors,
+    # --no-progress) gave none, and serve's --log-level had no description, only its default
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    missing = [f"{name} {a.option_strings[-1]}" for name, sub in commands.items() for a in sub._actions
+               if a.option_strings and a.dest != "help" and "default" not in (a.help or "")]
+    assert missing == []
+    undescribed = [f"{name} {a.option_strings[-1]}" for name, sub in commands.items() for a in sub._actions
+                   if a.option_strings and (a.help or "").startswith("(default")]
+    assert undescribed == []
 
 
 def test_in_flag_terms_renames_names_not_paths_or_longer_words():

@@ -107,9 +107,11 @@ def test_a_bad_option_value_names_the_flag_and_what_is_allowed(capsys, flag, val
 def test_help_shows_every_default():
     # the README: `--help` lists every option with its default; --rpm, --tpm and three fault rates showed none
     parser = add_serve_args(argparse.ArgumentParser())
-    missing = [a.option_strings[-1] for a in parser._actions
-               if a.nargs != 0 and "default" not in (a.help or "")]  # flags (help, --no-fault-header) take no value
+    # flags too: --no-fault-header said nothing of its default, and --log-level had no description at all
+    missing = [a.option_strings[-1] for a in parser._actions if a.dest != "help" and "default" not in (a.help or "")]
     assert missing == []
+    log_level = next(a for a in parser._actions if a.dest == "log_level")
+    assert not log_level.help.startswith("(default")
     text = " ".join(parser.format_help().split())
     assert "per key (default: none, no limit)" in text and "every answer (default: 0)" in text
 
@@ -136,6 +138,26 @@ def test_api_keys_from_flags_and_environment():
 ])
 def test_an_empty_api_key_is_refused_not_an_open_server(monkeypatch, capsys, argv, env, expected):
     # before: blanks were dropped, and the server started open to anyone, with only a log line to say so
+    err = _refused_before_serving(monkeypatch, capsys, argv, env)
+    assert err.startswith(f"error: {expected}") and "for an open server" in err
+
+
+@pytest.mark.parametrize("argv, env, source", [
+    (["--api-key", "sk-..."], None, "--api-key"),
+    (["--api-key", "sk-real", "--api-key", "YOUR_KEY"], None, "--api-key"),
+    (["--api-key", "sk-real,<your-key>"], None, "--api-key"),
+    (["--api-key", "sk-real"], "sk-env, changeme", KEYS_ENV),
+])
+def test_a_placeholder_api_key_is_refused(monkeypatch, capsys, argv, env, source):
+    # it served with a key the package's own client refuses to send (lab.client.providers.is_placeholder)
+    err = _refused_before_serving(monkeypatch, capsys, argv, env)
+    assert err.startswith(f"error: {source}: the key looks like a placeholder (") and "); give a real key" in err
+    assert len(err.splitlines()) == 1 and "sk-real" not in err and "your-key" not in err  # masked, as the client does
+
+
+def _refused_before_serving(monkeypatch, capsys, argv, env) -> str:
+    """`batching-lab serve ARGV` with BATCHING_LAB_API_KEY=env (None: unset), which must exit 2 before
+    any server starts; its stderr."""
     from lab.cli import main
 
     if env is None:
@@ -144,15 +166,14 @@ def test_an_empty_api_key_is_refused_not_an_open_server(monkeypatch, capsys, arg
         monkeypatch.setenv(KEYS_ENV, env)
     monkeypatch.delenv("LAB_API_KEYS", raising=False)
 
-    def must_not_start(*args, **kwargs):  # the bug itself: it would serve, open, until SIGTERM
+    def must_not_start(*args, **kwargs):  # the bug itself: it would serve (open, or on a placeholder) until SIGTERM
         raise AssertionError("an open server was started")
 
     serve_module = importlib.import_module("lab.server.background")
     monkeypatch.setattr(serve_module, "start_server", must_not_start)
     monkeypatch.setattr(serve_module, "serve", must_not_start)
     assert main(["serve", *argv]) == 2  # refused before the model loads
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {expected}") and "for an open server" in err
+    return capsys.readouterr().err.strip()
 
 
 def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str]:

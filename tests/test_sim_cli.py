@@ -132,12 +132,25 @@ def test_generated_workload_static_on_l4(capsys):
         (("--model", "qwen2.5-0.5b", "--input-len", "40000"),
          r"^--input-len: every prompt \(40000 tokens or more\) leaves no room to generate within qwen2.5-0.5b's "
          r"context of 32768"),
+        # a cache that holds no request: it ran, printed a table of nan, then an error line per reason
+        (("--num-blocks", "1"), r"^--num-blocks: 1 block of 16 tokens cannot hold any request: the smallest needs "
+                                r"72 \(1151 tokens of KV cache: prompt \+ output - 1\); give --num-blocks 72 or more$"),
+        (("--num-blocks", "71"), r"^--num-blocks: 71 blocks of 16 tokens cannot hold any request"),
+        # it read "model: llama-3.1-70b ...", naming no flag
+        (("--model", "llama-3.1-70b"), r"^--model: llama-3.1-70b \(141 GB of weights\) leaves no room for a KV "
+                                       r"cache on 1 x H100-SXM"),
     ]
 )
 def test_bad_options(argv, match):
     argv = argv if "--trace" in argv else ("--num-prompts", "2", *argv)
     with pytest.raises(ValueError, match=match):
         simulate_main(_args("--no-progress", *argv))
+
+
+def test_num_blocks_that_hold_the_smallest_request_run(capsys):
+    # the bound refused above is exact: 72 blocks of 16 hold the 1024 + 128 - 1 tokens of KV a request keeps
+    assert simulate_main(_args("--num-prompts", "2", "--num-blocks", "72", "--no-progress")) == 0
+    assert "Failed requests:                                 0" in capsys.readouterr().out
 
 
 # qwen2.5-0.5b of lab.sim.gpus.MODELS, spelled as command-line flags
@@ -206,7 +219,7 @@ def test_a_bigger_custom_model_is_slower_and_fp8_holds_more_blocks(tmp_path, cap
         (("--params", "8B", "--layers", "32"), r"^--hidden: a custom model shape needs all of --params, "),
         (("--model", "qwen2.5-7b", *QWEN_05B_SHAPE), r"^--model: give a named model or a custom shape"),
         (("--params", "900B", *QWEN_05B_SHAPE[2:]),
-         r"^model: custom-900B .* leaves no room .* more of them \(--tensor-parallel\)$"),
+         r"^--params: custom-900B .* leaves no room .* more of them \(--tensor-parallel\)$"),
         (("--model", "qwen2.5-7b", "--heads", "28"), r"^--heads: only with a custom model shape"),
         # the next three said "--heads: ...", an option the user had not given
         ((*QWEN_05B_SHAPE, "--head-dim", "96"),
@@ -268,12 +281,15 @@ def test_seed_changes_a_generated_workload(tmp_path, capsys):
 
 
 def test_failed_requests_say_why(capsys):
-    # 100 + 200 tokens need 19 blocks of 16; a cache of 8 can never hold one: all five fail, exit 1
-    argv = ["--num-prompts", "5", "--input-len", "100", "--output-len", "200", "--num-blocks", "8", "--no-progress"]
+    # lengths spread over 10-190 + 20-380 tokens: a cache of 8 blocks of 16 holds a few requests, not
+    # most (one it holds none of is refused before the run: test_bad_options), and the run exits 1
+    argv = ["--num-prompts", "20", "--input-len", "100", "--output-len", "200", "--range-ratio", "0.9",
+            "--num-blocks", "8", "--no-progress"]
     code = simulate_main(_args(*argv))
     captured = capsys.readouterr()
-    assert code == 1 and re.search(r"Failed requests:\s+5\n", captured.out)
-    assert "error (5 requests): max_tokens:" in captured.err and "num_blocks=8" in captured.err
+    failed = int(re.search(r"Failed requests:\s+(\d+)\n", captured.out)[1])
+    assert code == 1 and 0 < failed < 20
+    assert "): max_tokens: prompt + max_tokens = " in captured.err and "num_blocks=8" in captured.err
 
 
 def test_outputs_cut_by_the_context_are_reported(capsys):
@@ -343,12 +359,21 @@ def test_number_flags_are_checked_by_the_parser(argv, capsys):
     assert info.value.code == 2 and f"argument {argv[0]}: must be " in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["missing/s.json", "."])
-def test_result_json_that_cannot_be_written_fails_before_the_run(where, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", [
+    "missing/s.json", ".",
+    # a folder that takes no files: the run failed at its end with a bare "[Errno 2]"
+    pytest.param("/proc/s.json", marks=pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc")),
+])
+def test_result_json_that_cannot_be_written_fails_before_the_run(where, tmp_path, monkeypatch, capsys):
     # a missing folder (or a folder in the file's place) failed after the whole simulation, losing it
+    from lab.cli import main
+
     def never(*a, **k):
         raise AssertionError("the simulation ran")
 
     monkeypatch.setattr(importlib.import_module("lab.sim.simulate"), "simulate", never)
-    with pytest.raises(OSError, match="^--result-json: "):
+    with pytest.raises(ValueError, match="^--result-json: "):  # a bad option: exit 2, as the README has it
         simulate_main(_args("--num-prompts", "2", "--no-progress", "--result-json", str(tmp_path / where)))
+    assert main(["simulate", "--num-prompts", "2", "--no-progress", "--result-json", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --result-json: ") and len(err.strip().splitlines()) == 1

@@ -134,8 +134,11 @@ def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tpm", type=number_arg(), default=None,
                         help="tokens per minute limit, estimated from prompt and max_tokens (default: no limit)")
     parser.add_argument("--retry-errors", action="store_true",
-                        help="also rerun the inputs whose record in the output file is an error")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+                        help="also rerun the inputs whose record in the output file is an error (default: "
+                        "off: a rerun keeps them and sends only the inputs with no record)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar, for scripts and CI logs (default: a bar on stderr, one tick per "
+                             "finished request)")
     parser.epilog = BATCH_EXAMPLES
     return parser
 
@@ -169,8 +172,21 @@ def bench_main(args) -> int:
     print(format_summary(summary))
     errors = sorted({r.error for r in result.requests if r.error})
     for err in errors[:5]:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{_flag_hint(err)}", file=sys.stderr)
     return 0 if summary["failed"] == 0 else 1
+
+
+# a server's refusal names the request's fields ("Lower max_tokens", "Shorten the prompt"), which bench
+# fills from its flags: the flag is what a user of bench can change
+_FIELD_FLAGS = ((re.compile(r"\bmax_(completion_)?tokens\b"), "max_tokens is bench's --output-len"),
+                (re.compile(r"\b(shorten|reduce the length of) the (prompt|messages)\b", re.IGNORECASE),
+                 "the prompt's length is bench's --input-len"))
+
+
+def _flag_hint(error: str) -> str:
+    """' (max_tokens is bench's --output-len)' for an error that asks for a field bench sets, else ''."""
+    hints = [hint for pattern, hint in _FIELD_FLAGS if pattern.search(error)]
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 # what loadgen records for a request that got no answer at all: no connection, or none in time

@@ -12,7 +12,7 @@ import signal
 import threading
 
 from lab.cli_args import in_flag_terms, number_arg, positive_int_arg
-from lab.client.providers import PROVIDERS, split_keys
+from lab.client.providers import PROVIDERS, is_placeholder, mask_key, split_keys
 from lab.server.faults import STATUSES
 
 # the variable the client's provider="local" preset reads, so one export serves both ends; one key or
@@ -99,12 +99,15 @@ def add_serve_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="chunks a stalled stream sends before going quiet (default: %(default)s)")
     parser.add_argument("--fault-seed", type=int, default=None, help="seed of the fault draws, for repeatable "
                         "runs (default: a fresh one)")
-    parser.add_argument("--no-fault-header", action="store_true", help="ignore the x-lab-fault header")
+    parser.add_argument("--no-fault-header", action="store_true",
+                        help="ignore the x-lab-fault header, with which a request asks for one exact fault "
+                        "(default: off: the header is honoured)")
     # checked here: torch.set_num_threads(0) raised a RuntimeError, shown as a traceback
     parser.add_argument("--torch-threads", type=positive_int_arg, default=None,
                         help="CPU threads for torch; 1 is often faster on a busy small CPU (default: torch's)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                        help="(default: %(default)s)")
+                        help="least severe messages logged, the server's and uvicorn's (its access lines at "
+                        "info) (default: %(default)s)")
     parser.epilog = SERVE_EXAMPLES
     return parser
 
@@ -138,6 +141,14 @@ def api_keys(args, environ=os.environ) -> list[str]:
     if from_env is not None and not split_keys(from_env) and not args.api_key:
         raise ValueError(f"{KEYS_ENV}: set, but holds no key; give a key, or unset {KEYS_ENV} for an "
                          f"open server")
+    # a key pasted from the docs (sk-..., YOUR_KEY) guards nothing, and the package's own client
+    # refuses to send it: a server that accepted it served no client of ours
+    for source, values, fix in (("--api-key", args.api_key, "leave --api-key out"),
+                                (KEYS_ENV, [from_env or ""], f"unset {KEYS_ENV}")):
+        for key in split_keys(",".join(values)):
+            if is_placeholder(key):
+                raise ValueError(f"{source}: the key looks like a placeholder ({mask_key(key)}); give a real "
+                                 f"key (clients refuse to send a placeholder), or {fix} for an open server")
     return split_keys(",".join([*args.api_key, from_env or ""]))
 
 

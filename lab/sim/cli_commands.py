@@ -114,15 +114,15 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     shape = p.add_argument_group(
         "custom model shape, instead of --model (from the model's config.json; all of the first five)"
     )
-    shape.add_argument("--params", type=_count, help="parameter count: 8.03e9, 8.03B, 494M")
-    shape.add_argument("--layers", type=positive_int_arg, help="num_hidden_layers")
-    shape.add_argument("--hidden", type=positive_int_arg, help="hidden_size")
-    shape.add_argument("--kv-heads", type=positive_int_arg, help="num_key_value_heads")
+    shape.add_argument("--params", type=_count, help="parameter count: 8.03e9, 8.03B, 494M (default: none: a named --model)")
+    shape.add_argument("--layers", type=positive_int_arg, help="num_hidden_layers (default: none)")
+    shape.add_argument("--hidden", type=positive_int_arg, help="hidden_size (default: none)")
+    shape.add_argument("--kv-heads", type=positive_int_arg, help="num_key_value_heads (default: none)")
     shape.add_argument(
-        "--head-dim", type=positive_int_arg, help="head_dim (hidden_size / num_attention_heads where config.json has none)"
+        "--head-dim", type=positive_int_arg, help="head_dim (hidden_size / num_attention_heads where config.json has none) (default: none)"
     )
     shape.add_argument(
-        "--heads", type=positive_int_arg, help="num_attention_heads, where it is not hidden / head size (Qwen3)"
+        "--heads", type=positive_int_arg, help="num_attention_heads, where it is not hidden / head size (Qwen3) (default: --hidden / --head-dim)"
     )
     # these two also adjust a named --model (fp8 weights and cache: --dtype-bytes 1)
     shape.add_argument(
@@ -136,7 +136,8 @@ def add_simulate_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                      help="SLOs in milliseconds, KEY one of ttft, tpot, e2el, e.g. ttft:500 tpot:50; the "
                           "summary then counts the requests that meet them all (default: none)")
     out.add_argument("--result-json", help="also write the options and summary to this JSON file (default: none)")
-    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--no-progress", action="store_true",
+                     help="no progress bar, for scripts and CI logs (default: a bar on stderr)")
     p.epilog = SIMULATE_EXAMPLES
     return p
 
@@ -248,6 +249,19 @@ def _check_heads(args) -> None:
                          f"{args.kv_heads} evenly; {hint}")
 
 
+def _check_cache_holds_a_request(workload, max_model_len: int, num_blocks: int, block_size: int) -> None:
+    """Refuse a --num-blocks too small for even the smallest request: each would fail (the engine's
+    admission_error), after a run that printed a table of nan. A request keeps KV for its prompt and
+    output but the last token, up to the context; one whose prompt fills the context fails anyway."""
+    stored = [min(spec.prompt_len + spec.output_len, max_model_len) - 1
+              for spec in workload if spec.prompt_len < max_model_len]
+    needed = -(-min(stored) // block_size) if stored else 0  # blocks, rounded up
+    if needed > num_blocks:
+        raise ValueError(f"--num-blocks: {num_blocks} block{'s' if num_blocks > 1 else ''} of {block_size} tokens "
+                         f"cannot hold any request: the smallest needs {needed} ({min(stored)} tokens of KV "
+                         f"cache: prompt + output - 1); give --num-blocks {needed} or more")
+
+
 def simulate_main(args) -> int:
     from lab.engine.config import EngineConfig
     from lab.sim.simulate import simulate
@@ -276,10 +290,15 @@ def simulate_main(args) -> int:
         try:
             num_blocks = model.kv_cache_blocks(args.block_size, utilization)
         except ValueError as e:  # the library names its parameters; the flags are what to change here
-            raise ValueError(in_flag_terms(str(e), _FLAGS)) from None
+            message = in_flag_terms(str(e), _FLAGS)
+            if message.startswith("model:"):  # "model: llama-3.1-70b ... leaves no room", only as the leading name
+                message = ("--params" if args.params is not None else "--model") + message.removeprefix("model")
+            raise ValueError(message) from None
     elif args.gpu_memory_utilization is not None:  # it only sizes the cache --num-blocks fixes: was ignored
         raise ValueError("--gpu-memory-utilization: sizes the KV cache from GPU memory, which --num-blocks "
                          "sets; drop one of them")
+    else:  # a cache sized from memory that holds no request takes lengths no GPU has: each fails and says why
+        _check_cache_holds_a_request(workload, model.max_model_len, num_blocks, args.block_size)
     config = EngineConfig(
         policy=args.policy,
         block_size=args.block_size,
