@@ -390,3 +390,13 @@ def test_length_only_prompts_hold_no_end_of_sequence_token(tiny_llama, monkeypat
     assert all(len(ids) == 48 for ids in seen)
     assert not any({5, 6} & set(ids) for ids in seen)
     assert len({t for ids in seen for t in ids}) > 20  # still spread over the vocabulary
+
+
+def test_run_workload_names_output_len_in_a_requests_refusal(tiny_llama):
+    """A workload sets output_len; the refusal spoke of max_tokens, which the workload has nowhere."""
+    llm = make_llm(tiny_llama, num_blocks=2, block_size=4)
+    spec = RequestSpec("long", prompt_len=3, output_len=20)
+    with pytest.raises(ValueError, match=r"^request long: output_len: prompt \+ output_len = 23 tokens cannot fit "
+                                         r".*; lower output_len or give the cache more blocks$"):
+        llm.run_workload(Workload([spec]), progress=False)
+    assert not llm.engine.has_unfinished()

@@ -123,13 +123,14 @@ def test_invalid_request_is_recorded_as_failed():
     assert r.summary()["failed"] == 1
 
 
-def test_a_prompt_too_big_for_the_cache_names_the_prompt_not_max_tokens():
+def test_a_prompt_too_big_for_the_cache_names_the_prompt_not_output_len():
     size = cfg(num_blocks=16).block_size * 16
-    w = Workload([RequestSpec("prompt", 0.0, prompt_len=size + 1, output_len=1),  # "lower max_tokens" cannot help
+    w = Workload([RequestSpec("prompt", 0.0, prompt_len=size + 1, output_len=1),  # "lower output_len" cannot help
                   RequestSpec("output", 0.0, prompt_len=size - 8, output_len=20)])
     prompt, output = simulate(w, cfg(num_blocks=16), ONE_SECOND).requests
     assert prompt.error.startswith("prompt:") and "KV cache" in prompt.error
-    assert output.error.startswith("max_tokens:") and "KV cache" in output.error
+    assert output.error.startswith("output_len: prompt + output_len = ") and "KV cache" in output.error
+    assert "lower output_len" in output.error and "max_tokens" not in output.error  # a workload has no max_tokens
 
 
 def test_simulate_argument_errors():

@@ -289,7 +289,8 @@ def test_failed_requests_say_why(capsys):
     captured = capsys.readouterr()
     failed = int(re.search(r"Failed requests:\s+(\d+)\n", captured.out)[1])
     assert code == 1 and 0 < failed < 20
-    assert "): max_tokens: prompt + max_tokens = " in captured.err and "num_blocks=8" in captured.err
+    # named as a workload names it (a RequestSpec's output_len): the engine's max_tokens is no field here
+    assert "): output_len: prompt + output_len = " in captured.err and "num_blocks=8" in captured.err
 
 
 def test_outputs_cut_by_the_context_are_reported(capsys):

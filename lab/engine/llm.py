@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 import zlib
 from collections import deque
@@ -185,8 +186,9 @@ class LLM:
                     raise ValueError(f"request_id: {spec.id!r} is already in flight")
                 params = _params_of(spec)
                 checked[spec.id] = (*engine.check_request(self._prompt_of(spec), params), params)
-            except ValueError as exc:
-                raise ValueError(f"request {spec.id}: {exc}") from None
+            except ValueError as exc:  # in the workload's terms: its output_len is the engine's max_tokens
+                message = re.sub(r"\bmax_tokens\b", "output_len", str(exc))
+                raise ValueError(f"request {spec.id}: {message}") from None
         pending = deque(workload.requests)
         first_step = len(engine.trace)
         seqs: list = []

@@ -22,11 +22,11 @@ from lab.engine.sequence import Sequence, SequenceStatus
 
 
 def admission_error(prompt_len: int, max_tokens: int, config: EngineConfig, max_model_len: int,
-                    block_manager: BlockManager) -> str | None:
+                    block_manager: BlockManager, length_field: str = "max_tokens") -> str | None:
     """Why a request could never finish under these limits (naming the field), or None.
 
-    The engine raises it; the simulator records it as the request's failure. KV is stored for every
-    token but the last sampled one.
+    The engine raises it; the simulator records it as the request's failure, naming the workload's
+    `length_field` (output_len). KV is stored for every token but the last sampled one.
     """
     if prompt_len >= max_model_len:
         return (f"prompt: {prompt_len} tokens leaves no room to generate within the model's context "
@@ -37,12 +37,12 @@ def admission_error(prompt_len: int, max_tokens: int, config: EngineConfig, max_
         return (f"prompt: {prompt_len} tokens exceed max_num_batched_tokens={budget} with chunked prefill "
                 "off; shorten it, raise the budget or enable_chunked_prefill")
     cache = f"num_blocks={block_manager.num_blocks} x block_size={config.block_size}"
-    if block_manager.blocks_for(prompt_len) > block_manager.num_blocks:  # "lower max_tokens" cannot help
+    if block_manager.blocks_for(prompt_len) > block_manager.num_blocks:  # a shorter output cannot help
         return (f"prompt: {prompt_len} tokens cannot fit in the KV cache ({cache}); shorten it or give "
                 "the cache more blocks")
     if block_manager.blocks_for(stored) > block_manager.num_blocks:
-        return (f"max_tokens: prompt + max_tokens = {stored + 1} tokens cannot fit in the KV cache "
-                f"({cache}, the last token needs no slot); lower max_tokens or give the cache more blocks")
+        return (f"{length_field}: prompt + {length_field} = {stored + 1} tokens cannot fit in the KV cache "
+                f"({cache}, the last token needs no slot); lower {length_field} or give the cache more blocks")
     return None
 
 

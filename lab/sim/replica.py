@@ -74,7 +74,8 @@ class Replica:
 
     def _invalid(self, prompt_len: int, max_tokens: int) -> str | None:
         """The engine's add_request checks; the engine raises, the simulator records a failure."""
-        return admission_error(prompt_len, max_tokens, self.config, self.max_model_len, self.bm)
+        # named as the workload names it: a RequestSpec's output_len, not the engine's max_tokens
+        return admission_error(prompt_len, max_tokens, self.config, self.max_model_len, self.bm, "output_len")
 
     def outstanding_at(self, now: float) -> int:
         return self.outstanding + (self.last_finished if self.free_at > now else 0)
