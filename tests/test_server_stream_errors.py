@@ -63,7 +63,7 @@ def test_a_stream_failing_mid_way_ends_with_an_error_event_then_done(server, fai
     assert fail_one_stream and events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error == {"message": "generation failed: RuntimeError: detokenizer exploded", "type": "server_error",
-                     "param": None, "code": "internal_error"}
+                     "param": None, "code": "internal_error", "status": 500}  # status: what a client retries by
     chunks = [json.loads(e) for e in events[:-2]]
     assert len(chunks) == FAIL_AFTER + (route == "/chat/completions")  # chat opens with the role chunk
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
