@@ -331,3 +331,25 @@ def test_local_provider_sends_the_first_key_of_the_servers_variable(server, monk
     monkeypatch.setenv("BATCHING_LAB_API_KEY", KEY)
     with Client(base_url=server.url, provider="local") as client:
         assert client.api_key == KEY  # one key: as it is
+
+
+def test_an_async_client_reused_in_a_second_asyncio_run(server, fresh_book):
+    """The first loop closed with the pool's connections, and httpx failed every later request with a
+    bare "Event loop is closed". Our pools start afresh; a caller's own httpx client is named."""
+    client = AsyncClient(base_url=server.url, api_key=KEY, max_retries=0)
+
+    async def one() -> str:
+        r = await client.completions.create(model=MODEL, prompt="Hello", max_tokens=3, extra_body={"ignore_eos": True})
+        return r.text
+
+    first, second = asyncio.run(one()), asyncio.run(one())
+    assert len(first) == len(second) == 3
+
+    own = AsyncClient(base_url=server.url, api_key=KEY, max_retries=0, http_client=httpx.AsyncClient())
+
+    async def with_own() -> str:
+        return (await own.completions.create(model=MODEL, prompt="Hello", max_tokens=3)).text
+
+    asyncio.run(with_own())
+    with pytest.raises(RuntimeError, match=r"^http_client: your httpx.AsyncClient was used on an event loop that has closed"):
+        asyncio.run(with_own())

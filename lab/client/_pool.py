@@ -8,21 +8,41 @@ least-busy of several tiny pools, opening another once every pool has `per_pool`
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 
 class PoolSet:
-    __slots__ = ("_make", "pools", "loads", "per_pool", "max_pools")
+    __slots__ = ("_make", "_fixed", "_loop", "pools", "loads", "per_pool", "max_pools")
 
     def __init__(self, make, *, per_pool: int = 2, max_pools: int = 64, fixed: httpx.AsyncClient | None = None):
         self._make = make  # () -> httpx.AsyncClient
+        self._fixed = fixed is not None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the pools' connections belong to
         self.pools: list[httpx.AsyncClient] = [fixed or make()]
         self.loads = [0]
         self.per_pool = per_pool
         self.max_pools = 1 if fixed is not None else max_pools  # a caller's own client is used as given
 
+    def _bind_loop(self) -> None:
+        """A client reused in a second asyncio.run(): the first loop closed with its connections, and
+        httpx then failed every request with a bare "Event loop is closed". Our own pools start afresh;
+        a caller's own httpx client cannot be rebuilt here, so that says what to do instead."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None and self._loop.is_closed():
+            if self._fixed:
+                raise RuntimeError("http_client: your httpx.AsyncClient was used on an event loop that has "
+                                   "closed (an earlier asyncio.run), and its connections closed with it; make "
+                                   "the clients inside each asyncio.run, or keep one loop (a notebook's await)")
+            self.pools, self.loads = [self._make()], [0]  # the old ones hold only dead connections
+        self._loop = loop
+
     def acquire(self) -> int:
         """Index of the pool for the next request; call `release(index)` when its response is closed."""
+        self._bind_loop()
         loads = self.loads
         i = 0 if len(loads) == 1 else loads.index(min(loads))
         if loads[i] >= self.per_pool and len(loads) < self.max_pools:
