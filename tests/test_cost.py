@@ -329,6 +329,24 @@ def test_break_even_volume():
     assert break_even(4.0, 2.0, 1000.0).renting_can_pay
 
 
+def test_a_result_from_several_replicas_needs_as_many_gpus():
+    """Its throughput is the replicas' sum: priced on one GPU it looked cheaper per token than one
+    replica at full load."""
+    work = synthetic(40, rate=float("inf"), prompt_lens=16, output_lens=Uniform(10, 60), seed=1)
+    config = EngineConfig(num_blocks=512, max_num_seqs=4, max_num_batched_tokens=256)
+    one = simulate(work, config, ConstantStepModel(0.02))
+    four = simulate(work, config, ConstantStepModel(0.02), replicas=4)
+    with pytest.raises(ValueError, match=r"^gpus: the Result ran on 4 replicas, whose throughput is their sum; give gpus=4"):
+        self_hosted_usd_per_mtok(2.0, four, utilization=1.0)
+    with pytest.raises(ValueError, match=r"^gpus: the Result ran on 4 replicas"):
+        break_even(1.0, 2.0, four)
+    per_gpu_four = self_hosted_usd_per_mtok(2.0, four, utilization=1.0, gpus=4)
+    assert per_gpu_four >= self_hosted_usd_per_mtok(2.0, one, utilization=1.0)  # no cheaper than one GPU
+    none_done = Result([RequestMetrics("a", 0.0, prompt_tokens=10, output_tokens=0, status="error")])
+    with pytest.raises(ValueError, match=r"^throughput: the Result has no completed request \(of 1\)"):
+        self_hosted_usd_per_mtok(2.0, none_done, utilization=1.0)
+
+
 def test_anthropic_api_ids_are_priced():
     # the API calls it claude-sonnet-4-5-20250929; the table says claude-sonnet-4.5
     assert usage_cost("claude-sonnet-4-5-20250929", 1000, 1000) == usage_cost("claude-sonnet-4.5", 1000, 1000)
@@ -415,8 +433,10 @@ def test_bad_numbers_and_types_are_named(call, message):
 
 
 @pytest.mark.parametrize("row, message", [
-    (f"H100 SXM,80,acme,pod,inf,{URL},2026-11-23,\n",
-     "usd_per_gpu_hour and memory_gb must be finite numbers > 0"),
+    (f"H100 SXM,80,acme,pod,inf,{URL},2026-11-23,\n", "usd_per_gpu_hour must be a finite number > 0, got 'inf'"),
+    # each field named with what it held (both used to get one message naming the two fields)
+    (f"H100 SXM,eighty,acme,pod,2.0,{URL},2026-11-23,\n", "memory_gb must be a number, got 'eighty'"),
+    (f"H100 SXM,80,acme,pod,,{URL},2026-11-23,\n", "usd_per_gpu_hour must be a number, got ''"),
     (f",80,acme,pod,2.0,{URL},2026-11-23,\n", "gpu and provider are required"),
     (f"H100 SXM,80,,pod,2.0,{URL},2026-11-23,\n", "gpu and provider are required"),
 ])

@@ -472,6 +472,16 @@ def test_cost_bars_group_models_by_provider_and_sum_duplicates():
     assert has_note(fig, "No cost for: local · tiny")
 
 
+def test_cost_bars_say_how_many_requests_were_not_costed():
+    """cost_table(Result) prices completed requests only; a run where 7 of 10 failed was drawn as an
+    ordinary cost chart."""
+    frame = pd.DataFrame({"provider": ["a", "b"], "model": ["m", "m"], "cost_usd": [0.3, 0.2],
+                          "requests": [3, 3], "requests_not_costed": [7, 7]})
+    texts = [a.text for a in cost_bars(frame).layout.annotations]
+    assert any("7 failed or aborted request(s) not costed" in t for t in texts)
+    assert not cost_bars(frame.assign(requests_not_costed=0)).layout.annotations
+
+
 def test_cost_bars_custom_columns_and_errors():
     frame = costs().rename(columns={"cost_usd": "yuan", "provider": "vendor"})
     fig = cost_bars(frame, cost="yuan", provider="vendor", model=None, currency="CNY")

@@ -63,6 +63,17 @@ def test_cost_playground_updates_bars_and_filters_providers():
     assert "openai" in pg.status.value
 
 
+def test_every_playground_slider_waits_for_its_release():
+    """The cost playground's sliders redrew the table and figure at each step of a drag (~30 ms each),
+    queueing dozens of redraws; the others already waited for the release."""
+    import ipywidgets
+
+    sliders = [c for c in widgets.cost_playground().controls.values()
+               if isinstance(c, ipywidgets.widgets.widget_int._Int | ipywidgets.widgets.widget_float._Float)
+               and hasattr(c, "continuous_update")]
+    assert len(sliders) >= 3 and not any(c.continuous_update for c in sliders)
+
+
 def test_cost_playground_table_counts_every_request():
     from lab.cost import usage_cost
 

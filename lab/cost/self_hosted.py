@@ -77,13 +77,7 @@ def _parse_gpu_row(raw: dict, filename: str, line: int) -> GpuPrice:
 
     if not provider or not gpu:
         fail("gpu and provider are required")
-    try:
-        price = float(raw.get("usd_per_gpu_hour") or "")
-        memory = float(raw.get("memory_gb") or "")
-    except ValueError:
-        fail("usd_per_gpu_hour and memory_gb must be numbers")
-    if not (is_finite(price) and is_finite(memory)):  # float() reads "inf" and "nan" too
-        fail(f"usd_per_gpu_hour and memory_gb must be finite numbers > 0, got {price}, {memory}")
+    price, memory = (_positive_number(raw, name, fail) for name in ("usd_per_gpu_hour", "memory_gb"))
     return GpuPrice(
         gpu,
         memory,
@@ -95,6 +89,18 @@ def _parse_gpu_row(raw: dict, filename: str, line: int) -> GpuPrice:
         (raw.get("notes") or "").strip(),
         line,
     )
+
+
+def _positive_number(raw: dict, name: str, fail) -> float:
+    """One numeric field, its error naming it and what it held."""
+    text = (raw.get(name) or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        fail(f"{name} must be a number, got {text!r}")
+    if not is_finite(value):  # float() reads "inf" and "nan" too
+        fail(f"{name} must be a finite number > 0, got {text!r}")
+    return value
 
 
 def gpu_key(name: str) -> str:
@@ -132,6 +138,9 @@ def tokens_per_second(throughput: float | Result, kind: str = "output") -> float
         raise ValueError(f"kind must be one of {', '.join(THROUGHPUT_KINDS)}, got {kind!r}")
     if isinstance(throughput, Result):
         summary = throughput.summary()
+        if not summary["completed"]:  # its throughput is 0, and "got 0.0 tokens/s" hid why
+            raise ValueError(f"throughput: the Result has no completed request (of {len(throughput.requests)}); "
+                             "a run whose requests all failed has no throughput to price")
         value = summary["output_throughput" if kind == "output" else "total_token_throughput"]
     elif is_number(throughput):
         value = float(throughput)
@@ -140,6 +149,18 @@ def tokens_per_second(throughput: float | Result, kind: str = "output") -> float
     if not is_finite(value):  # inf tokens/s would make every token free
         raise ValueError(f"throughput must be a finite number > 0 tokens/s, got {value}")
     return value
+
+
+def _check_gpus(gpus, throughput) -> None:
+    """A Result from several replicas reports their combined throughput: priced on one GPU's rent it
+    came out cheaper per token than one replica at full load."""
+    if not is_int(gpus) or gpus < 1:
+        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    if isinstance(throughput, Result):
+        replicas = len({step.replica for step in throughput.steps})
+        if gpus < replicas:
+            raise ValueError(f"gpus: the Result ran on {replicas} replicas, whose throughput is their sum; give "
+                             f"gpus={replicas} (times the tensor-parallel GPUs of each), got {gpus}")
 
 
 def self_hosted_usd_per_mtok(
@@ -153,13 +174,13 @@ def self_hosted_usd_per_mtok(
     """USD per million tokens on `gpus` rented GPUs that produce `throughput` tokens/s while busy.
 
     `utilization` is the share of paid hours spent at that throughput (1.0: busy every hour you pay for).
+    `gpus` counts every GPU the throughput took: replicas times tensor-parallel GPUs each.
     """
     if not is_finite(gpu_usd_per_hour):
         raise ValueError(f"gpu_usd_per_hour must be a finite number > 0, got {gpu_usd_per_hour!r}")
     if not is_number(utilization) or not 0 < utilization <= 1:
         raise ValueError(f"utilization must be in (0, 1], got {utilization!r}")
-    if not is_int(gpus) or gpus < 1:
-        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    _check_gpus(gpus, throughput)
     tokens_per_paid_hour = tokens_per_second(throughput, kind) * 3600 * utilization
     return gpu_usd_per_hour * gpus / tokens_per_paid_hour * 1e6
 
@@ -195,8 +216,7 @@ def break_even(
                         ("hours_per_month", hours_per_month)):
         if not is_finite(value):
             raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if not is_int(gpus) or gpus < 1:
-        raise ValueError(f"gpus must be an integer >= 1, got {gpus!r}")
+    _check_gpus(gpus, throughput)
     rent = gpu_usd_per_hour * gpus * hours_per_month
     capacity = tokens_per_second(throughput, kind) * 3600 * hours_per_month / 1e6
     volume = rent / api_usd_per_mtok

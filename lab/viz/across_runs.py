@@ -269,6 +269,10 @@ def cost_bars(
     if not unpriced.empty:
         missing = unpriced[keys].astype(str).agg(" · ".join, axis=1).tolist()
         remarks.append(f"No cost for: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}")
+    # cost_table(Result) prices completed requests only: a run where most failed looked cheap and whole
+    not_costed = frame["requests_not_costed"].max() if "requests_not_costed" in frame.columns else 0
+    if not_costed > 0:
+        remarks.append(f"{int(not_costed):,} failed or aborted request(s) not costed")
     if unnamed:
         remarks.append(f"{unnamed} row(s) without {' or '.join(keys)}: drawn as {' / '.join(_NO_KEY.format(k) for k in keys)}")
     if remarks:

@@ -26,12 +26,14 @@ def cost_playground(*, prices=None) -> Playground:
     style = {"description_width": "initial"}
     controls = {
         "requests": widgets.IntText(value=100_000, description="requests", style=style),
+        # continuous_update=False: each value rebuilds the whole table and figure (~30 ms), so a drag
+        # queued dozens of redraws; the other playgrounds' sliders wait for the release too
         "prompt_tokens": widgets.IntSlider(value=800, min=50, max=8000, step=50, description="prompt tokens",
-                                           style=style),
+                                           style=style, continuous_update=False),
         "output_tokens": widgets.IntSlider(value=300, min=50, max=4000, step=50, description="output tokens",
-                                           style=style),
+                                           style=style, continuous_update=False),
         "cached_fraction": widgets.FloatSlider(value=0.0, min=0, max=1, step=0.05, description="cached share",
-                                               readout_format=".0%", style=style),
+                                               readout_format=".0%", style=style, continuous_update=False),
         "batch": widgets.Checkbox(value=False, description="batch API (24 h)"),
         "providers": widgets.SelectMultiple(options=providers, value=tuple(providers), description="providers",
                                             rows=min(6, len(providers)), style=style),
