@@ -108,6 +108,11 @@ def test_where_85_percent_comes_from():
     assert exchange_deal_savings(7.3) > 0.85
     assert market_rate_for_savings(0.85) == pytest.approx(1 / 0.15)  # CNY 6.67 per USD
     assert exchange_deal_savings(6.0) < 0.85  # at CNY 6 per USD the claim fails
+    from lab.cost import explain_exchange_deal
+
+    # the threshold is arithmetic; the "not verified" belongs to the reseller's claim, not to it
+    assert explain_exchange_deal(7.3).splitlines()[-1] == (
+        "'85%' (the reseller's claim, not verified) needs a market rate of at least CNY 6.67 per USD")
 
 
 def test_without_provider_the_direct_seller_is_chosen(table):

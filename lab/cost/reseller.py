@@ -66,7 +66,8 @@ def explain_exchange_deal(
             f"you pay:              CNY {list_usd_price * cny_paid_per_credit_usd:.2f}"
             f" = USD {real:.4f} at the market rate",
             f"saving vs list:       1 - {cny_paid_per_credit_usd:.2f}/{market_cny_per_usd:.2f} = {saved:.1%}",
-            f"'85%' needs a market rate of at least CNY {needed:.2f}"
-            " per USD (the provider's claim, not verified)",
+            # the threshold is arithmetic; what is unverified is the reseller's claim and its deal
+            f"'85%' (the reseller's claim, not verified) needs a market rate of at least CNY {needed:.2f}"
+            " per USD",
         ]
     )
