@@ -212,7 +212,11 @@ def test_tvl_checks_a_frames_rate_column_but_not_another_parameter():
 def test_compare_notes_a_value_that_is_nan():
     fig = compare([multi_token("multi"), one_token("one-token")], metrics=["mean_tpot_ms", "request_throughput"])
     assert np.isnan(fig.data[0].y[1])
+    assert fig.data[0].text[1] == ""  # no "nan" written on the empty slot: the note says why
     assert any("No value: mean_tpot_ms for one-token" in n for n in notes(fig))
+    from lab.widgets import summary_html
+
+    assert "nan" not in summary_html({"one-token": one_token("one-token")}, {"mean_tpot_ms": "TPOT"})
     assert not any("request_throughput for" in n for n in notes(fig))
     # a run with no completed request is named once, not once per metric
     failed = Result([failure("x", "boom")], label="faulty")

@@ -323,7 +323,9 @@ def _cost_unit(column: str) -> str:
 
 def _plain_number(value: float) -> str:
     # Per-request costs are tiny and latencies in ms large: "0.000055" and "1,234" read better than
-    # "5.5e-05" and "1.23e+03" for a learner.
+    # "5.5e-05" and "1.23e+03" for a learner. No value, no label: the figure's note names it.
+    if math.isnan(value):
+        return ""
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return np.format_float_positional(value, precision=3, fractional=False, trim="-")

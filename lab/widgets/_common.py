@@ -4,6 +4,7 @@ the status line, a summary table, and the simulator's default CPU-like step time
 from __future__ import annotations
 
 import html
+import math
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -69,6 +70,6 @@ def summary_html(results: dict[str, Result], keys: dict[str, str] = SUMMARY_KEYS
 
 
 def _fmt(v) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):  # mean TPOT of one-token outputs: none
         return "–"
     return f"{v:,.1f}" if isinstance(v, float) else str(v)
