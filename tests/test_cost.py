@@ -470,6 +470,19 @@ def test_a_snapshot_with_its_own_row_is_priced_by_that_row(tmp_path):
     assert usage_cost("claude-3-5-sonnet-20241022", 0, 1_000_000, prices=table) == pytest.approx(15.00)
 
 
+def test_a_snapshot_row_does_not_hide_a_providers_base_row(tmp_path):
+    # the first name with any row won: acme's row for the dated snapshot hid the reseller's row for the
+    # base model, and "provider 'resell' has no price for 'model-x-2025-04-14'" refused a priced model
+    path = write_table(tmp_path, ROWS["acme"], ROWS["reseller"],
+                       f"acme,model-x-2025-04-14,3.00,,9.00,,,USD,,,{URL},2026-11-23,cross_checked,\n")
+    table = load_prices(path)
+    via_reseller = usage_cost("model-x-2025-04-14", 1_000_000, 0, provider="resell", prices=table)
+    assert via_reseller == pytest.approx(usage_cost("model-x", 1_000_000, 0, provider="resell", prices=table))
+    assert usage_cost("model-x-2025-04-14", 1_000_000, 0, provider="acme", prices=table) == pytest.approx(3.00)
+    with pytest.raises(ValueError, match=r"provider 'other' has no price for 'model-x-2025-04-14'; sold by: acme"):
+        usage_cost("model-x-2025-04-14", 1, 0, provider="other", prices=table)
+
+
 def test_loader_errors_name_the_line_an_editor_shows(tmp_path):
     # rows were numbered by count: a quoted two-line note and a blank line put this error on "line 3"
     two_line_note = f'acme,model-a,1.00,,2.00,,,USD,,,{URL},2026-11-23,cross_checked,"first\nsecond"\n'

@@ -108,18 +108,20 @@ class PriceTable:
         # The name as given first: a table may price a snapshot on its own (gpt-4o-2024-05-13 cost more
         # than gpt-4o), and stripping its date would price it as the base model, or not find it at all.
         base = _normalise(model)
-        for name in (model.strip().lower(), base, _HYPHEN_VERSION.sub(r"-\1.\2", base)):
-            rows = [r for r in self.rows if r.model == name]
-            if rows:
-                break
-        if not rows:
+        names = (model.strip().lower(), base, _HYPHEN_VERSION.sub(r"-\1.\2", base))
+        found = [(n, rows) for n in names if (rows := [r for r in self.rows if r.model == n])]
+        if not found:
             if not self.rows:  # a table built by hand with no rows: "closest known: " named nothing
                 raise UnknownModelError(f"unknown model {model!r}: the price table{table_location(self)} has no rows")
-            close = difflib.get_close_matches(name, self.models(), n=3, cutoff=0.4)
+            close = difflib.get_close_matches(names[-1], self.models(), n=3, cutoff=0.4)
             hint = ", ".join(close) if close else ", ".join(self.models())
             raise UnknownModelError(f"unknown model {model!r}; closest known: {hint}")
+        # with a provider, the first name it sells: an openai row for a dated snapshot hid a reseller's
+        # row for the base model, and the reseller's price was refused
+        wanted = provider.strip().lower() if provider is not None else None
+        name, rows = next(((n, rows) for n, rows in found if any(r.provider == wanted for r in rows)), found[0])
         if provider is not None:
-            chosen = [r for r in rows if r.provider == provider.strip().lower()]
+            chosen = [r for r in rows if r.provider == wanted]
             if not chosen:
                 sellers = ", ".join(sorted(r.provider for r in rows))
                 raise ValueError(f"provider {provider!r} has no price for {name!r}; sold by: {sellers}")
