@@ -175,6 +175,9 @@ def self_hosted_usd_per_mtok(
 
     `utilization` is the share of paid hours spent at that throughput (1.0: busy every hour you pay for).
     `gpus` counts every GPU the throughput took: replicas times tensor-parallel GPUs each.
+    A Result's throughput is already held down by its arrivals when the run was lightly loaded: take
+    it from a saturated run (requests waiting) for the rate "while busy", or count its idle time once,
+    in the Result or in `utilization`, not in both.
     """
     if not is_finite(gpu_usd_per_hour):
         raise ValueError(f"gpu_usd_per_hour must be a finite number > 0, got {gpu_usd_per_hour!r}")
