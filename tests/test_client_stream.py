@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -570,10 +571,18 @@ async def test_pools_are_given_back_after_streams_and_failures():
     made = []
     pools = PoolSet(lambda: made.append(object()) or made[-1], per_pool=2, max_pools=3)
     got = [pools.acquire() for _ in range(7)]
-    assert got == [0, 0, 1, 1, 2, 2, 0] and pools.loads == [3, 2, 2]  # full: the least busy takes more
-    for i in got:
-        pools.release(i)
+    assert [made.index(pool) for pool, _ in got] == [0, 0, 1, 1, 2, 2, 0] and pools.loads == [3, 2, 2]
+    for _, release in got:  # full: the least busy took more
+        release()
     assert pools.loads == [0, 0, 0] and len(made) == 3
+    # held across a second asyncio.run: its pools start afresh, and the late releases touch only the old
+    held = [pools.acquire() for _ in range(3)]
+    pools._loop = asyncio.new_event_loop()
+    pools._loop.close()
+    fresh = pools.acquire()
+    for _, release in held:
+        release()
+    assert pools.loads == [1] and fresh[0] is made[-1] and len(made) == 4
 
     calls = []
 

@@ -9,6 +9,7 @@ least-busy of several tiny pools, opening another once every pool has `per_pool`
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
 
@@ -40,8 +41,10 @@ class PoolSet:
             self.pools, self.loads = [self._make()], [0]  # the old ones hold only dead connections
         self._loop = loop
 
-    def acquire(self) -> int:
-        """Index of the pool for the next request; call `release(index)` when its response is closed."""
+    def acquire(self) -> tuple[httpx.AsyncClient, Callable[[], None]]:
+        """The pool for the next request, and the call that gives its place back once the response is
+        closed. That call counts on the pools of its own loop: a stream from an earlier asyncio.run
+        closed late leaves the fresh pools' counts alone."""
         self._bind_loop()
         loads = self.loads
         i = 0 if len(loads) == 1 else loads.index(min(loads))
@@ -50,10 +53,11 @@ class PoolSet:
             loads.append(0)
             i = len(loads) - 1
         loads[i] += 1
-        return i
 
-    def release(self, i: int) -> None:
-        self.loads[i] -= 1
+        def release() -> None:
+            loads[i] -= 1
+
+        return self.pools[i], release
 
     async def aclose(self) -> None:
         for pool in self.pools:

@@ -249,24 +249,22 @@ class AsyncClient(BaseClient):
                 limiter.release_slot()
 
     async def _attempt(self, method, path, body, stream, timeout, headers, start_t, retries, est):
-        pools = self._pools
-        i = pools.acquire()
+        http, release_pool = self._pools.acquire()
         released = False
         try:
-            http = pools.pools[i]
             request = http.build_request(method, self._url(path), json=body, headers=headers, timeout=timeout)
             try:
                 response = await http.send(request, stream=True)
             except httpx.HTTPError as e:
                 raise from_httpx(e) from e
             if stream and response.status_code < 400:
-                opened = await self._open_stream(response, start_t, retries, est, lambda: pools.release(i))
+                opened = await self._open_stream(response, start_t, retries, est, release_pool)
                 released = True  # the stream gives the pool back when it closes
                 return opened
             return await self._finish(response, method, start_t, retries, est)
         finally:
             if not released:
-                pools.release(i)
+                release_pool()
 
     async def _finish(self, response, method, start_t, retries, est):
         head_t = time.perf_counter()
