@@ -231,12 +231,15 @@ class LLM:
             return spec.prompt
         # length only: random tokens, repeatable per request id, never an end-of-sequence token
         rng = np.random.default_rng(zlib.crc32(spec.id.encode()))
-        vocab = np.arange(self.engine.model_config.vocab_size)
+        vocab = self.engine.model_config.vocab_size
+        eos = np.unique([t for t in self.engine.model_config.eos_token_ids if 0 <= t < vocab])
+        if eos.size >= vocab:  # a vocabulary of nothing but EOS ids: nothing else to draw
+            return rng.integers(0, vocab, spec.prompt_len).tolist()
         # drawn from the other ids (shifting an EOS by one landed on the next one where they are
-        # neighbours, as Llama 3's 128008 and 128009); a vocabulary of nothing but EOS keeps them
-        allowed = np.setdiff1d(vocab, self.engine.model_config.eos_token_ids)
-        allowed = allowed if allowed.size else vocab
-        return allowed[rng.integers(0, allowed.size, spec.prompt_len)].tolist()
+        # neighbours, as Llama 3's 128008 and 128009): a draw among vocab - len(eos) ids, moved past
+        # every EOS id at or below it, with no table of the whole vocabulary per request
+        draws = rng.integers(0, vocab - eos.size, spec.prompt_len)
+        return (draws + np.searchsorted(eos - np.arange(eos.size), draws, side="right")).tolist()
 
 
 def _params_of(spec: RequestSpec) -> SamplingParams:
