@@ -745,6 +745,10 @@ def test_cost_of_a_streamed_response_comes_from_its_usage_chunk(monkeypatch):
     ("http://127.0.0.1:8000/v1", None, False),  # a server of one's own, serving a model under an API name
     ("http://localhost:8000/v1", None, False),
     ("http://[::1]:8000/v1", None, False),
+    ("http://0.0.0.0:8000/v1", None, False),  # serve(host="0.0.0.0").url
+    ("http://[::ffff:127.0.0.1]:8000/v1", None, False),
+    ("http://api.localhost:8000/v1", None, False),
+    ("http://localhost.:8000/v1", None, False),
     ("http://gpu-box:8000/v1", "vllm", False),  # the self-hosted presets, wherever they run
     ("http://gpu-box:8000/v1", "local", False),
     ("http://proxy.example/v1", None, True),  # an unknown host: priced as the model's direct seller

@@ -136,13 +136,16 @@ def is_self_hosted(base_url: str, provider: str | None) -> bool:
     an app against it) costs GPU time, not OpenAI's price per token."""
     if provider is not None:
         return not PROVIDERS[provider].key_required
-    host = urlsplit(base_url).hostname or ""
-    if host == "localhost":
+    host = (urlsplit(base_url).hostname or "").rstrip(".")  # hostname is lower case already
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always this machine
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:  # a host name: a provider's, a reseller's or a company proxy's
         return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # [::ffff:127.0.0.1]
+    # 0.0.0.0: what `serve(host="0.0.0.0").url` says, reached on this machine
+    return ip.is_loopback or ip.is_unspecified
 
 
 def resolve(base_url: str | None, api_key: str | None, provider: str | None) -> tuple[str, str | None, str | None]:
