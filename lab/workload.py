@@ -27,7 +27,8 @@ MAX_REQUESTS = 10**8
 
 @dataclass(slots=True)
 class RequestSpec:
-    """One request. Give the prompt as `prompt` (text), `prompt_token_ids`, or only `prompt_len`."""
+    """One request. Give the prompt as `prompt` (text), `prompt_token_ids`, or only `prompt_len`
+    (with `prompt_token_ids`, `prompt_len` is set to their count)."""
 
     id: str
     arrival_s: float = 0.0
@@ -45,9 +46,10 @@ class RequestSpec:
             raise ValueError(f"id: must be a non-empty string, got {self.id!r}")
         if self.prompt is None and self.prompt_token_ids is None and self.prompt_len is None:
             raise ValueError(f"request {self.id}: give prompt, prompt_token_ids or prompt_len")
-        given_len = self.prompt_len
         if self.prompt_token_ids is not None:
             self.prompt_token_ids = self._token_id_list()
+            # their count, whatever prompt_len said: dataclasses.replace(spec, prompt_token_ids=...)
+            # carries the old prompt_len along, and refusing the mismatch broke it
             self.prompt_len = len(self.prompt_token_ids)
         if self.prompt_len is not None and (not is_int(self.prompt_len) or self.prompt_len < 1):
             raise ValueError(f"request {self.id}: prompt_len must be an integer >= 1, got {self.prompt_len!r}")
@@ -57,10 +59,6 @@ class RequestSpec:
         if not is_finite(self.arrival_s, inclusive=True):
             raise ValueError(f"request {self.id}: arrival_s must be a finite number >= 0, got {self.arrival_s!r}")
         self._check_prompt()
-        if given_len is not None and given_len != self.prompt_len:
-            # one of the two is wrong, and which one a run used would be a guess
-            raise ValueError(f"request {self.id}: prompt_len ({given_len!r}) disagrees with the "
-                             f"{self.prompt_len} prompt_token_ids; give one of them, or both equal")
         self._check_sampling()
 
     def _token_id_list(self) -> list:

@@ -357,10 +357,17 @@ def test_prompt_token_ids_as_an_array_become_a_list_of_ints():
         assert all(type(t) is int for t in spec.prompt_token_ids)
 
 
+def test_prompt_len_follows_the_token_ids_through_replace():
+    """dataclasses.replace carries the old prompt_len along with new ids: the ids' count wins."""
+    from dataclasses import replace
+
+    spec = replace(RequestSpec("a", prompt_token_ids=[1, 2, 3]), prompt_token_ids=[1, 2, 3, 4, 5])
+    assert spec.prompt_len == 5
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(prompt_token_ids=[]), "request a: prompt_token_ids must not be empty"),
     (dict(prompt_token_ids=np.array([], dtype=int)), "request a: prompt_token_ids must not be empty"),
-    (dict(prompt_token_ids=[1, 2, 3], prompt_len=5), "request a: prompt_len (5) disagrees with the 3 prompt_token_ids"),
     (dict(prompt_token_ids=5), "request a: prompt_token_ids must be a list of integers, got int"),
     (dict(prompt_token_ids="5 17"), "request a: prompt_token_ids must be a list of integers, got str"),
     (dict(prompt=""), "request a: prompt must not be empty"),
