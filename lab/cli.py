@@ -10,7 +10,14 @@ import argparse
 import os
 import sys
 
-from lab.cli_args import check_output_path, number_arg, positive_int_arg, seed_arg
+from lab.cli_args import (
+    check_output_path,
+    in_flag_error,
+    leading_flag,
+    number_arg,
+    positive_int_arg,
+    seed_arg,
+)
 
 
 def demo_main(args: argparse.Namespace) -> int:
@@ -36,7 +43,6 @@ def demo_main(args: argparse.Namespace) -> int:
         results = run_demo(args.model, args.num_requests, args.rate, args.max_num_seqs, args.seed)
     except (ValueError, OSError) as e:  # a folder with no weights, found as it loads
         _raise_as_model_flag(e)
-        raise
     print()
     print(summary_table(results))
     static, continuous = (results[p].summary() for p in ("static", "continuous"))
@@ -73,14 +79,14 @@ def _check_model_folder(folder: str) -> None:
         read_config(Path(folder))
     except (ValueError, OSError) as e:
         _raise_as_model_flag(e)
-        raise
 
 
 def _raise_as_model_flag(e: Exception) -> None:
-    """Raise `e` again naming --model, where lab.engine's message named its parameter ("model: ...");
-    return for any other, for the caller to re-raise as it is."""
-    if str(e).startswith("model:"):
-        raise type(e)("--model:" + str(e).removeprefix("model:")) from e
+    """Raise `e` again, naming --model where lab.engine's message named its parameter ("model: ...")."""
+    error = in_flag_error(e, leading_flag(str(e), {"model": "--model"}))
+    if error is e:
+        raise e
+    raise error from e
 
 
 DEMO_EXAMPLES = """examples:

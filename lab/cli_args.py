@@ -100,3 +100,18 @@ def in_flag_terms(message: str, flags: dict[str, str]) -> str:
     names = "|".join(map(re.escape, sorted(flags, key=len, reverse=True)))
     pattern = re.compile(rf"(?<![\w/.-])({names})(?![\w/-]|\.\w)")
     return pattern.sub(lambda m: flags[m[1]], message)
+
+
+def leading_flag(message: str, flags: dict[str, str]) -> str:
+    """A library error's leading "name:" as the flag a user typed ("model: x is not a folder" ->
+    "--model: ..."), there only: single words such as "model" stand in prose too ("this model's context")."""
+    head, sep, rest = message.partition(":")
+    return flags[head] + sep + rest if sep and head in flags else message
+
+
+def in_flag_error(e: Exception, message: str) -> Exception:
+    """`e` again with `message`, as its base type (ValueError or OSError), so the command's exit code
+    (2 for a bad option, 1 for a missing file) stays what it was; `e` itself when nothing changed."""
+    if message == str(e):
+        return e
+    return (ValueError if isinstance(e, ValueError) else OSError)(message)

@@ -259,7 +259,7 @@ def test_kv_cache_memory_gib_sets_the_number_of_blocks(tiny_llama, dtype):
     assert 2**30 // per_block > 64 and big.engine.block_manager.num_blocks == 4 * math.ceil(256 / 16)
     # a budget below one block was rounded up to one, using memory nobody gave
     with pytest.raises(ValueError, match=r"^kv_cache_memory_gib: 1e-09 GiB holds no KV block \(.* bytes for 16 "
-                                         r"tokens here\); allowed: at least "):
+                                         r"tokens\); allowed: at least "):
         LLM(tiny_llama, device="cpu", dtype=dtype, kv_cache_memory_gib=1e-9)
 
 

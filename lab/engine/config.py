@@ -58,3 +58,15 @@ def _positive(name: str, value) -> int:
     if not is_int(value) or value < 1:
         raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def blocks_in_budget(config: EngineConfig, block_bytes: float, field: str = "kv_cache_memory_gib") -> int:
+    """The KV blocks of `block_bytes` that config.kv_cache_memory_gib holds, less the scratch block a
+    CUDA-graph cache keeps; engine and simulator alike. None is refused: rounding up to one block used
+    memory nobody gave."""
+    blocks = int(config.kv_cache_memory_gib * 2**30 // block_bytes) - config.cuda_graphs
+    if blocks < 1:
+        need = (1 + config.cuda_graphs) * block_bytes / 2**30
+        raise ValueError(f"{field}: {config.kv_cache_memory_gib:g} GiB holds no KV block ({block_bytes:,.0f} bytes "
+                         f"for {config.block_size} tokens); allowed: at least {need:.3g} GiB")
+    return blocks

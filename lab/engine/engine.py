@@ -17,7 +17,7 @@ import torch
 
 from lab._checks import is_int, is_number
 from lab.engine.block_manager import BlockManager
-from lab.engine.config import EngineConfig
+from lab.engine.config import EngineConfig, blocks_in_budget
 from lab.engine.model import ModelConfig
 from lab.engine.model_runner import ModelRunner, kv_bytes_per_block
 from lab.engine.sampler import SamplingError, seeded_generator
@@ -90,10 +90,9 @@ class Engine:
         cfg = self.config
         per_block = kv_bytes_per_block(self.model_config, cfg.block_size, dtype)
         enough = cfg.max_num_seqs * -(-cfg.max_model_len // cfg.block_size)  # every slot at full length
-        if cfg.kv_cache_memory_gib is not None:
-            budget = cfg.kv_cache_memory_gib * 2**30
-            _check_budget_holds_a_block(cfg, budget, per_block)
-        elif self.device.type == "cuda":
+        if cfg.kv_cache_memory_gib is not None:  # yours: refused if it holds no block
+            return min(enough, blocks_in_budget(cfg, per_block))
+        if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             # memory torch's caching allocator holds but no tensor uses (an engine built and dropped
             # before this one, say) is free to this engine too; the driver counts it as taken
@@ -101,7 +100,8 @@ class Engine:
             budget = free * GPU_KV_FRACTION
         else:
             budget = CPU_KV_BUDGET_GIB * 2**30
-        # with CUDA graphs the runner's cache holds a scratch block beyond those handed out: in the budget too
+        # the engine's own guess at a budget: at least one block. With CUDA graphs the runner's cache
+        # holds a scratch block beyond those handed out: in the budget too
         return max(1, min(enough, int(budget // per_block) - cfg.cuda_graphs))
 
     def now(self) -> float:
@@ -333,11 +333,3 @@ def _describe(value) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
-
-def _check_budget_holds_a_block(cfg: EngineConfig, budget: float, per_block: float) -> None:
-    """A budget you gave that holds no block (with CUDA graphs: none beside the scratch one) is refused;
-    rounding it up to one block quietly used memory you had not given."""
-    if budget // per_block - cfg.cuda_graphs < 1:
-        need = (1 + cfg.cuda_graphs) * per_block / 2**30
-        raise ValueError(f"kv_cache_memory_gib: {cfg.kv_cache_memory_gib:g} GiB holds no KV block "
-                         f"({per_block:,.0f} bytes for {cfg.block_size} tokens here); allowed: at least {need:.3g} GiB")

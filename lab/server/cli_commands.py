@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import threading
 
-from lab.cli_args import in_flag_terms, number_arg, positive_int_arg
+from lab.cli_args import in_flag_error, in_flag_terms, leading_flag, number_arg, positive_int_arg
 from lab.client.providers import PROVIDERS, is_placeholder, mask_key, split_keys
 from lab.server.faults import STATUSES
 
@@ -160,14 +159,12 @@ _FLAGS = {"max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num
           "max_queued_requests": "--max-queued-requests", "served_model_name": "--served-model-name",
           "requests_per_minute": "--rpm", "tokens_per_minute": "--tpm"}
 _LEADING = {"model": "--model", "device": "--device", "dtype": "--dtype", "host": "--host", "port": "--port"}
-_LEADING_NAME = re.compile(r"^(" + "|".join(_LEADING) + r"):")
 
 
 def _flag_names(message: str) -> str:
     """'max_num_batched_tokens (2048) must be >= max_num_seqs (5000)' -> the same with the flags."""
     message = message.replace("or None for the model's own", "or leave --max-model-len out for the model's own")
-    message = _LEADING_NAME.sub(lambda m: _LEADING[m[1]] + ":", message)
-    return in_flag_terms(message, _FLAGS)
+    return in_flag_terms(leading_flag(message, _LEADING), _FLAGS)
 
 
 def serve_main(args) -> int:
@@ -192,10 +189,10 @@ def serve_main(args) -> int:
                               tokens_per_minute=args.tpm, allow_fault_header=not args.no_fault_header,
                               log_level=args.log_level, **engine)
     except (ValueError, OSError) as e:  # the base type: lab.cli's exit code (2 or 1) stays the same
-        message = _flag_names(str(e))
-        if message == str(e):
+        error = in_flag_error(e, _flag_names(str(e)))
+        if error is e:
             raise
-        raise (ValueError if isinstance(e, ValueError) else OSError)(message) from e
+        raise error from e
     # only now: a SIGTERM during the load ends the process at once, as a user stopping it expects
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

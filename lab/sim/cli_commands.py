@@ -14,7 +14,14 @@ import time
 from collections import Counter
 
 from lab._checks import is_finite
-from lab.cli_args import check_output_path, in_flag_terms, number_arg, positive_int_arg, seed_arg
+from lab.cli_args import (
+    check_output_path,
+    in_flag_terms,
+    leading_flag,
+    number_arg,
+    positive_int_arg,
+    seed_arg,
+)
 from lab.metrics import check_slos, format_summary, json_ready
 from lab.sim.cluster import ROUTERS
 from lab.sim.gpus import GPUS, MODELS, ModelShape, get_model
@@ -290,10 +297,9 @@ def simulate_main(args) -> int:
         try:
             num_blocks = model.kv_cache_blocks(args.block_size, utilization)
         except ValueError as e:  # the library names its parameters; the flags are what to change here
-            message = in_flag_terms(str(e), _FLAGS)
-            if message.startswith("model:"):  # "model: llama-3.1-70b ... leaves no room", only as the leading name
-                message = ("--params" if args.params is not None else "--model") + message.removeprefix("model")
-            raise ValueError(message) from None
+            # "model: llama-3.1-70b ... leaves no room": the named model, or the custom shape's --params
+            model_flag = {"model": "--params" if args.params is not None else "--model"}
+            raise ValueError(leading_flag(in_flag_terms(str(e), _FLAGS), model_flag)) from None
     elif args.gpu_memory_utilization is not None:  # it only sizes the cache --num-blocks fixes: was ignored
         raise ValueError("--gpu-memory-utilization: sizes the KV cache from GPU memory, which --num-blocks "
                          "sets; drop one of them")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from lab._checks import is_int
-from lab.engine.config import EngineConfig
+from lab.engine.config import EngineConfig, blocks_in_budget
 from lab.metrics import Result
 from lab.sim.cluster import ROUTERS, Router, make_router, run
 from lab.sim.gpus import kv_block_bytes_per_gpu
@@ -87,13 +87,7 @@ def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
         # KV heads of every block, so the same budget holds more blocks
         tp = getattr(step_model, "tensor_parallel", 1)
         per_block = kv_block_bytes_per_gpu(step_model.model, config.block_size, tp)
-        # less the scratch block the engine's cache holds for padded CUDA-graph rows, as the engine counts
-        blocks = int(config.kv_cache_memory_gib * 2**30 // per_block) - config.cuda_graphs
-        if blocks < 1:  # as the engine refuses it
-            need = (1 + config.cuda_graphs) * per_block / 2**30
-            raise ValueError(f"config.kv_cache_memory_gib: {config.kv_cache_memory_gib:g} GiB holds no KV block "
-                             f"({per_block:,.0f} bytes per GPU for {config.block_size} tokens); allowed: at least "
-                             f"{need:.3g} GiB")
+        blocks = blocks_in_budget(config, per_block, "config.kv_cache_memory_gib")  # as the engine counts
     elif hasattr(step_model, "kv_cache_blocks"):
         blocks = step_model.kv_cache_blocks(config.block_size)
     elif config.kv_cache_memory_gib is not None:  # was told only that num_blocks is required
