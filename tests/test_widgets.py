@@ -63,8 +63,8 @@ def test_cost_playground_updates_bars_and_filters_providers():
     assert "openai" in pg.status.value
 
 
-def test_every_playground_slider_waits_for_its_release():
-    """The cost playground's sliders redrew the table and figure at each step of a drag (~30 ms each),
+def test_the_cost_playgrounds_sliders_wait_for_their_release():
+    """Its sliders redrew the table and figure at each step of a drag (~30 ms each),
     queueing dozens of redraws; the others already waited for the release."""
     import ipywidgets
 
