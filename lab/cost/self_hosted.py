@@ -110,7 +110,8 @@ def gpu_key(name: str) -> str:
 
 
 def gpu_price(gpu: str, provider: str | None = None, path: str | Path | None = None) -> GpuPrice:
-    """The cheapest listed row for `gpu` (optionally from one provider); "H100-SXM" finds "H100 SXM"."""
+    """The cheapest listed row for `gpu` (optionally from one provider); "H100-SXM" finds "H100 SXM".
+    Rows at the same price go to the first in the table (give `provider` to choose)."""
     if not isinstance(gpu, str) or (provider is not None and not isinstance(provider, str)):
         raise ValueError(f"gpu (e.g. 'H100 SXM') and provider must be strings, got {gpu!r}, {provider!r}")
     rows = load_gpu_prices(path)
