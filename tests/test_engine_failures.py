@@ -132,8 +132,7 @@ def test_an_engine_thread_that_dies_fails_fast_says_why_and_clears_the_gauges(mo
         assert "engine" in r.json()["error"]["message"] and "shutting down" not in r.json()["error"]["message"]
         # before: the gauges kept the last step's snapshot (a request running, its blocks used) forever
         assert [_metric(s, g) for g in GAUGES] == [0, 0, 0]
-        closing = time.monotonic()
-    assert time.monotonic() - closing < 5
+    assert not s._thread.is_alive()  # close() returned with uvicorn ended, not after its join timed out
     assert llm.engine.block_manager.num_used == 0 and llm.engine.driver is None
 
 
