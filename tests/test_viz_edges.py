@@ -3,7 +3,6 @@ and rates refused by name, and nothing dropped from a figure without a note."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
