@@ -900,16 +900,26 @@ def test_an_async_limiter_serves_a_second_event_loop():
 
     limiter.clock, limiter.sleep = (lambda: now[0]), fake_sleep
 
+    served, in_flight, most = [], [0], [0]
+
     async def burst():
-        async def one():
+        async def one(i):
             await limiter.acquire_slot()
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
             try:
                 await limiter.wait_budget(1)
                 await asyncio.sleep(0)
+                served.append(i)
             finally:
+                in_flight[0] -= 1
                 limiter.release_slot()
 
-        await asyncio.gather(*(one() for _ in range(15)))
+        await asyncio.gather(*(one(i) for i in range(15)))
 
     asyncio.run(burst())
     asyncio.run(burst())  # raised RuntimeError before
+    # both loops served all 15, never more than max_concurrency at once, and the rpm budget held across
+    # them: the bucket starts with one second's worth (10) and refills the rest of the minute (590 / 60 s)
+    assert sorted(served) == sorted(list(range(15)) * 2) and most[0] == 2
+    assert now[0] >= (30 - 10) / (590 / 60)
