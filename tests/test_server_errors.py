@@ -183,6 +183,37 @@ def test_rate_limiter_peek_takes_nothing():
     assert RateLimiter().peek("k") == {}
 
 
+def test_a_429_waits_for_the_budget_that_is_shortest():
+    """Both budgets short: the wait said was the requests', and the retry met a second 429 for the tokens."""
+    from lab.server.errors import APIError
+
+    now = [0.0]
+    limiter = RateLimiter(requests_per_minute=2, tokens_per_minute=100, clock=lambda: now[0])
+    limiter.check("k", 50), limiter.check("k", 50)
+    now[0] = 15.0  # a quarter of a minute: half a request and 25 tokens back
+    with pytest.raises(APIError) as info:
+        limiter.check("k", 100)
+    # the request is back at 30 s, the 100 tokens at 60 s: retry then, once
+    assert info.value.type == "tokens" and info.value.headers["retry-after"] == "45"
+    now[0] = 60.0
+    assert limiter.check("k", 100)["x-ratelimit-remaining-tokens"] == "0"
+
+
+def test_a_full_bucket_table_still_counts_a_new_keys_first_request(monkeypatch):
+    """Past the table's limit, making a new key's tokens bucket dropped its requests bucket made a
+    moment before (full, so forgettable), and that request was never counted."""
+    from lab.server import ratelimit
+    from lab.server.errors import APIError
+
+    monkeypatch.setattr(ratelimit, "MAX_IDLE_BUCKETS", 4)
+    limiter = RateLimiter(requests_per_minute=1, tokens_per_minute=1000, clock=lambda: 0.0)
+    for key in ("a", "b", "c"):
+        limiter.check(key, 1)
+    limiter.check("new", 1)
+    with pytest.raises(APIError, match="Rate limit reached for requests per minute"):
+        limiter.check("new", 1)
+
+
 def test_shutdown_answers_503_and_ends_streams():
     s = start_server(llm=tiny_llm("aux"))
     c = httpx.Client(timeout=30)

@@ -56,15 +56,17 @@ class RateLimiter:
             b = Bucket(capacity, capacity, now)
             if keep:
                 if len(self.buckets) > MAX_IDLE_BUCKETS:
-                    self._forget_full(now)
+                    self._forget_full(now, key)
                 self.buckets[(key, kind)] = b
         b.refill(now)
         return b
 
-    def _forget_full(self, now: float) -> None:
+    def _forget_full(self, now: float, keep_key: str) -> None:
+        """Drop the full buckets, but not `keep_key`'s: its requests bucket, made a moment ago for this
+        very check, was dropped when its tokens bucket was made, and the request was never counted."""
         for k, b in list(self.buckets.items()):
             b.refill(now)
-            if b.level >= b.capacity:
+            if b.level >= b.capacity and k[0] != keep_key:
                 del self.buckets[k]
 
     def check(self, key: str, tokens: int) -> dict[str, str]:
@@ -80,14 +82,18 @@ class RateLimiter:
                            code="rate_limit_exceeded", type="tokens",
                            # no wait makes it fit: tell clients (the OpenAI SDK, ours) not to retry
                            headers=self._headers(req, tok) | {"x-should-retry": "false"})
-        for bucket, amount, kind, limit in ((req, 1, "requests", self.rpm), (tok, tokens, "tokens", self.tpm)):
-            if bucket is not None and bucket.level < amount:
-                wait = bucket.wait_for(amount)
-                headers = self._headers(req, tok) | {"retry-after": str(max(1, math.ceil(wait))),
-                                                     "retry-after-ms": str(math.ceil(wait * 1000))}
-                raise APIError(429, f"Rate limit reached for {kind} per minute: limit {limit}. "
-                               f"Please try again in {duration(wait)}.",
-                               code="rate_limit_exceeded", type=kind, headers=headers)
+        # every short budget's wait, and the longest one said: a client retrying when the requests were
+        # back got a second 429 for the tokens
+        short = [(bucket.wait_for(amount), kind, limit)
+                 for bucket, amount, kind, limit in ((req, 1, "requests", self.rpm), (tok, tokens, "tokens", self.tpm))
+                 if bucket is not None and bucket.level < amount]
+        if short:
+            wait, kind, limit = max(short)
+            headers = self._headers(req, tok) | {"retry-after": str(max(1, math.ceil(wait))),
+                                                 "retry-after-ms": str(math.ceil(wait * 1000))}
+            raise APIError(429, f"Rate limit reached for {kind} per minute: limit {limit}. "
+                           f"Please try again in {duration(wait)}.",
+                           code="rate_limit_exceeded", type=kind, headers=headers)
         for bucket, amount in ((req, 1), (tok, tokens)):
             if bucket is not None:
                 bucket.level -= amount
