@@ -251,10 +251,19 @@ def test_one_api_key_given_as_a_string_stays_one_key():
     (dict(port="8000"), r"port: must be an integer in 0..65535"),
     (dict(port=70000), r"port: must be an integer in 0..65535"),
     (dict(api_keys=[123]), r"api_keys: must be a string or a list of strings, got an item of type int"),
+    # a header is latin-1 and authenticate() strips the token: such a key could never match
+    (dict(api_keys=["sk-café-0123"]), r"api_keys: a key must be printable ASCII without spaces"),
+    (dict(api_keys=["sk one"]), r"api_keys: a key must be printable ASCII without spaces"),
 ])
 def test_bad_serve_arguments_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         serve(llm=tiny_llm(), **kwargs).__enter__()
+
+
+def test_a_key_with_spaces_around_it_is_the_key_without_them():
+    with serve(llm=tiny_llm("aux"), api_keys=[" sk-padded-0123 \n"]) as s:
+        ok = httpx.get(s.url + "/models", headers={"Authorization": "Bearer sk-padded-0123"})
+        assert ok.status_code == 200
 
 
 def test_a_host_that_cannot_be_used_is_named_not_the_port():

@@ -291,6 +291,9 @@ def test_random_cuts_reach_whole_answers(server, http):
     ({"error_rates": {429: "often"}}, "error_rates[429]"),
     ({"error_rates": {429: 1.5}}, "error_rates[429]"),
     ({"error_rates": {429: 0.7, 500: 0.7}}, "error_rates"),
+    ({"error_rates": {"429": 0.7, " 429": 0.7}}, "error_rates"),  # merged into one 0.7, past the sum check
+    ({"latency_s": 10**400}, "latency_s"),  # math.isfinite raised OverflowError: a 500 from PUT /admin/faults
+    ({"error_rates": {429: 10**400}}, "error_rates[429]"),
     ({"cut_rate": "0.5"}, "cut_rate"),
     ({"cut_rate": float("nan")}, "cut_rate"),
     ({"stall_rate": -0.1}, "stall_rate"),
@@ -312,7 +315,8 @@ def test_fault_config_accepts_json_shapes():
 
 
 def test_admin_faults_bad_body_is_400_naming_the_field(server, http):
-    for body, param in (({"error_rates": "x"}, "error_rates"), ([1, 2], "faults"), ({"cut_rate": 2}, "cut_rate")):
+    for body, param in (({"error_rates": "x"}, "error_rates"), ([1, 2], "faults"), ({"cut_rate": 2}, "cut_rate"),
+                        ({"stall_s": 10**400}, "stall_s")):
         r = http.put(server.base + "/admin/faults", json=body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
         assert r.json()["error"]["message"].startswith(param + ":")

@@ -30,7 +30,12 @@ class ServerConfig:
         bad = next((k for k in self.api_keys or [] if not isinstance(k, str)), None)
         if bad is not None:  # name the type only: the list holds secrets
             raise ValueError(f"api_keys: must be a string or a list of strings, got an item of type {type(bad).__name__}")
-        self.api_keys = [k for k in (self.api_keys or []) if k]
+        # as a header carries it: authenticate() strips the token it gets, and a header is latin-1,
+        # so a key with spaces around it or a non-ASCII character could never match
+        self.api_keys = [k.strip() for k in (self.api_keys or []) if k.strip()]
+        if any(not (k.isascii() and k.isprintable()) or " " in k for k in self.api_keys):
+            raise ValueError("api_keys: a key must be printable ASCII without spaces, as an HTTP header carries "
+                             "it (the key is not shown)")
         for name in ("max_queued_requests", "max_body_bytes", "trace_limit"):
             value = getattr(self, name)
             if not is_int(value, numpy=False) or value < 1:

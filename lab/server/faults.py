@@ -10,7 +10,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from lab._checks import is_int, is_number
+from lab._checks import is_finite, is_int, is_number
 from lab.server.errors import APIError
 
 STATUSES = (401, 429, 500, 503, 504)
@@ -55,6 +55,8 @@ class FaultConfig:
         for status, p in self.error_rates.items():
             if isinstance(status, bool) or str(status).strip() not in {str(s) for s in STATUSES}:
                 raise ValueError(f"error_rates: unsupported status {status!r}; allowed: {allowed}")
+            if int(status) in rates:  # "429" and 429 (or " 429"): one overwrote the other, past the sum check
+                raise ValueError(f"error_rates: status {int(status)} given twice")
             rates[int(status)] = _number(f"error_rates[{status}]", p)
         self.error_rates = rates
         for name in ("cut_rate", "stall_rate", "latency_s", "stall_s"):
@@ -80,8 +82,10 @@ class FaultConfig:
 
 def _number(name: str, value) -> float:
     """A finite int or float (a bool or a numeric string is a mistake, not a number)."""
-    if not is_number(value, numpy=False) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+    # is_finite, not math.isfinite: a 400-digit JSON integer raised OverflowError there (a 500)
+    if not is_number(value, numpy=False) or not is_finite(value, above=-math.inf):
+        text = repr(value)
+        raise ValueError(f"{name}: must be a finite number, got {text if len(text) <= 40 else text[:37] + '...'}")
     return float(value)
 
 
