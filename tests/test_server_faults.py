@@ -217,6 +217,20 @@ def test_bad_fault_header_is_400(http):
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-lab-fault"
 
 
+def test_the_header_provokes_exactly_its_fault_while_random_faults_are_on(server, http):
+    """Laid over the random draw, `x-lab-fault: cut` could come back as a drawn 500; the header's request
+    now gets only what it names, and the others' draws stay where they were."""
+    config = FaultConfig(error_rates={500: 0.5}, seed=11)
+    server.faults = config
+    asked = [_stream_lines(http, {"x-lab-fault": "cut"}) for _ in range(12)]
+    after = _statuses(http, 12)
+    server.faults = config  # again from the seed, with no header this time
+    drawn = _statuses(http, 24)
+    server.faults = None
+    assert all(isinstance(exc, httpx.RemoteProtocolError) for _, exc in asked)  # each cut (a 500 fails above)
+    assert 500 in drawn[:12] and after == drawn[12:]  # the header's requests took their draws all the same
+
+
 def _statuses(http: httpx.Client, n: int) -> list[int]:
     return [http.post("/completions", json={**COMP, "max_tokens": 1}).status_code for _ in range(n)]
 

@@ -132,6 +132,9 @@ class FaultInjector:
             if u_stall < cfg.stall_rate:
                 fault.stall_after, fault.stall_s = cfg.stall_after_chunks, cfg.stall_s
         if header:
+            # exactly the fault asked for: laid over the random draw, `cut` could come back as a drawn
+            # 500. The draws above were still taken, so the other requests' faults stay the same
+            fault = Fault()
             _apply_header(fault, header)
         return fault
 
