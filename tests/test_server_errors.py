@@ -199,6 +199,17 @@ def test_a_429_waits_for_the_budget_that_is_shortest():
     assert limiter.check("k", 100)["x-ratelimit-remaining-tokens"] == "0"
 
 
+def test_a_request_larger_than_the_token_budget_is_told_not_to_retry():
+    from lab.server.errors import APIError
+
+    limiter = RateLimiter(tokens_per_minute=100, clock=lambda: 0.0)
+    with pytest.raises(APIError, match=r"^Request too large: 150 tokens .* lower max_tokens \(a request without "
+                                       r"it is counted at the rest of the model's context\)") as info:
+        limiter.check("k", 150)
+    assert info.value.status == 429 and info.value.headers["x-should-retry"] == "false"  # no wait makes it fit
+    assert limiter.check("k", 100)["x-ratelimit-remaining-tokens"] == "0"  # and it took nothing
+
+
 def test_a_full_bucket_table_still_counts_a_new_keys_first_request(monkeypatch):
     """Past the table's limit, making a new key's tokens bucket dropped its requests bucket made a
     moment before (full, so forgettable), and that request was never counted."""

@@ -78,7 +78,8 @@ class RateLimiter:
         tok = self._bucket(key, "tokens", self.tpm, now) if self.tpm else None
         if tok is not None and tokens > tok.capacity:
             raise APIError(429, f"Request too large: {tokens} tokens (prompt + max_tokens) exceed this key's "
-                           f"limit of {self.tpm} tokens per minute; lower max_tokens.",
+                           f"limit of {self.tpm} tokens per minute; lower max_tokens (a request without it "
+                           "is counted at the rest of the model's context).",
                            code="rate_limit_exceeded", type="tokens",
                            # no wait makes it fit: tell clients (the OpenAI SDK, ours) not to retry
                            headers=self._headers(req, tok) | {"x-should-retry": "false"})
