@@ -301,6 +301,10 @@ def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client, kind
     plain = list(client.completions.create(model="tiny-llama", prompt="Go", max_tokens=3, stream=True,
                                            stream_options={"include_usage": True}))
     assert all(c.usage is None for c in plain[:-1])  # without the extra: OpenAI's null in each chunk
+    # null is "not set" (vLLM's Optional[bool]): no usage chunk, no usage per chunk; it was a 400
+    unset = list(client.completions.create(model="tiny-llama", prompt="Go", max_tokens=3, stream=True,
+                                           stream_options={"include_usage": None, "continuous_usage_stats": None}))
+    assert unset[-1].choices and all(c.usage is None for c in unset)
 
 
 def test_a_function_message_goes_to_the_template(client):

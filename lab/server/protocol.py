@@ -15,8 +15,9 @@ from lab.engine.sequence import SamplingParams
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
-    include_usage: bool = False
-    continuous_usage_stats: bool = False  # vLLM's extra: with include_usage, the usage so far in every chunk
+    # null is "not set", as vLLM's Optional[bool] takes it: false here
+    include_usage: bool | None = False
+    continuous_usage_stats: bool | None = False  # vLLM's extra: with include_usage, the usage so far in every chunk
 
 
 # OpenAI (and vLLM) fields this server does not implement, with the values that change nothing: any
@@ -100,7 +101,7 @@ class _Common(BaseModel):
 
     @property
     def continuous_usage(self) -> bool:
-        return self.include_usage and self.stream_options.continuous_usage_stats
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
