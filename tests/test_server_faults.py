@@ -114,13 +114,16 @@ def test_a_stream_cut_at_any_chunk_is_counted_once(server, http):
 def test_a_cut_stream_counts_its_tokens(server, http):
     # before: a streamed hang-up or cut counted only as client_gone, so lab_prompt_tokens and
     # lab_generation_tokens missed what it had computed (a non-streamed hang-up's were counted)
-    gone, length = 'lab_requests_total{finish_reason="client_gone"}', 'lab_requests_total{finish_reason="length"}'
-    names = ("lab_prompt_tokens_total", "lab_generation_tokens_total", gone, length)
+    # the server's own cut is fault_cut (it was client_gone, as if the client had left)
+    cut, length = 'lab_requests_total{finish_reason="fault_cut"}', 'lab_requests_total{finish_reason="length"}'
+    gone = 'lab_requests_total{finish_reason="client_gone"}'
+    names = ("lab_prompt_tokens_total", "lab_generation_tokens_total", cut, length, gone)
     before = [_metric(server, n) for n in names]
     lines, _ = _stream_lines(http, {"x-lab-fault": "cut:4"})
     assert len(lines) == 4  # four tokens of text reached the client before the cut
-    # counted once: client_gone, or length when the engine had finished all 8 tokens before the cut
-    assert wait_until(lambda: _metric(server, gone) + _metric(server, length) == before[2] + before[3] + 1)
+    # counted once: fault_cut, or length when the engine had finished all 8 tokens before the cut
+    assert wait_until(lambda: _metric(server, cut) + _metric(server, length) == before[2] + before[3] + 1)
+    assert _metric(server, gone) == before[4]
     assert _metric(server, "lab_prompt_tokens_total") - before[0] == len("Hi")
     generated = _metric(server, "lab_generation_tokens_total") - before[1]
     assert 4 <= generated <= COMP["max_tokens"]

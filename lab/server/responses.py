@@ -126,6 +126,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
             yield await emit(maker.usage_chunk(usage(stream.prompt_tokens, stream.num_output_tokens)))
         yield await emit("[DONE]")
     except StreamCut:
+        reason = "fault_cut"  # the server dropped it on purpose: not a client that left
         raise  # an injected cut must drop the connection: what a client does then is the lesson
     except Exception as exc:
         # a bug after the 200: dropping the connection would look like a cut and tell nobody why
