@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from lab.cli_args import (
     check_output_path,
@@ -81,7 +82,7 @@ def _check_model_folder(folder: str) -> None:
         _raise_as_model_flag(e)
 
 
-def _raise_as_model_flag(e: Exception) -> None:
+def _raise_as_model_flag(e: Exception) -> NoReturn:
     """Raise `e` again, naming --model where lab.engine's message named its parameter ("model: ...")."""
     error = in_flag_error(e, leading_flag(str(e), {"model": "--model"}))
     if error is e:

@@ -574,6 +574,7 @@ async def test_pools_are_given_back_after_streams_and_failures():
     assert [made.index(pool) for pool, _ in got] == [0, 0, 1, 1, 2, 2, 0] and pools.loads == [3, 2, 2]
     for _, release in got:  # full: the least busy took more
         release()
+    got[0][1]()  # a second call gives back nothing more
     assert pools.loads == [0, 0, 0] and len(made) == 3
     # held across a second asyncio.run: its pools start afresh, and the late releases touch only the old
     held = [pools.acquire() for _ in range(3)]

@@ -155,6 +155,17 @@ def test_a_placeholder_api_key_is_refused(monkeypatch, capsys, argv, env, source
     assert len(err.splitlines()) == 1 and "sk-real" not in err and "your-key" not in err  # masked, as the client does
 
 
+@pytest.mark.parametrize(("argv", "env", "source"), [
+    (["--api-key", "sk-café-0123456789"], None, "--api-key"),
+    ([], "sk-ok-0123456789, sk-zwölf-0123456789", KEYS_ENV),
+])
+def test_a_key_no_header_can_carry_is_refused_naming_its_source(monkeypatch, capsys, argv, env, source):
+    # it was refused as "api_keys: ...", the library's name, not what the user typed
+    err = _refused_before_serving(monkeypatch, capsys, argv, env)
+    assert err == f"error: {source}: a key must be printable ASCII without spaces, as an HTTP header carries it " \
+                  "(the key is not shown)"
+
+
 def _refused_before_serving(monkeypatch, capsys, argv, env) -> str:
     """`batching-lab serve ARGV` with BATCHING_LAB_API_KEY=env (None: unset), which must exit 2 before
     any server starts; its stderr."""

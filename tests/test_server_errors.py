@@ -183,7 +183,7 @@ def test_rate_limiter_peek_takes_nothing():
     assert RateLimiter().peek("k") == {}
 
 
-def test_a_429_waits_for_the_budget_that_is_shortest():
+def test_a_429_says_the_longest_wait_of_the_short_budgets():
     """Both budgets short: the wait said was the requests', and the retry met a second 429 for the tokens."""
     from lab.server.errors import APIError
 
@@ -265,6 +265,9 @@ def test_one_api_key_given_as_a_string_stays_one_key():
     # a header is latin-1 and authenticate() strips the token: such a key could never match
     (dict(api_keys=["sk-café-0123"]), r"api_keys: a key must be printable ASCII without spaces"),
     (dict(api_keys=["sk one"]), r"api_keys: a key must be printable ASCII without spaces"),
+    # dropped, a blank key left the server open to anyone
+    (dict(api_keys=["  "]), r"api_keys: a blank key \(an unset variable\?\); give a key, or no api_keys"),
+    (dict(api_keys=["sk-real-0123456789", "\n"]), r"api_keys: a blank key"),
 ])
 def test_bad_serve_arguments_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

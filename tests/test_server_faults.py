@@ -234,6 +234,15 @@ def test_the_header_provokes_exactly_its_fault_while_random_faults_are_on(server
     assert 500 in drawn[:12] and after == drawn[12:]  # the header's requests took their draws all the same
 
 
+def test_the_header_keeps_the_configured_latency_unless_it_names_one():
+    from lab.server.faults import FaultInjector
+
+    injector = FaultInjector(FaultConfig(latency_s=0.5, error_rates={500: 1.0}, seed=1))
+    cut = injector.draw("cut")
+    assert (cut.status, cut.latency_s, cut.cut_after) == (None, 0.5, 2)  # "added before every answer"
+    assert injector.draw("latency:0.1").latency_s == 0.1 and FaultInjector().draw("429").latency_s == 0.0
+
+
 def _statuses(http: httpx.Client, n: int) -> list[int]:
     return [http.post("/completions", json={**COMP, "max_tokens": 1}).status_code for _ in range(n)]
 

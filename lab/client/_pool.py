@@ -54,8 +54,13 @@ class PoolSet:
             i = len(loads) - 1
         loads[i] += 1
 
+        given_back = False
+
         def release() -> None:
-            loads[i] -= 1
+            nonlocal given_back
+            if not given_back:  # once: a second call would free a place another request holds
+                given_back = True
+                loads[i] -= 1
 
         return self.pools[i], release
 

@@ -60,13 +60,14 @@ def _positive(name: str, value) -> int:
     return int(value)
 
 
-def blocks_in_budget(config: EngineConfig, block_bytes: float, field: str = "kv_cache_memory_gib") -> int:
+def blocks_in_budget(config: EngineConfig, block_bytes: float, field: str = "kv_cache_memory_gib",
+                     per: str = "") -> int:
     """The KV blocks of `block_bytes` that config.kv_cache_memory_gib holds, less the scratch block a
-    CUDA-graph cache keeps; engine and simulator alike. None is refused: rounding up to one block used
-    memory nobody gave."""
+    CUDA-graph cache keeps; engine and simulator alike (there, bytes per GPU). A budget that holds no
+    block is refused: rounding up to one block used memory nobody gave."""
     blocks = int(config.kv_cache_memory_gib * 2**30 // block_bytes) - config.cuda_graphs
     if blocks < 1:
         need = (1 + config.cuda_graphs) * block_bytes / 2**30
-        raise ValueError(f"{field}: {config.kv_cache_memory_gib:g} GiB holds no KV block ({block_bytes:,.0f} bytes "
+        raise ValueError(f"{field}: {config.kv_cache_memory_gib:g} GiB holds no KV block ({block_bytes:,.0f} bytes{per} "
                          f"for {config.block_size} tokens); allowed: at least {need:.3g} GiB")
     return blocks

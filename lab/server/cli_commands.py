@@ -12,6 +12,7 @@ import threading
 
 from lab.cli_args import in_flag_error, in_flag_terms, leading_flag, number_arg, positive_int_arg
 from lab.client.providers import PROVIDERS, is_placeholder, mask_key, split_keys
+from lab.server.config import HEADER_SAFE_RULE, is_header_safe
 from lab.server.faults import STATUSES
 
 # the variable the client's provider="local" preset reads, so one export serves both ends; one key or
@@ -148,6 +149,8 @@ def api_keys(args, environ=os.environ) -> list[str]:
             if is_placeholder(key):
                 raise ValueError(f"{source}: the key looks like a placeholder ({mask_key(key)}); give a real "
                                  f"key (clients refuse to send a placeholder), or {fix} for an open server")
+            if not is_header_safe(key):
+                raise ValueError(f"{source}: {HEADER_SAFE_RULE} (the key is not shown)")
     return split_keys(",".join([*args.api_key, from_env or ""]))
 
 

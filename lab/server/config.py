@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 
 from lab._checks import is_int, is_number
 
+HEADER_SAFE_RULE = "a key must be printable ASCII without spaces, as an HTTP header carries it"
+
+
+def is_header_safe(key: str) -> bool:
+    """A key that `Authorization: Bearer <key>` can carry and authenticate() can match."""
+    return key.isascii() and key.isprintable() and " " not in key
+
 
 @dataclass(slots=True)
 class ServerConfig:
@@ -32,10 +39,12 @@ class ServerConfig:
             raise ValueError(f"api_keys: must be a string or a list of strings, got an item of type {type(bad).__name__}")
         # as a header carries it: authenticate() strips the token it gets, and a header is latin-1,
         # so a key with spaces around it or a non-ASCII character could never match
-        self.api_keys = [k.strip() for k in (self.api_keys or []) if k.strip()]
-        if any(not (k.isascii() and k.isprintable()) or " " in k for k in self.api_keys):
-            raise ValueError("api_keys: a key must be printable ASCII without spaces, as an HTTP header carries "
-                             "it (the key is not shown)")
+        self.api_keys = [k.strip() for k in (self.api_keys or [])]
+        if any(not k for k in self.api_keys):  # dropped, it left the server open to anyone
+            raise ValueError("api_keys: a blank key (an unset variable?); give a key, or no api_keys for an "
+                             "open server")
+        if not all(map(is_header_safe, self.api_keys)):
+            raise ValueError(f"api_keys: {HEADER_SAFE_RULE} (the key is not shown)")
         for name in ("max_queued_requests", "max_body_bytes", "trace_limit"):
             value = getattr(self, name)
             if not is_int(value, numpy=False) or value < 1:

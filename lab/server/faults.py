@@ -133,8 +133,9 @@ class FaultInjector:
                 fault.stall_after, fault.stall_s = cfg.stall_after_chunks, cfg.stall_s
         if header:
             # exactly the fault asked for: laid over the random draw, `cut` could come back as a drawn
-            # 500. The draws above were still taken, so the other requests' faults stay the same
-            fault = Fault()
+            # 500. The draws above were still taken, so the other requests' faults stay the same.
+            # the configured latency stays ("added before every answer"); the header's own overrides it
+            fault = Fault(latency_s=cfg.latency_s if cfg is not None else 0.0)
             _apply_header(fault, header)
         return fault
 

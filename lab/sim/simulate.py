@@ -87,7 +87,7 @@ def _num_blocks(config: EngineConfig, step_model, max_model_len: float) -> int:
         # KV heads of every block, so the same budget holds more blocks
         tp = getattr(step_model, "tensor_parallel", 1)
         per_block = kv_block_bytes_per_gpu(step_model.model, config.block_size, tp)
-        blocks = blocks_in_budget(config, per_block, "config.kv_cache_memory_gib")  # as the engine counts
+        blocks = blocks_in_budget(config, per_block, "config.kv_cache_memory_gib", " per GPU")  # as the engine counts
     elif hasattr(step_model, "kv_cache_blocks"):
         blocks = step_model.kv_cache_blocks(config.block_size)
     elif config.kv_cache_memory_gib is not None:  # was told only that num_blocks is required
