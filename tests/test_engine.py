@@ -514,6 +514,14 @@ def test_unsupported_architecture_rejected(tmp_path, tiny_llama):
         make_llm(tmp_path)
 
 
+def test_a_config_missing_a_field_names_it(tmp_path, tiny_llama):
+    config = json.loads((tiny_llama / "config.json").read_text())
+    del config["num_attention_heads"]  # a KeyError traceback before
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"^model: .*config.json has no 'num_attention_heads', which this architecture needs$"):
+        make_llm(tmp_path)
+
+
 def test_request_that_cannot_fit_the_cache_rejected(tiny_llama):
     llm = make_llm(tiny_llama, num_blocks=4, block_size=4)
     with pytest.raises(ValueError, match="max_tokens: prompt \\+ max_tokens = 26 tokens cannot fit"):

@@ -65,7 +65,10 @@ def read_config(folder: Path) -> ModelConfig:
     # end-of-turn token (Llama 3's <|eot_id|>, Qwen's <|im_end|>) in generation_config.json
     eos = _ids(cfg.get("eos_token_id")) + _ids(read_json_object(folder / "generation_config.json").get("eos_token_id"))
     cfg["eos_token_id"] = list(dict.fromkeys(eos)) or None
-    return ModelConfig.from_hf(cfg)
+    try:
+        return ModelConfig.from_hf(cfg)
+    except KeyError as e:  # a traceback ending in KeyError('num_attention_heads') said neither where nor what
+        raise ValueError(f"model: {path} has no {e.args[0]!r}, which this architecture needs") from None
 
 
 # transformers' GenerationConfig defaults: a value equal to one is no recommendation of the model's
