@@ -215,8 +215,10 @@ def test_shutdown_ends_injected_delays(monkeypatch):
     assert status == 200 and (text.rstrip().endswith("data: [DONE]") or '"code":"shutting_down"' in text)
 
 
-def test_bad_fault_header_is_400(http):
-    r = http.post("/completions", json=COMP, headers={"x-lab-fault": "explode"})
+@pytest.mark.parametrize("header", ["explode", "cut:1_0", "cut:+3", "latency:-0", "stall:inf", "latency:1_0"])
+def test_bad_fault_header_is_400(http, header):
+    # int() and float() took "1_0" as ten, "+3" and "-0": only plain digits are a count or seconds
+    r = http.post("/completions", json=COMP, headers={"x-lab-fault": header})
     assert r.status_code == 400 and r.json()["error"]["param"] == "x-lab-fault"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -163,18 +164,24 @@ def _apply_header(fault: Fault, header: str) -> None:
 
 
 def _header_count(arg: str) -> int:
-    n = int(arg)
-    if n < 0:
+    # digits only: int() also takes "1_0" (ten), "+3" and " 3"
+    if not (arg.isascii() and arg.isdigit()):
         raise ValueError(arg)
-    return n
+    return int(arg)
 
 
 def _header_seconds(arg: str) -> float:
-    # inf or NaN would hold the request (and a server's shutdown) forever
+    # plain decimals only: float() also takes "inf", "nan" (which would hold the request, and a server's
+    # shutdown, forever), "1_0" and "-0"
+    if not _SECONDS.fullmatch(arg):
+        raise ValueError(arg)
     seconds = float(arg)
-    if not 0 <= seconds <= MAX_HEADER_SECONDS:
+    if seconds > MAX_HEADER_SECONDS:
         raise ValueError(arg)
     return seconds
+
+
+_SECONDS = re.compile(r"\d+(\.\d*)?|\.\d+")
 
 
 class StreamCut(Exception):
