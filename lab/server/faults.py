@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
