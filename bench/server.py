@@ -278,7 +278,15 @@ def main(argv=None) -> int:
     check_out(p, args.out)
     stop_on_sigterm()  # the servers must not outlive this process
     folder, model_desc = model_folder()
-    workloads = [workload(args.num_requests, rate, args.input_len, args.output_len) for rate in args.rates]
+
+    def workloads_of(round_index: int) -> list[Workload]:
+        # new prompts for every rate and round, the same for every server within a round: one set reused
+        # at every rate gave ours prefix-cache hits from the rate before (its blocks are 16 tokens;
+        # transformers serve shares only whole 256-token pages, so a 64-token prompt never hit)
+        return [workload(args.num_requests, rate, args.input_len, args.output_len, seed=1000 * round_index + i)
+                for i, rate in enumerate(args.rates)]
+
+    workloads = workloads_of(0)
     print(f"model: {folder} ({model_desc}); {args.num_requests} requests per rate, "
           f"{args.input_len} prompt chars, max_tokens {args.output_len}", flush=True)
     rounds = []
@@ -286,7 +294,7 @@ def main(argv=None) -> int:
     for n in range(args.repeat):
         if args.repeat > 1:
             print(f"round {n + 1} of {args.repeat}", flush=True)
-        rows = []
+        rows, workloads = [], workloads_of(n)
         for policy in ("continuous",) if args.skip_static else ("continuous", "static"):
             rows += run_ours(folder, policy, workloads, args)
         if not args.skip_transformers:

@@ -204,6 +204,29 @@ def test_server_json_records_rates_and_versions(bench, monkeypatch, tmp_path):
     assert {"python", "torch", "transformers"} <= set(report["versions"])
 
 
+def test_server_prompts_are_new_at_every_rate_and_round_and_shared_by_the_servers(bench, monkeypatch, tmp_path):
+    """One prompt set at every rate gave ours prefix-cache hits from the rate before, which transformers
+    serve (whole 256-token pages) could not get."""
+    server = bench("server")
+    monkeypatch.setattr(server, "model_folder", lambda: (tmp_path, "a stand-in"))
+    seen: dict[str, list[tuple[str, ...]]] = {}
+
+    def record(label, workloads):
+        seen.setdefault(label, []).extend(tuple(spec.prompt for spec in wl) for wl in workloads)
+        return [{"system": label, "rate": wl.meta["rate"], "errors": [], **dict.fromkeys(server.COLUMNS, 1.0)}
+                for wl in workloads]
+
+    monkeypatch.setattr(server, "run_ours", lambda folder, policy, workloads, args: record(policy, workloads))
+    monkeypatch.setattr(server, "run_transformers", lambda folder, workloads, args: record("transformers", workloads))
+    monkeypatch.setattr(server, "stop_on_sigterm", lambda: None, raising=False)
+    assert run_main(server, monkeypatch, ["--rates", "4,16,inf", "--num-requests", "3", "--repeat", "2",
+                                          "--out", str(tmp_path / "s.json")]) == 0
+    sets = seen["continuous"]
+    assert len(sets) == 6 and len(set(sets)) == 6  # 3 rates x 2 rounds, no prompt set twice
+    assert len({p for prompts in sets for p in prompts}) == 18  # nor any prompt
+    assert seen["static"] == sets and seen["transformers"] == sets  # every server the same work
+
+
 def test_client_json_says_how_many_requests_each_measurement_made(tmp_path):
     """At concurrency 1 a measurement makes at least 200 requests whatever --requests says."""
     out = tmp_path / "client.json"
