@@ -288,6 +288,12 @@ def median_rows(rounds: list[list[dict]]) -> list[dict]:
             rows.append(next(r for r in same if "error" in r))
             continue
         med = {k: (statistics.median(r[k] for r in same) if isinstance(v, float) else v) for k, v in same[0].items()}
+        # the counts: the fewest completed (a request lost in a later round must show), and the step and
+        # token counts of every round (the same each round, or the table says they moved)
+        med["completed"] = min(r["completed"] for r in same)
+        for k in ("wasted_slot_steps", "steps", "tokens_computed"):
+            if len({r[k] for r in same}) > 1:
+                med[k] = sorted(r[k] for r in same)
         med["output_tok_s_range"] = [min(r["output_tok_s"] for r in same), max(r["output_tok_s"] for r in same)]
         rows.append(med)
     return rows

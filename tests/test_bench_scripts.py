@@ -139,6 +139,20 @@ def test_engine_warmup_rounds_run_first_and_are_left_out_of_the_medians(bench, m
     assert "ours static | 1.0 | 4.0 | 3.0-5.0 |" in table  # each runner's spread over the counted rounds
 
 
+def test_engine_medians_show_a_lost_request_and_counts_that_moved(bench):
+    """The counts came from round 0 alone: a request lost in a later round, or a step count that
+    changed, did not show in the medians table."""
+    engine = bench("engine", stub_work=False)
+
+    def row(tok_s, completed, steps):
+        return {"runner": "ours continuous", "completed": completed, "output_tok_s": tok_s,
+                "wasted_slot_steps": 0, "steps": steps, "tokens_computed": 100, "ms_per_step": 1.0}
+
+    med, = engine.median_rows([[row(10.0, 64, 283)], [row(12.0, 63, 283)], [row(11.0, 64, 284)]])
+    assert med["output_tok_s"] == 11.0 and med["output_tok_s_range"] == [10.0, 12.0]
+    assert med["completed"] == 63 and med["steps"] == [283, 283, 284] and med["tokens_computed"] == 100
+
+
 def test_engine_steps_context_check_matches_when_sequences_finish(bench, monkeypatch, capsys, tmp_path):
     """The largest --context accepted still decodes every row in every timed step; one more is refused
     (it used to time steps whose sequences had reached the model's context and finished)."""
