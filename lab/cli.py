@@ -118,7 +118,8 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from lab.client.cli_commands import add_batch_args, add_bench_args, batch_main, bench_main
     from lab.server.cli_commands import add_serve_args, serve_main
-    from lab.sim.cli_commands import add_simulate_args, simulate_main
+    from lab.sim.cli_commands import simulate_main
+    from lab.sim.cli_options import add_simulate_args
 
     parser = argparse.ArgumentParser(prog="batching-lab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

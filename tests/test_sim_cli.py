@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab.sim.cli_commands import add_simulate_args, simulate_main
+from lab.sim.cli_commands import simulate_main
+from lab.sim.cli_options import add_simulate_args
 
 TRACES = Path(__file__).resolve().parents[1] / "data" / "traces"
 

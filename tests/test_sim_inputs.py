@@ -10,7 +10,8 @@ import pytest
 
 from lab.engine import EngineConfig
 from lab.sim import GPU, ConstantStepModel, FittedStepModel, ModelShape, shapes_from_trace, simulate
-from lab.sim.cli_commands import add_simulate_args, simulate_main
+from lab.sim.cli_commands import simulate_main
+from lab.sim.cli_options import add_simulate_args
 from lab.workload import RequestSpec, Workload, synthetic
 
 TENTH = ConstantStepModel(0.1)
