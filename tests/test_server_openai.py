@@ -341,3 +341,50 @@ def test_names_tool_calls_and_tool_call_ids_reach_the_template(tmp_path):
                        json={"model": server.model_name, "messages": messages, "max_tokens": 1})
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] == len(rendered)  # one token per character
+
+
+def test_models_carry_root_as_vllms_do(server):
+    # `vllm bench serve` without --model reads data[0]["root"]; without it the benchmark died on a KeyError
+    card = httpx.get(server.url + "/models", headers={"authorization": f"Bearer {KEY}"}).json()["data"][0]
+    assert card["root"] == card["id"] == "tiny-llama" and card["parent"] is None
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_the_finish_reason_rides_on_the_last_text_chunk(client, kind):
+    # a chunk of its own added a ~0 ms gap to every stream: clients that time chunks counted one ITL too many
+    args = dict(model="tiny-llama", max_tokens=5, temperature=0, stream=True, extra_body={"ignore_eos": True})
+    if kind == "chat":
+        chunks = list(client.chat.completions.create(messages=[{"role": "user", "content": "Hi"}], **args))
+        texts = [c.choices[0].delta.content for c in chunks[1:]]  # after the role chunk
+    else:
+        chunks = list(client.completions.create(prompt="Once", **args))
+        texts = [c.choices[0].text for c in chunks]
+    assert len(texts) == 5 and all(len(t) == 1 for t in texts)  # one chunk per token, no empty finish chunk
+    assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + ["length"]
+
+
+def test_a_queued_chat_stream_sends_its_role_chunk_with_the_first_token():
+    # sent on admission, the role chunk reached the client while the request still waited in the queue,
+    # and `vllm bench serve` (first chunk = first token) measured that as its TTFT
+    import threading
+
+    from helpers_server import wait_until
+
+    llm = LLM(model=tiny_model_dir(), device="cpu", dtype="float32", num_blocks=64, max_num_seqs=1)
+    with serve(llm=llm) as s:
+        long = threading.Thread(target=httpx.post, args=(s.url + "/completions",),
+                                kwargs={"json": {"model": "tiny-llama", "prompt": "A", "max_tokens": 250,
+                                                 "ignore_eos": True}, "timeout": 60})
+        long.start()
+        assert wait_until(lambda: s.engine.stats.num_running == 1)
+        body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3,
+                "stream": True}
+        with httpx.stream("POST", s.url + "/chat/completions", json=body, timeout=60) as r:
+            lines = (line for line in r.iter_lines() if line.startswith("data: "))
+            first = next(lines)
+            waiting_then = s.engine.stats.num_waiting
+            rest = list(lines)
+        long.join()
+    assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
+    assert waiting_then == 0  # it had left the queue: the long request had finished, this one had a token
+    assert rest[-1] == "data: [DONE]"

@@ -118,8 +118,9 @@ def build_app(state: ServerState) -> FastAPI:
 
 
 def _model_card(state: ServerState) -> dict:
+    # root and parent as vLLM's card has them: `vllm bench serve` without --model reads data[0]["root"]
     return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "batching-lab",
-            "max_model_len": state.engine.engine.config.max_model_len}
+            "root": state.model_name, "parent": None, "max_model_len": state.engine.engine.config.max_model_len}
 
 
 def _check_model(state: ServerState, model: str) -> None:
