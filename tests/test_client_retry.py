@@ -904,7 +904,7 @@ def test_an_async_limiter_serves_a_second_event_loop():
 
     async def burst():
         async def one(i):
-            await limiter.acquire_slot()
+            release = await limiter.acquire_slot()
             in_flight[0] += 1
             most[0] = max(most[0], in_flight[0])
             try:
@@ -913,7 +913,7 @@ def test_an_async_limiter_serves_a_second_event_loop():
                 served.append(i)
             finally:
                 in_flight[0] -= 1
-                limiter.release_slot()
+                release()
 
         await asyncio.gather(*(one(i) for i in range(15)))
 
@@ -923,3 +923,38 @@ def test_an_async_limiter_serves_a_second_event_loop():
     # them: the bucket starts with one second's worth (10) and refills the rest of the minute (590 / 60 s)
     assert sorted(served) == sorted(list(range(15)) * 2) and most[0] == 2
     assert now[0] >= (30 - 10) / (590 / 60)
+
+
+def test_a_slot_taken_under_one_event_loop_goes_back_to_that_loops_semaphore():
+    """A stream opened in one asyncio.run() and closed in the next released its slot into the new loop's
+    semaphore: that loop then let max_concurrency + 1 requests through at once."""
+    import asyncio
+
+    from lab.client.limits import AsyncLimiter
+
+    limiter = AsyncLimiter(RateLimits(max_concurrency=2))
+    old_releases = []
+
+    async def first():
+        old_releases.append(await limiter.acquire_slot())
+
+    asyncio.run(first())
+
+    async def second():
+        held = [await limiter.acquire_slot() for _ in range(2)]
+        old_releases[0]()  # the first loop's stream closes now
+        third = asyncio.create_task(limiter.acquire_slot())
+        await asyncio.sleep(0.01)
+        waited = not third.done()  # both slots of this loop are still taken
+        held[0]()
+        held[0]()  # a second call frees nothing more
+        release_third = await third
+        fourth = asyncio.create_task(limiter.acquire_slot())
+        await asyncio.sleep(0.01)
+        still_two = not fourth.done()
+        release_third()
+        (await fourth)()
+        held[1]()
+        return waited, still_two
+
+    assert asyncio.run(second()) == (True, True)

@@ -16,7 +16,7 @@ from lab.client._base import DEFAULT_POOL, BaseClient, estimate_tokens
 from lab.client._pool import PoolSet
 from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
 from lab.client.idle import start_watch
-from lab.client.limits import AsyncLimiter, SyncLimiter
+from lab.client.limits import AsyncLimiter, SyncLimiter, no_slot
 from lab.client.stream_state import StreamState, is_whole_answer, whole_answer_lines
 from lab.client.streaming import (
     AsyncStream,
@@ -224,8 +224,7 @@ class AsyncClient(BaseClient):
     async def _call(self, method, path, body, stream, timeout, headers, est):
         start_t = time.perf_counter()
         limiter = self._limiter
-        if limiter is not None:
-            await limiter.acquire_slot()
+        release_slot = no_slot if limiter is None else await limiter.acquire_slot()
         handed_to_stream = False
         try:
             retries = 0
@@ -233,7 +232,8 @@ class AsyncClient(BaseClient):
                 if limiter is not None:
                     await limiter.wait_budget(est)
                 try:
-                    out = await self._attempt(method, path, body, stream, timeout, headers, start_t, retries, est)
+                    out = await self._attempt(method, path, body, stream, timeout, headers, start_t, retries, est,
+                                              release_slot)
                     handed_to_stream = stream
                     return out
                 except APIError as e:
@@ -245,10 +245,10 @@ class AsyncClient(BaseClient):
                     await asyncio.sleep(self.retry.delay(retries, e))
                     retries += 1
         finally:
-            if limiter is not None and not handed_to_stream:
-                limiter.release_slot()
+            if not handed_to_stream:
+                release_slot()
 
-    async def _attempt(self, method, path, body, stream, timeout, headers, start_t, retries, est):
+    async def _attempt(self, method, path, body, stream, timeout, headers, start_t, retries, est, release_slot):
         http, release_pool = self._pools.acquire()
         released = False
         try:
@@ -258,7 +258,7 @@ class AsyncClient(BaseClient):
             except httpx.HTTPError as e:
                 raise from_httpx(e) from e
             if stream and response.status_code < 400:
-                opened = await self._open_stream(response, start_t, retries, est, release_pool)
+                opened = await self._open_stream(response, start_t, retries, est, release_pool, release_slot)
                 released = True  # the stream gives the pool back when it closes
                 return opened
             return await self._finish(response, method, start_t, retries, est)
@@ -279,7 +279,7 @@ class AsyncClient(BaseClient):
             await aclose_response(response)
         return _answer(self, response, content, method, rid, est, start_t, head_t, retries)
 
-    async def _open_stream(self, response, start_t, retries, est, release_pool) -> AsyncStream:
+    async def _open_stream(self, response, start_t, retries, est, release_pool, release_slot) -> AsyncStream:
         if self._limiter is not None:
             self._limiter.observe(response.status_code, response.headers)
         state = StreamState(self.stream_idle_timeout, time.perf_counter(), request_id_from(response.headers))
@@ -299,7 +299,7 @@ class AsyncClient(BaseClient):
             release_pool()
             if self._limiter is not None:
                 self._limiter.settle(est, self._used_tokens(usage, est))
-                self._limiter.release_slot()
+            release_slot()  # to the semaphore it came from, even when closed under another event loop
 
         return AsyncStream(response, state, opening, lines=lines, start_t=start_t, retries=retries,
                            provider=self.provider, self_hosted=self.self_hosted, on_close=on_close,

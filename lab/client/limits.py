@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lab._checks import is_finite, is_int
@@ -171,6 +172,10 @@ def _number(value: str | None) -> float | None:
         return None
 
 
+def no_slot() -> None:
+    """The release of a slot never taken (no max_concurrency)."""
+
+
 class AsyncLimiter:
     """Concurrency slots plus the rate budget, for asyncio callers."""
 
@@ -195,14 +200,24 @@ class AsyncLimiter:
             # fits the refill first
             self._turn = asyncio.Lock()
 
-    async def acquire_slot(self) -> None:
+    async def acquire_slot(self) -> Callable[[], None]:
+        """Wait for a slot; returns its release, bound to the semaphore it came from: a stream opened in
+        one asyncio.run() and closed in the next gave its slot to the new loop's semaphore, which then
+        let one request more than max_concurrency through. Calling the release twice frees one slot."""
         self._bind_loop()
-        if self._slots is not None:
-            await self._slots.acquire()
+        slots = self._slots
+        if slots is None:
+            return no_slot
+        await slots.acquire()
+        released = False
 
-    def release_slot(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                slots.release()
+
+        return release
 
     async def wait_budget(self, est_tokens: int) -> None:
         self._bind_loop()
