@@ -462,3 +462,36 @@ def test_a_wrong_key_is_echoed_masked(key, shown):
     from lab.server.auth import mask
 
     assert mask(key) == shown and key not in mask(key)
+
+
+def test_a_stuck_engine_step_still_lets_the_port_go(monkeypatch):
+    # close() raised on the engine's timeout before telling uvicorn to exit: the port answered 503 for the
+    # rest of the process
+    import time
+
+    import lab.server.background as background
+    from lab.engine import LLM
+
+    monkeypatch.setattr(background, "ENGINE_STOP_S", 0.2)
+    llm = LLM(model=tiny_model_dir(), device="cpu", dtype="float32", num_blocks=64)
+    step, release = llm.engine.step, threading.Event()
+
+    def stuck_step(*args, **kwargs):
+        release.wait(10)  # held until the test has seen close() give up on the engine
+        return step(*args, **kwargs)
+
+    llm.engine.step = stuck_step
+    s = start_server(llm=llm, shutdown_timeout_s=0.1)
+    sender = threading.Thread(target=httpx.post, args=(s.url + "/completions",), kwargs={"json": COMP, "timeout": 30})
+    sender.start()
+    assert wait_until(lambda: s.engine.stats.num_waiting == 1)  # its step is held
+    time.sleep(0.05)
+    with pytest.raises(RuntimeError, match="did not stop"):
+        s.close()
+    try:
+        assert not s._thread.is_alive()
+        with pytest.raises(httpx.ConnectError):  # the port is released
+            httpx.get(s.base + "/health")
+    finally:
+        release.set()
+        sender.join(15)

@@ -31,6 +31,7 @@ from lab.server.ratelimit import RateLimiter
 log = logging.getLogger("lab.server")
 _SERVER_FIELDS = {f.name for f in fields(ServerConfig)}
 START_TIMEOUT_S = 30.0
+ENGINE_STOP_S = 10.0  # how long close() waits for the engine's step in flight, at least
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
@@ -111,11 +112,16 @@ class Server:
     def close(self) -> None:
         """New requests get 503; requests in flight end (aborted); then uvicorn and the engine stop."""
         self.state.shutting_down = True
-        self.engine.stop()
-        self._uvicorn.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(self.config.shutdown_timeout_s + 5)
-        self._sock.close()
+        try:
+            # a step can be long (a big prefill on a CPU): it gets the graceful timeout, and ENGINE_STOP_S at least
+            self.engine.stop(max(ENGINE_STOP_S, self.config.shutdown_timeout_s))
+        finally:
+            # uvicorn and the port go whatever the engine did: an engine that did not stop in time raised
+            # here before, and left the port answering 503 for the rest of the process
+            self._uvicorn.should_exit = True
+            if self._thread.is_alive():
+                self._thread.join(self.config.shutdown_timeout_s + 5)
+            self._sock.close()
 
     def __enter__(self) -> Server:
         return self
