@@ -64,7 +64,8 @@ def tiny_llama(tiny_models) -> Path:
     return tiny_models["llama"]
 
 
-def hf_greedy(folder: Path, prompts: list[list[int]], max_new_tokens: int, device: str = "cpu") -> list[list[int]]:
+def hf_greedy(folder: Path, prompts: list[list[int]], max_new_tokens: int, device: str = "cpu",
+              **generate_kwargs) -> list[list[int]]:
     """Reference: transformers' own greedy `generate`, one prompt at a time (no padding effects)."""
     from transformers import AutoModelForCausalLM
 
@@ -75,7 +76,7 @@ def hf_greedy(folder: Path, prompts: list[list[int]], max_new_tokens: int, devic
             # an explicit mask: with a pad id set, generate would mask every prompt token equal to it
             x = torch.tensor([p], device=device)
             ids = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
-                                 min_new_tokens=max_new_tokens, do_sample=False)
+                                 min_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
             out.append(ids[0, len(p):].tolist())
     return out
 

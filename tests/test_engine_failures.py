@@ -162,12 +162,12 @@ def test_nan_logits_fail_only_their_request(monkeypatch, caplog):
 
     real_sample = model_runner.sample
 
-    def poisoned(logits, params, generators, default):
+    def poisoned(logits, params, *rest):
         logits = logits.clone()
         for i, p in enumerate(params):
             if p.seed == 666:
                 logits[i] = float("nan")
-        return real_sample(logits, params, generators, default)
+        return real_sample(logits, params, *rest)
 
     monkeypatch.setattr(model_runner, "sample", poisoned)
     llm = LLM(model=tiny_model_dir(), device="cpu", dtype="float32", num_blocks=64)

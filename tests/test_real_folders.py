@@ -284,3 +284,45 @@ def test_unsupported_rope_settings_are_named(tmp_path, tiny_models, rope, messag
     write_json(folder / "config.json", config | {"rope_scaling": rope})
     with pytest.raises(ValueError, match=message):
         LLM(folder, device="cpu")
+
+
+def test_a_folders_repetition_penalty_applies_and_min_p_is_named(tmp_path, tiny_models, caplog):
+    # Qwen2.5's generation_config.json: repetition_penalty was dropped unseen, and min_p would be too
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in tiny_models["llama"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    write_json(folder / "generation_config.json", {"temperature": 0.0, "repetition_penalty": 1.5, "min_p": 0.05})
+    with caplog.at_level("WARNING", logger="lab.engine.loader"):
+        llm = LLM(folder, device="cpu")
+    assert llm.sampling_defaults == {"temperature": 0.0, "repetition_penalty": 1.5}
+    assert "min_p=0.05 is not applied" in caplog.text
+    prompt = [5, 6, 7, 5, 6, 7, 5, 6]
+
+    def tokens(params=None) -> list[int]:  # 16 tokens: generate's default max_tokens
+        return llm.generate([prompt], params, use_tqdm=False)[0].token_ids
+
+    penalised = tokens(SamplingParams(max_tokens=16, temperature=0, repetition_penalty=1.5))
+    assert penalised != tokens(SamplingParams(max_tokens=16, temperature=0))
+    assert tokens() == penalised  # no params: the folder's
+    with serve(llm=llm) as server:
+        def complete(**kw) -> str:
+            r = httpx.post(server.url + "/completions", timeout=60,
+                           json={"model": server.model_name, "prompt": prompt, "max_tokens": 16, **kw})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        assert complete() == complete(repetition_penalty=1.5) != complete(repetition_penalty=1.0)
+        r = httpx.post(server.url + "/completions", timeout=60,
+                       json={"model": server.model_name, "prompt": prompt, "repetition_penalty": 0})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "repetition_penalty"
+
+
+def test_generation_configs_eos_ids_replace_config_jsons(tmp_path):
+    # as transformers and vLLM read them: config.json's id stopped generation where theirs ran on
+    folder = make_hf_model(tmp_path / "m", "llama", vocab_size=len(SPECIALS) + len(WORDS), with_tokenizer=False)
+    write_json(folder / "config.json", json.loads((folder / "config.json").read_text()) | {"eos_token_id": 9})
+    write_json(folder / "generation_config.json", {"eos_token_id": [2, 7]})
+    assert LLM(folder, device="cpu").engine.model_config.eos_token_ids == (2, 7)
+    (folder / "generation_config.json").unlink()
+    assert LLM(folder, device="cpu").engine.model_config.eos_token_ids == (9,)

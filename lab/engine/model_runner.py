@@ -108,7 +108,10 @@ class ModelRunner:
         if not sample_seqs:
             return []
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)]).float()
-        tokens = sample(logits, [s.params for s in sample_seqs], [s.generator for s in sample_seqs], self.generator)
+        params = [s.params for s in sample_seqs]
+        # the ids a repetition penalty looks at, built only for the rows that have one
+        histories = [s.token_ids if p.repetition_penalty != 1.0 else None for s, p in zip(sample_seqs, params, strict=True)]
+        tokens = sample(logits, params, [s.generator for s in sample_seqs], self.generator, histories)
         return list(zip(sample_seqs, tokens, strict=True))
 
     def _replay_decodes(self, ids, positions, slots, decodes) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""Token sampling: greedy, temperature, top-k, top-p, with per-request seeds.
+"""Token sampling: repetition penalty, then greedy or temperature, top-k, top-p, with per-request seeds.
 
 A seeded request draws from its own torch.Generator, so its tokens do not depend on which other
 requests share its batch; unseeded requests share the engine's generator. Generators live on the
@@ -43,6 +43,23 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+def apply_repetition_penalty(logits: torch.Tensor, params: list[SamplingParams],
+                             histories: list[list[int] | None]) -> torch.Tensor:
+    """Every token already in a row's prompt or output has its logit divided by the penalty when
+    positive and multiplied by it when negative (HF's RepetitionPenaltyLogitsProcessor, vLLM's rule),
+    before temperature and the filters. Rows without a penalty are left as they are."""
+    rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
+    if not rows:
+        return logits
+    logits = logits.clone()  # the caller's tensor stays as the model gave it
+    for i in rows:
+        seen = torch.tensor(sorted(set(histories[i])), dtype=torch.long, device=logits.device)
+        scores = logits[i, seen]
+        penalty = params[i].repetition_penalty
+        logits[i, seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits
+
+
 class SamplingError(ValueError):
     """One row's logits could not be sampled from; that request fails, the others go on."""
 
@@ -52,8 +69,11 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     default_generator: torch.Generator,
+    histories: list[list[int] | None] | None = None,  # each row's prompt + output ids, where it has a penalty
 ) -> list[int | SamplingError]:
     """One token per row, or a SamplingError for a row whose logits hold NaN or inf."""
+    if histories is not None:
+        logits = apply_repetition_penalty(logits, params, histories)
     # greedy rows are done; sampled rows are overwritten below. torch's max picks a NaN (or +inf) over
     # any number, so one look at each row's maximum tells whether that row's logits are usable
     best, out = logits.max(-1)

@@ -26,6 +26,7 @@ class SamplingParams:
     stop: list[str] | str | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the output (HF's, vLLM's)
 
     def __post_init__(self):
         # types first: a wrong type would otherwise surface as a TypeError deep in a comparison. What passes
@@ -67,6 +68,10 @@ class SamplingParams:
         self.stop_token_ids = [int(t) for t in self.stop_token_ids or []]
         if not isinstance(self.ignore_eos, bool):
             raise ValueError(f"ignore_eos: must be true or false, got {self.ignore_eos!r}")
+        penalty = _as_float(self.repetition_penalty)
+        if penalty is None or not math.isfinite(penalty) or penalty <= 0:
+            raise ValueError(f"repetition_penalty: must be a finite number > 0 (1: off), got {self.repetition_penalty!r}")
+        self.repetition_penalty = penalty
 
     @property
     def greedy(self) -> bool:
