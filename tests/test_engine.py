@@ -512,6 +512,11 @@ def test_unsupported_architecture_rejected(tmp_path, tiny_llama):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"architectures: \['MambaForCausalLM'\] is not supported; allowed: LlamaForCausalLM"):
         make_llm(tmp_path)
+    del config["architectures"]
+    config["model_type"] = "qwen2_moe"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"architectures: missing, and model_type 'qwen2_moe' is not supported"):
+        make_llm(tmp_path)
 
 
 def test_a_config_missing_a_field_names_it(tmp_path, tiny_llama):

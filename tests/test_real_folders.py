@@ -268,11 +268,13 @@ def test_scaled_rope_matches_transformers(tmp_path, kind, key):
 
 
 @pytest.mark.parametrize("rope, message", [
-    ({"rope_type": "yarn", "factor": 4.0}, r"rope_parameters.rope_type: 'yarn' is not supported; allowed: 'default', 'linear', 'llama3'"),
-    ({"rope_type": "linear"}, r"rope_parameters.factor: must be a positive number"),
+    # the field the config holds is named: rope_scaling (before transformers 5), and its older "type"
+    ({"rope_type": "yarn", "factor": 4.0}, r"rope_scaling.rope_type: 'yarn' is not supported; allowed: 'default', 'linear', 'llama3'"),
+    ({"type": "dynamic", "factor": 2.0}, r"rope_scaling.type: 'dynamic' is not supported"),
+    ({"rope_type": "linear"}, r"rope_scaling.factor: must be a positive number"),
     ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
-      "original_max_position_embeddings": 64}, r"rope_parameters.high_freq_factor: must be above low_freq_factor"),
-    ({"rope_type": "default", "partial_rotary_factor": 0.5}, r"rope_parameters.partial_rotary_factor: 0.5"),
+      "original_max_position_embeddings": 64}, r"rope_scaling.high_freq_factor: must be above low_freq_factor"),
+    ({"rope_type": "default", "partial_rotary_factor": 0.5}, r"rope_scaling.partial_rotary_factor: 0.5"),
 ])
 def test_unsupported_rope_settings_are_named(tmp_path, tiny_models, rope, message):
     import shutil

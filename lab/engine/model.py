@@ -64,16 +64,17 @@ class ModelConfig:
         archs = cfg.get("architectures") or [a for a, family in ARCHITECTURES.items() if family == cfg.get("model_type")]
         arch = next((ARCHITECTURES[a] for a in archs if a in ARCHITECTURES), None)
         if arch is None:
-            raise ValueError(
-                f"architectures: {archs or 'missing'} is not supported; allowed: {', '.join(ARCHITECTURES)}"
-            )
+            named = (f"architectures: {archs}" if cfg.get("architectures")
+                     else f"architectures: missing, and model_type {cfg.get('model_type')!r}")
+            raise ValueError(f"{named} is not supported; allowed: {', '.join(ARCHITECTURES)}")
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos if isinstance(eos, list) else [] if eos is None else [eos])
         if arch == "gpt2":
             from lab.engine.gpt2 import gpt2_config
 
             return gpt2_config(cfg, eos_ids)
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_field = "rope_parameters" if cfg.get("rope_parameters") else "rope_scaling"  # before transformers 5
+        rope = cfg.get(rope_field) or {}
         if cfg.get("use_sliding_window"):
             raise ValueError("use_sliding_window: sliding-window attention is not supported; allowed: false")
         heads = cfg["num_attention_heads"]
@@ -89,7 +90,7 @@ class ModelConfig:
             max_position_embeddings=cfg.get("max_position_embeddings", 2048),
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0),
-            rope_scaling=rope_scaling_from_hf(rope, cfg.get("max_position_embeddings")),
+            rope_scaling=rope_scaling_from_hf(rope, cfg.get("max_position_embeddings"), rope_field),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
             o_proj_bias=arch != "qwen2" and bool(cfg.get("attention_bias", False)),
@@ -100,16 +101,19 @@ class ModelConfig:
         )
 
 
-def rope_scaling_from_hf(rope: dict, max_position_embeddings: int | None) -> RopeScaling | None:
-    """The config's `rope_parameters` (or older `rope_scaling`) as a RopeScaling; None for plain RoPE."""
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
+def rope_scaling_from_hf(rope: dict, max_position_embeddings: int | None,
+                         field: str = "rope_parameters") -> RopeScaling | None:
+    """The config's `rope_parameters` (or older `rope_scaling`, named by `field` in errors) as a
+    RopeScaling; None for plain RoPE."""
+    type_key = "rope_type" if "rope_type" in rope or "type" not in rope else "type"  # "type": older configs
+    rope_type = rope.get(type_key, "default")
     if rope_type not in ("default", "linear", "llama3"):
         raise ValueError(
-            f"rope_parameters.rope_type: {rope_type!r} is not supported; allowed: 'default', 'linear', 'llama3'"
+            f"{field}.{type_key}: {rope_type!r} is not supported; allowed: 'default', 'linear', 'llama3'"
         )
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError(
-            f"rope_parameters.partial_rotary_factor: {rope['partial_rotary_factor']!r} is not supported; allowed: 1.0"
+            f"{field}.partial_rotary_factor: {rope['partial_rotary_factor']!r} is not supported; allowed: 1.0"
         )
     if rope_type == "default":
         return None
@@ -117,7 +121,7 @@ def rope_scaling_from_hf(rope: dict, max_position_embeddings: int | None) -> Rop
     def number(name: str, default=None) -> float:
         value = rope.get(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"rope_parameters.{name}: must be a positive number for rope_type "
+            raise ValueError(f"{field}.{name}: must be a positive number for rope_type "
                              f"{rope_type!r}, got {value!r}")
         return value
 
@@ -125,7 +129,7 @@ def rope_scaling_from_hf(rope: dict, max_position_embeddings: int | None) -> Rop
         return RopeScaling("linear", float(number("factor")))
     low, high = number("low_freq_factor"), number("high_freq_factor")
     if high <= low:
-        raise ValueError(f"rope_parameters.high_freq_factor: must be above low_freq_factor ({low}), got {high}")
+        raise ValueError(f"{field}.high_freq_factor: must be above low_freq_factor ({low}), got {high}")
     # transformers falls back to max_position_embeddings when the original length is missing
     original = number("original_max_position_embeddings", max_position_embeddings)
     return RopeScaling("llama3", float(number("factor")), float(low), float(high), int(original))
