@@ -74,3 +74,26 @@ def test_streamed_text_is_the_final_text(llm, monkeypatch, case):
     assert sum(e.token_id is not None for e in events) == want_tokens and events[-1].finish_reason == want_reason
     assert not any("\ufffd" in e.text for e in events[:-1])  # half a character is never streamed
     assert EOS not in final.text
+
+
+def test_only_a_tail_that_could_begin_a_stop_string_is_held_back(llm, monkeypatch):
+    # every character used to wait len(stop) - 1 characters (vLLM's rule): a chat on the bundled model,
+    # which stops at "\n\n", showed each character one token late, and its TTFT one decode step late
+    from lab.engine.engine import partial_stop_length
+
+    assert partial_stop_length("the cat", ["\n\n"], 2) == 0
+    assert partial_stop_length("the cat\n", ["\n\n"], 2) == 1
+    assert partial_stop_length("ab", ["abc", "bx"], 3) == 2  # "ab" begins "abc"
+    assert partial_stop_length("xb", ["abc", "bx"], 3) == 1  # "b" begins "bx"
+    ids = llm.tokenizer.encode("the cat sat on the mat")
+    _script(monkeypatch, llm, ids)
+    events = list(llm.stream("the", SamplingParams(max_tokens=len(ids), temperature=0, stop=["mat!"])))
+    shown = ""
+    for k, e in enumerate(events, 1):
+        shown += e.text
+        text_so_far = llm.tokenizer.decode(ids[:k])
+        held = len(text_so_far) - len(shown)
+        # held back only while the tail could begin "mat!" ("m", "ma", "mat"), and not once it has ended
+        want = 0 if e.finish_reason else partial_stop_length(text_so_far, ["mat!"], 4)
+        assert held == want, (k, text_so_far, shown)
+    assert shown == "the cat sat on the mat" and events[0].text  # the first token's text went out at once
