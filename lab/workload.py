@@ -39,7 +39,7 @@ class RequestSpec:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
-    ignore_eos: bool = True  # benchmarks fix the output length, as `vllm bench serve` does
+    ignore_eos: bool = True  # benchmarks fix the output length (`vllm bench serve --ignore-eos`)
 
     def __post_init__(self):
         if not isinstance(self.id, str) or not self.id:

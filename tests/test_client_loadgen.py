@@ -475,3 +475,34 @@ def test_bench_key_errors_name_the_flag(key, message, monkeypatch, capsys):
     assert main(["bench", "--provider", "openai", "--num-prompts", "1"]) == 2
     assert capsys.readouterr().err.startswith("error: the key from the environment variable OPENAI_API_KEY "
                                               "contains spaces")
+
+
+def test_the_chunk_that_ends_a_choice_is_timed_as_its_last_token():
+    """An EOS ends a stream with an empty chunk carrying finish_reason, and usage counts that token: its
+    time was left out, so E2EL and TPOT stopped a token early (vllm bench serve times it); a stream whose
+    first token is an EOS was an EmptyStream failure where vLLM reports a completed request."""
+    import asyncio
+
+    def finish():
+        chunk = _chat_chunk(content="")
+        chunk["choices"][0]["finish_reason"] = "stop"
+        return chunk
+
+    usage = {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [],
+             "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}}
+
+    async def run(events):
+        client = AsyncClient(base_url="http://test/v1", api_key=KEY, transport=_stream_of(events, 0.02))
+        try:
+            return await arun_workload(client, Workload([RequestSpec("r0", 0.0, prompt="hi", output_len=8)]),
+                                       model="m", endpoint="chat")
+        finally:
+            await client.close()
+
+    r = asyncio.run(run([_chat_chunk(role="assistant", content=""), _chat_chunk(content="A"),
+                         _chat_chunk(content="B"), finish(), usage, "[DONE]"])).requests[0]
+    assert r.ok and len(r.token_times_s) == 3 and r.output_tokens == 3
+    assert r.finish_s == r.token_times_s[-1] > r.token_times_s[1]  # E2E ends at the EOS chunk, after "B"
+    assert r.tpot_s == pytest.approx((r.token_times_s[-1] - r.token_times_s[0]) / 2)
+    eos_first = asyncio.run(run([_chat_chunk(role="assistant", content=""), finish(), "[DONE]"])).requests[0]
+    assert eos_first.ok and eos_first.output_tokens == 1 and eos_first.finish_reason == "stop"

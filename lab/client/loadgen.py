@@ -86,7 +86,7 @@ async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0
         return m
     state = stream.state
     m.retries = stream.retries
-    if not state.token_times:  # as vllm bench serve: a 200 that never streamed a token is a failure
+    if not state.token_times:  # a 200 that never streamed a token nor ended a choice is a failure
         m.status, m.error = "error", "EmptyStream: the stream ended without a single token"
         m.finish_s = (stream.end_t or time.perf_counter()) - t0
         return m
@@ -98,8 +98,8 @@ async def _one(client: AsyncClient, spec: RequestSpec, body: dict, path: str, t0
     m.finish_reason = state.finish_reason
     usage = state.usage
     m.prompt_tokens = (usage and usage.prompt_tokens) or m.prompt_tokens
-    # no usage chunk, or one without completion_tokens: count chunks with text, one token each as
-    # servers usually stream them
+    # no usage chunk, or one without completion_tokens: count the timed chunks, one token each as
+    # servers usually stream them (vllm bench serve retokenizes the text instead)
     m.output_tokens = (usage and usage.completion_tokens) or len(state.token_times)
     return m
 

@@ -39,7 +39,7 @@ class StreamState:
         self.ended: set[int] = set()  # choices that had theirs
         self.model = ""
         self.first_chunk_t: float | None = None
-        self.token_times: list[float] = []  # when each chunk with text arrived (ITL)
+        self.token_times: list[float] = []  # when each chunk with text, or ending a choice, arrived (ITL)
         self.request_id = request_id
         self.waiting = False  # the caller is waiting on the server (the idle clock runs only then)
         self.idle_expired = False  # the idle watch shut the socket: whatever the read says next, it was that
@@ -104,7 +104,10 @@ class StreamState:
         text = chunk.text
         if text:
             self.text_parts.append(text)
-        if text or chunk.reasoning:  # reasoning tokens are generated tokens too (usage counts them)
+        # the chunk that ends a choice carries its last token even without text (an EOS, which usage
+        # counts), so it is timed as one, as `vllm bench serve` times it: E2EL and TPOT end there
+        ends_here = any(c.finish_reason and c.index not in self.ended for c in chunk.choices)
+        if text or chunk.reasoning or ends_here:  # reasoning tokens are generated tokens too (usage counts them)
             self.token_times.append(now)
         for choice in chunk.choices:
             if choice.finish_reason:
