@@ -100,7 +100,9 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, spec: RequestSpec,
                 if "error" in chunk:  # a server's mid-stream error event: not a completed request
                     m.status, m.error = "error", f"stream error: {chunk['error']}"
                     break
-                if any(c.get("text") for c in chunk.get("choices") or ()):
+                choices = chunk.get("choices") or ()
+                # timed as run_workload times them: chunks with text, and the one that ends the choice
+                if any(c.get("text") or c.get("finish_reason") for c in choices):
                     m.token_times_s.append(time.perf_counter() - t0)
                 if chunk.get("usage"):
                     m.prompt_tokens = chunk["usage"]["prompt_tokens"]
@@ -109,7 +111,8 @@ async def _one(http: httpx.AsyncClient, url: str, model: str, spec: RequestSpec,
                 m.status, m.error = "error", "the stream ended without [DONE] or without a token"
     except httpx.HTTPError as exc:
         m.status, m.error = "error", f"{type(exc).__name__}: {exc}"
-    m.finish_s = time.perf_counter() - t0
+    # E2E ends at the last token, as in run_workload and vllm bench serve (not after usage and [DONE])
+    m.finish_s = m.token_times_s[-1] if m.status == "ok" else time.perf_counter() - t0
     m.first_token_s = m.token_times_s[0] if m.token_times_s else None
     m.output_tokens = m.output_tokens or len(m.token_times_s)
     return m

@@ -355,3 +355,37 @@ def test_a_noisy_server_cannot_block_on_its_stderr(bench, monkeypatch):
         for proc in started:
             proc.kill()
             proc.wait()
+
+
+def test_the_bare_server_loop_times_requests_as_run_workload_does(bench):
+    """`--loadgen loop` ended E2E after the usage chunk and [DONE], and left an EOS's closing chunk
+    untimed: its E2E and TPOT were not those of run_workload, which it is the yardstick for."""
+    import asyncio
+
+    import httpx
+
+    from lab.workload import RequestSpec
+
+    server = bench("server", stub_work=False)
+    chunks = [{"choices": [{"index": 0, "text": "A", "finish_reason": None}]},
+              {"choices": [{"index": 0, "text": "B", "finish_reason": None}]},
+              {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]},  # the EOS: no text
+              {"choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}]
+
+    def handler(request):
+        async def body():
+            for chunk in chunks:
+                await asyncio.sleep(0.01)
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            await asyncio.sleep(0.3)  # slow to close the stream: not generation
+            yield b"data: [DONE]\n\n"
+
+        return httpx.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    async def run():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            return await server._one(http, "http://test/v1", "m", RequestSpec("r0", 0.0, prompt="hi"), time.perf_counter())
+
+    m = asyncio.run(run())
+    assert m.status == "ok" and len(m.token_times_s) == 3 and m.output_tokens == 3
+    assert m.finish_s == m.token_times_s[-1]  # the 0.3 s before [DONE] is not in E2E
