@@ -234,6 +234,27 @@ def test_bench_main_prints_the_summary(monkeypatch, capsys):
     assert bench_main(args) == 0
     printed = capsys.readouterr().out
     assert "Successful requests:" in printed and "Mean TTFT (ms):" in printed and "P99 ITL (ms):" in printed
+    assert "goodput" not in printed  # no SLOs given
+
+
+def test_bench_goodput_takes_slos_as_vllm_bench_serve_does(monkeypatch, capsys, tmp_path):
+    real_client = Client
+    monkeypatch.setattr("lab.client.client.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(StreamingServer()), **kw))
+    out = tmp_path / "b.json"
+    common = ["--base-url", "http://h/v1", "--num-prompts", "4", "--output-len", "2", "--no-progress",
+              "--result-json", str(out)]
+    parser = add_bench_args(argparse.ArgumentParser())
+    assert bench_main(parser.parse_args([*common, "--goodput", "ttft:60000", "e2el:60000"])) == 0
+    assert "Request goodput (req/s):" in capsys.readouterr().out
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["goodput"] == pytest.approx(summary["request_throughput"])  # every request within a minute
+    assert bench_main(parser.parse_args([*common, "--goodput", "ttft:0.000001"])) == 0
+    assert json.loads(out.read_text())["summary"]["goodput"] == 0  # none within a nanosecond
+    for bad in ("ttft", "itl:50", "tpot:-1", "tpot:x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*common, "--goodput", bad])
+        assert "argument --goodput" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, shown", [([], True), (["--no-progress"], False)])

@@ -23,9 +23,11 @@ from lab.metrics import format_summary, json_ready
 BENCH_EXAMPLES = """examples (a server first, in another terminal: batching-lab serve --port 8000):
   batching-lab bench --base-url http://127.0.0.1:8000/v1 --num-prompts 20 --rate 4
   batching-lab bench --base-url http://127.0.0.1:8000/v1 --num-prompts 50 --max-concurrency 8 \\
-      --input-len 16 --output-len 64 --result-json bench.json
+      --input-len 16 --output-len 64 --goodput ttft:500 tpot:50 --result-json bench.json
   batching-lab bench --base-url http://127.0.0.1:8000/v1 --num-prompts 10 --endpoint chat
 """
+
+SLO_KEYS = ("ttft", "tpot", "e2el")  # Result.summary's slo_ms keys, as vllm bench serve's --goodput names them
 
 BATCH_EXAMPLES = """examples (a server first, in another terminal: batching-lab serve --port 8000):
   printf '%s\\n' '{"custom_id": "q1", "method": "POST", "url": "/v1/completions", "body": {"prompt": "To be", "max_tokens": 16}}' > requests.jsonl
@@ -109,12 +111,29 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="most requests in flight; later arrivals wait (default: no limit)")
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the arrivals and prompts (default: %(default)s)")
+    parser.add_argument("--goodput", nargs="+", type=slo_arg, metavar="KEY:MS", default=None,
+                        help="SLOs for goodput, as vllm bench serve takes them: ttft, tpot or e2el with a limit "
+                             "in ms, e.g. --goodput ttft:200 tpot:50; goodput counts the requests that meet "
+                             "them all (default: none)")
     parser.add_argument("--result-json", help="also write the summary to this JSON file (default: none)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar, for scripts and CI logs (default: a bar on stderr, one tick per "
                              "finished request)")
     parser.epilog = BENCH_EXAMPLES
     return parser
+
+
+def slo_arg(text: str) -> tuple[str, float]:
+    """`ttft:200` as ("ttft", 200.0), for --goodput."""
+    key, sep, value = text.partition(":")
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = None
+    if not sep or key not in SLO_KEYS or ms is None or not math.isfinite(ms) or ms <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: want KEY:MS with KEY one of {', '.join(SLO_KEYS)} and a "
+                                         "limit in milliseconds > 0, e.g. ttft:200")
+    return key, ms
 
 
 def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -157,7 +176,7 @@ def bench_main(args) -> int:
                                   max_retries=args.max_retries or 0, progress=not args.no_progress)
         except ValueError as e:  # "/models lists no model; pass model=...": here it is --model
             raise _as_flags(e) from None
-    summary = result.summary()
+    summary = result.summary(dict(args.goodput) if args.goodput else None)
     # the file before the printing: `bench ... | head -1` closes stdout early, and the print that
     # failed on the broken pipe ended the command before the file was written; also for a run that
     # ends below in one line, which a script reading the file must see failed
