@@ -388,3 +388,21 @@ def test_a_queued_chat_stream_sends_its_role_chunk_with_the_first_token():
     assert json.loads(first[6:])["choices"][0]["delta"]["role"] == "assistant"
     assert waiting_then == 0  # it had left the queue: the long request had finished, this one had a token
     assert rest[-1] == "data: [DONE]"
+
+
+def test_a_one_token_chat_stream_cut_at_its_role_chunk_is_still_counted(server):
+    # the role chunk, sent with the first event, went out before that (finished) request was counted: a
+    # cut there left it out of /metrics, its prompt and its token with it
+    before = _counters(server)
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+            "stream": True, "ignore_eos": True}
+    with pytest.raises(httpx.HTTPError):  # the connection is dropped before the first chunk
+        with httpx.stream("POST", server.url + "/chat/completions", json=body, timeout=30,
+                          headers={"authorization": f"Bearer {KEY}", "x-lab-fault": "cut:0"}) as r:
+            for _ in r.iter_lines():
+                pass
+    from helpers_server import wait_until
+
+    assert wait_until(lambda: _counters(server)["lab_e2e_request_latency_seconds_count"]
+                      == before["lab_e2e_request_latency_seconds_count"] + 1)
+    assert _counters(server)["lab_generation_tokens_total"] - before["lab_generation_tokens_total"] == 1

@@ -102,12 +102,6 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
     role_sent = a.kind != "chat"
     try:
         async for ev in stream:
-            if not role_sent and ev.error is None:
-                # the role chunk goes out with the first token, as vLLM's and OpenAI's do: sent on
-                # admission it reached the client before the queue wait and the prefill, and clients
-                # that time the first chunk (vllm bench serve) measured a TTFT of a few milliseconds
-                role_sent = True
-                yield await emit(maker.chunk(None, role=True, use=usage(stream.prompt_tokens, 0)))
             if ev.error is not None:  # engine failure or shutdown: say so
                 error = _engine_error(a, ev, metrics)
                 metrics.errors.labels(str(error.status)).inc()  # after the 200: ErrorCounter saw a success
@@ -121,6 +115,13 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                 # finished, so the `finally` below does not count it as client_gone either
                 metrics.finished(stream.prompt_tokens, ev.num_output_tokens, ev.finish_reason,
                                  time.perf_counter() - a.arrival_s)
+            if not role_sent:
+                # the role chunk goes out with the first token, as vLLM's and OpenAI's do: sent on
+                # admission it reached the client before the queue wait and the prefill, and clients
+                # that time the first chunk (vllm bench serve) measured a TTFT of a few milliseconds.
+                # After the counting above: a cut or a hang-up on it finds a one-token answer counted
+                role_sent = True
+                yield await emit(maker.chunk(None, role=True, use=usage(stream.prompt_tokens, 0)))
             # a usage dict per token only for those who asked for it (the hot path of every stream)
             so_far = usage(stream.prompt_tokens, ev.num_output_tokens) if maker.continuous_usage else None
             if ev.text or ev.finished:
