@@ -134,13 +134,18 @@ def test_a_repetition_penalty_matches_transformers(tiny_models, prompts, referen
 
 
 def test_a_repetition_penalty_on_hand_made_logits():
-    from lab.engine.sampler import apply_repetition_penalty
+    from lab.engine.sampler import apply_repetition_penalty, seen_token_ids
+    from lab.engine.sequence import Sequence
 
-    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
     params = [SamplingParams(repetition_penalty=2.0), SamplingParams()]
-    out = apply_repetition_penalty(logits, params, [[0, 1, 1], None])
+    seq = Sequence("r", [0, 1, 1], params[0], 0.0)
+    seen = seen_token_ids(seq, "cpu")
+    assert sorted(seen.tolist()) == [0, 1]
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]])
+    out = apply_repetition_penalty(logits, params, [seen, None])
     assert out.tolist() == [[1.0, -2.0, 0.5, 3.0], [2.0, -1.0, 0.5, 3.0]]  # seen: 2 / 2 and -1 * 2
-    assert logits[0, 0] == 2.0  # the model's logits are left as they were
+    seq.output_token_ids += [3, 1]  # the ids kept on the sequence grow with its output, once each
+    assert sorted(seen_token_ids(seq, "cpu").tolist()) == [0, 1, 3] and seq.seen_upto == 5
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "1.2", None])

@@ -339,8 +339,15 @@ def partial_stop_length(text: str, stops: list[str], longest_stop: int) -> int:
     back from the stream, in case the next tokens complete it. vLLM holds back len(stop) - 1 characters
     always; only a tail that begins some stop string needs it, so the rest streams a token earlier
     (a chat on the bundled model, which stops at a blank line, showed each character one token late)."""
-    for k in range(min(longest_stop - 1, len(text)), 0, -1):
-        tail = text[-k:]
-        if any(s.startswith(tail) for s in stops):
-            return k
-    return 0
+    tail = text[len(text) - min(longest_stop - 1, len(text)):]
+    n, held = len(tail), 0
+    for s in stops:
+        # only where the stop's first character occurs: trying every tail length sliced the text per
+        # length, which cost milliseconds a token with stop strings thousands of characters long
+        i = tail.find(s[0], max(0, n - len(s) + 1))
+        while i != -1 and n - i > held:
+            if s.startswith(tail[i:]):
+                held = n - i
+                break
+            i = tail.find(s[0], i + 1)
+    return held

@@ -13,7 +13,7 @@ import torch
 from lab.engine.attention import AttentionMetadata, DecodeGroup, PrefillSpan, build_decode_mask
 from lab.engine.cuda_graph import DecodeGraphs, GraphCaptureError
 from lab.engine.model import ModelConfig
-from lab.engine.sampler import sample, seeded_generator
+from lab.engine.sampler import sample, seeded_generator, seen_token_ids
 from lab.engine.scheduler import ScheduledBatch
 from lab.engine.sequence import Sequence
 
@@ -109,9 +109,10 @@ class ModelRunner:
             return []
         logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=dev)]).float()
         params = [s.params for s in sample_seqs]
-        # the ids a repetition penalty looks at, built only for the rows that have one
-        histories = [s.token_ids if p.repetition_penalty != 1.0 else None for s, p in zip(sample_seqs, params, strict=True)]
-        tokens = sample(logits, params, [s.generator for s in sample_seqs], self.generator, histories)
+        # the ids a repetition penalty looks at, only for the rows that have one
+        seen = [seen_token_ids(s, dev) if p.repetition_penalty != 1.0 else None
+                for s, p in zip(sample_seqs, params, strict=True)]
+        tokens = sample(logits, params, [s.generator for s in sample_seqs], self.generator, seen)
         return list(zip(sample_seqs, tokens, strict=True))
 
     def _replay_decodes(self, ids, positions, slots, decodes) -> torch.Tensor | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.engine.sequence import SamplingParams
+from lab.engine.sequence import SamplingParams, Sequence
 
 
 def seeded_generator(device, seed: int) -> torch.Generator:
@@ -43,20 +43,35 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+def seen_token_ids(seq: Sequence, device) -> torch.Tensor:
+    """The distinct ids of a sequence's prompt and output, as a tensor on `device`, kept on the sequence
+    and extended by the tokens added since the last call: rebuilt from the whole history each step, a
+    penalty cost 36 ms a step for 64 sequences of 2,048 tokens (a CPU, a 152k vocabulary)."""
+    if seq.seen_set is None:
+        seq.seen_set, seq.seen_upto = set(), 0
+        seq.seen_ids = torch.empty(0, dtype=torch.long, device=device)
+    n_prompt = len(seq.prompt_token_ids)
+    if seq.seen_upto < n_prompt:
+        new = seq.prompt_token_ids[seq.seen_upto:] + seq.output_token_ids
+    else:
+        new = seq.output_token_ids[seq.seen_upto - n_prompt:]
+    fresh = [t for t in dict.fromkeys(new) if t not in seq.seen_set]
+    if fresh:
+        seq.seen_set.update(fresh)
+        seq.seen_ids = torch.cat([seq.seen_ids, torch.tensor(fresh, dtype=torch.long, device=device)])
+    seq.seen_upto = seq.num_tokens
+    return seq.seen_ids
+
+
 def apply_repetition_penalty(logits: torch.Tensor, params: list[SamplingParams],
-                             histories: list[list[int] | None]) -> torch.Tensor:
-    """Every token already in a row's prompt or output has its logit divided by the penalty when
-    positive and multiplied by it when negative (HF's RepetitionPenaltyLogitsProcessor, vLLM's rule),
-    before temperature and the filters. Rows without a penalty are left as they are."""
-    rows = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
-    if not rows:
-        return logits
-    logits = logits.clone()  # the caller's tensor stays as the model gave it
-    for i in rows:
-        seen = torch.tensor(sorted(set(histories[i])), dtype=torch.long, device=logits.device)
-        scores = logits[i, seen]
-        penalty = params[i].repetition_penalty
-        logits[i, seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
+                             seen: list[torch.Tensor | None]) -> torch.Tensor:
+    """Every token already in a row's prompt or output (`seen`, distinct ids) has its logit divided by
+    the penalty when positive and multiplied by it when negative (HF's RepetitionPenaltyLogitsProcessor,
+    vLLM's rule), before temperature and the filters. In place, on the rows with a penalty only."""
+    for i, p in enumerate(params):
+        if p.repetition_penalty != 1.0:
+            scores = logits[i, seen[i]]
+            logits[i, seen[i]] = torch.where(scores > 0, scores / p.repetition_penalty, scores * p.repetition_penalty)
     return logits
 
 
@@ -69,11 +84,12 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator | None],
     default_generator: torch.Generator,
-    histories: list[list[int] | None] | None = None,  # each row's prompt + output ids, where it has a penalty
+    seen: list[torch.Tensor | None] | None = None,  # each penalised row's prompt and output ids (seen_token_ids)
 ) -> list[int | SamplingError]:
-    """One token per row, or a SamplingError for a row whose logits hold NaN or inf."""
-    if histories is not None:
-        logits = apply_repetition_penalty(logits, params, histories)
+    """One token per row, or a SamplingError for a row whose logits hold NaN or inf. A repetition penalty
+    changes its rows of `logits` in place."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, params, seen)
     # greedy rows are done; sampled rows are overwritten below. torch's max picks a NaN (or +inf) over
     # any number, so one look at each row's maximum tells whether that row's logits are usable
     best, out = logits.max(-1)

@@ -123,6 +123,11 @@ class Sequence:
     finish_s: float | None = None
     token_times_s: list[float] = field(default_factory=list)
     generator: object = None  # torch.Generator for seeded sampling
+    # a repetition penalty's distinct prompt and output ids (a tensor on the model's device, its set, and
+    # how many of the sequence's tokens are in it), extended by each new token: see sampler.seen_token_ids
+    seen_ids: object = None
+    seen_set: set | None = None
+    seen_upto: int = 0
 
     @property
     def token_ids(self) -> list[int]:
