@@ -56,8 +56,8 @@ class StreamState:
     @property
     def generating(self) -> bool:
         """Tokens have started to arrive: from here on the idle timeout applies. Not from the first chunk:
-        a chat stream's first one often only announces the assistant's role, sent before the request
-        even left the server's queue (ours does; a queued chat request was ended as idle, unretried)."""
+        a chat stream's first one often only announces the assistant's role, and some servers send it
+        before the request has left their queue (ours did: a queued chat request was ended as idle)."""
         return bool(self.token_times) or self.finish_reason is not None
 
     def feed_line(self, line: str, now: float) -> Chunk | None:

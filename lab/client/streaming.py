@@ -253,9 +253,9 @@ async def anext_chunk(state: StreamState, lines) -> Chunk | None:
 
 def opening_chunks(state: StreamState, lines) -> list[Chunk]:
     """The chunks up to and including the first that carries output (or to the end). Until that one,
-    nothing the caller would keep has arrived: a chat stream opens with a role-only delta, which a
-    server sends before the request has even left its queue, so a failure here is as safe to retry as
-    a failed request."""
+    nothing the caller would keep has arrived: a chat stream opens with a role-only delta, which some
+    servers send before the request has left their queue, so a failure here is as safe to retry as a
+    failed request."""
     chunks: list[Chunk] = []
     while (chunk := next_chunk(state, lines)) is not None:
         chunks.append(chunk)
