@@ -96,3 +96,35 @@ def test_unexpected_exception_is_a_500_with_an_id(http, monkeypatch, caplog):
     assert r.headers["x-request-id"] in caplog.text and "a bug" in caplog.text  # findable in the log
     monkeypatch.undo()
     assert http.post("/completions", json=COMP).status_code == 200  # still serving
+
+
+@pytest.mark.parametrize(("path", "body", "prefix"), [("/completions", COMP, "cmpl-"),
+                                                      ("/chat/completions", CHAT, "chatcmpl-")])
+def test_a_clients_own_request_id_names_its_completion_as_in_vllm(http, path, body, prefix):
+    # vllm bench serve sends x-request-id per request (and vLLM names the completion by it): ours threw
+    # it away, so neither its ids nor a caller's logs found the request on the server
+    r = http.post(path, json=body, headers={"x-request-id": "bench-0"})
+    assert r.status_code == 200 and r.json()["id"] == r.headers["x-request-id"] == prefix + "bench-0"
+    with http.stream("POST", path, json={**body, "stream": True}, headers={"x-request-id": "bench-1"}) as s:
+        first = json.loads(next(line for line in s.iter_lines() if line.startswith("data: {"))[6:])
+    assert first["id"] == s.headers["x-request-id"] == prefix + "bench-1"
+    # an id with a space (or too long, or not ASCII) is not echoed: a fresh one, as without the header
+    r = http.post(path, json=body, headers={"x-request-id": "has space"})
+    assert ID.match(r.headers["x-request-id"]) and r.json()["id"] == r.headers["x-request-id"]
+
+
+def test_two_requests_in_flight_under_one_client_id_are_both_served(server, http):
+    import threading
+
+    body = {**COMP, "max_tokens": 200, "ignore_eos": True}  # long enough to overlap
+    answers = []
+    threads = [threading.Thread(target=lambda: answers.append(http.post("/completions", json=body,
+                                                                        headers={"x-request-id": "same"})))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [r.status_code for r in answers] == [200] * 4
+    ids = [r.json()["id"] for r in answers]
+    assert len(set(ids)) == 4 and all(i.startswith("cmpl-same") for i in ids)  # suffixed where taken

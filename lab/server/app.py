@@ -26,7 +26,7 @@ from lab.server.metrics import ErrorCounter, ServerMetrics
 from lab.server.openapi import add_nested_schemas, request_body
 from lab.server.protocol import ChatCompletionRequest, CompletionRequest
 from lab.server.ratelimit import RateLimiter
-from lab.server.request_id import STATE_KEY, RequestIdMiddleware, new_request_id
+from lab.server.request_id import STATE_KEY, RequestIdMiddleware, new_request_id, unique_request_id
 from lab.server.responses import Admitted, full_response, pause, stream_events
 
 FAULT_FIELDS = tuple(f.name for f in fields(FaultConfig))
@@ -187,10 +187,19 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
                        "retry shortly.", code="queue_full", type="server_overloaded",
                        headers={"retry-after": "1", "retry-after-ms": "1000"} | state.limiter.peek(bucket))
     headers = state.limiter.check(bucket, len(ids) + max_tokens)
-    request_id = new_request_id("chatcmpl-" if kind == "chat" else "cmpl-")
+    client_id = request.headers.get("x-request-id")
+    request_id = new_request_id("chatcmpl-" if kind == "chat" else "cmpl-", client_id)
     setattr(request.state, STATE_KEY, request_id)  # the x-request-id of this answer, error or not
     try:
-        stream = await engine.add_request(ids, params, request_id)
+        try:
+            stream = await engine.add_request(ids, params, request_id)
+        except ValueError as exc:
+            if client_id is None or "already in flight" not in str(exc):
+                raise
+            # the client's id is taken by a request in flight: this one gets it with a suffix
+            request_id = unique_request_id(request_id)
+            setattr(request.state, STATE_KEY, request_id)
+            stream = await engine.add_request(ids, params, request_id)
     except ValueError as exc:
         raise bad_request(exc, default_param=prompt_field) from None
     except RuntimeError:
