@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from contextlib import contextmanager
 
 import httpx
@@ -467,8 +468,6 @@ def test_a_wrong_key_is_echoed_masked(key, shown):
 def test_a_stuck_engine_step_still_lets_the_port_go(monkeypatch):
     # close() raised on the engine's timeout before telling uvicorn to exit: the port answered 503 for the
     # rest of the process
-    import time
-
     import lab.server.background as background
     from lab.engine import LLM
 
@@ -495,3 +494,27 @@ def test_a_stuck_engine_step_still_lets_the_port_go(monkeypatch):
     finally:
         release.set()
         sender.join(15)
+
+
+def test_a_body_still_arriving_at_shutdown_gets_a_503():
+    # the body read waited on the client: close() sat out the whole graceful timeout, then uvicorn
+    # cancelled the handler and the client got a bare text 500
+    s = start_server(llm=tiny_llm("aux"), shutdown_timeout_s=5)
+    sock = socket.create_connection((s.host, s.port))
+    sock.settimeout(15)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                 b"content-length: 1000\r\n\r\n{\"model\": ")  # and the rest never comes
+    time.sleep(0.3)  # the handler is past its shutdown check, waiting for the body
+    closer = threading.Thread(target=s.close)
+    closer.start()
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        part = sock.recv(4096)
+        if not part:
+            break
+        answer += part
+    closer.join(15)
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b'"code":"shutting_down"' in body

@@ -27,7 +27,7 @@ from lab.server.openapi import add_nested_schemas, request_body
 from lab.server.protocol import ChatCompletionRequest, CompletionRequest
 from lab.server.ratelimit import RateLimiter
 from lab.server.request_id import STATE_KEY, RequestIdMiddleware, new_request_id, unique_request_id
-from lab.server.responses import Admitted, full_response, pause, stream_events
+from lab.server.responses import PAUSE_POLL_S, Admitted, full_response, pause, stream_events
 
 FAULT_FIELDS = tuple(f.name for f in fields(FaultConfig))
 
@@ -96,7 +96,7 @@ def build_app(state: ServerState) -> FastAPI:
     async def put_faults(request: Request):
         """Body: FaultConfig fields as JSON, or `null` to turn faults off."""
         authenticate(request.headers.get("authorization"), state.config.api_keys)
-        raw = await _read_body(request, state.config.max_body_bytes)
+        raw = await _read_body(request, state.config.max_body_bytes, state)
         try:
             try:
                 body = json.loads(raw) if raw.strip() else None  # an empty body, like `null`: faults off
@@ -150,7 +150,7 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
             raise _unavailable(state)  # after the checks below (a 429 "retry in 60 s", a spent rate budget)
     if fault.status is not None:
         raise fault.error()
-    body = await _read_body(request, cfg.max_body_bytes)
+    body = await _read_body(request, cfg.max_body_bytes, state)
     model_cls = ChatCompletionRequest if kind == "chat" else CompletionRequest
     try:
         req = model_cls.model_validate_json(body)
@@ -218,19 +218,37 @@ def _unavailable(state: ServerState) -> APIError:
                     code="engine_dead")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, state: ServerState) -> bytes:
     declared = request.headers.get("content-length", "")
     too_large = APIError(413, f"body: larger than this server's limit of {limit} bytes (max_body_bytes)",
                          code="request_too_large")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     body, size = [], 0
-    async for chunk in request.stream():  # counted as it arrives: a chunked body has no declared size
+    chunks = aiter(request.stream())
+    while True:  # counted as it arrives: a chunked body has no declared size
+        try:
+            chunk = await _unless_shutdown(anext(chunks), state)
+        except StopAsyncIteration:
+            break
         size += len(chunk)
         if size > limit:
             raise too_large
         body.append(chunk)
     return b"".join(body)
+
+
+async def _unless_shutdown(awaitable, state: ServerState):
+    """Its result, or a 503 once the server shuts down: a client still sending its body held close() for
+    the whole graceful timeout, and then got uvicorn's bare text 500."""
+    task = asyncio.ensure_future(awaitable)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=PAUSE_POLL_S)
+        if done:
+            return task.result()
+        if state.shutting_down:
+            task.cancel()
+            raise _unavailable(state)
 
 
 def _tokenize(engine: AsyncEngine, req, field: str) -> list[int]:
