@@ -286,3 +286,16 @@ def test_a_request_whose_event_loop_closed_is_aborted():
         del aengine.engine.release
         aengine.stop()
     assert aengine.engine.block_manager.num_used == 0
+
+
+async def test_an_abort_for_a_finished_request_spares_a_later_one_of_the_same_id(aengine):
+    # a server names a completion by the client's x-request-id: request A finished, B came in under its
+    # id, and A's consumer, leaving late, aborted "the request of that id", which was B by then
+    first = await aengine.add_request("To be", SamplingParams(max_tokens=2, ignore_eos=True), "x-1")
+    assert [ev async for ev in first][-1].finish_reason == "length"
+    second = await aengine.add_request("To be", SamplingParams(max_tokens=20, ignore_eos=True), "x-1")
+    aengine.abort("x-1", first)  # the first one's late abort: not the second's
+    assert [ev async for ev in second][-1].finish_reason == "length"
+    third = await aengine.add_request("To be", SamplingParams(max_tokens=200, ignore_eos=True), "x-1")
+    aengine.abort("x-1", third)  # its own stream: aborted
+    assert [ev async for ev in third][-1].finish_reason == "abort"

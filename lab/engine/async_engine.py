@@ -180,16 +180,23 @@ class AsyncEngine:
             # (aborting `request_id` then would end another request of that id, or fail on None)
             def abort_added():
                 if done.done() and not done.cancelled() and done.exception() is None:
-                    self.engine.abort(done.result().request_id)
+                    self._abort(done.result().request_id, done.result())
 
             self._submit(abort_added)
             raise
 
-    def abort(self, request_id: str) -> None:
-        """Cancel a request; its KV blocks are freed before the engine's next step."""
+    def abort(self, request_id: str, stream: RequestStream | None = None) -> None:
+        """Cancel a request; its KV blocks are freed before the engine's next step. With `stream`, only
+        if that stream's request is still the one of this id: a request that has finished gives its id
+        back, and a later request of the same id (a client's own x-request-id) must not be aborted by
+        the first one's consumer going away."""
         if not isinstance(request_id, str):  # on the engine thread the error would reach only the log
             raise ValueError(f"request_id: must be a string, got {type(request_id).__name__}")
-        self._submit(lambda: self.engine.abort(request_id))
+        self._submit(lambda: self._abort(request_id, stream))
+
+    def _abort(self, request_id: str, stream: RequestStream | None) -> None:
+        if stream is None or self._streams.get(request_id) is stream:
+            self.engine.abort(request_id)
 
     def _submit(self, command, is_add: bool = False, on_drop=None) -> None:
         with self._cond:

@@ -153,7 +153,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                 metrics.finished(stream.prompt_tokens, last.num_output_tokens, last.finish_reason,
                                  time.perf_counter() - a.arrival_s)
         if not stream.finished:  # failed, client gone, cut, or cancelled: free the blocks now
-            engine.abort(a.request_id)
+            engine.abort(a.request_id, stream)
             # its prompt and the tokens generated so far were computed all the same: counted, as a
             # non-streamed hang-up's are, or lab_generation_tokens misses every cut stream's tokens
             # (those produced after this abort is queued, within one step, are not seen here)
@@ -166,7 +166,7 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
 
 async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics,
                         request: Request) -> JSONResponse | StreamingResponse:
-    watcher = asyncio.create_task(_abort_on_disconnect(request, engine, a.request_id))
+    watcher = asyncio.create_task(_abort_on_disconnect(request, engine, a.request_id, a.stream))
     stream, parts, last = a.stream, [], None
     try:
         if a.fault.stall_after is not None:
@@ -188,7 +188,7 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
         client_gone = watcher.done()  # it ends on its own only when the client hangs up
         watcher.cancel()
         if not stream.finished:
-            engine.abort(a.request_id)
+            engine.abort(a.request_id, stream)
     if last.error is not None:
         raise _engine_error(a, last, metrics)
     # a hang-up aborts the request: counted as client_gone, as a stream's is
@@ -215,9 +215,10 @@ def _cut_response(whole: JSONResponse, request_id: str) -> StreamingResponse:
     return StreamingResponse(half_then_cut(), headers=dict(whole.headers))
 
 
-async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str) -> None:
+async def _abort_on_disconnect(request: Request, engine: AsyncEngine, request_id: str,
+                               stream: RequestStream) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            engine.abort(request_id)
+            engine.abort(request_id, stream)  # this request's: not a later one under the same client id
             return
