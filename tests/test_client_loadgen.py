@@ -247,8 +247,15 @@ def test_bench_goodput_takes_slos_as_vllm_bench_serve_does(monkeypatch, capsys, 
     parser = add_bench_args(argparse.ArgumentParser())
     assert bench_main(parser.parse_args([*common, "--goodput", "ttft:60000", "e2el:60000"])) == 0
     assert "Request goodput (req/s):" in capsys.readouterr().out
-    summary = json.loads(out.read_text())["summary"]
+    written = json.loads(out.read_text())
+    summary = written["summary"]
     assert summary["goodput"] == pytest.approx(summary["request_throughput"])  # every request within a minute
+    assert written["slo_ms"] == {"ttft": 60000, "e2el": 60000}  # the SLOs behind the figure
+    # several flags add up (the last one replaced the others), and a key given twice is refused
+    assert bench_main(parser.parse_args([*common, "--goodput", "ttft:60000", "--goodput", "e2el:60000"])) == 0
+    assert json.loads(out.read_text())["slo_ms"] == {"ttft": 60000, "e2el": 60000}
+    with pytest.raises(ValueError, match="--goodput: ttft given more than once"):
+        bench_main(parser.parse_args([*common, "--goodput", "ttft:100", "ttft:50"]))
     assert bench_main(parser.parse_args([*common, "--goodput", "ttft:0.000001"])) == 0
     assert json.loads(out.read_text())["summary"]["goodput"] == 0  # none within a nanosecond
     for bad in ("ttft", "itl:50", "tpot:-1", "tpot:x"):

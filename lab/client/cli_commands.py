@@ -111,7 +111,7 @@ def add_bench_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="most requests in flight; later arrivals wait (default: no limit)")
     parser.add_argument("--seed", type=seed_arg, default=0,
                         help="seed of the arrivals and prompts (default: %(default)s)")
-    parser.add_argument("--goodput", nargs="+", type=slo_arg, metavar="KEY:MS", default=None,
+    parser.add_argument("--goodput", nargs="+", action="extend", type=slo_arg, metavar="KEY:MS", default=None,
                         help="SLOs for goodput, as vllm bench serve takes them: ttft, tpot or e2el with a limit "
                              "in ms, e.g. --goodput ttft:200 tpot:50; goodput counts the requests that meet "
                              "them all (default: none)")
@@ -134,6 +134,18 @@ def slo_arg(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{text!r}: want KEY:MS with KEY one of {', '.join(SLO_KEYS)} and a "
                                          "limit in milliseconds > 0, e.g. ttft:200")
     return key, ms
+
+
+def slos_from(pairs: list[tuple[str, float]] | None) -> dict[str, float] | None:
+    """--goodput's KEY:MS pairs (from one flag or several) as Result.summary's slo_ms; a key given twice
+    is refused: the last limit silently won, and goodput was computed against an SLO nobody chose."""
+    if not pairs:
+        return None
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise ValueError(f"--goodput: {twice} given more than once; give each of ttft, tpot, e2el once")
+    return dict(pairs)
 
 
 def add_batch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -166,6 +178,7 @@ def bench_main(args) -> int:
     from lab.client.loadgen import run_workload
     from lab.workload import synthetic
 
+    slo_ms = slos_from(args.goodput)
     workload = synthetic(args.num_prompts, rate=args.rate, prompt_lens=args.input_len,
                          output_lens=args.output_len, burstiness=args.burstiness, seed=args.seed, name="bench")
     check_output_path("--result-json", args.result_json)  # before the run, not after it
@@ -176,7 +189,7 @@ def bench_main(args) -> int:
                                   max_retries=args.max_retries or 0, progress=not args.no_progress)
         except ValueError as e:  # "/models lists no model; pass model=...": here it is --model
             raise _as_flags(e) from None
-    summary = result.summary(dict(args.goodput) if args.goodput else None)
+    summary = result.summary(slo_ms)
     # the file before the printing: `bench ... | head -1` closes stdout early, and the print that
     # failed on the broken pipe ended the command before the file was written; also for a run that
     # ends below in one line, which a script reading the file must see failed
@@ -184,7 +197,8 @@ def bench_main(args) -> int:
         with open(args.result_json, "w", encoding="utf-8") as f:
             # json_ready: None for the NaN of a metric with nothing to average, which plain json.dump
             # writes as a bare NaN that strict parsers (jq, JavaScript) refuse
-            json.dump(json_ready({"summary": summary, "label": result.label}), f, indent=2)
+            record = {"summary": summary, "label": result.label} | ({"slo_ms": slo_ms} if slo_ms else {})
+            json.dump(json_ready(record), f, indent=2)
     unanswered = _no_answer(result)
     if unanswered is not None:  # a table of nan says less than the reason
         raise unanswered
