@@ -68,13 +68,13 @@ async def test_disconnects_free_blocks(server, monkeypatch):
     engine = tiny_llm().engine
     ask, apply = server.engine.abort, engine.abort
 
-    def asking(request_id):
+    def asking(request_id, stream=None):
         # Read the counter and queue the abort under the lock the engine thread drains its queue with
         # (a Condition's default RLock, so ask() may take it again): read first and queue after, and the
         # engine thread could start more steps in between, counting them against the abort.
         with server.engine._cond:
             asked.setdefault(request_id, engine.num_steps)
-            ask(request_id)
+            ask(request_id, stream)
 
     def applying(request_id):
         steps = engine.num_steps  # read on the engine thread, between steps
