@@ -787,3 +787,75 @@ def test_an_async_stream_whose_consumer_is_closed_outside_a_loop_gives_back_its_
     coro.close()  # raised AsyncLibraryNotFoundError
     assert client._limiter._slots._value == 1  # the slot came back
     loop.close()
+
+
+# ---- formats of real providers, as they send them
+
+
+def _chat(delta, finish=None, **choice_extra):
+    body = {"id": "c1", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **choice_extra}]}
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+def test_gemini_error_bodies_in_a_list_keep_their_message():
+    # Gemini's OpenAI-compatible endpoint: [{"error": {...}}]; the client said "no message from the server"
+    body = [{"error": {"code": 400, "message": "Invalid JSON payload received.", "status": "INVALID_ARGUMENT"}}]
+    c = client_for(lambda request: httpx.Response(400, json=body))
+    with pytest.raises(BadRequestError) as e:
+        c.completions.create(model="m", prompt="x")
+    assert e.value.message == "Invalid JSON payload received." and e.value.code == 400
+
+
+def test_an_error_sent_with_a_200_is_an_error():
+    # OpenRouter, once generation has begun: status 200 and {"error": ...} (a body) or an error inside
+    # the choice with finish_reason "error" (a stream); both were returned as successes
+    calls = []
+
+    def whole(request):
+        calls.append(request)
+        return httpx.Response(200, json={"error": {"code": 502, "message": "upstream provider failed"}},
+                              headers={"x-generation-id": "gen-1"})
+
+    with pytest.raises(InternalServerError) as e:
+        client_for(whole).completions.create(model="m", prompt="x")
+    assert e.value.status_code == 502 and "upstream provider failed" in e.value.message
+    assert e.value.request_id == "gen-1" and len(calls) == 3  # retried as a 502 is
+    failing = _chat({"content": ""}, "error", error={"code": 502, "message": "provider disconnected"})
+    handler, _ = stream_handler([_chat({"role": "assistant", "content": "The answer is"}), failing, DONE])
+    with pytest.raises(StreamInterruptedError) as e:
+        collect(client_for(handler).chat.completions.create(model="m", messages=[], stream=True))
+    assert e.value.partial_text == "The answer is" and "provider disconnected" in str(e.value)
+
+
+def test_tool_call_and_refusal_deltas_are_timed_as_output():
+    # a stream of tool-call deltas had no "first token": ttft_s was its latency, and the idle timeout
+    # never applied to it
+    tool = {"tool_calls": [{"index": 0, "id": "t1", "type": "function",
+                            "function": {"name": "f", "arguments": ""}}], "content": None}
+    for delta in (tool, {"refusal": "I can't help with that.", "content": None}):
+        late = [_chat({"role": "assistant", "content": ""}), _chat(delta), lambda: time.sleep(0.2),
+                _chat({}, "stop"), DONE]
+        handler, _ = stream_handler(late)
+        with client_for(handler).chat.completions.create(model="m", messages=[], stream=True) as s:
+            chunks = list(s)
+        assert s.ttft_s < s.latency_s - 0.15  # the delta, not the end
+        if "refusal" in delta:
+            assert chunks[1].choices[0].delta.refusal == "I can't help with that."
+
+
+def test_other_providers_request_ids_usage_details_and_reset_spellings():
+    from lab.client.errors import request_id_from
+    from lab.client.limits import RateLimiter, RateLimits
+    from lab.client.types import Usage
+
+    assert request_id_from(httpx.Headers({"apim-request-id": "az-1"})) == "az-1"  # Azure's gateway
+    assert request_id_from(httpx.Headers({"x-ds-trace-id": "ds-1"})) == "ds-1"  # DeepSeek's
+    assert request_id_from(httpx.Headers({"x-request-id": "oa-1", "apim-request-id": "az-1"})) == "oa-1"
+    usage = Usage.from_dict({"prompt_tokens": 5, "completion_tokens": 9,
+                             "completion_tokens_details": {"reasoning_tokens": 7}})
+    assert usage.reasoning_tokens == 7 and usage.completion_tokens == 9
+    limiter = RateLimiter(RateLimits(tpm=1000))
+    # Azure spells the reset x-rate-limit-reset-tokens and sends no retry-after: the pause was 1 s
+    limiter.observe(200, {"x-ratelimit-remaining-tokens": "0", "x-rate-limit-reset-tokens": "55"}, now=100.0)
+    assert limiter.paused_until == pytest.approx(155.0)

@@ -14,7 +14,7 @@ import httpx
 
 from lab.client._base import DEFAULT_POOL, BaseClient, estimate_tokens
 from lab.client._pool import PoolSet
-from lab.client.errors import APIError, error_from_response, from_httpx, request_id_from
+from lab.client.errors import APIError, error_from_response, error_in_body, from_httpx, request_id_from
 from lab.client.idle import start_watch
 from lab.client.limits import AsyncLimiter, SyncLimiter, no_slot
 from lab.client.stream_state import StreamState, is_whole_answer, whole_answer_lines
@@ -59,6 +59,9 @@ def _answer(client: BaseClient, response, content: bytes, method: str, rid, est:
     if response.status_code >= 400:
         raise error_from_response(response.status_code, content, response.headers)
     data = _json(content, response.status_code, rid)
+    if isinstance(data, dict) and data.get("error") is not None and not data.get("choices"):
+        # a failure sent with a 200 (OpenRouter's, once generation has begun): an error, not an empty answer
+        raise error_in_body(data, rid)
     if method == "GET":
         return _shaped(lambda: _model_page(data), data, response.status_code, rid)
     # only the parsing is guarded: a TypeError of our own (the limiter, cost) must not pass for the server's

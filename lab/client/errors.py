@@ -126,8 +126,21 @@ _BY_STATUS = {
 }
 
 
+# OpenAI's x-request-id first; then the names other providers give theirs (Azure's API gateway,
+# DeepSeek's trace id, OpenRouter's generation id): the id their support asks for
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-ds-trace-id", "x-generation-id")
+
+
 def request_id_from(headers) -> str | None:
-    return headers.get("x-request-id") or headers.get("request-id")
+    return next((headers[name] for name in REQUEST_ID_HEADERS if headers.get(name)), None)
+
+
+def error_body(body: object) -> object:
+    """An error body as one object: Gemini's OpenAI-compatible endpoint wraps it in a list,
+    `[{"error": {...}}]`, which lost the server's message, code and status."""
+    if isinstance(body, list) and body and isinstance(body[0], dict) and "error" in body[0]:
+        return body[0]
+    return body
 
 
 def server_message(body: object, fallback: str) -> str:
@@ -149,10 +162,26 @@ def server_message(body: object, fallback: str) -> str:
 def make_status_error(status_code: int, body: object, headers=None, request_id: str | None = None) -> APIStatusError:
     """The right APIStatusError subclass for a status code, with the server's message."""
     headers = dict(headers or {})
+    body = error_body(body)
     cls = _BY_STATUS.get(status_code) or (InternalServerError if status_code >= 500 else APIStatusError)
     message = server_message(body, fallback=f"{cls.__name__} with no message from the server")
     rid = request_id or request_id_from(headers)
     return cls(message, status_code=status_code, request_id=rid, body=body, headers=headers)
+
+
+def error_in_body(payload: object, request_id: str | None) -> APIStatusError:
+    """An error sent inside a 200 (a stream's error event, or a body that is only `{"error": ...}`): its
+    `status` (our server's) or its `code` (vLLM's, OpenRouter's) when that is an HTTP status, else a 500
+    (the server failed mid-way)."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    status = 500
+    for field in ("status", "code"):
+        value = err.get(field) if isinstance(err, dict) else None
+        if isinstance(value, int | str) and str(value).isdigit() and 400 <= int(value) <= 599:
+            status = int(value)
+            break
+    return make_status_error(status, payload if isinstance(payload, dict) else {"error": payload},
+                             request_id=request_id)
 
 
 def error_from_response(status_code: int, content: bytes, headers) -> APIStatusError:

@@ -149,7 +149,8 @@ class RateLimiter:
                 bucket.refill(now)
                 bucket.level = min(bucket.level, remaining)
             if remaining <= 0:
-                reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}"))
+                # Azure OpenAI spells it x-rate-limit-reset-tokens (and sends no retry-after on its 429)
+                reset = parse_reset(headers.get(f"x-ratelimit-reset-{kind}") or headers.get(f"x-rate-limit-reset-{kind}"))
                 if reset is None or not 0 < reset < math.inf:  # "inf", "nan", a past reset: unknown
                     reset = 1.0
                 # a Unix timestamp or "1e9" read as seconds would stop every request for years (and

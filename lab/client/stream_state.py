@@ -13,7 +13,7 @@ from lab.client.errors import (
     APIError,
     APITimeoutError,
     StreamInterruptedError,
-    make_status_error,
+    error_in_body,
 )
 from lab.client.sse import SSEDecoder
 from lab.client.types import Chunk, Usage
@@ -95,7 +95,10 @@ class StreamState:
             payload = {"error": {"message": data}}  # an error event in plain text
         # `"error": null` on a healthy chunk is no error event (some gateways send the key always)
         if name == "error" or (isinstance(payload, dict) and payload.get("error") is not None):
-            raise _stream_error(payload, self.request_id)
+            raise error_in_body(payload, self.request_id)
+        choice_error = _choice_error(payload)
+        if choice_error is not None:  # OpenRouter's failure mid-answer: inside a choice, finish_reason "error"
+            raise error_in_body({"error": choice_error}, self.request_id)
         chunk = _chunk(payload, data)
         self.chunks += 1
         self.model = chunk.model or self.model
@@ -107,7 +110,8 @@ class StreamState:
         # the chunk that ends a choice carries its last token even without text (an EOS, which usage
         # counts), so it is timed as one, as `vllm bench serve` times it: E2EL and TPOT end there
         ends_here = any(c.finish_reason and c.index not in self.ended for c in chunk.choices)
-        if text or chunk.reasoning or ends_here:  # reasoning tokens are generated tokens too (usage counts them)
+        # reasoning, tool-call and refusal deltas are generated tokens too (usage counts them)
+        if text or chunk.reasoning or chunk.other_output or ends_here:
             self.token_times.append(now)
         for choice in chunk.choices:
             if choice.finish_reason:
@@ -163,15 +167,10 @@ def _chunk(payload: object, data: str) -> Chunk:
         raise APIConnectionError(f"malformed stream chunk: {data[:200]!r}") from None
 
 
-def _stream_error(payload: object, request_id: str | None) -> APIError:
-    """An error event: its `status` (our server's) or its `code` (vLLM's) when that is an HTTP status,
-    else a 500 (the server failed mid-way)."""
-    err = payload.get("error") if isinstance(payload, dict) else None
-    status = 500
-    for field in ("status", "code"):
-        value = err.get(field) if isinstance(err, dict) else None
-        if isinstance(value, int | str) and str(value).isdigit() and 400 <= int(value) <= 599:
-            status = int(value)
-            break
-    return make_status_error(status, payload if isinstance(payload, dict) else {"error": payload},
-                             request_id=request_id)
+def _choice_error(payload: object) -> object:
+    """The error object a choice carries (OpenRouter sends a failure after its 200 so), or None."""
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict) and choice.get("error") is not None:
+            return choice["error"]
+    return None

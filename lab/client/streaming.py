@@ -274,14 +274,14 @@ async def aopening_chunks(state: StreamState, lines) -> list[Chunk]:
 
 
 def carries_output(chunk: Chunk) -> bool:
-    """Text, thinking, a tool-call delta, a finish_reason or the final usage: anything but a bare
+    """Text, thinking, a tool-call or refusal delta, a finish_reason or the final usage: anything but a bare
     opening. vLLM's `continuous_usage_stats` puts a usage of 0 completion tokens on the opening
     chunk too; that one is still an opening, safe to retry."""
     if chunk.text or chunk.reasoning:
         return True
     if chunk.usage is not None and (not chunk.choices or chunk.usage.completion_tokens):
         return True
-    return any(c.finish_reason or (c.delta is not None and c.delta.tool_calls) for c in chunk.choices)
+    return chunk.other_output or any(c.finish_reason for c in chunk.choices)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from the provider's prompt cache (priced lower)
+    reasoning_tokens: int = 0  # of completion_tokens, those a reasoning model spent thinking
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Usage | None:
@@ -25,8 +26,9 @@ class Usage:
         details = d.get("prompt_tokens_details") or {}
         # OpenAI reports cached tokens in prompt_tokens_details, DeepSeek as prompt_cache_hit_tokens
         cached = details.get("cached_tokens") or d.get("prompt_cache_hit_tokens") or 0
+        reasoning = (d.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
         prompt, completion = d.get("prompt_tokens") or 0, d.get("completion_tokens") or 0
-        return cls(prompt, completion, d.get("total_tokens") or prompt + completion, cached)
+        return cls(prompt, completion, d.get("total_tokens") or prompt + completion, cached, reasoning)
 
 
 @dataclass(slots=True)
@@ -35,12 +37,13 @@ class ChatMessage:
     content: str | None = None
     reasoning_content: str | None = None  # DeepSeek's reasoner and others stream their thinking here
     tool_calls: list | None = None
+    refusal: str | None = None  # OpenAI's: why the model declined, in place of content
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ChatMessage | None:
         if d is None:
             return None
-        return cls(d.get("role"), d.get("content"), d.get("reasoning_content"), d.get("tool_calls"))
+        return cls(d.get("role"), d.get("content"), d.get("reasoning_content"), d.get("tool_calls"), d.get("refusal"))
 
 
 @dataclass(slots=True)
@@ -132,6 +135,11 @@ class Chunk:
     def reasoning(self) -> str:
         """Streamed thinking (`delta.reasoning_content`, DeepSeek's reasoner and others), apart from the text."""
         return "".join(c.delta.reasoning_content or "" for c in self.choices if c.delta is not None)
+
+    @property
+    def other_output(self) -> bool:
+        """A tool-call or refusal delta: output that is neither text nor thinking."""
+        return any(c.delta is not None and (c.delta.tool_calls or c.delta.refusal) for c in self.choices)
 
     @classmethod
     def from_dict(cls, d: dict) -> Chunk:
