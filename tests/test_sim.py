@@ -555,3 +555,23 @@ def test_fit_on_one_token_outputs_uses_their_back_to_back_steps():
     static = simulate(w, cfg(policy="static", max_num_seqs=2, static_batch_timeout_s=5.0), ONE_SECOND).steps
     assert [s.start_s for s in static] == [0, 1, 2, 3, 5, 6, 100, 101]
     assert FittedStepModel.fit(static, ("const",)).coef["const"] == pytest.approx(1.0)
+
+
+def test_a_roofline_model_changed_after_it_was_made_is_recomputed():
+    # its coefficients were worked out once: m.gpu = "A100-80GB" kept the H100's step times beside the
+    # A100's KV cache, and m.model = "qwen2.5-0.5b" (a name) broke max_model_len, which simulate read as
+    # "no context limit"
+    from lab.sim import BatchShape, RooflineStepModel
+
+    shape = BatchShape(prefill_tokens=4096, prefill_seqs=1, context_tokens=4096, prefill_attention=4096 * 4097 // 2)
+    m = RooflineStepModel()
+    for change in ({"flops_efficiency": 0.3}, {"gpu": "A100-80GB"}, {"tensor_parallel": 2},
+                   {"model": "qwen2.5-0.5b"}):
+        for name, value in change.items():
+            setattr(m, name, value)
+        fresh = RooflineStepModel(**{f: getattr(m, f) for f in ("gpu", "model", "flops_efficiency", "tensor_parallel")})
+        assert m.step_time(shape) == fresh.step_time(shape) and m.kv_cache_blocks() == fresh.kv_cache_blocks()
+    assert m.max_model_len == fresh.max_model_len == 32768
+    with pytest.raises(ValueError, match="tensor_parallel"):
+        m.tensor_parallel = 3  # 14 heads do not split over 3 GPUs: refused, and the model stays as it was
+    assert m.tensor_parallel == 2 and m.step_time(shape) == fresh.step_time(shape)

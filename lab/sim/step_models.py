@@ -271,8 +271,24 @@ class RooflineStepModel:
     ring_efficiency: float = 0.8
     _k: tuple = field(init=False, repr=False, default=())
 
+    def __setattr__(self, name, value):
+        # the coefficients are worked out once, in __post_init__: a field changed afterwards (a notebook's
+        # `m.gpu = "A100-80GB"`) left the step times of the old one beside the new one's KV cache.
+        # Now a change is checked and recomputed, and a refused one leaves the model as it was
+        if name == "_k" or not getattr(self, "_k", ()):  # during __init__
+            object.__setattr__(self, name, value)
+            return
+        old = getattr(self, name)
+        object.__setattr__(self, name, value)
+        try:
+            self.__post_init__()
+        except Exception:
+            object.__setattr__(self, name, old)
+            raise
+
     def __post_init__(self):
-        self.gpu, self.model = get_gpu(self.gpu), get_model(self.model)
+        object.__setattr__(self, "gpu", get_gpu(self.gpu))
+        object.__setattr__(self, "model", get_model(self.model))
         for name in ("flops_efficiency", "bandwidth_efficiency", "allreduce_efficiency", "ring_efficiency"):
             value = getattr(self, name)
             if not is_finite(value) or value > 1:  # "0.6" was a TypeError naming neither field nor rule
@@ -290,14 +306,14 @@ class RooflineStepModel:
         peak = g.fp8_tflops if m.dtype_bytes == 1 and g.fp8_tflops else g.bf16_tflops
         flops = peak * 1e12 * self.flops_efficiency * tp
         bandwidth = g.bandwidth_gbps * 1e9 * self.bandwidth_efficiency * tp
-        self._k = (
+        object.__setattr__(self, "_k", (
             2 * m.params / flops,
             4 * m.layers * m.query_heads * m.head_dim / flops,
             m.weight_bytes / bandwidth,
             # each GPU reads its own KV heads at its own bandwidth (copied heads are read on every GPU)
             m.kv_bytes_per_token * kv_share / (bandwidth / tp),
             *self._allreduce(),
-        )
+        ))
 
     def _allreduce(self) -> tuple[float, ...]:
         """The step's 2 all-reduces per layer, (seconds, seconds per token) of each way; 0 on one GPU."""
