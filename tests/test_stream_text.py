@@ -79,7 +79,7 @@ def test_streamed_text_is_the_final_text(llm, monkeypatch, case):
 def test_only_a_tail_that_could_begin_a_stop_string_is_held_back(llm, monkeypatch):
     # every character used to wait len(stop) - 1 characters (vLLM's rule): a chat on the bundled model,
     # which stops at "\n\n", showed each character one token late, and its TTFT one decode step late
-    from lab.engine.engine import partial_stop_length
+    from lab.engine.stop_strings import partial_stop_length
 
     assert partial_stop_length("the cat", ["\n\n"], 2) == 0
     assert partial_stop_length("the cat\n", ["\n\n"], 2) == 1

@@ -23,6 +23,7 @@ from lab.engine.model_runner import ModelRunner, kv_bytes_per_block
 from lab.engine.sampler import SamplingError, seeded_generator
 from lab.engine.scheduler import Scheduler, admission_error
 from lab.engine.sequence import SamplingParams, Sequence, SequenceStatus
+from lab.engine.stop_strings import first_stop, partial_stop_length
 from lab.engine.tokenizer import Tokenizer
 from lab.metrics import RequestMetrics, StepRecord
 
@@ -279,7 +280,7 @@ class Engine:
             new, seq.detok_prefix, seq.detok_read = self.tokenizer.decode_next(
                 seq.detok_ids, seq.detok_prefix, seq.detok_read, final=reason is not None)
             seq.text += new
-            cut = min((i for i in (seq.text.find(s, search_from) for s in p.stop) if i >= 0), default=-1)
+            cut = first_stop(seq.text, p.stop, search_from)
             if cut >= 0:
                 seq.text, reason = seq.text[:cut], "stop"
             elif reason is None and p.stop:  # a stop string may be completing: hold its possible start back
@@ -332,22 +333,3 @@ def _from_prompt_dict(prompt: dict):
 def _describe(value) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-def partial_stop_length(text: str, stops: list[str], longest_stop: int) -> int:
-    """How many characters at the end of `text` could be the start of a stop string: those are held
-    back from the stream, in case the next tokens complete it. vLLM holds back len(stop) - 1 characters
-    always; only a tail that begins some stop string needs it, so the rest streams a token earlier
-    (a chat on the bundled model, which stops at a blank line, showed each character one token late)."""
-    tail = text[len(text) - min(longest_stop - 1, len(text)):]
-    n, held = len(tail), 0
-    for s in stops:
-        # only where the stop's first character occurs: trying every tail length sliced the text per
-        # length, which cost milliseconds a token with stop strings thousands of characters long
-        i = tail.find(s[0], max(0, n - len(s) + 1))
-        while i != -1 and n - i > held:
-            if s.startswith(tail[i:]):
-                held = n - i
-                break
-            i = tail.find(s[0], i + 1)
-    return held
