@@ -188,6 +188,22 @@ def test_eos_stops_unless_ignored(tiny_llama, tmp_path):
     assert llm.engine.block_manager.num_used == 0
 
 
+def test_min_p_on_hand_made_logits_and_near_one_it_is_greedy(tiny_llama):
+    from lab.engine.sampler import filter_top_k_top_p
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    kept = filter_top_k_top_p(logits, 0, 1.0, min_p=0.25)  # below 0.25 x 0.5 = 0.125: the 0.05 token goes
+    assert torch.isfinite(kept).tolist() == [True, True, True, False]
+    llm = make_llm(tiny_llama)
+    greedy = llm.generate(["abc"], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), use_tqdm=False)[0]
+    for seed in range(3):  # only the top token is within 0.999999 of itself: every seed draws it
+        drawn = llm.generate(["abc"], SamplingParams(max_tokens=8, temperature=1.0, min_p=0.999999, seed=seed,
+                                                     ignore_eos=True), use_tqdm=False)[0]
+        assert drawn.token_ids == greedy.token_ids
+    with pytest.raises(ValueError, match=r"min_p: must be a number in \[0, 1\]"):
+        SamplingParams(min_p=1.5)
+
+
 def test_top_k_and_top_p_filters_on_hand_made_logits():
     # probabilities 0.05, 0.5, 0.15, 0.3 (shuffled, so the sort really has to be undone)
     logits = torch.tensor([0.05, 0.5, 0.15, 0.3]).log()

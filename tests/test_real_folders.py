@@ -288,17 +288,15 @@ def test_unsupported_rope_settings_are_named(tmp_path, tiny_models, rope, messag
         LLM(folder, device="cpu")
 
 
-def test_a_folders_repetition_penalty_applies_and_min_p_is_named(tmp_path, tiny_models, caplog):
-    # Qwen2.5's generation_config.json: repetition_penalty was dropped unseen, and min_p would be too
+def test_a_folders_repetition_penalty_and_min_p_apply(tmp_path, tiny_models):
+    # Qwen2.5's generation_config.json: repetition_penalty was dropped unseen, and min_p would have been too
     folder = tmp_path / "m"
     folder.mkdir()
     for f in tiny_models["llama"].iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     write_json(folder / "generation_config.json", {"temperature": 0.0, "repetition_penalty": 1.5, "min_p": 0.05})
-    with caplog.at_level("WARNING", logger="lab.engine.loader"):
-        llm = LLM(folder, device="cpu")
-    assert llm.sampling_defaults == {"temperature": 0.0, "repetition_penalty": 1.5}
-    assert "min_p=0.05 is not applied" in caplog.text
+    llm = LLM(folder, device="cpu")
+    assert llm.sampling_defaults == {"temperature": 0.0, "repetition_penalty": 1.5, "min_p": 0.05}
     prompt = [5, 6, 7, 5, 6, 7, 5, 6]
 
     def tokens(params=None) -> list[int]:  # 16 tokens: generate's default max_tokens
@@ -315,9 +313,12 @@ def test_a_folders_repetition_penalty_applies_and_min_p_is_named(tmp_path, tiny_
             return r.json()["choices"][0]["text"]
 
         assert complete() == complete(repetition_penalty=1.5) != complete(repetition_penalty=1.0)
-        r = httpx.post(server.url + "/completions", timeout=60,
-                       json={"model": server.model_name, "prompt": prompt, "repetition_penalty": 0})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "repetition_penalty"
+        for name, bad in (("repetition_penalty", 0), ("min_p", 1.5)):
+            r = httpx.post(server.url + "/completions", timeout=60,
+                           json={"model": server.model_name, "prompt": prompt, name: bad})
+            assert r.status_code == 400 and r.json()["error"]["param"] == name
+        # min_p near 1 keeps only the top token: a sampled request answers as greedy (it was refused)
+        assert complete(temperature=1.0, seed=3, min_p=0.999999) == complete()
 
 
 def test_generation_configs_eos_ids_replace_config_jsons(tmp_path):

@@ -4,7 +4,6 @@ bundled tiny-shakespeare model when no folder is given.
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from safetensors import safe_open
 
 from lab.engine.model import ModelConfig, build_model
 from lab.engine.tokenizer import Tokenizer, read_json_object
-
-log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -77,20 +74,14 @@ def read_config(folder: Path) -> ModelConfig:
 
 # transformers' GenerationConfig defaults: a value equal to one is no recommendation of the model's
 # authors (vLLM keeps only the values that differ, `to_diff_dict`)
-HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
-# what else vLLM takes from generation_config.json that changes the tokens, with transformers' default
-NOT_APPLIED = {"min_p": None}
+HF_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0, "min_p": None}
 
 
 def read_sampling_defaults(folder: str | Path | None) -> dict:
     """The sampling settings a model folder's generation_config.json recommends (temperature, top_p,
-    top_k, repetition_penalty), which vLLM applies to every request that leaves them out (its
-    `--generation-config auto`); one this engine cannot apply is named in a warning, not dropped unseen."""
+    top_k, repetition_penalty, min_p), which vLLM applies to every request that leaves them out (its
+    `--generation-config auto`)."""
     gen = read_json_object(Path(folder if folder is not None else bundled_model_dir()) / "generation_config.json")
-    for name, default in NOT_APPLIED.items():
-        if gen.get(name) not in (None, default, 0):
-            log.warning("generation_config.json: %s=%r is not applied by this engine (no %s sampling); "
-                        "its tokens may differ from vLLM's and transformers'", name, gen[name], name)
     return {k: gen[k] for k, default in HF_SAMPLING_DEFAULTS.items() if gen.get(k) is not None and gen[k] != default}
 
 

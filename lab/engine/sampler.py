@@ -1,4 +1,4 @@
-"""Token sampling: repetition penalty, then greedy or temperature, top-k, top-p, with per-request seeds.
+"""Token sampling: repetition penalty, then greedy or temperature, min-p, top-k, top-p, with per-request seeds.
 
 A seeded request draws from its own torch.Generator, so its tokens do not depend on which other
 requests share its batch; unseeded requests share the engine's generator. Generators live on the
@@ -6,6 +6,8 @@ model's device (a seed gives the same tokens run after run on one device, not ac
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,8 +27,12 @@ def seeded_generator(device, seed: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Mask (to -inf) the tokens outside the top-k and outside the top-p nucleus, for one row."""
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float, min_p: float = 0.0) -> torch.Tensor:
+    """Mask (to -inf) the tokens below min_p x the top token's probability, then those outside the top-k
+    and outside the top-p nucleus, for one row (vLLM's order: min_p before top-k and top-p)."""
+    if min_p > 0:
+        # p_i < min_p * p_max  <=>  logit_i < logit_max + log(min_p): no softmax needed; the top token stays
+        logits = logits.masked_fill(logits < logits.max() + math.log(min_p), float("-inf"))
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -99,7 +105,7 @@ def sample(
             if not finite[i]:  # argmax would have "chosen" the NaN's index and gone on with garbage
                 out[i] = SamplingError("sampling: the model's logits hold NaN or inf (greedy)")
             continue
-        row = filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p)
+        row = filter_top_k_top_p(logits[i] / p.temperature, p.top_k, p.top_p, p.min_p)
         probs = row.softmax(-1)
         if not bool(torch.isfinite(probs).all()):
             # NaN or inf logits (a float16 overflow, say): multinomial raised and failed the whole batch's

@@ -22,6 +22,7 @@ class SamplingParams:
     temperature: float = 1.0  # 0 (or below 1e-5) means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 (or -1) means off
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0: off), as vLLM's
     seed: int | None = None
     stop: list[str] | str | None = None
     stop_token_ids: list[int] | None = None
@@ -49,6 +50,10 @@ class SamplingParams:
         if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k: must be an integer >= 0 (0 or -1: off), got {self.top_k!r}")
         self.top_k = int(self.top_k)
+        min_p = _as_float(self.min_p)
+        if min_p is None or not 0 <= min_p <= 1:
+            raise ValueError(f"min_p: must be a number in [0, 1] (0: off), got {self.min_p!r}")
+        self.min_p = min_p
         if self.seed is not None and (not is_int(self.seed) or not SEED_MIN <= self.seed <= SEED_MAX):
             # torch.Generator takes a 64-bit seed; a bigger one would fail only when queued
             raise ValueError(f"seed: must be an integer in [-2**63, 2**63 - 1] or None, got {self.seed!r}")

@@ -26,7 +26,7 @@ class StreamOptions(BaseModel):
 NOT_IMPLEMENTED = {
     "logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
     "suffix": (None, ""), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-    "logit_bias": (None, {}), "min_p": (None, 0), "min_tokens": (None, 0),
+    "logit_bias": (None, {}), "min_tokens": (None, 0),
     "response_format": (None, {"type": "text"}), "tools": (None, []), "functions": (None, []),
     "tool_choice": (None, "none", "auto"), "function_call": (None, "none", "auto"),
     # vLLM's extras that change the answer: a client written for vLLM must hear they are not honoured
@@ -74,6 +74,7 @@ class _Common(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extra: generate exactly max_tokens (load generators use it)
     repetition_penalty: float | None = Field(None, gt=0)  # vLLM's extra, as transformers applies it
+    min_p: float | None = Field(None, ge=0, le=1)  # vLLM's extra
 
     @field_validator("n")
     @classmethod
@@ -110,8 +111,8 @@ class _Common(BaseModel):
     def sampling_params(self, max_tokens: int, defaults: dict | None = None, turn_end: str | None = None
                         ) -> SamplingParams:
         """Raises ValueError("field: ...") for values the engine rejects. `defaults` (the model folder's
-        generation_config.json) fill temperature, top_p, top_k and repetition_penalty where the request
-        leaves them out.
+        generation_config.json) fill temperature, top_p, top_k, repetition_penalty and min_p where the
+        request leaves them out.
         `turn_end`: the chat template's end of a turn, a stop beside the request's own unless
         `ignore_eos` (it stands in for an end-of-turn token, which `ignore_eos` also ignores)."""
         defaults = defaults or {}
@@ -126,7 +127,7 @@ class _Common(BaseModel):
         return SamplingParams(
             max_tokens=max_tokens, temperature=pick("temperature", 1.0), top_p=pick("top_p", 1.0),
             top_k=pick("top_k", 0), seed=self.seed, stop=stop, stop_token_ids=self.stop_token_ids,
-            ignore_eos=self.ignore_eos, repetition_penalty=pick("repetition_penalty", 1.0),
+            ignore_eos=self.ignore_eos, repetition_penalty=pick("repetition_penalty", 1.0), min_p=pick("min_p", 0.0),
         )
 
 
