@@ -406,3 +406,17 @@ def test_a_one_token_chat_stream_cut_at_its_role_chunk_is_still_counted(server):
     assert wait_until(lambda: _counters(server)["lab_e2e_request_latency_seconds_count"]
                       == before["lab_e2e_request_latency_seconds_count"] + 1)
     assert _counters(server)["lab_generation_tokens_total"] - before["lab_generation_tokens_total"] == 1
+
+
+def test_usage_reports_the_prompt_tokens_the_prefix_cache_held(client):
+    # OpenAI's prompt_tokens_details.cached_tokens: what prefix caching saved, in the usage a client prices
+    prompt = "A prompt seen twice, long enough to fill a few KV blocks of the cache: " * 2
+    first = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=2, temperature=0)
+    again = client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=2, temperature=0)
+    block = tiny_llm().engine.config.block_size
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert cached == (len(prompt) - 1) // block * block > 0  # every full block but the one with the last token
+    chunks = list(client.completions.create(model="tiny-llama", prompt=prompt, max_tokens=2, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == cached

@@ -62,6 +62,7 @@ class RequestStream:
         self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
         self.finished = False
         self.num_output_tokens = 0  # as seen by the consumer
+        self.cached_tokens = 0  # prompt tokens the prefix cache held, set with the first event
         self._produced = 0  # engine thread only
 
     def __aiter__(self):
@@ -273,6 +274,9 @@ class AsyncEngine:
             stream = self._streams.get(ev.request_id)
             if stream is None:
                 continue
+            if not stream._produced:  # its first event: it has been admitted, its prefix-cache hits known
+                seq = engine.seqs.get(ev.request_id)
+                stream.cached_tokens = seq.num_cached_tokens if seq is not None else 0
             stream._produced += ev.token_id is not None
             item = StreamEvent(ev.text, ev.token_id, ev.finished, ev.finish_reason, stream._produced)
             if ev.error is not None:  # this request alone failed (the engine logged why)

@@ -90,7 +90,9 @@ class BlockManager:
             block.ref_count += 1
         seq.block_table = list(hits)
         seq.num_hashed_blocks = len(hits)
-        seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size
+        seq.num_computed_tokens = len(hits) * self.block_size
+        if not seq.num_preemptions:  # the prompt's share, as vLLM reports it: not a recompute's own blocks
+            seq.num_cached_tokens = seq.num_computed_tokens
         self.prefix_hits += len(hits)
         self._grow(seq, seq.num_tokens)
 

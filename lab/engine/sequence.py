@@ -110,7 +110,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose K/V is in the cache
-    num_cached_tokens: int = 0  # of those, how many came from the prefix cache at admission
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache held at its first admission
     block_table: list[int] = field(default_factory=list)
     num_hashed_blocks: int = 0  # full blocks already registered in the prefix cache
     finish_reason: str | None = None

@@ -203,9 +203,12 @@ class CompletionRequest(_Common):
 
 
 # -- response bodies --------------------------------------------------------------------------
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage, with the prompt tokens the prefix cache held as its `cached_tokens` (vLLM reports
+    them so with --enable-prompt-tokens-details; a hosted API prices them lower)."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def completion_body(kind: str, rid: str, model: str, text: str, finish_reason: str | None,

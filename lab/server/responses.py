@@ -121,16 +121,17 @@ async def stream_events(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
                 # that time the first chunk (vllm bench serve) measured a TTFT of a few milliseconds.
                 # After the counting above: a cut or a hang-up on it finds a one-token answer counted
                 role_sent = True
-                yield await emit(maker.chunk(None, role=True, use=usage(stream.prompt_tokens, 0)))
+                yield await emit(maker.chunk(None, role=True, use=usage(stream.prompt_tokens, 0, stream.cached_tokens)))
             # a usage dict per token only for those who asked for it (the hot path of every stream)
-            so_far = usage(stream.prompt_tokens, ev.num_output_tokens) if maker.continuous_usage else None
+            so_far = (usage(stream.prompt_tokens, ev.num_output_tokens, stream.cached_tokens)
+                      if maker.continuous_usage else None)
             if ev.text or ev.finished:
                 # the finish reason rides on the last text, as vLLM sends it: a chunk of its own added
                 # an inter-token gap of ~0 ms to every stream that clients timing chunks would count
                 yield await emit(maker.chunk(ev.text or None, ev.finish_reason if ev.finished else None,
                                              use=so_far))
         if a.include_usage:
-            yield await emit(maker.usage_chunk(usage(stream.prompt_tokens, stream.num_output_tokens)))
+            yield await emit(maker.usage_chunk(usage(stream.prompt_tokens, stream.num_output_tokens, stream.cached_tokens)))
         yield await emit("[DONE]")
     except StreamCut:
         reason = "fault_cut"  # the server dropped it on purpose: not a client that left
@@ -195,7 +196,7 @@ async def full_response(a: Admitted, engine: AsyncEngine, metrics: ServerMetrics
     reason = "client_gone" if client_gone and last.finish_reason == "abort" else last.finish_reason
     metrics.finished(stream.prompt_tokens, last.num_output_tokens, reason, time.perf_counter() - a.arrival_s)
     body = completion_body(a.kind, a.request_id, a.model, "".join(parts), last.finish_reason,
-                           usage(stream.prompt_tokens, last.num_output_tokens))
+                           usage(stream.prompt_tokens, last.num_output_tokens, stream.cached_tokens))
     if a.fault.cut_after is not None:
         return _cut_response(JSONResponse(body, headers=a.headers), a.request_id)
     return JSONResponse(body, headers=a.headers)
