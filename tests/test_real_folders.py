@@ -69,14 +69,20 @@ def test_every_end_of_sequence_id_stops(tmp_path):
     assert LLM(folder, device="cpu").engine.model_config.eos_token_ids == (2, 7, 3)
 
 
-def test_generation_config_sampling_defaults_apply_where_a_request_is_silent(tmp_path, tiny_models):
-    # vLLM's --generation-config auto: the folder's temperature / top_p / top_k fill what a request
-    # leaves out; values equal to transformers' own defaults (top_k 50) recommend nothing
+def _llama_with_generation_config(tmp_path: Path, tiny_models, generation_config: dict) -> Path:
+    """A copy of the tiny Llama folder with this generation_config.json."""
     folder = tmp_path / "m"
     folder.mkdir()
     for f in tiny_models["llama"].iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
-    write_json(folder / "generation_config.json", {"temperature": 0.0, "top_k": 50, "top_p": 1.0})
+    write_json(folder / "generation_config.json", generation_config)
+    return folder
+
+
+def test_generation_config_sampling_defaults_apply_where_a_request_is_silent(tmp_path, tiny_models):
+    # vLLM's --generation-config auto: the folder's temperature / top_p / top_k fill what a request
+    # leaves out; values equal to transformers' own defaults (top_k 50) recommend nothing
+    folder = _llama_with_generation_config(tmp_path, tiny_models, {"temperature": 0.0, "top_k": 50, "top_p": 1.0})
     llm = LLM(folder, device="cpu")
     assert llm.sampling_defaults == {"temperature": 0.0}
     greedy = llm.generate(["Hello"], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False)[0].text
@@ -290,11 +296,8 @@ def test_unsupported_rope_settings_are_named(tmp_path, tiny_models, rope, messag
 
 def test_a_folders_repetition_penalty_and_min_p_apply(tmp_path, tiny_models):
     # Qwen2.5's generation_config.json: repetition_penalty was dropped unseen, and min_p would have been too
-    folder = tmp_path / "m"
-    folder.mkdir()
-    for f in tiny_models["llama"].iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    write_json(folder / "generation_config.json", {"temperature": 0.0, "repetition_penalty": 1.5, "min_p": 0.05})
+    folder = _llama_with_generation_config(tmp_path, tiny_models,
+                                           {"temperature": 0.0, "repetition_penalty": 1.5, "min_p": 0.05})
     llm = LLM(folder, device="cpu")
     assert llm.sampling_defaults == {"temperature": 0.0, "repetition_penalty": 1.5, "min_p": 0.05}
     prompt = [5, 6, 7, 5, 6, 7, 5, 6]
