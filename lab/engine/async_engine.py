@@ -18,7 +18,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
-from lab.engine.engine import Engine
+from lab.engine.engine import Engine, RequestIdInFlight
 from lab.engine.sequence import SamplingParams
 from lab.metrics import RequestMetrics
 
@@ -154,7 +154,7 @@ class AsyncEngine:
             if request_id in self._streams:
                 # an id whose abort is not yet reported: the engine would take it (its request is finished),
                 # and the new stream would replace the old one, whose consumer then waits forever for its end
-                done.set_exception(ValueError(f"request_id: {request_id!r} is already in flight"))
+                done.set_exception(RequestIdInFlight(request_id))
                 return
             try:
                 seq = self.engine.add_request(prompt, params, request_id)

@@ -29,6 +29,15 @@ from lab.metrics import RequestMetrics, StepRecord
 
 log = logging.getLogger(__name__)
 
+
+class RequestIdInFlight(ValueError):
+    """An id that names a request still running: the engine keys its requests by id."""
+
+    def __init__(self, request_id: str):
+        super().__init__(f"request_id: {request_id!r} is already in flight")
+        self.request_id = request_id
+
+
 DETOK_CONTEXT_TOKENS = 5  # prompt tokens the detokenizer starts from (vLLM's initial offset)
 
 CPU_KV_BUDGET_GIB = 2.0  # default cap for the KV cache on CPU; most runs need far less
@@ -117,7 +126,7 @@ class Engine:
         if request_id is not None and not isinstance(request_id, str):
             raise ValueError(f"request_id: must be a string or None, got {type(request_id).__name__}")
         if request_id in self.seqs and not self.seqs[request_id].is_finished:
-            raise ValueError(f"request_id: {request_id!r} is already in flight")
+            raise RequestIdInFlight(request_id)
         if arrival_s is not None and not (is_number(arrival_s) and math.isfinite(arrival_s)):
             # a NaN arrival never reaches the static batch timeout: a server (which never flushes) would hang
             raise ValueError(f"arrival_s: must be a finite number (engine clock seconds) or None, got {arrival_s!r}")

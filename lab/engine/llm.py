@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from lab._checks import is_int
 from lab.engine.config import EngineConfig
-from lab.engine.engine import Engine, TokenEvent
+from lab.engine.engine import Engine, RequestIdInFlight, TokenEvent
 from lab.engine.loader import (
     checkpoint_dtype,
     load_model,
@@ -183,7 +183,7 @@ class LLM:
         for spec in workload.requests:
             try:
                 if spec.id in engine.seqs and not engine.seqs[spec.id].is_finished:
-                    raise ValueError(f"request_id: {spec.id!r} is already in flight")
+                    raise RequestIdInFlight(spec.id)
                 params = _params_of(spec)
                 checked[spec.id] = (*engine.check_request(self._prompt_of(spec), params), params)
             except ValueError as exc:  # in the workload's terms: its output_len is the engine's max_tokens

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from lab.engine.async_engine import AsyncEngine
 from lab.engine.chat import turn_end
+from lab.engine.engine import RequestIdInFlight
 from lab.server.auth import authenticate
 from lab.server.config import ServerConfig
 from lab.server.errors import APIError, bad_request, from_validation, install_handlers
@@ -193,8 +194,8 @@ async def _admit(state: ServerState, request: Request, kind: str, arrival: float
     try:
         try:
             stream = await engine.add_request(ids, params, request_id)
-        except ValueError as exc:
-            if client_id is None or "already in flight" not in str(exc):
+        except RequestIdInFlight:
+            if client_id is None:
                 raise
             # the client's id is taken by a request in flight: this one gets it with a suffix
             request_id = unique_request_id(request_id)
